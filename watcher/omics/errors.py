@@ -1,0 +1,75 @@
+"""The small set of API failures the rest of the watcher reasons about, decided in one place.
+
+Tencent answers errors with HTTP 200 and ``Response.Error.Code``; :func:`classify` maps a code
+to one of these classes, following the table in ``shared/omics-api.md``. Anything the client
+cannot even read (non-200, non-JSON, timeouts, resets) is :class:`Transient`.
+Messages carry Tencent's code and message, never credentials or signed headers.
+"""
+
+from __future__ import annotations
+
+
+class OmicsError(Exception):
+    """An Omics API call failed. ``code`` is Tencent's error code (or a local one)."""
+
+    def __init__(self, code: str, message: str = "", *, request_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class Throttled(OmicsError):
+    """RequestLimitExceeded*: the account's budget is spent; slow the whole client down."""
+
+
+class Transient(OmicsError):
+    """Worth retrying later with backoff: internal errors, bad gateways, timeouts, garbage."""
+
+
+class AuthError(OmicsError):
+    """Credentials or permissions are wrong; polling pauses until they work again."""
+
+
+class ClockSkew(AuthError):
+    """AuthFailure.SignatureExpire: our clock is more than 5 minutes off the server's."""
+
+
+class TokenExpired(AuthError):
+    """AuthFailure.TokenFailure: temporary credentials expired; refresh once and retry."""
+
+
+class RunNotFound(OmicsError):
+    """ResourceNotFound.RunNotExist: wrong run, project or region; stop polling that run."""
+
+
+class BadRequest(OmicsError):
+    """The request's shape is wrong (a bug of ours): log it, do not retry in a loop."""
+
+
+_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "ResourceUnavailable"})
+_AUTH_PREFIXES = ("AuthFailure", "UnauthorizedOperation", "OperationDenied")
+_BAD_REQUEST_PREFIXES = ("InvalidParameter", "MissingParameter", "InvalidAction", "UnknownParameter")
+
+
+def classify(code: str, message: str = "", *, request_id: str | None = None) -> OmicsError:
+    """The exception for a Tencent error code. Unknown codes are transient, never fatal."""
+    cls: type[OmicsError]
+    head = code.split(".", 1)[0]
+    if head == "RequestLimitExceeded":
+        cls = Throttled
+    elif code == "AuthFailure.SignatureExpire":
+        cls = ClockSkew
+    elif code == "AuthFailure.TokenFailure":
+        cls = TokenExpired
+    elif code.startswith(_AUTH_PREFIXES):
+        cls = AuthError
+    elif code == "ResourceNotFound.RunNotExist":
+        cls = RunNotFound
+    elif code.startswith(_BAD_REQUEST_PREFIXES):
+        cls = BadRequest
+    elif head in _TRANSIENT_CODES or code in _TRANSIENT_CODES:
+        cls = Transient
+    else:
+        cls = Transient
+    return cls(code, message, request_id=request_id)
