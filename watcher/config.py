@@ -1,0 +1,360 @@
+"""Configuration: one TOML file, overridden by ``OMICS_WATCHER_*`` environment variables.
+
+Where the file comes from: ``-c PATH``, else ``$OMICS_WATCHER_CONFIG``, else
+``./omics-watcher.toml`` if present, else built-in defaults. Every key can be overridden
+from the environment (``OMICS_WATCHER_POLLING__RATE_PER_SECOND=15``; list items by index,
+``OMICS_WATCHER_NOTIFIERS__0__URL=...``). Any ``X_file = "/path"`` key is replaced by the
+contents of that file as ``X`` before validation (Kubernetes Secret mounts, systemd
+``LoadCredential=``), so secret values need not sit in the TOML file.
+
+Invariants: validation failures become :class:`ConfigError` with one ``key.path: problem``
+line each (the CLI exits 2); secret values never appear in those lines or in
+:func:`redacted` output. Loading reads files and the given environment only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.notifiers.registry import NotifierSettings
+from watcher.routing import RouteSettings
+
+ENV_PREFIX = "OMICS_WATCHER_"
+DEFAULT_FILE = "omics-watcher.toml"
+DEFAULT_TERMINAL = (
+    "SUCCESS",
+    "COMPLETE",
+    "EXECUTOR_ERROR",
+    "SYSTEM_ERROR",
+    "COMPLETE_ERROR",
+    "CANCELED",
+    "FAILED",
+    "PREEMPTED",
+)
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` holds one ``key.path: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TencentCloudSettings(_Section):
+    endpoint: str = "https://omics.tencentcloudapi.com"
+    region: str = "ap-guangzhou"
+    project_id: str = ""
+    secret_id: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    token: SecretStr | None = None
+    language: Literal["zh-CN", "en-US"] | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class PollingSettings(_Section):
+    rate_per_second: float = Field(20.0, gt=0, le=1000)
+    interval_seconds: float = Field(30.0, gt=0)
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    strategy: Literal["per-run", "batch", "auto"] = "per-run"
+    terminal_statuses: tuple[str, ...] = DEFAULT_TERMINAL
+    describe_rate_per_second: float = Field(20.0, gt=0, le=1000)
+    calls_rate_per_second: float = Field(5.0, gt=0, le=1000)
+    batch_size: int = Field(100, ge=1, le=100)
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        return frozenset(self.terminal_statuses)
+
+
+class StateSettings(_Section):
+    path: Path = Path("omics-watcher.db")
+
+
+class ServerSettings(_Section):
+    listen: str = "127.0.0.1:9477"
+    admin_token: SecretStr | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT with a port from 0 to 65535")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StuckSettings(_Section):
+    after_seconds: float = Field(0, ge=0)
+    per_status: dict[str, float] = Field(default_factory=dict)
+
+
+WatchFilterName = Literal["RunGroupId", "ApplicationId", "Status", "UserDefinedId"]
+
+
+class WatchSettings(_Section):
+    project_id: str = ""
+    filters: dict[WatchFilterName, list[str]] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    interval_seconds: float = Field(60.0, gt=0)
+    notify_existing: bool = False
+
+
+class DaemonSettings(_Section):
+    shutdown_grace_seconds: float = Field(10.0, gt=0, le=3600)
+
+
+class LoggingSettings(_Section):
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole configuration; immutable once loaded."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    tencentcloud: TencentCloudSettings = TencentCloudSettings()
+    polling: PollingSettings = PollingSettings()
+    state: StateSettings = StateSettings()
+    server: ServerSettings = ServerSettings()
+    stuck: StuckSettings = StuckSettings()
+    watch: list[WatchSettings] = Field(default_factory=list)
+    daemon: DaemonSettings = DaemonSettings()
+    logging: LoggingSettings = LoggingSettings()
+    notifiers: list[NotifierSettings] = Field(default_factory=list)
+    routes: list[RouteSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        names = [n.name for n in self.notifiers]
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if name in seen:
+                raise _KeyedError(f"notifiers[{index}].name", f"duplicate notifier name {name!r}")
+            seen.add(name)
+        for index, route in enumerate(self.routes):
+            for name in route.notifiers:
+                if name not in seen:
+                    raise _KeyedError(f"routes[{index}].notifiers", f"unknown notifier {name!r}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() merges file, environment and *_file secrets itself (list items by
+        # index, which pydantic-settings' env source cannot do) and passes the result as init
+        # values: nothing is read behind its back.
+        return (init_settings,)
+
+
+class _KeyedError(ValueError):
+    """A cross-field problem that knows the key path it belongs to."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get("OMICS_WATCHER_CONFIG"):
+        return Path(environ["OMICS_WATCHER_CONFIG"])
+    default = Path(DEFAULT_FILE)
+    return default if default.is_file() else None
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``OMICS_WATCHER_A__B__0__C=v`` as ``{"a": {"b": {"0": {"c": v}}}}``.
+
+    Values that look like JSON arrays or objects are parsed, so list and table keys can be
+    overridden too; everything else stays a string for pydantic to coerce.
+    """
+    layer: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "OMICS_WATCHER_CONFIG":
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        parsed: Any = value
+        if value.strip()[:1] in ("[", "{"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = parsed
+    return layer
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep-merge ``over`` into ``base``; dict keys that are digits address list items."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(over, dict) and all(k.isdigit() for k in over):
+        items = list(base)
+        for key, value in sorted(over.items(), key=lambda kv: int(kv[0])):
+            index = int(key)
+            if index < len(items):
+                items[index] = _merge(items[index], value)
+            elif index == len(items):
+                items.append(value)
+            else:
+                raise ConfigError([f"{key}: list index out of range in environment override"])
+        return items
+    if isinstance(over, dict) and base is None and over and all(k.isdigit() for k in over):
+        return _merge([], over)
+    return over
+
+
+def _resolve_files(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace every ``X_file`` key by ``X`` = the file's contents (trailing newline dropped)."""
+    if isinstance(node, list):
+        return [_resolve_files(item, f"{path}[{i}]", problems) for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out[key] = _resolve_files(value, f"{path}.{key}" if path else key, problems)
+    for key in [k for k in out if k.endswith("_file")]:
+        target = key[: -len("_file")]
+        where = f"{path}.{key}" if path else key
+        file_path = out.pop(key)
+        if not isinstance(file_path, str) or not file_path:
+            problems.append(f"{where}: must be a file path")
+            continue
+        if out.get(target):
+            problems.append(f"{where}: give either {target} or {key}, not both")
+            continue
+        try:
+            out[target] = Path(file_path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+            problems.append(f"{where}: cannot read {file_path}: {reason}")
+    return out
+
+
+def _loc_to_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
+    """``('notifiers', 1, 'webhook', 'url')`` → ``notifiers[1].url``.
+
+    Discriminated unions add the variant tag to the location; it names no key, so drop it.
+    """
+    parts: list[str] = []
+    node: Any = raw
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and item not in node and node.get("type") == item:
+            continue  # the union's tag
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def load_settings(
+    config_path: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load, merge and validate; raises :class:`ConfigError` with every problem found."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config_path, environ)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"config: file {path} does not exist"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"config: cannot read {path}: {exc}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
+    merged = _merge(raw, _env_layer(environ))
+    problems: list[str] = []
+    merged = _resolve_files(merged, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            ctx_error = (error.get("ctx") or {}).get("error")
+            if isinstance(ctx_error, _KeyedError):
+                lines.append(f"{ctx_error.key}: {ctx_error}")
+                continue
+            key = _loc_to_key(tuple(error["loc"]), merged) or "config"
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}")
+        raise ConfigError(lines) from None
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by ``"***"``."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "***"
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {str(k): walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | frozenset):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result = walk(settings)
+    assert isinstance(result, dict)
+    return result
