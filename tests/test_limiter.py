@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 
 import pytest
 
@@ -27,9 +28,7 @@ class VirtualClock:
 def max_in_any_window(times: list[float], width: float = 1.0) -> int:
     """Largest number of instants inside any closed window of ``width`` seconds."""
     times = sorted(times)
-    return max(
-        (bisect.bisect_right(times, t + width) - i for i, t in enumerate(times)), default=0
-    )
+    return max((bisect.bisect_right(times, t + width) - i for i, t in enumerate(times)), default=0)
 
 
 async def drive(limiter: PacingLimiter, clock: VirtualClock, n: int, latency: float) -> list[float]:
@@ -72,7 +71,7 @@ async def test_fractional_rates_pace_evenly() -> None:
     limiter = PacingLimiter(2.5, clock=clock, sleep=clock.sleep)
     grants = await drive(limiter, clock, 50, 0.001)
     assert max_in_any_window(grants) <= 2
-    gaps = [b - a for a, b in zip(grants, grants[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
     assert min(gaps) >= 0.4 - 1e-9
 
 
