@@ -1,0 +1,314 @@
+"""Command line: parses arguments, owns signals and exit codes. The only code that touches
+the process (stdin/stdout, environment, signals, ``sys.exit``).
+
+Exit codes (interface.md): 0 success or clean stop; 1 runtime failure (or an API error for
+``status``); 2 usage or configuration error; 3 startup failure (state file, port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TextIO
+
+from watcher import __version__
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class Exit(Exception):
+    """Stop with ``code`` after printing ``lines`` on standard error."""
+
+    def __init__(self, code: int, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.code = code
+        self.lines = lines
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from watcher.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        raise Exit(EXIT_USAGE, *(f"config error: {line}" for line in exc.problems)) from None
+
+
+def _open_store(settings: Any) -> Any:
+    from watcher.store import StateError, Store
+
+    try:
+        return Store.open(settings.state.path)
+    except StateError as exc:
+        raise Exit(EXIT_STARTUP, f"state error: {exc}") from None
+
+
+def _configure_logging(settings: Any) -> None:
+    from watcher.app import secret_values
+    from watcher.logs import configure
+
+    configure(
+        fmt=settings.logging.format, level=settings.logging.level, secrets=secret_values(settings)
+    )
+
+
+def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise Exit(EXIT_USAGE, f"--label {pair!r}: expected KEY=VALUE")
+        labels[key.strip()] = value
+    return labels
+
+
+def read_uuid_lines(stream: TextIO) -> list[str]:
+    """Run UUIDs from ``stream``, one per line; blank lines and ``#`` comments skipped."""
+    found = []
+    for line in stream:
+        text = line.split("#", 1)[0].strip()
+        if text:
+            found.append(text)
+    return found
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from watcher.store import TrackRequest
+
+    settings = _settings(args)
+    labels = _parse_labels(args.label)
+    given: list[str] = args.run_uuids
+    uuids = read_uuid_lines(sys.stdin) if given == ["-"] else given
+    bad = [u for u in uuids if not _UUID.match(u)]
+    good = list(dict.fromkeys(u.lower() for u in uuids if _UUID.match(u)))
+    project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
+    if good:
+        with _open_store(settings) as store:
+            result = store.track(TrackRequest(u, project, labels) for u in good)
+        print(f"tracked {len(result.added)} new, {len(result.existing)} already tracked")
+    for u in bad:
+        print(f"error: not a run UUID: {u!r}", file=sys.stderr)
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+def cmd_untrack(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _open_store(settings) as store:
+        removed = store.untrack(u.lower() for u in args.run_uuids)
+    unknown = sorted(set(u.lower() for u in args.run_uuids) - set(removed))
+    print(f"untracked {len(removed)}")
+    for u in unknown:
+        print(f"warning: not tracked: {u}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _open_store(settings) as store:
+        runs = store.list_runs()
+    rows = [run.to_json_dict() for run in runs]
+    if args.json:
+        json.dump(rows, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    header = ("RUN_UUID", "PROJECT", "STATUS", "TERMINAL", "LAST_POLLED", "LABELS")
+    table = [header] + [
+        (
+            r["run_uuid"],
+            r["project_id"] or "-",
+            r["status"] or "-",
+            "yes" if r["terminal"] else "no",
+            r["last_polled_at"] or "-",
+            ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from watcher.app import one_status
+
+    settings = _settings(args)
+    if not _UUID.match(args.run_uuid):
+        raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
+    project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
+    raw = asyncio.run(one_status(settings, args.run_uuid.lower(), project, environ=os.environ))
+    json.dump(raw, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from watcher.config import redacted
+
+    settings = _settings(args)
+    json.dump(redacted(settings), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_test_notify(args: argparse.Namespace) -> int:
+    from watcher.app import test_notify
+
+    settings = _settings(args)
+    _configure_logging(settings)
+    names = [n.name for n in settings.notifiers] or ["log"]
+    if args.name not in names:
+        raise Exit(EXIT_USAGE, f"error: no notifier named {args.name!r}; have: {', '.join(names)}")
+    return _run_async(lambda stop: test_notify(settings, args.name, stop=stop))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.app import run_daemon
+
+    settings = _settings(args)
+    _configure_logging(settings)
+    grace = settings.daemon.shutdown_grace_seconds
+    return _run_async(
+        lambda stop, reload=None: run_daemon(
+            settings, stop=stop, reload=reload, environ=os.environ
+        ),
+        grace=grace,
+        with_reload=True,
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from watcher.simulator import SimulatorConfig, serve
+
+    config = SimulatorConfig(runs=args.runs, seed=args.seed, fault_rate=args.fault_rate)
+
+    async def main(stop: asyncio.Event) -> int:
+        await serve(
+            config,
+            host=args.host,
+            port=args.port,
+            stop=stop,
+            out=sys.stdout,
+            duration=args.duration,
+        )
+        return EXIT_OK
+
+    return _run_async(main)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from watcher.demo import run_demo
+
+    return _run_async(lambda stop: run_demo(stop=stop, out=sys.stdout))
+
+
+# -- process plumbing -----------------------------------------------------------------------
+
+
+def _run_async(main: Callable[..., Any], *, grace: float = 10.0, with_reload: bool = False) -> int:
+    """Run ``main(stop[, reload])`` with signal handling.
+
+    The first SIGTERM/SIGINT sets ``stop`` and arms a hard deadline of ``grace`` seconds;
+    a second signal exits at once. SIGHUP sets ``reload`` when the command supports it.
+    """
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        reload = asyncio.Event()
+        task = asyncio.current_task()
+
+        def on_stop() -> None:
+            if stop.is_set():
+                os._exit(EXIT_RUNTIME)  # second signal: the user wants out now
+            stop.set()
+            # Past the grace period, cancel whatever is still running; the outbox keeps the rest.
+            loop.call_later(grace + 1.0, lambda: task.cancel() if task else None)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_stop)
+        if with_reload:
+            loop.add_signal_handler(signal.SIGHUP, reload.set)
+        try:
+            result = await (main(stop, reload) if with_reload else main(stop))
+        except asyncio.CancelledError:
+            return EXIT_OK if stop.is_set() else EXIT_RUNTIME
+        return int(result) if result is not None else EXIT_OK
+
+    return asyncio.run(runner())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omics-watcher",
+        description="Watch Tencent Cloud Omics runs and report every status change.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+        return p
+
+    with_config(command("run", cmd_run, "run the daemon in the foreground"))
+    p = with_config(command("track", cmd_track, "add runs to the registry (idempotent)"))
+    p.add_argument(
+        "--project-id", help="ProjectId of these runs (default: [tencentcloud] project_id)"
+    )
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs, or - to read stdin")
+    p = with_config(command("untrack", cmd_untrack, "stop watching runs (history stays)"))
+    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID")
+    p = with_config(command("list", cmd_list, "show the registry of tracked runs"))
+    p.add_argument("--json", action="store_true", help="one JSON array")
+    p = with_config(command("status", cmd_status, "one GetRunStatus call; prints Metadata"))
+    p.add_argument("--project-id")
+    p.add_argument("run_uuid", metavar="RUN_UUID")
+    with_config(command("check-config", cmd_check_config, "validate and print the configuration"))
+    p = with_config(command("test-notify", cmd_test_notify, "send a sample event to a notifier"))
+    p.add_argument("name", metavar="NAME")
+    p = command("simulate", cmd_simulate, "serve a local Omics API simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
+    command("demo", cmd_demo, "simulator + daemon in one process; ends by itself")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        return int(args.handler(args))
+    except Exit as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # `omics-watcher list | head`: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

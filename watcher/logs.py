@@ -1,0 +1,84 @@
+"""Structured logging setup: console lines on a terminal, JSON lines otherwise.
+
+Called once, by the CLI (the only code that touches the process). Event names are fixed
+snake_case strings (``poll_failed``, ``notify_delivered``); context is bound as keys.
+A last processor masks every configured secret value wherever it appears, so a secret that
+slips into an error message from a library still never reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class SecretMasker:
+    """A structlog processor replacing known secret strings by ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Very short values would mask ordinary words; real secrets are long.
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, "***")
+            return value
+        if isinstance(value, dict):
+            return {k: self._mask(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._mask(v) for v in value]
+        if isinstance(value, BaseException):
+            return self._mask(repr(value))
+        return value
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not self._secrets:
+            return event_dict
+        for key, value in list(event_dict.items()):
+            event_dict[key] = self._mask(value)
+        return event_dict
+
+
+def configure(
+    *,
+    fmt: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog for this process (JSON unless ``fmt`` says console or on a TTY)."""
+    stream = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            SecretMasker(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,110 @@
+"""Prometheus metrics: one registry per application instance, never the global default.
+
+Counters are incremented by the components that own the facts (scheduler, client hook,
+dispatcher). Values that live in the state file (runs by status, outbox depth and age) are
+read at scrape time through :meth:`Metrics.watch_state`, so they can never drift from it.
+Label values are run statuses, outcomes and notifier names: never secrets, never run ids
+(cardinality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """What the state file says at scrape time."""
+
+    runs_by_status: Mapping[str, int]
+    outbox_pending: int
+    oldest_pending_seconds: float
+
+
+class _StateCollector(Collector):
+    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self._snapshot()
+        runs = GaugeMetricFamily(
+            "omics_watcher_tracked_runs",
+            "Tracked runs by last seen status ('unknown' before the first poll).",
+            labels=["status"],
+        )
+        for status, count in sorted(snap.runs_by_status.items()):
+            runs.add_metric([status], count)
+        yield runs
+        yield GaugeMetricFamily(
+            "omics_watcher_outbox_pending",
+            "Deliveries waiting in the outbox.",
+            value=snap.outbox_pending,
+        )
+        yield GaugeMetricFamily(
+            "omics_watcher_oldest_pending_delivery_seconds",
+            "Age of the oldest pending delivery (0 when none).",
+            value=snap.oldest_pending_seconds,
+        )
+
+
+class Metrics:
+    """Every metric family the daemon exports, registered on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.polls = Counter(
+            "omics_watcher_polls", "Status polls by outcome.", ["outcome"], registry=r
+        )
+        self.api_request_seconds = Histogram(
+            "omics_watcher_api_request_seconds",
+            "Omics API request latency (limiter wait excluded).",
+            ["action"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
+        self.throttled = Counter(
+            "omics_watcher_throttled", "RequestLimitExceeded answers received.", registry=r
+        )
+        self.limiter_wait_seconds = Counter(
+            "omics_watcher_limiter_wait_seconds",
+            "Time requests spent waiting for the rate limiter.",
+            ["action"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "omics_watcher_transitions", "Status transitions recorded.", registry=r
+        )
+        self.events = Counter(
+            "omics_watcher_events", "Events recorded, by type.", ["type"], registry=r
+        )
+        self.deliveries = Counter(
+            "omics_watcher_deliveries",
+            "Delivery attempts by notifier and outcome.",
+            ["notifier", "outcome"],
+            registry=r,
+        )
+        self.polling_paused = Gauge(
+            "omics_watcher_polling_paused",
+            "1 while polling is paused because credentials or permissions fail.",
+            registry=r,
+        )
+        self.clock_skew_seconds = Gauge(
+            "omics_watcher_clock_skew_seconds",
+            "Estimated server clock minus local clock, from SignatureExpire answers.",
+            registry=r,
+        )
+
+    def watch_state(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        """Export state-file gauges, computed from ``snapshot()`` at every scrape."""
+        self.registry.register(_StateCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
