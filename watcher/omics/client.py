@@ -1,0 +1,410 @@
+"""The async Omics API client: signed POSTs over one shared aiohttp session, errors mapped once.
+
+Invariants:
+
+- Every HTTP attempt is signed afresh (TC3, over the exact bytes sent, ``Host`` = the endpoint's
+  netloc) inside its action's limiter slot; the slot covers the POST *and* reading the body,
+  because the limiter counts completion times.
+- Every outcome goes through :func:`interpret_answer`, the one place that turns HTTP status,
+  body bytes or a transport exception into a ``Response`` dict or an :class:`OmicsError`.
+- Recovery inside :meth:`OmicsClient.call` is bounded, at most once each:
+  ``AuthFailure.TokenFailure`` refreshes the credential and retries; ``AuthFailure.SignatureExpire``
+  re-estimates the server clock from the ``Date`` header, keeps that offset for later calls
+  (:attr:`OmicsClient.clock_skew_seconds`) and retries. ``RequestLimitExceeded*`` tells the
+  limiter to slow down and raises :class:`Throttled`. Nothing else is retried here: backoff
+  belongs to the scheduler.
+- No secret key, token, ``Authorization`` value or signature ever goes into an exception or a
+  log line: transport errors are re-raised ``from None`` (aiohttp keeps request headers on its
+  exceptions) and server messages are scrubbed of the credential before they are used.
+- The client owns no session and no global state; it never sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from watcher import __version__
+from watcher.limiter import Limiter
+from watcher.omics.credentials import Credential, CredentialProvider
+from watcher.omics.errors import (
+    ClockSkew,
+    OmicsError,
+    Throttled,
+    TokenExpired,
+    Transient,
+    classify,
+)
+from watcher.omics.models import RunMetadata, RunsFilter, RunSummary
+from watcher.omics.signing import sign
+
+API_VERSION = "2022-11-28"
+SERVICE = "omics"
+CONTENT_TYPE = "application/json"
+MAX_PAGE = 100
+
+_M = TypeVar("_M", RunMetadata, RunSummary)
+
+
+def _describe_body(content_type: str, payload: bytes) -> str:
+    # Shape only, never the text: an error page from a proxy may echo our request headers.
+    return f"{content_type or 'no content type'}, {len(payload)} bytes"
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def interpret_answer(
+    *,
+    status: int,
+    reason: str,
+    content_type: str,
+    payload: bytes,
+    failure: BaseException | None,
+    secrets: Sequence[str] = (),
+) -> dict[str, Any] | OmicsError:
+    """One attempt's outcome: the ``Response`` object, or the :class:`OmicsError` it amounts to.
+
+    ``failure`` is the transport exception when there was no answer (``status`` is then
+    ignored). Tencent reports API errors with HTTP 200 and ``Response.Error``; anything the
+    client cannot read is :class:`Transient`. ``secrets`` are scrubbed from server messages.
+    """
+    if failure is not None:
+        if isinstance(failure, TimeoutError):
+            return Transient("Timeout", "no complete answer within the request timeout")
+        if isinstance(failure, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return Transient("ConnectionError", f"{type(failure).__name__}: {failure}")
+        return Transient("ClientError", f"{type(failure).__name__}: {failure}")
+    if status != 200:
+        return Transient(
+            f"HTTP{status}", f"HTTP {status} {reason} ({_describe_body(content_type, payload)})"
+        )
+    if not payload:
+        return Transient("MalformedResponse", "empty body with HTTP 200")
+    try:
+        document = json.loads(payload)
+    except ValueError:  # includes UnicodeDecodeError
+        return Transient(
+            "MalformedResponse", f"body is not JSON ({_describe_body(content_type, payload)})"
+        )
+    response = document.get("Response") if isinstance(document, dict) else None
+    if not isinstance(response, dict):
+        return Transient("MalformedResponse", "JSON body without a Response object")
+    raw_request_id = response.get("RequestId")
+    request_id = raw_request_id if isinstance(raw_request_id, str) else None
+    error = response.get("Error")
+    if error is None:
+        return response
+    if not isinstance(error, dict) or not isinstance(error.get("Code"), str):
+        return Transient(
+            "MalformedResponse", "Response.Error without a Code", request_id=request_id
+        )
+    message = error.get("Message")
+    text = _scrub(message, secrets) if isinstance(message, str) else ""
+    return classify(error["Code"], text, request_id=request_id)
+
+
+def _server_time(date_header: str | None) -> float | None:
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class _Answer:
+    """What one attempt produced, plus what clock-skew recovery needs from it."""
+
+    __slots__ = ("date_header", "received_at", "result")
+
+    def __init__(
+        self, result: dict[str, Any] | OmicsError, date_header: str | None, received_at: float
+    ) -> None:
+        self.result = result
+        self.date_header = date_header
+        self.received_at = received_at
+
+
+class OmicsClient:
+    """Calls the Omics API (version 2022-11-28) through per-action limiters."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        region: str,
+        credentials: CredentialProvider,
+        limiters: Mapping[str, Limiter],
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+        language: str | None = None,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint must be an http(s) URL with a host, not {endpoint!r}")
+        if "default" not in limiters:
+            raise ValueError('limiters needs a "default" entry for actions without their own')
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._host = parts.netloc.rpartition("@")[2]  # never sign or send userinfo
+        self._url = f"{parts.scheme}://{self._host}/"
+        self._session = session
+        self._credentials = credentials
+        self._limiters = dict(limiters)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+        self._offset = 0.0
+        self._log = structlog.get_logger("watcher.omics.client")
+        base = {
+            "Host": self._host,
+            "Content-Type": CONTENT_TYPE,
+            "User-Agent": f"omics-watcher/{__version__}",
+            "X-TC-Version": API_VERSION,
+        }
+        if region:
+            base["X-TC-Region"] = region
+        if language:
+            base["X-TC-Language"] = language
+        self._base_headers = base
+
+    @property
+    def host(self) -> str:
+        """The ``Host`` header sent and signed (netloc of the endpoint, port included)."""
+        return self._host
+
+    @property
+    def clock_skew_seconds(self) -> float:
+        """Server clock minus ours, as last estimated after SignatureExpire (0.0 before)."""
+        return self._offset
+
+    async def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """POST one action; its ``Response`` object (``RequestId`` included) or an OmicsError."""
+        if params.get("ProjectId") == "":
+            params = {k: v for k, v in params.items() if k != "ProjectId"}
+        body = json.dumps(params, separators=(",", ":")).encode()
+        limiter = self._limiters.get(action) or self._limiters["default"]
+        refreshed = resynced = False
+        while True:
+            credential = await self._credential()
+            answer = await self._attempt(action, body, credential, limiter)
+            result = answer.result
+            if not isinstance(result, OmicsError):
+                return result
+            if isinstance(result, Throttled):
+                limiter.throttled()
+            elif isinstance(result, TokenExpired) and not refreshed:
+                refreshed = True
+                await self._refresh(result)
+                continue
+            elif isinstance(result, ClockSkew) and not resynced:
+                resynced = True
+                self._resync(answer)
+                continue
+            raise result
+
+    async def _credential(self) -> Credential:
+        try:
+            return await self._credentials.get()
+        except OmicsError:
+            raise
+        except Exception as exc:
+            # The provider's own message names sources, never secrets (its contract).
+            raise Transient(
+                "CredentialsUnavailable", f"{self._credentials.name}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def _refresh(self, error: TokenExpired) -> None:
+        try:
+            await self._credentials.refresh()
+        except Exception as exc:
+            raise TokenExpired(
+                error.code,
+                f"{error.message}; refreshing from {self._credentials.name} failed: "
+                f"{type(exc).__name__}",
+                request_id=error.request_id,
+            ) from None
+        self._log.info("credentials_refreshed", provider=self._credentials.name)
+
+    def _resync(self, answer: _Answer) -> None:
+        server = _server_time(answer.date_header)
+        if server is None:
+            return  # nothing to estimate from: the retry still signs with a fresh time
+        # Date has 1 s resolution and is truncated: the server was in [Date, Date + 1).
+        self._offset = server + 0.5 - answer.received_at
+        self._log.warning("clock_skew_detected", skew_seconds=round(self._offset, 1))
+
+    async def _attempt(
+        self, action: str, body: bytes, credential: Credential, limiter: Limiter
+    ) -> _Answer:
+        status, reason, content_type, payload = 0, "", "", b""
+        date_header: str | None = None
+        failure: BaseException | None = None
+        async with limiter.slot():
+            # Signed inside the slot so the timestamp is as fresh as the send.
+            timestamp = int(self._clock() + self._offset)
+            headers = dict(self._base_headers)
+            headers["X-TC-Action"] = action
+            headers["X-TC-Timestamp"] = str(timestamp)
+            headers["Authorization"] = sign(
+                secret_id=credential.secret_id,
+                secret_key=credential.secret_key,
+                host=self._host,
+                body=body,
+                timestamp=timestamp,
+                service=SERVICE,
+                content_type=CONTENT_TYPE,
+            )
+            if credential.token:
+                headers["X-TC-Token"] = credential.token
+            try:
+                async with self._session.post(
+                    self._url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,  # never replay a signed request to another host
+                ) as resp:
+                    payload = await resp.read()
+                    status, reason = resp.status, resp.reason or ""
+                    content_type = resp.headers.get("Content-Type", "")
+                    date_header = resp.headers.get("Date")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failure = exc
+        secrets = (credential.secret_key, credential.token or "", headers["Authorization"])
+        result = interpret_answer(
+            status=status,
+            reason=reason,
+            content_type=content_type,
+            payload=payload,
+            failure=failure,
+            secrets=secrets,
+        )
+        return _Answer(result, date_header, self._clock())
+
+    async def get_run_status(self, run_uuid: str, project_id: str = "") -> RunMetadata:
+        """GetRunStatus: the run's RunMetadata."""
+        response = await self.call("GetRunStatus", {"RunUuid": run_uuid, "ProjectId": project_id})
+        return _parse(RunMetadata, response.get("Metadata"), response, "Metadata")
+
+    async def describe_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        limit: int = MAX_PAGE,
+        offset: int = 0,
+    ) -> tuple[int, list[RunSummary]]:
+        """One DescribeRuns page: ``(TotalCount, runs)``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be within 1..{MAX_PAGE}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        params: dict[str, Any] = {"Limit": limit, "Offset": offset}
+        if filters:
+            params["Filters"] = [item.to_api() for item in filters]
+        if project_id:
+            params["ProjectId"] = project_id
+        response = await self.call("DescribeRuns", params)
+        total = response.get("TotalCount")
+        if not isinstance(total, int) or isinstance(total, bool):
+            raise _malformed(response, "DescribeRuns answer without an integer TotalCount")
+        items = _items(response, "Runs")
+        return total, [_parse(RunSummary, item, response, "Runs[]") for item in items]
+
+    async def iter_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        page_size: int = MAX_PAGE,
+    ) -> AsyncIterator[RunSummary]:
+        """Every run matching ``filters``, page after page; each RunUuid at most once.
+
+        Offset paging over a changing list can show a run twice or skip one that moved; the
+        duplicate is dropped here, a skipped run turns up on the next pass.
+        """
+        offset = 0
+        seen: set[str] = set()
+        while True:
+            total, page = await self.describe_runs(
+                project_id=project_id, filters=filters, limit=page_size, offset=offset
+            )
+            for run in page:
+                if run.RunUuid not in seen:
+                    seen.add(run.RunUuid)
+                    yield run
+            offset += len(page)
+            if not page or offset >= total:
+                return
+
+    async def get_run_calls(
+        self, run_uuid: str, project_id: str = "", path: str = "/"
+    ) -> list[RunMetadata]:
+        """GetRunCalls: the tasks and sub-workflows under ``path`` (``/`` = the root)."""
+        response = await self.call(
+            "GetRunCalls", {"RunUuid": run_uuid, "Path": path, "ProjectId": project_id}
+        )
+        return [
+            _parse(RunMetadata, item, response, "Calls[]") for item in _items(response, "Calls")
+        ]
+
+    async def get_run_job_log(
+        self,
+        run_uuid: str,
+        job_id: str,
+        log_type: str = "stderr",
+        project_id: str = "",
+        path: str = "",
+    ) -> str:
+        """GetRunJobLog: the text of one task's stdout or stderr."""
+        params: dict[str, Any] = {"RunUuid": run_uuid, "JobId": job_id, "LogType": log_type}
+        if path:
+            params["Path"] = path
+        params["ProjectId"] = project_id
+        response = await self.call("GetRunJobLog", params)
+        content = response.get("Content")
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise _malformed(response, "GetRunJobLog Content is not text")
+        return content
+
+
+def _request_id(response: Mapping[str, Any]) -> str | None:
+    value = response.get("RequestId")
+    return value if isinstance(value, str) else None
+
+
+def _malformed(response: Mapping[str, Any], message: str) -> Transient:
+    return Transient("MalformedResponse", message, request_id=_request_id(response))
+
+
+def _items(response: Mapping[str, Any], key: str) -> list[Any]:
+    items = response.get(key)
+    if items is None:  # Tencent answers null for an empty list
+        return []
+    if not isinstance(items, list):
+        raise _malformed(response, f"{key} is not a list")
+    return items
+
+
+def _parse(model: type[_M], obj: object, response: Mapping[str, Any], where: str) -> _M:
+    if obj is None:
+        raise _malformed(response, f"answer without {where}")
+    try:
+        return model.from_api(obj)
+    except Transient as exc:
+        raise Transient(exc.code, exc.message, request_id=_request_id(response)) from None
