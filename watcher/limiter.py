@@ -80,6 +80,18 @@ class PacingLimiter:
         self.granted = 0
         self.throttle_events = 0
         self.wait_seconds = 0.0
+        self._on_latency: Callable[[float], None] | None = None
+        self._on_wait: Callable[[float], None] | None = None
+
+    def observe(
+        self,
+        *,
+        latency: Callable[[float], None] | None = None,
+        waited: Callable[[float], None] | None = None,
+    ) -> None:
+        """Report each request's duration (grant to release) and each wait for a permit."""
+        self._on_latency = latency
+        self._on_wait = waited
 
     @property
     def rate(self) -> float:
@@ -121,10 +133,14 @@ class PacingLimiter:
             self._last_grant = now
             self.granted += 1
         self.wait_seconds += now - started
+        if self._on_wait is not None:
+            self._on_wait(now - started)
         return grant
 
     def release(self, grant: _Grant) -> None:
         grant.busy_until = self._clock()
+        if self._on_latency is not None:
+            self._on_latency(grant.busy_until - grant.granted_at)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
