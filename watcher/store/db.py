@@ -1,0 +1,186 @@
+"""Store plumbing: opening the SQLite file, connection settings, transactions, column codecs.
+
+Invariants:
+- One ``sqlite3.Connection`` per :class:`Database`, used from one thread (the event loop). Every
+  call is short; nothing here is async.
+- The connection runs in autocommit mode (``isolation_level=None``) and every multi-statement
+  change goes through :meth:`Database.write`, which takes the write lock up front
+  (``BEGIN IMMEDIATE``): a deferred transaction that later upgrades to a writer can fail at once
+  with SQLITE_BUSY in WAL mode instead of waiting for ``busy_timeout``.
+- WAL + ``synchronous=NORMAL``: a committed transaction survives a crash or SIGKILL of the
+  process (only an OS crash or power loss may drop the last few), and readers (the CLI) never
+  block the writer (the daemon) or the other way round.
+- Any ``sqlite3.Error`` leaving this package is re-raised as :class:`StateError`, whose message
+  names the file and SQLite's reason; it never contains data from rows (so never a secret).
+- Time columns hold unix seconds as REAL (UTC by definition): cheap to compare and index.
+  Naive datetimes given to the store are taken as UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MEMORY = ":memory:"
+
+
+class StateError(Exception):
+    """The state file cannot be opened, created, migrated or used. The CLI exits with 3."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_ts(moment: datetime) -> float:
+    """A datetime as unix seconds; naive values are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def from_ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def from_ts_opt(value: float | None) -> datetime | None:
+    return None if value is None else from_ts(value)
+
+
+def dump_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def load_labels(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    raw = json.loads(text)
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def describe(path: str, exc: sqlite3.Error) -> str:
+    """A one-line reason that says what the user can do about it."""
+    reason = str(exc) or type(exc).__name__
+    lowered = reason.lower()
+    if "not a database" in lowered:
+        return f"state file {path} is not an SQLite database (wrong path or corrupted file)"
+    if "malformed" in lowered or "corrupt" in lowered:
+        return f"state file {path} is corrupted ({reason}); restore it or start a new one"
+    if "readonly" in lowered or "unable to open" in lowered or "disk i/o" in lowered:
+        return (
+            f"state file {path} cannot be opened for writing ({reason}); "
+            "check the path and its permissions"
+        )
+    if "locked" in lowered or "busy" in lowered:
+        return f"state file {path} is locked by another process for too long ({reason})"
+    return f"state file {path}: {reason}"
+
+
+class Database:
+    """An open SQLite connection with the watcher's settings and transaction helpers."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def connect(
+        cls,
+        path: str | Path,
+        *,
+        busy_timeout: float,
+        setup: Callable[[sqlite3.Connection, str], object] | None = None,
+    ) -> Database:
+        """Open (creating if needed) the file, apply the settings, then run ``setup``.
+
+        ``setup`` (the schema migration) gets the raw connection in autocommit mode; any
+        error it raises closes the connection, and SQLite errors become :class:`StateError`.
+        """
+        name = str(path)
+        if name != MEMORY:
+            target = Path(name)
+            # Checked by hand because SQLite's own answer is just "unable to open database file".
+            if not target.parent.is_dir():
+                raise StateError(
+                    f"state file {name} cannot be created: directory {target.parent} does not exist"
+                )
+            if target.is_dir():
+                raise StateError(f"state file {name} is a directory")
+        try:
+            conn = sqlite3.connect(name, timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(describe(name, exc)) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout * 1000))}")
+            # Reading the schema forces SQLite to parse the header: garbage fails here.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if setup is not None:
+                setup(conn, name)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateError(describe(name, exc)) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, name)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(describe(self.path, exc)) from exc
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            # Some errors (disk full, I/O) make SQLite roll back by itself already.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(describe(self.path, exc)) from exc
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query in the block sees the same snapshot."""
+        try:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(describe(self.path, exc)) from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        """One autocommit SELECT, all rows."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(describe(self.path, exc)) from exc
+
+
+class StoreBase:
+    """What the store's parts share: the database and the wall clock."""
+
+    _db: Database
+    _clock: Callable[[], datetime]
+
+    def _now(self) -> float:
+        return to_ts(self._clock())

@@ -1,0 +1,127 @@
+"""The state file's schema: an ordered list of migrations keyed by ``PRAGMA user_version``.
+
+Invariants:
+- ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``. Shipped migrations are
+  never edited; a change is a new entry at the end.
+- Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the
+  ``user_version`` bump, so a crash leaves the file at a whole version, and two processes
+  opening a new file at once migrate it exactly once (the version is re-read under the lock).
+- A file with a newer version than we know, or one that is some other application's SQLite
+  database, is refused with :class:`StateError` and left untouched.
+
+Tables (times are unix seconds, REAL):
+- ``counters``: named integers; ``change_seq`` is bumped by every registry change another
+  process must see (track, re-track, untrack).
+- ``runs``: one row per run ever tracked; ``tracked = 0`` after untrack (the row stays so a
+  re-track keeps the last status and history). ``change_seq`` is the counter value of the
+  run's last registry change (indexed) for :meth:`Store.changes_since`. ``stuck_status`` is
+  the status a ``run.stuck`` event was already recorded for.
+- ``events``: the append-only event log; ``seq`` orders it, ``id`` is the event's stable id,
+  ``body`` is the event's JSON exactly as notifiers receive it.
+- ``outbox``: one row per (event, notifier) still to deliver (``pending``) or given up
+  (``dead``); delivered rows are deleted. AUTOINCREMENT keeps ids unique forever.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from watcher.store.db import StateError
+
+APPLICATION_ID = 0x4F4D5743  # "OMWC": marks the file as ours for `file(1)` and for open()
+
+_V1 = (
+    """
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "INSERT INTO counters (name, value) VALUES ('change_seq', 0)",
+    """
+    CREATE TABLE runs (
+        run_uuid           TEXT PRIMARY KEY,
+        project_id         TEXT NOT NULL DEFAULT '',
+        labels             TEXT NOT NULL DEFAULT '{}',
+        tracked            INTEGER NOT NULL DEFAULT 1 CHECK (tracked IN (0, 1)),
+        tracked_at         REAL NOT NULL,
+        status             TEXT,
+        terminal           INTEGER NOT NULL DEFAULT 0 CHECK (terminal IN (0, 1)),
+        metadata           TEXT,
+        status_since       REAL,
+        last_polled_at     REAL,
+        stopped            INTEGER NOT NULL DEFAULT 0 CHECK (stopped IN (0, 1)),
+        consecutive_errors INTEGER NOT NULL DEFAULT 0,
+        next_poll_after    REAL,
+        stuck_status       TEXT,
+        change_seq         INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX runs_by_change_seq ON runs (change_seq)",
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL UNIQUE,
+        type        TEXT NOT NULL,
+        run_uuid    TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        body        TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX events_by_run ON events (run_uuid, seq)",
+    """
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+        notifier        TEXT NOT NULL CHECK (notifier <> ''),
+        state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_at      REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT,
+        dead_at         REAL,
+        UNIQUE (event_seq, notifier)
+    )
+    """,
+    # Partial indexes: the queries spell `state = 'pending'` literally so SQLite can use them.
+    "CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending'",
+    "CREATE INDEX outbox_pending_by_notifier ON outbox (notifier, id) WHERE state = 'pending'",
+    "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the schema to the newest version; returns it. Raises :class:`StateError`."""
+    known = len(MIGRATIONS)
+    current = _user_version(conn)
+    if current > known:
+        raise StateError(
+            f"state file {path} has schema version {current}, newer than this omics-watcher "
+            f"knows ({known}); upgrade omics-watcher or point state.path at another file"
+        )
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    tables = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    foreign = app_id not in (0, APPLICATION_ID) or (current == 0 and tables > 0)
+    if foreign or (current > 0 and app_id != APPLICATION_ID):
+        raise StateError(f"state file {path} is an SQLite database of another application")
+    for version in range(current + 1, known + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the lock.
+            if _user_version(conn) < version:
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return known
