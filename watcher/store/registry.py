@@ -1,0 +1,284 @@
+"""The registry of tracked runs: tracking, untracking, reading, and cheap change feeds.
+
+Invariants:
+- ``track`` is idempotent and runs in one transaction whatever its size (``executemany``).
+- Untracking keeps the row (``tracked = 0``) so history and the last status survive; reads
+  other than :meth:`labels_of` only ever show tracked runs.
+- Every change another process must notice (track, re-track, project or label change, untrack)
+  stamps the touched rows with a fresh value of the ``change_seq`` counter, bumped once per
+  transaction. Readers see the counter and the rows in one snapshot, so a cursor never skips
+  a change: :meth:`changes_since` is an indexed range scan, usually empty.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from watcher.store.db import (
+    StoreBase,
+    dump_json,
+    from_ts,
+    from_ts_opt,
+    load_labels,
+    to_ts,
+)
+from watcher.store.models import ActiveRun, TrackedRun, TrackRequest, TrackResult
+
+# Full statements rather than composed fragments: every query here is a literal, and every
+# value is bound. Column order matches _tracked_run / _active_run.
+_SELECT_TRACKED = (
+    "SELECT run_uuid, project_id, status, terminal, labels, tracked_at, last_polled_at, "
+    "status_since, stopped, consecutive_errors, next_poll_after FROM runs WHERE tracked = 1 "
+)
+_SELECT_ACTIVE = (
+    "SELECT run_uuid, project_id, status, last_polled_at, next_poll_after FROM runs "
+    "WHERE tracked = 1 AND terminal = 0 AND stopped = 0"
+)
+
+
+def _tracked_run(row: tuple[Any, ...]) -> TrackedRun:
+    return TrackedRun(
+        run_uuid=row[0],
+        project_id=row[1],
+        status=row[2],
+        terminal=bool(row[3]),
+        labels=load_labels(row[4]),
+        tracked_at=from_ts(row[5]),
+        last_polled_at=from_ts_opt(row[6]),
+        status_since=from_ts_opt(row[7]),
+        stopped=bool(row[8]),
+        consecutive_errors=int(row[9]),
+        next_poll_after=from_ts_opt(row[10]),
+    )
+
+
+def _active_run(row: tuple[Any, ...]) -> ActiveRun:
+    return ActiveRun(row[0], row[1], row[2], row[3], row[4])
+
+
+def next_change_seq(conn: sqlite3.Connection) -> int:
+    """Bump and return the change counter; call inside a write transaction."""
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'change_seq'")
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'change_seq'").fetchone()[0])
+
+
+def _current_change_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'change_seq'").fetchone()[0])
+
+
+def _merge_requests(requests: Iterable[TrackRequest]) -> dict[str, tuple[str, dict[str, str]]]:
+    """One entry per run, in first-seen order; later duplicates add labels and a project."""
+    merged: dict[str, tuple[str, dict[str, str]]] = {}
+    for request in requests:
+        if not request.run_uuid:
+            raise ValueError("run_uuid must not be empty")
+        project, labels = merged.get(request.run_uuid, ("", {}))
+        labels = {**labels, **{str(k): str(v) for k, v in request.labels.items()}}
+        merged[request.run_uuid] = (request.project_id or project, labels)
+    return merged
+
+
+class RegistryMixin(StoreBase):
+    def track(self, requests: Iterable[TrackRequest]) -> TrackResult:
+        """Track runs; idempotent. Labels given for an already tracked run are merged in.
+
+        A run tracked before and untracked since is re-activated (reported as added): its
+        last status is kept, so the next poll reports a change that happened meanwhile.
+        Tracking a run again also re-activates it if it was stopped as not found, e.g. to
+        retry it with the right ``project_id``.
+        """
+        merged = _merge_requests(requests)
+        if not merged:
+            return TrackResult(added=[], existing=[])
+        now = self._now()
+        uuids = list(merged)
+        added: list[str] = []
+        existing: list[str] = []
+        with self._db.write() as conn:
+            seq = next_change_seq(conn)
+            known: dict[str, tuple[int, str, str, int]] = {
+                uuid: (tracked, project, labels, stopped)
+                for uuid, tracked, project, labels, stopped in conn.execute(
+                    "SELECT run_uuid, tracked, project_id, labels, stopped FROM runs "
+                    "WHERE run_uuid IN (SELECT value FROM json_each(?))",
+                    (json.dumps(uuids),),
+                )
+            }
+            inserts: list[tuple[Any, ...]] = []
+            retracks: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            for uuid in uuids:
+                project, labels = merged[uuid]
+                row = known.get(uuid)
+                if row is None:
+                    inserts.append((uuid, project, dump_json(labels), now, seq))
+                    added.append(uuid)
+                    continue
+                tracked, old_project, old_labels_text, stopped = row
+                new_project = project or old_project
+                if not tracked:
+                    # A fresh tracking session: the old labels belonged to the old one.
+                    retracks.append((new_project, dump_json(labels), now, seq, uuid))
+                    added.append(uuid)
+                    continue
+                existing.append(uuid)
+                new_labels_text = old_labels_text
+                if labels:  # skip the JSON round trip in the common "track again" case
+                    new_labels_text = dump_json({**load_labels(old_labels_text), **labels})
+                if stopped or new_project != old_project or new_labels_text != old_labels_text:
+                    updates.append((new_project, new_labels_text, seq, uuid))
+            conn.executemany(
+                "INSERT INTO runs (run_uuid, project_id, labels, tracked_at, change_seq) "
+                "VALUES (?, ?, ?, ?, ?)",
+                inserts,
+            )
+            conn.executemany(
+                "UPDATE runs SET tracked = 1, stopped = 0, consecutive_errors = 0, "
+                "next_poll_after = NULL, stuck_status = NULL, project_id = ?, labels = ?, "
+                "tracked_at = ?, change_seq = ? WHERE run_uuid = ?",
+                retracks,
+            )
+            conn.executemany(
+                "UPDATE runs SET project_id = ?, labels = ?, change_seq = ?, "
+                "consecutive_errors = CASE WHEN stopped = 1 THEN 0 ELSE consecutive_errors END, "
+                "next_poll_after = CASE WHEN stopped = 1 THEN NULL ELSE next_poll_after END, "
+                "stopped = 0 WHERE run_uuid = ?",
+                updates,
+            )
+        return TrackResult(added=added, existing=existing)
+
+    def untrack(self, run_uuids: Iterable[str]) -> list[str]:
+        """Stop watching runs; returns those that were tracked. Their events stay."""
+        uuids = list(dict.fromkeys(run_uuids))
+        with self._db.write() as conn:
+            removed = {
+                uuid
+                for (uuid,) in conn.execute(
+                    "SELECT run_uuid FROM runs WHERE tracked = 1 "
+                    "AND run_uuid IN (SELECT value FROM json_each(?))",
+                    (json.dumps(uuids),),
+                )
+            }
+            if removed:
+                seq = next_change_seq(conn)
+                conn.executemany(
+                    "UPDATE runs SET tracked = 0, change_seq = ? WHERE run_uuid = ?",
+                    [(seq, uuid) for uuid in removed],
+                )
+        return [uuid for uuid in uuids if uuid in removed]
+
+    def get_run(self, run_uuid: str) -> TrackedRun | None:
+        rows = self._db.query(_SELECT_TRACKED + "AND run_uuid = ?", (run_uuid,))
+        return _tracked_run(rows[0]) if rows else None
+
+    def list_runs(self) -> list[TrackedRun]:
+        """Every tracked run, in the order they were tracked."""
+        rows = self._db.query(_SELECT_TRACKED + "ORDER BY tracked_at, rowid")
+        return [_tracked_run(row) for row in rows]
+
+    def active_runs(self) -> list[ActiveRun]:
+        """Runs to poll: tracked, not terminal, not stopped."""
+        return [_active_run(row) for row in self._db.query(_SELECT_ACTIVE)]
+
+    def snapshot(self) -> tuple[int, list[ActiveRun]]:
+        """``(cursor, active runs)`` read together: start :meth:`changes_since` from ``cursor``."""
+        with self._db.read() as conn:
+            cursor = _current_change_seq(conn)
+            runs = [_active_run(row) for row in conn.execute(_SELECT_ACTIVE)]
+        return cursor, runs
+
+    def change_cursor(self) -> int:
+        """The current value of the change counter."""
+        return int(self._db.query("SELECT value FROM counters WHERE name = 'change_seq'")[0][0])
+
+    def changes_since(self, cursor: int) -> tuple[int, list[ActiveRun], list[str]]:
+        """Registry changes after ``cursor``: ``(new cursor, (re)activated runs, untracked)``.
+
+        The active list may repeat runs the caller already polls (for instance after a label
+        or project change): treat it as an upsert. Runs that are tracked but terminal or
+        stopped appear in neither list.
+        """
+        with self._db.read() as conn:
+            current = _current_change_seq(conn)
+            if current <= cursor:
+                return current, [], []
+            rows = conn.execute(
+                "SELECT run_uuid, project_id, status, last_polled_at, next_poll_after, "
+                "tracked, terminal, stopped FROM runs "
+                "WHERE change_seq > ? AND change_seq <= ? ORDER BY change_seq",
+                (cursor, current),
+            ).fetchall()
+        active = [_active_run(row) for row in rows if row[5] and not row[6] and not row[7]]
+        untracked = [row[0] for row in rows if not row[5]]
+        return current, active, untracked
+
+    def record_polls(self, polled: Sequence[tuple[str, datetime]]) -> None:
+        """Successful polls without news: stamp ``last_polled_at``, clear the error streak."""
+        if not polled:
+            return
+        with self._db.write() as conn:
+            conn.executemany(
+                "UPDATE runs SET last_polled_at = ?, consecutive_errors = 0, "
+                "next_poll_after = NULL WHERE run_uuid = ?",
+                [(to_ts(at), uuid) for uuid, at in polled],
+            )
+
+    def record_error(
+        self, run_uuid: str, *, consecutive_errors: int, next_poll_after: datetime | None
+    ) -> None:
+        """A failed poll: remember the streak and when to try again (survives restarts)."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE runs SET consecutive_errors = ?, next_poll_after = ? WHERE run_uuid = ?",
+                (
+                    consecutive_errors,
+                    None if next_poll_after is None else to_ts(next_poll_after),
+                    run_uuid,
+                ),
+            )
+
+    def labels_of(self, run_uuid: str) -> dict[str, str]:
+        """The run's labels (also for an untracked run); ``{}`` if unknown."""
+        rows = self._db.query("SELECT labels FROM runs WHERE run_uuid = ?", (run_uuid,))
+        return load_labels(rows[0][0]) if rows else {}
+
+    def metadata_of(self, run_uuid: str) -> dict[str, Any] | None:
+        """The RunMetadata of the last successful observation, as returned by the API."""
+        rows = self._db.query("SELECT metadata FROM runs WHERE run_uuid = ?", (run_uuid,))
+        if not rows or rows[0][0] is None:
+            return None
+        value: dict[str, Any] = json.loads(rows[0][0])
+        return value
+
+    def count_by_status(self) -> dict[str | None, int]:
+        """Tracked runs per last seen status (``None``: not polled yet)."""
+        rows = self._db.query("SELECT status, count(*) FROM runs WHERE tracked = 1 GROUP BY status")
+        return {status: int(count) for status, count in rows}
+
+    def stuck_candidates(
+        self, *, now: datetime, after_seconds: float, per_status: Mapping[str, float] | None = None
+    ) -> list[TrackedRun]:
+        """Active runs whose status is older than its threshold and not yet reported stuck.
+
+        The threshold is ``per_status[status]`` if given, else ``after_seconds``; 0 means off.
+        """
+        per_status = per_status or {}
+        thresholds = [t for t in (after_seconds, *per_status.values()) if t > 0]
+        if not thresholds:
+            return []
+        now_ts = to_ts(now)
+        rows = self._db.query(
+            _SELECT_TRACKED + "AND terminal = 0 AND stopped = 0 AND status IS NOT NULL "
+            "AND status_since <= ? AND stuck_status IS NOT status",
+            (now_ts - min(thresholds),),
+        )
+        found = []
+        for row in rows:
+            limit = per_status.get(row[2], after_seconds)
+            if limit > 0 and now_ts - row[7] >= limit:
+                found.append(_tracked_run(row))
+        return found

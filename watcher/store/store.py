@@ -1,0 +1,65 @@
+"""The :class:`Store` facade: opening the state file and closing it again.
+
+The methods live in one mixin per concern (registry, recording, journal, outbox); this class
+only owns the connection and the clock. See the package docstring for the invariants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from watcher.store.db import Database, utc_now
+from watcher.store.journal import JournalMixin
+from watcher.store.outbox import OutboxMixin
+from watcher.store.recording import RecordingMixin
+from watcher.store.registry import RegistryMixin
+from watcher.store.schema import migrate
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+
+class Store(RegistryMixin, RecordingMixin, JournalMixin, OutboxMixin):
+    """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._db = db
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> Store:
+        """Open the state file, creating and migrating it as needed.
+
+        Raises :class:`StateError` if the file cannot be used: a missing or unwritable
+        directory, not an SQLite file, corrupted, another application's database, or a schema
+        newer than this version knows. ``busy_timeout`` is how long a call waits for another
+        process's write lock (the CLI and the daemon share the file).
+        """
+        db = Database.connect(path, busy_timeout=busy_timeout, setup=migrate)
+        return cls(db, clock=clock)
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
