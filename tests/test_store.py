@@ -115,6 +115,24 @@ def test_garbage_file_is_refused(db_path: Path) -> None:
         Store.open(db_path)
 
 
+def test_corrupted_file_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()  # the last close checkpoints the WAL into the main file
+    with db_path.open("r+b") as raw:
+        raw.seek(100)  # past the header: the schema table's b-tree page
+        raw.write(b"\xff" * 3000)
+    with pytest.raises(StateError, match=r"state file .*(corrupted|malformed|not an SQLite)"):
+        Store.open(db_path)
+
+
+def test_lock_held_too_long_is_a_state_error(db_path: Path) -> None:
+    with Store.open(db_path) as daemon, Store.open(db_path, busy_timeout=0.1) as cli:
+        with daemon._db.write():
+            with pytest.raises(StateError, match="locked"):
+                cli.track([TrackRequest(RUN_A)])
+            assert cli.list_runs() == []  # readers are not blocked by the writer
+        assert cli.track([TrackRequest(RUN_A)]).added == [RUN_A]
+
+
 def test_other_applications_database_is_refused(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")

@@ -87,7 +87,8 @@ class RegistryMixin(StoreBase):
         """Track runs; idempotent. Labels given for an already tracked run are merged in.
 
         A run tracked before and untracked since is re-activated (reported as added): its
-        last status is kept, so the next poll reports a change that happened meanwhile.
+        last status is kept, so the next poll reports a change that happened meanwhile (a run
+        whose last status was terminal stays terminal and is not polled again).
         Tracking a run again also re-activates it if it was stopped as not found, e.g. to
         retry it with the right ``project_id``.
         """
