@@ -1,0 +1,52 @@
+"""The wire envelope of Tencent Cloud API 3.0, as the simulator answers it.
+
+Every answer the API itself gives is HTTP 200 with ``Content-Type: application/json``
+exactly and a body ``{"Response": {..., "RequestId": "<uuid>"}}``; an error is
+``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``. :class:`ApiError` carries a
+code and message from wherever a request is refused to the one place that encodes it.
+:class:`Reply` is what the protocol core hands the HTTP layer: bytes plus the few transport
+effects a fault may ask for (a status, a delay, a dropped connection). Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """A request refused with a Tencent error code (answered as HTTP 200)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    status: int = 200
+    content_type: str = JSON
+    delay: float = 0.0  # seconds to wait before answering
+    drop: bool = False  # close the connection instead of answering
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode(response: dict[str, Any]) -> bytes:
+    return json.dumps({"Response": response}, ensure_ascii=False).encode("utf-8")
+
+
+def success(payload: dict[str, Any], rid: str) -> dict[str, Any]:
+    return {**payload, "RequestId": rid}
+
+
+def failure(code: str, message: str, rid: str) -> dict[str, Any]:
+    return {"Error": {"Code": code, "Message": message}, "RequestId": rid}

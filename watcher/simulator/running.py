@@ -1,0 +1,81 @@
+"""Starting and stopping a simulator on a TCP port.
+
+:func:`running_simulator` is for tests and benchmarks (an async context manager on a free
+port); :func:`serve` is for the CLI (one JSON line on ``out``, then serve until ``stop`` is set
+or ``duration`` elapses). Both bind before announcing, so the endpoint they give is already
+accepting connections, and both close the listener and pending handlers on exit (within
+``shutdown_timeout`` seconds; slow-answer faults are cut short).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+from aiohttp import web
+
+from watcher.simulator.config import SimulatorConfig
+from watcher.simulator.simulator import Simulator
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(
+    config: SimulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    monotonic: Callable[[], float] | None = None,
+    wall: Callable[[], float] | None = None,
+    shutdown_timeout: float = 1.0,
+) -> AsyncIterator[Simulator]:
+    """Serve a new :class:`Simulator` on ``host:port`` (0 = a free port) for the block."""
+    clocks = {} if wall is None else {"wall": wall}
+    sim = Simulator(config, monotonic=monotonic, **clocks)
+    runner = web.AppRunner(
+        sim.app(), access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        sim.bind(f"http://{_url_host(host)}:{bound_port}")
+        yield sim
+    finally:
+        await runner.cleanup()
+
+
+async def serve(
+    config: SimulatorConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    stop: asyncio.Event,
+    out: TextIO,
+    duration: float | None = None,
+) -> None:
+    """Print ``{"endpoint", "secret_id", "secret_key", "runs"}`` as one JSON line on ``out``,
+    then serve until ``stop`` is set or ``duration`` seconds passed.
+
+    Raises ``OSError`` when the address cannot be bound (before printing anything).
+    """
+    async with running_simulator(config, host, port) as sim:
+        line = {
+            "endpoint": sim.endpoint,
+            "secret_id": sim.secret_id,
+            "secret_key": sim.secret_key,
+            "runs": sim.run_uuids,
+        }
+        if sim.token is not None:
+            line["token"] = sim.token
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=duration)
