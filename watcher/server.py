@@ -1,0 +1,424 @@
+"""HTTP server: liveness, readiness, Prometheus metrics and the admin API, on one aiohttp app.
+
+Role: the only network listener of the daemon. :func:`build_app` wires the routes to
+collaborators passed in explicitly (store, metrics, health, token); :class:`HttpServer` binds,
+serves and stops the app. Nothing here polls, detects or delivers.
+
+Invariants:
+- Every answer the app itself produces is JSON (``/metrics`` aside): aiohttp's own 404, 405
+  and 413 are rewritten, and an unexpected error becomes ``500 {"error": "internal error"}``
+  with the traceback in the log only, never in the response.
+- The admin API (``/v1/*``) exists only with a non-empty ``admin_token``; without one every
+  ``/v1`` path answers 404. With one, every ``/v1`` path (known or not) needs
+  ``Authorization: Bearer <token>``, checked before the body is read and compared in constant
+  time. The token is never logged, echoed or put in an error message.
+- Request bodies are capped at :data:`MAX_BODY_BYTES` (413 beyond).
+- Run UUIDs are accepted only in canonical 8-4-4-4-12 form and stored lower-case, like
+  ``omics-watcher track``; ``GET /v1/runs`` is the ``list --json`` array.
+- Store calls are short synchronous SQLite calls made on the event loop; the server holds no
+  state of its own besides the :class:`Health` flags it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from watcher.events import Event, isoformat_z
+from watcher.metrics import Metrics
+from watcher.store import Delivery, TrackedRun, TrackRequest, TrackResult
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LIMIT = re.compile(r"[0-9]{1,7}")
+_ADMIN_PREFIX = "/v1"
+_UUID_HINT = "must be a canonical UUID (8-4-4-4-12 hex digits)"
+
+
+class ServerStartError(Exception):
+    """The listener cannot be opened (port taken, address unknown). The CLI exits with 3."""
+
+
+class AdminStore(Protocol):
+    """The part of :class:`watcher.store.Store` the admin API uses."""
+
+    def track(self, requests: Iterable[TrackRequest]) -> TrackResult: ...
+
+    def untrack(self, run_uuids: Iterable[str]) -> list[str]: ...
+
+    def get_run(self, run_uuid: str) -> TrackedRun | None: ...
+
+    def list_runs(self) -> list[TrackedRun]: ...
+
+    def events(self, *, limit: int) -> list[Event]: ...
+
+    def dead_letters(self, *, limit: int) -> list[Delivery]: ...
+
+
+def _always_alive() -> bool:
+    return True
+
+
+class Health:
+    """Process health as the probes report it; flags set by the composition root.
+
+    ``ready`` goes true once the state is open and the first poll cycle ran; ``draining``
+    goes true when shutdown starts (readiness then answers 503 so traffic and scrapes move
+    away). ``alive`` is an optional check (for instance "the scheduler loop is not stuck").
+    """
+
+    __slots__ = ("_alive", "draining", "ready")
+
+    def __init__(self, *, alive: Callable[[], bool] = _always_alive) -> None:
+        self.ready = False
+        self.draining = False
+        self._alive = alive
+
+    def alive(self) -> bool:
+        return self._alive()
+
+    def not_ready_reason(self) -> str | None:
+        """``None`` when ready to serve, else why not (``unhealthy``/``draining``/``starting``)."""
+        if not self.alive():
+            return "unhealthy"
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "starting"
+        return None
+
+
+class TrackBody(BaseModel):
+    """``POST /v1/runs``: what to track. Unknown keys are refused, nothing is coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    run_uuid: str
+    project_id: str | None = None
+    labels: dict[str, str] = {}
+
+    @field_validator("run_uuid")
+    @classmethod
+    def _canonical_uuid(cls, value: str) -> str:
+        if not _UUID.fullmatch(value):
+            raise PydanticCustomError("run_uuid", _UUID_HINT)
+        return value.lower()
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not key.strip() for key in value):
+            raise PydanticCustomError("labels", "label keys must not be empty")
+        return value
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each bad field, without echoing the input (which could be anything)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=message)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    value = int(raw) if _LIMIT.fullmatch(raw) else 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise _bad_request(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _path_uuid(request: web.Request) -> str:
+    value = request.match_info["run_uuid"]
+    if not _UUID.fullmatch(value):
+        raise _bad_request(f"run_uuid: {_UUID_HINT}")
+    return value.lower()
+
+
+def _dead_letter_json(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "notifier": delivery.notifier,
+        "attempts": delivery.attempts,
+        "created_at": isoformat_z(delivery.created_at),
+        "last_error": delivery.last_error,
+        "event": delivery.event.to_dict(),
+    }
+
+
+def _is_admin_path(request: web.Request) -> bool:
+    # Both spellings: the router matches on the raw path, humans think in the decoded one.
+    return any(
+        path == _ADMIN_PREFIX or path.startswith(_ADMIN_PREFIX + "/")
+        for path in (request.path, request.raw_path.partition("?")[0])
+    )
+
+
+def _error_middleware(log: Any) -> Middleware:
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            text = exc.text or ""
+            message = exc.reason if text in ("", f"{exc.status}: {exc.reason}") else text
+            headers = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            return web.json_response({"error": message}, status=exc.status, headers=headers)
+        except Exception:
+            log.exception("http_handler_failed", method=request.method, path=request.path)
+            return web.json_response({"error": "internal error"}, status=500)
+
+    return json_errors
+
+
+def _auth_middleware(token: str, log: Any) -> Middleware:
+    expected = token.encode("utf-8")
+
+    @web.middleware
+    async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_admin_path(request):
+            scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+            given = given.strip()
+            if scheme.lower() != "bearer" or not given:
+                reason, challenge = "missing bearer token", 'Bearer realm="omics-watcher"'
+            elif not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
+                reason = "invalid bearer token"
+                challenge = 'Bearer realm="omics-watcher", error="invalid_token"'
+            else:
+                return await handler(request)
+            log.warning(
+                "admin_auth_failed",
+                method=request.method,
+                path=request.path,
+                remote=request.remote,
+                reason=reason,
+            )
+            raise web.HTTPUnauthorized(text=reason, headers={"WWW-Authenticate": challenge})
+        return await handler(request)
+
+    return bearer_auth
+
+
+class _Probes:
+    def __init__(self, *, health: Health, metrics: Metrics) -> None:
+        self._health = health
+        self._metrics = metrics
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if self._health.alive():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unhealthy"}, status=503)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reason = self._health.not_ready_reason()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+
+class _AdminApi:
+    def __init__(
+        self,
+        *,
+        store: AdminStore,
+        default_project_id: str,
+        on_tracked: Callable[[], None],
+        log: Any,
+    ) -> None:
+        self._store = store
+        self._default_project_id = default_project_id
+        self._on_tracked = on_tracked
+        self._log = log
+
+    async def list_runs(self, request: web.Request) -> web.Response:
+        return web.json_response([run.to_json_dict() for run in self._store.list_runs()])
+
+    async def get_run(self, request: web.Request) -> web.Response:
+        run = self._store.get_run(_path_uuid(request))
+        if run is None:
+            raise web.HTTPNotFound(text="run not tracked")
+        return web.json_response(run.to_json_dict())
+
+    async def track(self, request: web.Request) -> web.Response:
+        raw = await request.read()  # raises 413 beyond client_max_size
+        try:
+            body = TrackBody.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _bad_request(_describe(exc)) from None
+        uuid = body.run_uuid
+        project = body.project_id
+        if project is None:
+            # Without a project_id a new run gets the configured default, and an already
+            # tracked run keeps its own ("" leaves the stored project unchanged).
+            project = "" if self._store.get_run(uuid) else self._default_project_id
+        result = self._store.track([TrackRequest(uuid, project, dict(body.labels))])
+        added = uuid in result.added
+        run = self._store.get_run(uuid)
+        if run is None:  # pragma: no cover - the store just committed it
+            raise RuntimeError("tracked run not found after track()")
+        self._log.info(
+            "admin_run_tracked",
+            run_uuid=uuid,
+            project_id=run.project_id,
+            added=added,
+            remote=request.remote,
+        )
+        # Also after a re-track: labels, project or a "stopped" flag may have changed.
+        try:
+            self._on_tracked()
+        except Exception:
+            # The run is committed; the scheduler's change feed still finds it.
+            self._log.exception("admin_wakeup_failed", run_uuid=uuid)
+        return web.json_response(
+            run.to_json_dict(),
+            status=201 if added else 200,
+            headers={"Location": f"{_ADMIN_PREFIX}/runs/{uuid}"},
+        )
+
+    async def untrack(self, request: web.Request) -> web.Response:
+        uuid = _path_uuid(request)
+        if not self._store.untrack([uuid]):
+            raise web.HTTPNotFound(text="run not tracked")
+        self._log.info("admin_run_untracked", run_uuid=uuid, remote=request.remote)
+        return web.Response(status=204)
+
+    async def events(self, request: web.Request) -> web.Response:
+        events = self._store.events(limit=_limit(request))
+        return web.json_response([event.to_dict() for event in events])
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        letters = self._store.dead_letters(limit=_limit(request))
+        return web.json_response([_dead_letter_json(d) for d in letters])
+
+
+async def _admin_off(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound(text="admin API off (server.admin_token is empty)")
+
+
+def build_app(
+    *,
+    store: AdminStore,
+    metrics: Metrics,
+    health: Health,
+    admin_token: str | None,
+    default_project_id: str,
+    on_tracked: Callable[[], None] = lambda: None,
+) -> web.Application:
+    """The aiohttp application; see the module docstring for its rules."""
+    log = structlog.get_logger("watcher.server")
+    middlewares = [_error_middleware(log)]
+    if admin_token:
+        middlewares.append(_auth_middleware(admin_token, log))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    probes = _Probes(health=health, metrics=metrics)
+    app.router.add_get("/healthz", probes.healthz, allow_head=True)
+    app.router.add_get("/readyz", probes.readyz, allow_head=True)
+    app.router.add_get("/metrics", probes.metrics)
+    if not admin_token:
+        app.router.add_route("*", _ADMIN_PREFIX, _admin_off)
+        app.router.add_route("*", _ADMIN_PREFIX + "/{tail:.*}", _admin_off)
+        return app
+    api = _AdminApi(
+        store=store, default_project_id=default_project_id, on_tracked=on_tracked, log=log
+    )
+    app.router.add_get("/v1/runs", api.list_runs)
+    app.router.add_post("/v1/runs", api.track)
+    app.router.add_get("/v1/runs/{run_uuid}", api.get_run)
+    app.router.add_delete("/v1/runs/{run_uuid}", api.untrack)
+    app.router.add_get("/v1/events", api.events)
+    app.router.add_get("/v1/dead-letters", api.dead_letters)
+    return app
+
+
+class HttpServer:
+    """Binds an app to a TCP address, serves it, and stops it gracefully.
+
+    Call :meth:`start` early (so a taken port fails the startup), then run :meth:`run` as a
+    long-lived task. Give :meth:`run` the event that marks the *end* of the drain so probes
+    and ``/metrics`` keep answering while the rest of the daemon shuts down.
+    """
+
+    def __init__(self, app: web.Application, *, shutdown_timeout: float = 5.0) -> None:
+        self._app = app
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._log = structlog.get_logger("watcher.server")
+
+    @property
+    def port(self) -> int | None:
+        """The bound port, ``None`` before :meth:`start`."""
+        if self._runner is None or not self._runner.addresses:
+            return None
+        return int(self._runner.addresses[0][1])
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (``port`` 0: any free port); returns the bound port.
+
+        ``host`` "" means every interface. Raises :class:`ServerStartError` when the address
+        cannot be bound.
+        """
+        if self._runner is not None:
+            raise RuntimeError("HttpServer already started")
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, host or None, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            shown = f"[{host}]" if ":" in host else host
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ServerStartError(f"cannot listen on {shown}:{port}: {reason}") from exc
+        self._runner = runner
+        bound = self.port
+        if bound is None:  # pragma: no cover - a started TCPSite always has a socket
+            raise ServerStartError(f"cannot listen on {host}:{port}: no socket")
+        self._log.info("http_listening", host=host, port=bound)
+        return bound
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            self._log.info("http_stopped")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled), then :meth:`stop`."""
+        if self._runner is None:
+            raise RuntimeError("HttpServer.run() needs start() first")
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
