@@ -1,0 +1,491 @@
+"""The HTTP server against a real SQLite store: probes, metrics, admin API, errors, listening.
+
+Requests go through aiohttp's test server (a real socket on 127.0.0.1) or a real
+:class:`HttpServer`; the store is a real file in ``tmp_path``. No mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from watcher.events import RunState
+from watcher.metrics import Metrics, StateSnapshot
+from watcher.server import (
+    MAX_BODY_BYTES,
+    Health,
+    HttpServer,
+    ServerStartError,
+    build_app,
+)
+from watcher.store import Store
+from watcher.transitions import detect
+
+TOKEN = "adm-7f3c9e1b5d2a4c6e8f0a1b3c5d7e9f1a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+UUID_A = "84232c68-a016-4668-b2e3-168a175d6f29"
+UUID_B = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+DEFAULT_PROJECT = "prj-default"
+TERMINAL = frozenset({"SUCCESS", "FAILED"})
+
+INTERFACE_SAMPLES = {
+    "omics_watcher_polls_total",
+    "omics_watcher_api_request_seconds_bucket",
+    "omics_watcher_throttled_total",
+    "omics_watcher_tracked_runs",
+    "omics_watcher_transitions_total",
+    "omics_watcher_deliveries_total",
+    "omics_watcher_outbox_pending",
+    "omics_watcher_oldest_pending_delivery_seconds",
+}
+
+
+@dataclass
+class Harness:
+    client: TestClient[web.Request, web.Application]
+    store: Store
+    health: Health
+    metrics: Metrics
+    wakeups: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    with Store.open(tmp_path / "state.db") as opened:
+        yield opened
+
+
+def state_snapshot(store: Store) -> StateSnapshot:
+    counts = store.count_by_status()
+    pending, oldest = store.outbox_stats(now=datetime.now(UTC))
+    return StateSnapshot(
+        runs_by_status={status or "unknown": n for status, n in counts.items()},
+        outbox_pending=pending,
+        oldest_pending_seconds=oldest,
+    )
+
+
+async def make_harness(store: Store, *, admin_token: str | None) -> Harness:
+    health = Health()
+    metrics = Metrics()
+    metrics.watch_state(lambda: state_snapshot(store))
+    wakeups: list[int] = []
+    app = build_app(
+        store=store,
+        metrics=metrics,
+        health=health,
+        admin_token=admin_token,
+        default_project_id=DEFAULT_PROJECT,
+        on_tracked=lambda: wakeups.append(1),
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return Harness(client, store, health, metrics, wakeups)
+
+
+@pytest.fixture
+async def h(store: Store) -> AsyncIterator[Harness]:
+    harness = await make_harness(store, admin_token=TOKEN)
+    try:
+        yield harness
+    finally:
+        await harness.client.close()
+
+
+def record_history(store: Store, run_uuid: str) -> None:
+    """Two real transitions (none -> RUNNING -> SUCCESS), each with a delivery to "ops"."""
+    start = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    prev: RunState | None = None
+    for minutes, status in enumerate(["RUNNING", "SUCCESS"]):
+        cur = RunState(run_uuid, DEFAULT_PROJECT, status, start + timedelta(minutes=minutes))
+        event = detect(prev, cur, terminal=TERMINAL)
+        assert store.record_observation(cur, event, notifiers=["ops"])
+        prev = cur
+
+
+# -- probes and metrics ---------------------------------------------------------------------
+
+
+async def test_healthz_ok_and_unhealthy(store: Store) -> None:
+    h = await make_harness(store, admin_token=None)
+    try:
+        resp = await h.client.get("/healthz")
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    finally:
+        await h.client.close()
+
+    alive = [False]
+    app = build_app(
+        store=store,
+        metrics=Metrics(),
+        health=Health(alive=lambda: alive[0]),
+        admin_token=None,
+        default_project_id="",
+    )
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/healthz")
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "unhealthy"
+        assert (await client.get("/readyz")).status == 503
+
+
+async def test_readiness_transitions(h: Harness) -> None:
+    resp = await h.client.get("/readyz")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "not_ready", "reason": "starting"}
+
+    h.health.ready = True
+    resp = await h.client.get("/readyz")
+    assert (resp.status, await resp.json()) == (200, {"status": "ready"})
+
+    h.health.draining = True
+    resp = await h.client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["reason"] == "draining"
+    # Liveness is unaffected by draining: the process still works.
+    assert (await h.client.get("/healthz")).status == 200
+
+
+async def test_metrics_text_format_has_interface_families(h: Harness) -> None:
+    resp = await h.client.post("/v1/runs", json={"run_uuid": UUID_A}, headers=AUTH)
+    assert resp.status == 201
+    h.metrics.polls.labels(outcome="ok").inc()
+    h.metrics.api_request_seconds.labels(action="GetRunStatus").observe(0.05)
+    h.metrics.throttled.inc()
+    h.metrics.transitions.inc()
+    h.metrics.deliveries.labels(notifier="ops", outcome="delivered").inc()
+
+    resp = await h.client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(await resp.text())
+        for s in family.samples
+    }
+    names = {name for name, _ in samples}
+    assert names >= INTERFACE_SAMPLES
+    assert samples[("omics_watcher_tracked_runs", (("status", "unknown"),))] == 1
+    assert samples[("omics_watcher_polls_total", (("outcome", "ok"),))] == 1
+    assert samples[("omics_watcher_outbox_pending", ())] == 0
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing bearer token"),
+        ({"Authorization": "Bearer"}, "missing bearer token"),
+        ({"Authorization": f"Basic {TOKEN}"}, "missing bearer token"),
+        ({"Authorization": TOKEN}, "missing bearer token"),
+        ({"Authorization": "Bearer not-the-token"}, "invalid bearer token"),
+        ({"Authorization": f"Bearer {TOKEN}x"}, "invalid bearer token"),
+        ({"Authorization": f"Bearer {TOKEN[:-1]}"}, "invalid bearer token"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/runs"), ("POST", "/v1/runs"), ("DELETE", f"/v1/runs/{UUID_A}"), ("GET", "/v1/x")],
+)
+async def test_admin_refuses_without_the_token(
+    h: Harness, headers: dict[str, str], reason: str, method: str, path: str
+) -> None:
+    resp = await h.client.request(method, path, headers=headers, json={"run_uuid": UUID_A})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert await resp.json() == {"error": reason}
+    assert h.store.list_runs() == []
+    assert h.wakeups == []
+
+
+async def test_bearer_scheme_is_case_insensitive(h: Harness) -> None:
+    resp = await h.client.get("/v1/runs", headers={"Authorization": f"bearer {TOKEN}"})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("token", ["", None])
+async def test_admin_api_off_without_token(store: Store, token: str | None) -> None:
+    h = await make_harness(store, admin_token=token)
+    try:
+        for method, path in [
+            ("GET", "/v1/runs"),
+            ("POST", "/v1/runs"),
+            ("GET", "/v1"),
+            ("DELETE", f"/v1/runs/{UUID_A}"),
+            ("GET", "/v1/events"),
+        ]:
+            resp = await h.client.request(method, path, json={"run_uuid": UUID_A}, headers=AUTH)
+            assert resp.status == 404, (method, path)
+            assert "admin API off" in (await resp.json())["error"]
+        assert store.list_runs() == []
+        # The probes still work.
+        assert (await h.client.get("/healthz")).status == 200
+    finally:
+        await h.client.close()
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+async def test_track_list_untrack(h: Harness) -> None:
+    resp = await h.client.post(
+        "/v1/runs", json={"run_uuid": UUID_A.upper(), "labels": {"team": "genomics"}}, headers=AUTH
+    )
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["run_uuid"] == UUID_A
+    assert body["project_id"] == DEFAULT_PROJECT
+    assert body["labels"] == {"team": "genomics"}
+    assert body["status"] is None
+    assert resp.headers["Location"] == f"/v1/runs/{UUID_A}"
+    assert h.wakeups == [1]
+
+    resp = await h.client.post("/v1/runs", json={"run_uuid": UUID_A}, headers=AUTH)
+    assert resp.status == 200
+    assert (await resp.json())["run_uuid"] == UUID_A
+
+    resp = await h.client.post(
+        "/v1/runs", json={"run_uuid": UUID_B, "project_id": "prj-x"}, headers=AUTH
+    )
+    assert resp.status == 201
+    # Re-posting without project_id keeps the run's project and merges labels.
+    resp = await h.client.post(
+        "/v1/runs", json={"run_uuid": UUID_B, "labels": {"k": "v"}}, headers=AUTH
+    )
+    assert resp.status == 200
+    assert (await resp.json())["project_id"] == "prj-x"
+    assert len(h.wakeups) == 4
+
+    resp = await h.client.get("/v1/runs", headers=AUTH)
+    assert resp.status == 200
+    listed = await resp.json()
+    # Exactly what `omics-watcher list --json` prints.
+    assert json.dumps(listed) == json.dumps([r.to_json_dict() for r in h.store.list_runs()])
+    assert [r["run_uuid"] for r in listed] == [UUID_A, UUID_B]
+    assert listed[1]["labels"] == {"k": "v"}
+
+    resp = await h.client.get(f"/v1/runs/{UUID_B}", headers=AUTH)
+    assert (resp.status, (await resp.json())["project_id"]) == (200, "prj-x")
+
+    resp = await h.client.delete(f"/v1/runs/{UUID_A.upper()}", headers=AUTH)
+    assert resp.status == 204
+    assert await resp.read() == b""
+    resp = await h.client.delete(f"/v1/runs/{UUID_A}", headers=AUTH)
+    assert resp.status == 404
+    assert "error" in await resp.json()
+    assert (await h.client.get(f"/v1/runs/{UUID_A}", headers=AUTH)).status == 404
+    assert [r.run_uuid for r in h.store.list_runs()] == [UUID_B]
+
+
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        (b"{not json", "body"),
+        (b"", "body"),
+        (b"[]", "body"),
+        (b'"x"', "body"),
+        (b"{}", "run_uuid"),
+        (json.dumps({"run_uuid": "not-a-uuid"}).encode(), "run_uuid"),
+        (json.dumps({"run_uuid": UUID_A + "\n"}).encode(), "run_uuid"),
+        (json.dumps({"run_uuid": "{" + UUID_A + "}"}).encode(), "run_uuid"),
+        (json.dumps({"run_uuid": 12}).encode(), "run_uuid"),
+        (json.dumps({"run_uuid": UUID_A, "extra": 1}).encode(), "extra"),
+        (json.dumps({"run_uuid": UUID_A, "labels": {"team": 1}}).encode(), "labels.team"),
+        (json.dumps({"run_uuid": UUID_A, "labels": ["a"]}).encode(), "labels"),
+        (json.dumps({"run_uuid": UUID_A, "labels": {" ": "v"}}).encode(), "labels"),
+        (json.dumps({"run_uuid": UUID_A, "project_id": 5}).encode(), "project_id"),
+    ],
+)
+async def test_track_rejects_malformed_bodies(h: Harness, body: bytes, field_name: str) -> None:
+    resp = await h.client.post(
+        "/v1/runs", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error.startswith(f"{field_name}:") or f"; {field_name}:" in error, error
+    assert h.store.list_runs() == []
+    assert h.wakeups == []
+
+
+async def test_bad_uuid_in_path_is_400(h: Harness) -> None:
+    resp = await h.client.delete("/v1/runs/nope", headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith("run_uuid:")
+
+
+async def test_body_over_limit_is_413(h: Harness) -> None:
+    padding = "x" * MAX_BODY_BYTES
+    body = json.dumps({"run_uuid": UUID_A, "labels": {"pad": padding}})
+    resp = await h.client.post(
+        "/v1/runs", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    assert "error" in await resp.json()
+    assert h.store.list_runs() == []
+
+
+# -- events and dead letters ------------------------------------------------------------------
+
+
+async def test_events_newest_first_with_limit(h: Harness) -> None:
+    await h.client.post("/v1/runs", json={"run_uuid": UUID_A}, headers=AUTH)
+    record_history(h.store, UUID_A)
+
+    resp = await h.client.get("/v1/events", headers=AUTH)
+    assert resp.status == 200
+    events = await resp.json()
+    assert [e["data"]["status"] for e in events] == ["SUCCESS", "RUNNING"]
+    assert events == [e.to_dict() for e in h.store.events(limit=100)]
+
+    resp = await h.client.get("/v1/events?limit=1", headers=AUTH)
+    assert [e["data"]["status"] for e in await resp.json()] == ["SUCCESS"]
+    resp = await h.client.get("/v1/events?limit=1000", headers=AUTH)
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("limit", ["", "0", "1001", "-1", "1.5", "abc", "１", "99999999999"])
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/dead-letters"])
+async def test_limit_garbage_is_400(h: Harness, path: str, limit: str) -> None:
+    resp = await h.client.get(path, params={"limit": limit}, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith("limit:")
+
+
+async def test_dead_letters(h: Harness) -> None:
+    await h.client.post("/v1/runs", json={"run_uuid": UUID_A}, headers=AUTH)
+    record_history(h.store, UUID_A)
+    first = h.store.pending_deliveries()[0]
+    h.store.mark_dead(first.id, error="HTTP 410 Gone", attempts=3)
+
+    resp = await h.client.get("/v1/dead-letters?limit=10", headers=AUTH)
+    assert resp.status == 200
+    letters = await resp.json()
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["id"] == first.id
+    assert letter["notifier"] == "ops"
+    assert letter["attempts"] == 3
+    assert letter["last_error"] == "HTTP 410 Gone"
+    assert letter["event"] == first.event.to_dict()
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def test_unknown_route_and_wrong_method_are_json(h: Harness) -> None:
+    resp = await h.client.get("/nope")
+    assert resp.status == 404
+    assert resp.content_type == "application/json"
+    assert "error" in await resp.json()
+
+    resp = await h.client.post("/healthz")
+    assert resp.status == 405
+    assert "GET" in resp.headers["Allow"]
+    assert "error" in await resp.json()
+
+    resp = await h.client.put("/v1/runs", headers=AUTH)
+    assert resp.status == 405
+    assert "error" in await resp.json()
+
+
+async def test_store_failure_is_500_without_traceback(h: Harness) -> None:
+    h.store.close()
+    with structlog.testing.capture_logs() as logs:
+        resp = await h.client.get("/v1/runs", headers=AUTH)
+    assert resp.status == 500
+    assert await resp.json() == {"error": "internal error"}
+    assert any(entry["event"] == "http_handler_failed" for entry in logs)
+
+
+async def test_token_never_leaks(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        h = await make_harness(store, admin_token=TOKEN)
+        try:
+            calls: list[tuple[str, str, dict[str, str], Any]] = [
+                ("POST", "/v1/runs", AUTH, {"run_uuid": UUID_A}),
+                ("POST", "/v1/runs", AUTH, {"run_uuid": UUID_A, "token": TOKEN}),
+                ("POST", "/v1/runs", {"Authorization": f"Bearer {TOKEN}x"}, {}),
+                ("GET", "/v1/runs", {"Authorization": f"Basic {TOKEN}"}, None),
+                ("GET", "/v1/runs", AUTH, None),
+                ("GET", "/v1/events", AUTH, None),
+                ("GET", "/v1/nope", AUTH, None),
+                ("PUT", "/v1/runs", AUTH, None),
+                ("DELETE", f"/v1/runs/{UUID_A}", AUTH, None),
+                ("GET", "/metrics", AUTH, None),
+            ]
+            for method, path, headers, body in calls:
+                resp = await h.client.request(method, path, headers=headers, json=body)
+                seen.append(await resp.text())
+                seen.append(json.dumps(dict(resp.headers)))
+        finally:
+            await h.client.close()
+    events = [entry["event"] for entry in logs]
+    assert "admin_run_tracked" in events
+    assert "admin_run_untracked" in events
+    assert "admin_auth_failed" in events
+    assert all(TOKEN not in text for text in seen)
+    assert TOKEN not in repr(logs)
+    assert TOKEN not in caplog.text
+
+
+# -- the real listener ------------------------------------------------------------------------
+
+
+def probe_app(store: Store, health: Health) -> web.Application:
+    return build_app(
+        store=store, metrics=Metrics(), health=health, admin_token=None, default_project_id=""
+    )
+
+
+async def test_http_server_serves_until_stop(store: Store) -> None:
+    health = Health()
+    server = HttpServer(probe_app(store, health), shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    assert port > 0
+    assert server.port == port
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            assert resp.status == 200
+        health.ready = True
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+            assert resp.status == 200
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert server.port is None
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    await server.stop()  # idempotent
+
+
+async def test_port_in_use_is_a_start_error(store: Store) -> None:
+    first = HttpServer(probe_app(store, Health()))
+    port = await first.start("127.0.0.1", 0)
+    try:
+        second = HttpServer(probe_app(store, Health()))
+        with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}"):
+            await second.start("127.0.0.1", port)
+        assert second.port is None
+        with pytest.raises(RuntimeError):
+            await second.run(asyncio.Event())
+        with pytest.raises(RuntimeError):
+            await first.start("127.0.0.1", 0)
+    finally:
+        await first.stop()
