@@ -764,3 +764,43 @@ async def test_call_returns_the_response_object(
     assert answer == {"RunGroups": [], "TotalCount": 0, "RequestId": "rid"}
     assert omics.seen[0].body == b'{"Limit":1}'
     assert omics.seen[0].action == "DescribeRunGroups"
+
+
+# --- against the simulator -----------------------------------------------------------------
+
+
+async def test_against_the_simulator(session: aiohttp.ClientSession) -> None:
+    from watcher.limiter import PacingLimiter
+    from watcher.simulator.config import SimulatorConfig
+    from watcher.simulator.running import running_simulator
+
+    async with running_simulator(SimulatorConfig(runs=23, seed=3, rate_limit=1000)) as sim:
+        client = OmicsClient(
+            session=session,
+            endpoint=sim.endpoint,
+            region="ap-guangzhou",
+            credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="sim"),
+            limiters={"default": PacingLimiter(500)},
+            timeout=5,
+        )
+        for run_uuid in sim.run_uuids[:3]:
+            meta = await client.get_run_status(run_uuid)
+            assert meta.Status == sim.status(run_uuid)
+            assert meta.raw["Status"] == meta.Status
+        found = [run async for run in client.iter_runs(page_size=10)]
+        assert sorted(run.RunUuid for run in found) == sorted(sim.run_uuids)
+        running = [RunsFilter("Status", ["QUEUED", "INITIALIZING", "RUNNING"])]
+        total, page = await client.describe_runs(filters=running, limit=100)
+        assert total == len(page)
+        assert all(run.Status in ("QUEUED", "INITIALIZING", "RUNNING") for run in page)
+        with pytest.raises(RunNotFound) as caught:
+            await client.get_run_status("00000000-0000-4000-8000-000000000000")
+        assert caught.value.code == "ResourceNotFound.RunNotExist"
+        assert caught.value.request_id
+        assert_no_secret(caught.value, sim.secret_key)
+        stats = sim.stats(timeline=False)
+    assert stats["signature_failures"] == 0
+    assert stats["auth_failures"] == 0
+    assert stats["throttled_total"] == 0
+    assert stats["requests_total"] == 3 + 3 + 1 + 1  # status x3, three pages, filter, unknown
+    assert client.clock_skew_seconds == 0.0
