@@ -1,0 +1,90 @@
+"""What every notifier kind shares: its settings base model, its build dependencies and its
+descriptor in the registry.
+
+Settings are frozen pydantic models that forbid unknown keys; templates are compiled while the
+configuration is validated, so a broken one is a config error naming its key. Secrets are
+``SecretStr`` (``check-config`` prints ``***``); a chat URL that is itself the credential is
+one too, and is checked to be http(s) without ever being echoed in the error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import aiohttp
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from structlog.typing import FilteringBoundLogger
+from yarl import URL
+
+from watcher.notifiers.base import Notifier, Rate
+from watcher.notifiers.templates import check_template
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+def check_http_url(value: str) -> str:
+    """Accept an absolute http(s) URL with a host; the error never repeats the value."""
+    try:
+        parsed = URL(value.strip())
+    except (ValueError, TypeError):
+        raise ValueError("must be an http:// or https:// URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.strip()
+
+
+def _check_secret_url(value: SecretStr) -> SecretStr:
+    return SecretStr(check_http_url(value.get_secret_value()))
+
+
+SecretUrl = Annotated[SecretStr, AfterValidator(_check_secret_url)]
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+
+
+class NotifierBase(BaseModel):
+    """Keys every ``[[notifiers]]`` table has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, min_length=1, max_length=64)
+    type: str
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    max_age_seconds: float = Field(86400.0, gt=0)
+    rate_per_minute: float | None = Field(None, gt=0)
+    title_template: str | None = None
+    body_template: str | None = None
+
+    @field_validator("title_template", "body_template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        return check_template(value)
+
+
+S = TypeVar("S", bound=NotifierBase)
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What a notifier may use: the shared HTTP session, a logger and a wall clock."""
+
+    session: aiohttp.ClientSession
+    logger: FilteringBoundLogger
+    clock: Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[S]):
+    """One notifier kind: its settings model, how to build it, and the rate it accepts."""
+
+    settings: type[S]
+    build: Callable[[S, Deps], Notifier]
+    rates: tuple[Rate, ...] = ()
+
+
+def json_bytes(payload: Any) -> bytes:
+    """The exact bytes sent: compact UTF-8 JSON, which is also what size limits count."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,139 @@
+"""WeCom (企业微信) group robot: a markdown message, or a text message with @-mentions.
+
+Limits: markdown content 4096 bytes and text content 2048 bytes, counted in UTF-8 (WeCom's
+group-robot docs); 20 messages per minute per robot. The robot key sits in the URL
+(``...webhook/send?key=KEY``) so the URL is a secret.
+
+WeCom answers HTTP 200 with ``{"errcode": 0, "errmsg": "ok"}``; any other ``errcode`` is an
+error. Codes read here, from WeCom's global error-code table:
+
+* ``45009`` "api freq out of limit": the robot's 20/min budget is spent → retryable;
+* ``-1`` "system busy" → retryable;
+* everything else (``93000`` invalid webhook URL, ``40008`` invalid message type,
+  ``44004`` empty content, ``40058`` bad parameter, ...) → permanent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from watcher.events import Event
+from watcher.notifiers.base import Rate
+from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
+from watcher.notifiers.render import Message, Renderer, Severity, clip_bytes, fit, plain_text
+
+MARKDOWN_MAX_BYTES = 4096
+TEXT_MAX_BYTES = 2048
+RETRYABLE_CODES = frozenset({45009, -1})
+COLOURS: dict[Severity, str] = {
+    "success": "info",  # green
+    "failure": "warning",  # orange-red
+    "warning": "warning",
+    "info": "comment",  # grey
+}
+
+
+def api_error(body: Any) -> ApiError | None:
+    if not isinstance(body, dict) or not isinstance(body.get("errcode"), int):
+        return None
+    code = body["errcode"]
+    if code == 0:
+        return None
+    return ApiError(str(code), str(body.get("errmsg", "")), retryable=code in RETRYABLE_CODES)
+
+
+def markdown(message: Message, *, mentions: list[str]) -> str:
+    lines = [f"### {message.title}"]
+    if message.body is not None:
+        lines.append(message.body)
+    else:
+        colour = COLOURS[message.severity]
+        lines.append(f'**<font color="{colour}">{message.summary}</font>**')
+        lines += [f"> {k}: {v}" for k, v in message.facts]
+        failure = message.failure
+        if failure:
+            if failure.task:
+                lines.append(f"**Failed task:** `{failure.task}`")
+            if failure.message:
+                lines.append(f'**Error:** <font color="warning">{failure.message}</font>')
+            if failure.stderr_tail:
+                lines += [f"> {line}" for line in failure.stderr_tail.splitlines()]
+        if message.note:
+            lines.append(message.note)
+    lines.append(f'<font color="comment">event {message.event_id}</font>')
+    lines += [f"<@{user}>" for user in mentions]
+    return "\n".join(lines)
+
+
+class WeComSettings(NotifierBase):
+    type: Literal["wecom"]
+    url: SecretUrl
+    # markdown (default) renders richly; text supports mentioned_list/mentioned_mobile_list.
+    msgtype: Literal["markdown", "text"] = "markdown"
+    mentioned_list: list[str] = Field(default_factory=list)  # user ids, or "@all"
+    mentioned_mobile_list: list[str] = Field(default_factory=list)  # text messages only
+
+
+class WeComNotifier:
+    kind = "wecom"
+
+    def __init__(self, settings: WeComSettings, deps: Deps) -> None:
+        self.name = settings.name
+        self._url = settings.url.get_secret_value()
+        self._settings = settings
+        self._deps = deps
+        self._scrub = Scrubber(url_secrets(self._url))
+        self._renderer = Renderer(
+            notifier=self.name,
+            logger=deps.logger,
+            title_template=settings.title_template,
+            body_template=settings.body_template,
+        )
+
+    def payload(self, event: Event) -> dict[str, Any]:
+        message = self._renderer.render(event)
+        settings = self._settings
+        if settings.msgtype == "text":
+            content = fit(
+                message,
+                lambda m: f"{m.title}\n{plain_text(m)}",
+                lambda text: len(text.encode()) <= TEXT_MAX_BYTES,
+            )
+            text: dict[str, Any] = {"content": clip_bytes(content, TEXT_MAX_BYTES)}
+            if settings.mentioned_list:
+                text["mentioned_list"] = list(settings.mentioned_list)
+            if settings.mentioned_mobile_list:
+                text["mentioned_mobile_list"] = list(settings.mentioned_mobile_list)
+            return {"msgtype": "text", "text": text}
+        mentions = [u for u in settings.mentioned_list if u != "@all"]
+        content = fit(
+            message,
+            lambda m: markdown(m, mentions=mentions),
+            lambda text: len(text.encode()) <= MARKDOWN_MAX_BYTES,
+        )
+        return {
+            "msgtype": "markdown",
+            "markdown": {"content": clip_bytes(content, MARKDOWN_MAX_BYTES)},
+        }
+
+    async def send(self, event: Event) -> None:
+        await post(
+            self._deps.session,
+            self._url,
+            body=json_bytes(self.payload(event)),
+            headers={},
+            now=self._deps.clock,
+            scrub=self._scrub,
+            api_error=api_error,
+        )
+
+
+def _build(settings: WeComSettings, deps: Deps) -> WeComNotifier:
+    return WeComNotifier(settings, deps)
+
+
+# "每个机器人发送的消息不能超过20条/分钟"; bursts of 5 keep a flood from using the minute up front.
+KIND = Kind(settings=WeComSettings, build=_build, rates=(Rate(limit=20, period=60.0, burst=5),))
