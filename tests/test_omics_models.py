@@ -219,6 +219,8 @@ def test_missing_fields_default_to_none() -> None:
         {**SEED_METADATA, "Status": 3},
         {**SEED_METADATA, "Status": ["RUNNING"]},
         {**SEED_METADATA, "Status": {"Name": "RUNNING"}},
+        {**SEED_METADATA, "Status": ""},
+        {**SEED_METADATA, "Status": "  "},
         "SUCCESS",
         ["SUCCESS"],
         None,

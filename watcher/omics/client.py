@@ -195,7 +195,9 @@ class OmicsClient:
         if params.get("ProjectId") == "":
             params = {k: v for k, v in params.items() if k != "ProjectId"}
         body = json.dumps(params, separators=(",", ":")).encode()
-        limiter = self._limiters.get(action) or self._limiters["default"]
+        limiter = self._limiters.get(action)
+        if limiter is None:
+            limiter = self._limiters["default"]
         refreshed = resynced = False
         while True:
             credential = await self._credential()
@@ -283,7 +285,13 @@ class OmicsClient:
                     date_header = resp.headers.get("Date")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure = exc
-        secrets = (credential.secret_key, credential.token or "", headers["Authorization"])
+        authorization = headers["Authorization"]
+        secrets = (
+            credential.secret_key,
+            credential.token or "",
+            authorization,  # before the signature alone, so the whole header goes at once
+            authorization.rpartition("=")[2],
+        )
         result = interpret_answer(
             status=status,
             reason=reason,

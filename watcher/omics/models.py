@@ -7,8 +7,9 @@ Invariants:
   the whole answer (numbers are accepted as text, and pydantic's lax rules apply otherwise),
   and unknown fields are kept (``extra="allow"``). The exceptions are
   the fields the watcher cannot work without (``Status``, and ``RunUuid`` for list items): when
-  one is missing or not a string the answer is malformed and :class:`Transient`
-  ``MalformedResponse`` is raised, so the poll is retried later and never becomes a transition.
+  one is missing, not a string or blank, the answer is malformed and :class:`Transient`
+  ``MalformedResponse`` is raised, so the poll is retried later and never becomes a transition
+  (a blank status would otherwise read as two status changes around a glitch).
 - JSON-in-string fields (Input, Output, Runtime, Meta, ErrorMessage) and RFC 3339 times are
   parsed lazily, on property access, never at construction, so a poll costs no more than
   reading the fields the caller uses.
@@ -90,8 +91,13 @@ class _ApiObject(BaseModel):
             raise ValueError(f"{cls.__name__} is a {type(data).__name__}, not an object")
         for key in cls._required:
             value = data.get(key)
-            if not isinstance(value, str):
-                state = "missing" if value is None else f"a {type(value).__name__}, not a string"
+            if not isinstance(value, str) or not value.strip():
+                if value is None:
+                    state = "missing"
+                elif isinstance(value, str):
+                    state = "blank"
+                else:
+                    state = f"a {type(value).__name__}, not a string"
                 raise Transient("MalformedResponse", f"{cls.__name__}.{key} is {state}")
         try:
             model = handler(data)
