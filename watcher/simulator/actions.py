@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from watcher.simulator.calls import Job, calls_at, failed_job, failures_json, job_log, jobs
-from watcher.simulator.metadata import is_failure, run_item, run_metadata
+from watcher.simulator.metadata import Statics, is_failure, run_item, run_metadata
 from watcher.simulator.protocol import ApiError
 from watcher.simulator.runs import Run, RunBook, Snapshot
 
@@ -86,6 +86,7 @@ class Actions:
         self._life = book.lifecycles
         self._max_filter_values = max_filter_values
         self._polls = polls
+        self._statics = Statics()
         self.handlers: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
             "GetRunStatus": self.get_run_status,
             "DescribeRuns": self.describe_runs,
@@ -126,7 +127,7 @@ class Actions:
         self._polls[run.run_uuid] += 1
         snap = self.snapshot(run, now)
         error = self._failures(run, snap) or "{}"
-        return {"Metadata": run_metadata(run, snap, error_message=error)}
+        return {"Metadata": run_metadata(run, snap, error_message=error, statics=self._statics)}
 
     def _filters(self, params: dict[str, Any]) -> list[tuple[str, frozenset[str]]]:
         raw = params.get("Filters")
@@ -204,7 +205,7 @@ class Actions:
         for run, maybe in matched[offset : offset + limit]:
             snap = maybe or self.snapshot(run, now)
             error = self._failures(run, snap) or ""
-            items.append(run_item(run, snap, error_message=error))
+            items.append(run_item(run, snap, error_message=error, statics=self._statics))
         return {"TotalCount": len(matched), "Runs": items}
 
     def get_run_calls(self, params: dict[str, Any], now: float) -> dict[str, Any]:

@@ -21,12 +21,13 @@ update. The store never logs or returns secrets in error messages.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 
-from watcher.omics.signing import signature, utc_date
+from watcher.omics.signing import ALGORITHM, canonical_request, utc_date
 from watcher.simulator.config import SERVICE, Credential
 from watcher.simulator.protocol import ApiError
 
@@ -35,7 +36,6 @@ SIGNATURE_EXPIRE = "AuthFailure.SignatureExpire"
 SECRET_ID_NOT_FOUND = "AuthFailure.SecretIdNotFound"  # noqa: S105 (an error code)
 TOKEN_FAILURE = "AuthFailure.TokenFailure"  # noqa: S105 (an error code)
 INVALID_AUTHORIZATION = "AuthFailure.InvalidAuthorization"
-_ALGORITHM = "TC3-HMAC-SHA256"
 
 
 def new_credential(*, token: bool = False, expires_at: float | None = None) -> Credential:
@@ -51,7 +51,7 @@ def new_credential(*, token: bool = False, expires_at: float | None = None) -> C
 def parse_authorization(value: str) -> tuple[str, str, str, str, str]:
     """``(secret_id, date, service, signed_headers, signature)``; raises on any other shape."""
     algorithm, _, rest = value.strip().partition(" ")
-    if algorithm != _ALGORITHM:
+    if algorithm != ALGORITHM:
         raise ApiError(INVALID_AUTHORIZATION, "Authorization must use TC3-HMAC-SHA256.")
     fields: dict[str, str] = {}
     for part in rest.split(","):
@@ -78,6 +78,28 @@ class CredentialStore:
     def __init__(self, credentials: list[Credential], *, max_skew: float) -> None:
         self._by_id = {c.secret_id: c for c in credentials}
         self.max_skew = max_skew
+        # Derived TC3 signing keys by (secret key, date): three HMACs saved per request.
+        self._keys: dict[tuple[str, str], bytes] = {}
+        self._dates: dict[int, str] = {}
+
+    def _date(self, timestamp: int) -> str:
+        date = self._dates.get(timestamp)
+        if date is None:
+            if len(self._dates) > 64:
+                self._dates.clear()
+            date = self._dates[timestamp] = utc_date(timestamp)
+        return date
+
+    def _signing_key(self, secret_key: str, date: str) -> bytes:
+        key = self._keys.get((secret_key, date))
+        if key is None:
+            if len(self._keys) > 256:
+                self._keys.clear()
+            k_date = hmac.digest(("TC3" + secret_key).encode(), date.encode(), "sha256")
+            k_service = hmac.digest(k_date, SERVICE.encode(), "sha256")
+            key = hmac.digest(k_service, b"tc3_request", "sha256")
+            self._keys[(secret_key, date)] = key
+        return key
 
     def get(self, secret_id: str) -> Credential | None:
         return self._by_id.get(secret_id)
@@ -122,23 +144,24 @@ class CredentialStore:
         cred = self._by_id.get(secret_id)
         if cred is None:
             raise ApiError(SECRET_ID_NOT_FOUND, "The SecretId is not found.")
-        if service != SERVICE or date != utc_date(timestamp) or signed != "content-type;host":
+        expected_date = self._date(timestamp)
+        if service != SERVICE or date != expected_date or signed != "content-type;host":
             raise ApiError(
                 SIGNATURE_FAILURE,
                 "The credential scope or signed headers do not match the request "
-                f"(expected {utc_date(timestamp)}/{SERVICE}/tc3_request, content-type;host).",
+                f"(expected {expected_date}/{SERVICE}/tc3_request, content-type;host).",
             )
         payload = body
         if headers.get("X-TC-Content-SHA256") == "UNSIGNED-PAYLOAD":
             payload = b"UNSIGNED-PAYLOAD"
-        expected = signature(
-            secret_key=cred.secret_key,
-            host=host,
-            body=payload,
-            timestamp=timestamp,
-            service=SERVICE,
-            content_type=headers.get("Content-Type", ""),
+        canonical = canonical_request(
+            host=host, body=payload, content_type=headers.get("Content-Type", "")
         )
+        # signing.string_to_sign, with the date already known (strftime is the slow part).
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = f"{ALGORITHM}\n{timestamp}\n{date}/{SERVICE}/tc3_request\n{digest}"
+        key = self._signing_key(cred.secret_key, date)
+        expected = hmac.digest(key, to_sign.encode(), "sha256").hex()
         if not hmac.compare_digest(expected, sig):
             raise ApiError(
                 SIGNATURE_FAILURE,

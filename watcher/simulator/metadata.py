@@ -11,13 +11,13 @@ Pure functions of a :class:`~watcher.simulator.runs.Run` and its
 from __future__ import annotations
 
 import json
+import time
 import zlib
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from watcher.simulator.runs import Run, Snapshot
 
-TZ = timezone(timedelta(hours=8))
+_UTC8 = 8 * 3600
 BUCKET = "cos://omics-sim-1250000000"
 WORKFLOWS: tuple[str, ...] = ("germline_wgs", "rnaseq_quant", "somatic_wes")
 # Outcomes that are not failures: no failures JSON, no failed task.
@@ -28,7 +28,8 @@ def rfc3339(wall: float | None) -> str:
     """``2022-10-31T14:11:23+08:00`` (whole seconds, Beijing time) or ``""`` for ``None``."""
     if wall is None:
         return ""
-    return datetime.fromtimestamp(int(wall), TZ).isoformat()
+    tm = time.gmtime(int(wall) + _UTC8)
+    return "%04d-%02d-%02dT%02d:%02d:%02d+08:00" % tm[:6]  # noqa: UP031 (fastest here)
 
 
 def workflow_name(run: Run) -> str:
@@ -63,16 +64,37 @@ def _at(run: Run, offset: float | None) -> str:
     return "" if offset is None else rfc3339(run.created_wall + offset)
 
 
-def run_metadata(run: Run, snap: Snapshot, *, error_message: str) -> dict[str, Any]:
+class Statics:
+    """Per-run strings that never change (name, Input, SubmitTime), built on first use and
+    kept for the ``size`` most recently first-used runs, so memory stays bounded."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self._size = size
+        self._cache: dict[str, tuple[str, str, str]] = {}
+
+    def get(self, run: Run) -> tuple[str, str, str]:
+        found = self._cache.get(run.run_uuid)
+        if found is None:
+            if len(self._cache) >= self._size:
+                del self._cache[next(iter(self._cache))]  # oldest first
+            found = (workflow_name(run), workflow_input(run), _at(run, 0.0))
+            self._cache[run.run_uuid] = found
+        return found
+
+
+def run_metadata(
+    run: Run, snap: Snapshot, *, error_message: str, statics: Statics
+) -> dict[str, Any]:
     """The workflow-level RunMetadata object GetRunStatus answers with."""
     succeeded = snap.ended is not None and snap.status in ("SUCCESS", "COMPLETE")
+    name, input_json, submitted = statics.get(run)
     return {
         "CallCached": False,
-        "CallName": workflow_name(run),
+        "CallName": name,
         "Command": "",
         "EndTime": _at(run, snap.ended),
         "ErrorMessage": error_message,
-        "Input": workflow_input(run),
+        "Input": input_json,
         "JobId": "",
         "Output": workflow_output(run) if succeeded else "{}",
         "ParentId": run.run_uuid,
@@ -86,14 +108,15 @@ def run_metadata(run: Run, snap: Snapshot, *, error_message: str) -> dict[str, A
         "Status": snap.status,
         "Stderr": "",
         "Stdout": "",
-        "SubmitTime": _at(run, 0.0),
+        "SubmitTime": submitted,
         "WorkDir": "",
         "Meta": "",
     }
 
 
-def run_item(run: Run, snap: Snapshot, *, error_message: str) -> dict[str, Any]:
+def run_item(run: Run, snap: Snapshot, *, error_message: str, statics: Statics) -> dict[str, Any]:
     """One element of DescribeRuns' ``Runs`` (the SDK's ``Run`` model)."""
+    _, input_json, submitted = statics.get(run)
     return {
         "RunUuid": run.run_uuid,
         "ProjectId": run.project_id,
@@ -104,7 +127,7 @@ def run_item(run: Run, snap: Snapshot, *, error_message: str) -> dict[str, Any]:
         "TableId": "",
         "TableRowUuid": "",
         "Status": snap.status,
-        "Input": workflow_input(run),
+        "Input": input_json,
         "Option": {
             "FailureMode": "NoNewCalls",
             "UseCallCache": False,
@@ -114,12 +137,12 @@ def run_item(run: Run, snap: Snapshot, *, error_message: str) -> dict[str, Any]:
             "AddRunInfoToOutputDir": False,
         },
         "ExecutionTime": {
-            "SubmitTime": _at(run, 0.0),
+            "SubmitTime": submitted,
             "StartTime": _at(run, snap.started),
             "EndTime": _at(run, snap.ended),
         },
         "Cache": {"CacheClearDelay": 0, "CacheClearTime": "", "CacheCleared": False},
         "ErrorMessage": error_message,
-        "CreateTime": _at(run, 0.0),
+        "CreateTime": submitted,
         "UpdateTime": _at(run, snap.since),
     }

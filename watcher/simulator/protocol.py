@@ -10,12 +10,17 @@ effects a fault may ask for (a status, a delay, a dropped connection). Pure; no 
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 JSON = "application/json"
+# Compact, UTF-8 JSON; building the encoder once matters (json.dumps with keyword arguments
+# builds a new encoder per call, a third of the time of a small answer). Immutable.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class ApiError(Exception):
@@ -36,12 +41,17 @@ class Reply:
     drop: bool = False  # close the connection instead of answering
 
 
-def request_id() -> str:
-    return str(uuid.uuid4())
+def request_ids() -> Callable[[], str]:
+    """A source of unique UUID-shaped request ids: a random UUID4 whose last 48 bits count up
+    (a tenth of the cost of ``uuid4()`` per request; unique within one simulator)."""
+    first = str(uuid.uuid4())
+    prefix, start = first[:24], int(first[24:], 16)
+    counter = itertools.count(start)
+    return lambda: f"{prefix}{next(counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def encode(response: dict[str, Any]) -> bytes:
-    return json.dumps({"Response": response}, ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode({"Response": response}).encode("utf-8")
 
 
 def success(payload: dict[str, Any], rid: str) -> dict[str, Any]:

@@ -55,15 +55,23 @@ def _mix(h: int, k: int) -> float:
     return ((z ^ (z >> 31)) >> 11) / float(1 << 53)
 
 
-def _pick(weights: dict[str, float] | tuple[tuple[str, float], ...], u: float) -> str:
-    items = tuple(weights.items()) if isinstance(weights, dict) else weights
-    total = sum(w for _, w in items)
-    acc = 0.0
-    for name, weight in items:
+def _cumulative(weights: dict[str, float]) -> tuple[tuple[float, str], ...]:
+    """``(upper bound, name)`` pairs for drawing from a weighted mix with one uniform draw."""
+    total = sum(weights.values())
+    out, acc = [], 0.0
+    for name, weight in weights.items():
+        if weight <= 0:
+            continue
         acc += weight / total
-        if u < acc:
+        out.append((acc, name))
+    return tuple(out)
+
+
+def _pick(table: tuple[tuple[float, str], ...], u: float) -> str:
+    for bound, name in table:
+        if u < bound:
             return name
-    return items[-1][0]
+    return table[-1][1]
 
 
 def _span(bounds: tuple[float, float], u: float) -> float:
@@ -131,8 +139,9 @@ class Lifecycles:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
-        self._kinds = tuple((k, w) for k, w in config.kinds.items() if k in KINDS)
-        self._outcomes = tuple(config.outcomes.items())
+        self._kinds = _cumulative({k: w for k, w in config.kinds.items() if k in KINDS})
+        self._outcomes = _cumulative(dict(config.outcomes))
+        self._reaches_running = config.hung_status not in (QUEUED, INITIALIZING)
 
     def kind_of(self, run: Run) -> str:
         return run.kind or _pick(self._kinds, _frac(run.h, _U_KIND))
@@ -150,13 +159,14 @@ class Lifecycles:
             _span(cfg.running_seconds, _frac(h, _U_RUNNING)),
         )
 
-    def schedule(self, run: Run) -> list[tuple[float, str]]:
+    def schedule(
+        self, run: Run, kind: str | None = None, durations: tuple[float, float, float] | None = None
+    ) -> list[tuple[float, str]]:
         """The finite part of the schedule; a flapping run continues after its last entry."""
         cfg = self._config
-        kind = self.kind_of(run)
-        tq, ti, tr = self.durations_of(run)
+        kind = kind or self.kind_of(run)
+        tq, ti, tr = durations or self.durations_of(run)
         t_run = tq + ti
-        # Zero-length phases are skipped so that offsets stay strictly increasing.
         steps = [(0.0, QUEUED), (tq, INITIALIZING)]
         steps.append((t_run, cfg.flap_statuses[0] if kind == FLAPPING else RUNNING))
         if kind == HUNG:
@@ -181,11 +191,11 @@ class Lifecycles:
         return t_run + self._config.flap_period_seconds * (k + 0.25 + 0.5 * _mix(run.h, k))
 
     def snapshot(self, run: Run, elapsed: float) -> Snapshot:
-        steps = self.schedule(run)
         kind = self.kind_of(run)
+        tq, ti, tr = durations = self.durations_of(run)
+        steps = self.schedule(run, kind, durations)
         i = max(0, bisect.bisect_right(steps, (elapsed, "\uffff")) - 1)
         since, status = steps[i]
-        tq, ti, tr = self.durations_of(run)
         t_run = tq + ti
         left_queue = next((o for o, s in steps if s != QUEUED), None)
         started = left_queue if left_queue is not None and elapsed >= left_queue else None
@@ -196,7 +206,7 @@ class Lifecycles:
             flaps = self._config.flap_statuses
             status = flaps[n % len(flaps)]
             since = self._flap_offset(run, t_flap, n - 1) if n > 0 else t_flap
-        reaches_running = kind != HUNG or self._config.hung_status not in (QUEUED, INITIALIZING)
+        reaches_running = kind != HUNG or self._reaches_running
         if ended is not None:
             progress = 1.0
         elif not reaches_running or elapsed <= t_run or tr <= 0:

@@ -42,7 +42,7 @@ from watcher.simulator.config import (
     SimulatorConfig,
 )
 from watcher.simulator.faults import BAD_GATEWAY_HTML, FaultInjector, spoil
-from watcher.simulator.protocol import ApiError, Reply, encode, failure, request_id, success
+from watcher.simulator.protocol import ApiError, Reply, encode, failure, request_ids, success
 from watcher.simulator.ratelimit import ActionLimiter
 from watcher.simulator.runs import RunBook, Snapshot, Transition
 
@@ -96,6 +96,7 @@ class Simulator:
         self._auth_failures = 0
         self._reset_limiters({a: config.limit_for(a) for a in ACTIONS})
         self._endpoint: str | None = None
+        self._request_id = request_ids()
 
     # -- identity --------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class Simulator:
     def handle(self, headers: Mapping[str, str], *, host: str, body: bytes) -> Reply:
         """Answer one ``POST /``. ``headers`` must be case-insensitive (as aiohttp's are)."""
         now = self._mono()
-        rid = request_id()
+        rid = self._request_id()
         action = headers.get("X-TC-Action", "")
         limiter = self._limiters.get(action)
         if limiter is not None:
