@@ -78,6 +78,7 @@ class PacingLimiter:
         self._rate_changed_at = clock()
         self._lock = asyncio.Lock()
         self.granted = 0
+        self.waiting = 0  # callers queued for a permit right now
         self.throttle_events = 0
         self.wait_seconds = 0.0
         self._on_latency: Callable[[float], None] | None = None
@@ -121,17 +122,21 @@ class PacingLimiter:
 
     async def acquire(self) -> _Grant:
         started = self._clock()
-        async with self._lock:
-            while True:
-                now = self._clock()
-                at = self._earliest(now)
-                if at <= now:
-                    break
-                await self._sleep(at - now)
-            grant = _Grant(now, math.inf)
-            self._grants.append(grant)
-            self._last_grant = now
-            self.granted += 1
+        self.waiting += 1
+        try:
+            async with self._lock:
+                while True:
+                    now = self._clock()
+                    at = self._earliest(now)
+                    if at <= now:
+                        break
+                    await self._sleep(at - now)
+                grant = _Grant(now, math.inf)
+                self._grants.append(grant)
+                self._last_grant = now
+                self.granted += 1
+        finally:
+            self.waiting -= 1
         self.wait_seconds += now - started
         if self._on_wait is not None:
             self._on_wait(now - started)

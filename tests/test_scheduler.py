@@ -1,0 +1,221 @@
+"""The scheduler against the simulator, with the real client, limiter and SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from watcher.events import Event
+from watcher.limiter import PacingLimiter
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, StaticProvider
+from watcher.scheduler import Scheduler, SchedulerOptions
+from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.store import Store, TrackRequest
+
+TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_client(
+    sim: Simulator, session: aiohttp.ClientSession, *, secret_key: str | None = None
+) -> OmicsClient:
+    limiter = PacingLimiter(20)
+    client = OmicsClient(
+        session=session,
+        endpoint=sim.endpoint,
+        region="ap-guangzhou",
+        credentials=StaticProvider(
+            Credential(sim.secret_id, secret_key or sim.secret_key), name="t"
+        ),
+        limiters={"default": limiter},
+        timeout=5,
+    )
+    return client
+
+
+def client_limiter(client: OmicsClient) -> PacingLimiter:
+    """The limiter the client queues GetRunStatus on (the scheduler watches its backlog)."""
+    limiter = client._limiters["default"]
+    assert isinstance(limiter, PacingLimiter)
+    return limiter
+
+
+def make_scheduler(
+    store: Store,
+    client: OmicsClient,
+    *,
+    interval: float = 1.0,
+    events: list[Event] | None = None,
+    route: Callable[[Event], list[str]] = lambda e: [],
+) -> Scheduler:
+    sink = events if events is not None else []
+    limiter = client_limiter(client)
+    return Scheduler(
+        backlog=lambda: limiter.waiting,
+        store=store,
+        source=client,
+        options=SchedulerOptions(
+            interval_seconds=interval,
+            rate_per_second=20,
+            request_timeout_seconds=5,
+            terminal=TERMINAL,
+        ),
+        route=route,
+        on_event=sink.append,
+        wall_clock=now,
+        rng=random.Random(7),
+    )
+
+
+def is_subsequence(part: list[str | None], whole: list[str]) -> bool:
+    remaining = iter(whole)
+    return all(any(item == w for w in remaining) for item in part)
+
+
+async def run_until(scheduler: Scheduler, done: Callable[[], bool], limit: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not done() and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def test_every_transition_reported_once_and_final_statuses_match(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    config = SimulatorConfig(
+        runs=40,
+        seed=3,
+        queued_seconds=(0.2, 1.0),
+        initializing_seconds=(0.2, 1.0),
+        running_seconds=(1.0, 4.0),
+    )
+    async with running_simulator(config) as sim:
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            events: list[Event] = []
+            scheduler = make_scheduler(store, make_client(sim, session), events=events)
+            await run_until(
+                scheduler,
+                lambda: all(r.terminal for r in store.list_runs()),
+                limit=90,
+            )
+            runs = {r.run_uuid: r for r in store.list_runs()}
+            for uuid in sim.run_uuids:
+                assert runs[uuid].status == sim.status(uuid)
+                assert runs[uuid].terminal
+            stats = sim.stats(timeline=False)
+            assert stats["signature_failures"] == 0
+            assert stats["throttled_total"] == 0
+            assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+            # No event for a transition that did not happen, none twice.
+            seen = [(e.run_uuid, e.previous_status, e.status) for e in events]
+            assert len(seen) == len(set(seen))
+            for run_uuid in sim.run_uuids:
+                mine = [e for e in events if e.run_uuid == run_uuid]
+                observed = [e.status for e in mine]
+                assert is_subsequence(observed, [t.status for t in sim.timeline(run_uuid)])
+                # Each event chains from the one before it.
+                assert [e.previous_status for e in mine] == [None, *observed[:-1]]
+            # The event log holds the same events the hook saw.
+            assert {e.id for e in store.events(limit=10_000)} == {e.id for e in events}
+            # First observation of each run carries previous_status null.
+            firsts = [e for e in events if e.previous_status is None]
+            assert {e.run_uuid for e in firsts} == set(sim.run_uuids)
+
+
+async def test_over_budget_every_run_is_polled_in_turn(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # 120 runs at 1 s interval need 120 req/s; the budget is 20/s: a cycle lasts ~6 s, and
+    # round robin means no run is polled a second time before all others were polled once.
+    config = SimulatorConfig(runs=120, seed=5, kinds={"forever": 1.0})
+    async with running_simulator(config) as sim:
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            scheduler = make_scheduler(store, make_client(sim, session))
+            await run_until(scheduler, lambda: False, limit=9)
+            polls = sim.stats(timeline=False)["polls"]
+            counts = [polls.get(u, 0) for u in sim.run_uuids]
+            assert min(counts) >= 1, "a run starved"
+            assert max(counts) - min(counts) <= 1, counts
+
+
+async def test_run_tracked_while_running_is_polled_within_two_seconds(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    config = SimulatorConfig(runs=200, seed=9, kinds={"forever": 1.0})
+    async with running_simulator(config) as sim:
+        late = sim.run_uuids[-1]
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids[:-1])
+            scheduler = make_scheduler(store, make_client(sim, session), interval=1.0)
+            stop = asyncio.Event()
+            task = asyncio.create_task(scheduler.run(stop))
+            # Once every run was polled, all are overdue again (199 runs, 1 s interval, 20/s).
+            while len(sim.stats(timeline=False)["polls"]) < 199:
+                await asyncio.sleep(0.2)
+            # Tracked by "another process": a second connection to the same file.
+            with Store.open(tmp_path / "state.db") as cli:
+                cli.track([TrackRequest(late, sim.project_id)])
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while sim.stats(timeline=False)["polls"].get(late, 0) == 0:
+                assert loop.time() - started < 10, "new run not polled"
+                await asyncio.sleep(0.05)
+            waited = loop.time() - started
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            assert waited < 2.5, waited
+
+
+async def test_unknown_run_yields_one_not_found_and_is_dropped(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=1, seed=1)) as sim:
+        ghost = "00000000-0000-4000-8000-000000000000"
+        with Store.open(tmp_path / "state.db") as store:
+            store.track([TrackRequest(ghost, sim.project_id)])
+            events: list[Event] = []
+            scheduler = make_scheduler(store, make_client(sim, session), events=events)
+            await run_until(scheduler, lambda: bool(events), limit=10)
+            await run_until(scheduler, lambda: False, limit=2)
+            assert [e.type for e in events] == ["run.not_found"]
+            assert sim.stats(timeline=False)["polls"].get(ghost, 0) <= 1
+            run = store.get_run(ghost)
+            assert run is not None and run.stopped
+
+
+async def test_bad_credentials_pause_polling_instead_of_hammering(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=30, seed=2, kinds={"forever": 1.0})) as sim:
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            client = make_client(sim, session, secret_key="wrong-key")
+            scheduler = make_scheduler(store, client)
+            await run_until(scheduler, lambda: False, limit=4)
+            assert scheduler.paused
+            stats = sim.stats(timeline=False)
+            # 30 due runs, yet only the requests in flight when the first failure came back.
+            assert stats["auth_failures"] + stats["signature_failures"] <= 25
+            assert all(r.status is None for r in store.list_runs())

@@ -1,0 +1,432 @@
+"""The poll scheduler: which tracked run to ask about next, and what to do with the answer.
+
+Every non-terminal tracked run sits in one heap ordered by when it is next due. The loop
+takes the most overdue run, hands it to a poll task, and the task's request waits for the
+shared pacing limiter. When the budget cannot cover ``runs / interval``, every run is
+overdue and the heap turns into a round robin: a run polled now is due again only after
+every run that has waited longer, so nobody starves and nobody is polled twice per cycle.
+Runs never polled go first (a run tracked while the daemon runs is seen within seconds).
+
+Outcomes: a changed status becomes an event, written with the new status and its outbox
+rows in one transaction (``Store.record_observation``); transient failures back off per
+run; throttling leaves the run at the front and lets the limiter slow down; credential and
+permission failures pause all polling with one log line, probing again with growing
+pauses; ``ResourceNotFound.RunNotExist`` yields one ``run.not_found`` and drops the run.
+
+Registry changes made by other processes (``omics-watcher track``) are read every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from watcher.events import Event, RunState
+from watcher.metrics import Metrics
+from watcher.omics.errors import (
+    AuthError,
+    BadRequest,
+    ClockSkew,
+    OmicsError,
+    RunNotFound,
+    Throttled,
+    Transient,
+)
+from watcher.store import ActiveRun, Store
+from watcher.transitions import detect, not_found_event
+
+REFRESH_SECONDS = 1.0
+MAX_BACKLOG = 2  # polls allowed to wait for a limiter permit at once
+MAX_BACKOFF_SECONDS = 600.0
+BAD_REQUEST_BACKOFF_SECONDS = 900.0
+FIRST_AUTH_PAUSE_SECONDS = 15.0
+MAX_AUTH_PAUSE_SECONDS = 300.0
+
+
+class Metadata(Protocol):
+    """The parts of a GetRunStatus answer the scheduler needs."""
+
+    Status: str  # Tencent's field name, as the API model keeps it
+
+    @property
+    def raw(self) -> Mapping[str, Any]: ...
+
+
+class StatusSource(Protocol):
+    async def get_run_status(self, run_uuid: str, project_id: str = "") -> Metadata: ...
+
+
+@dataclass(slots=True)
+class _Run:
+    """Scheduler-side state of one run: small, because there may be 100,000 of them."""
+
+    project_id: str
+    status: str | None
+    errors: int = 0
+    token: int = 0  # the heap entry that is current for this run; others are stale
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    interval_seconds: float
+    rate_per_second: float
+    request_timeout_seconds: float
+    terminal: frozenset[str]
+    default_project_id: str = ""
+    jitter: float = 0.05
+
+
+class Scheduler:
+    """Polls tracked runs through a :class:`StatusSource`; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        source: StatusSource,
+        options: SchedulerOptions,
+        route: Callable[[Event], Sequence[str]],
+        on_recorded: Callable[[], None] = lambda: None,
+        on_event: Callable[[Event], None] = lambda event: None,
+        backlog: Callable[[], int] = lambda: 0,
+        metrics: Metrics | None = None,
+        wall_clock: Callable[[], datetime],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._opt = options
+        self._route = route
+        self._on_recorded = on_recorded
+        self._on_event = on_event
+        self._backlog = backlog
+        self._metrics = metrics or Metrics()
+        self._wall = wall_clock
+        self._rng = rng or random.Random()
+        self._log = structlog.get_logger("watcher.scheduler")
+        self._runs: dict[str, _Run] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._cursor = 0
+        self._polled: list[tuple[str, datetime]] = []
+        self._wake = asyncio.Event()
+        self._paused_until = 0.0
+        self._pause_seconds = 0.0
+        self._pause_reason: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._unstarted = 0  # poll tasks created that have not reached the limiter yet
+        max_in_flight = math.ceil(
+            options.rate_per_second * min(options.request_timeout_seconds, 10)
+        )
+        self._slots = asyncio.Semaphore(max(8, max_in_flight + 4))
+        self._first_wave = 0
+        self.first_cycle_done = asyncio.Event()
+
+    # -- registry -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _schedule(self, run_uuid: str, due: float) -> None:
+        run = self._runs[run_uuid]
+        run.token = next(self._seq)
+        heapq.heappush(self._heap, (due, run.token, run_uuid))
+
+    def _jittered(self, seconds: float) -> float:
+        spread = self._opt.jitter
+        return seconds * (1 + self._rng.uniform(-spread, spread))
+
+    def _add(self, active: ActiveRun, *, now: float, wall_now: float) -> None:
+        self._runs[active.run_uuid] = _Run(active.project_id, active.status)
+        if active.next_poll_after is not None and active.next_poll_after > wall_now:
+            due = now + (active.next_poll_after - wall_now)
+        elif active.last_polled_at is None:
+            due = -1.0  # never polled: ahead of every overdue run
+        else:
+            # Resume where the last process left off, jittered so restarts don't synchronise.
+            due = (
+                now
+                + self._jittered(self._opt.interval_seconds)
+                - (wall_now - active.last_polled_at)
+            )
+        self._schedule(active.run_uuid, due)
+
+    def load(self) -> int:
+        """Read every active run from the registry; returns how many."""
+        self._cursor, active_runs = self._store.snapshot()
+        now, wall_now = self._now(), self._wall().timestamp()
+        for active in active_runs:
+            self._add(active, now=now, wall_now=wall_now)
+        self._first_wave = min(len(self._runs), max(1, math.ceil(self._opt.rate_per_second)))
+        if self._first_wave == 0 or not self._runs:
+            self.first_cycle_done.set()
+        return len(self._runs)
+
+    def refresh(self) -> None:
+        """Pick up runs tracked or untracked by other processes; flush poll times."""
+        self._flush_polls()
+        cursor, added, removed = self._store.changes_since(self._cursor)
+        self._cursor = cursor
+        now, wall_now = self._now(), self._wall().timestamp()
+        for run_uuid in removed:
+            self._runs.pop(run_uuid, None)
+        for active in added:
+            known = self._runs.get(active.run_uuid)
+            if known is None:
+                self._add(active, now=now, wall_now=wall_now)
+            else:  # re-tracked, perhaps with a corrected project: believe the registry
+                known.project_id = active.project_id
+        if added:
+            self._wake.set()
+
+    def _flush_polls(self) -> None:
+        if self._polled:
+            polled, self._polled = self._polled, []
+            self._store.record_polls(polled)
+
+    @property
+    def tracked(self) -> int:
+        return len(self._runs)
+
+    @property
+    def paused(self) -> bool:
+        return self._pause_reason is not None
+
+    # -- main loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, then let in-flight polls finish."""
+        if not self._runs and not self._cursor:
+            self.load()
+        next_refresh = self._now() + REFRESH_SECONDS
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                now = self._now()
+                if now >= next_refresh:
+                    self.refresh()
+                    next_refresh = now + REFRESH_SECONDS
+                wait = next_refresh - now
+                head = self._peek()
+                if self._paused_until > now:
+                    wait = min(wait, self._paused_until - now)
+                elif head is not None:
+                    if head[0] > now:
+                        wait = min(wait, head[0] - now)
+                    elif self._unstarted + self._backlog() < MAX_BACKLOG:
+                        await self._launch(stop)
+                        continue
+                    else:
+                        # Requests already queue for the limiter: hold this run in the heap,
+                        # where a newly tracked run can still overtake it.
+                        wait = min(wait, 0.5 / self._opt.rate_per_second)
+                await self._sleep(wait, stopper)
+        finally:
+            stopper.cancel()
+            await self.drain(self._opt.request_timeout_seconds + 1)
+
+    def _peek(self) -> tuple[float, int, str] | None:
+        while self._heap:
+            _, token, run_uuid = self._heap[0]
+            run = self._runs.get(run_uuid)
+            if run is not None and run.token == token:
+                return self._heap[0]
+            heapq.heappop(self._heap)  # stale: untracked, finished or rescheduled
+        return None
+
+    async def _sleep(self, seconds: float, stopper: asyncio.Future[Any]) -> None:
+        self._wake.clear()
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waker, stopper}, timeout=max(0.0, seconds))
+        finally:
+            waker.cancel()
+
+    async def _launch(self, stop: asyncio.Event) -> None:
+        await self._slots.acquire()
+        head = self._peek()
+        if head is None or stop.is_set():
+            self._slots.release()
+            return
+        heapq.heappop(self._heap)
+        _, _, run_uuid = head
+        self._runs[run_uuid].token = -1  # in flight: no heap entry is current
+        self._unstarted += 1
+        task = asyncio.create_task(self._poll(run_uuid), name=f"poll:{run_uuid}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("poll_crashed", error=repr(task.exception()))
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for in-flight polls, then cancel what is left."""
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        self._flush_polls()
+
+    # -- one poll -------------------------------------------------------------------------
+
+    async def _poll(self, run_uuid: str) -> None:
+        self._unstarted -= 1  # from here the request queues in the limiter (backlog())
+        run = self._runs.get(run_uuid)
+        if run is None:
+            return
+        project_id = run.project_id or self._opt.default_project_id
+        outcome = "ok"
+        try:
+            metadata = await self._source.get_run_status(run_uuid, project_id)
+        except RunNotFound as exc:
+            outcome = "not_found"
+            self._not_found(run_uuid, run, exc)
+        except Throttled:
+            outcome = "throttled"
+            self._metrics.throttled.inc()
+            self._reschedule(run_uuid, self._now())
+        except ClockSkew as exc:
+            outcome = "auth"
+            self._pause(f"clock skew: {exc.code}")
+            self._reschedule(run_uuid, self._now())
+        except AuthError as exc:
+            outcome = "auth"
+            self._pause(exc.code)
+            self._reschedule(run_uuid, self._now())
+        except BadRequest as exc:
+            outcome = "bad_request"
+            self._log.error("poll_bad_request", run_uuid=run_uuid, code=exc.code, error=exc.message)
+            self._reschedule(run_uuid, self._now() + BAD_REQUEST_BACKOFF_SECONDS)
+        except (Transient, OmicsError) as exc:
+            outcome = "transient"
+            self._backoff(run_uuid, run, exc)
+        else:
+            self._resume()
+            outcome = "changed" if metadata.Status != run.status else "ok"
+            self._observe(run_uuid, run, project_id, metadata)
+        finally:
+            self._metrics.polls.labels(outcome=outcome).inc()
+            if self._first_wave > 0:
+                self._first_wave -= 1
+                if self._first_wave == 0:
+                    self.first_cycle_done.set()
+
+    def _reschedule(self, run_uuid: str, due: float) -> None:
+        if run_uuid in self._runs:
+            self._schedule(run_uuid, due)
+
+    def _backoff(self, run_uuid: str, run: _Run, exc: OmicsError) -> None:
+        run.errors += 1
+        base = max(self._opt.interval_seconds, 1.0)
+        delay = min(base * 2 ** (run.errors - 1), MAX_BACKOFF_SECONDS)
+        delay *= self._rng.uniform(0.5, 1.0)  # full-ish jitter: failing runs don't march together
+        log = self._log.warning if run.errors in (1, 5, 20) else self._log.debug
+        log(
+            "poll_failed",
+            run_uuid=run_uuid,
+            code=exc.code,
+            errors=run.errors,
+            retry_in=round(delay, 1),
+        )
+        self._store.record_error(
+            run_uuid,
+            consecutive_errors=run.errors,
+            next_poll_after=self._wall() + timedelta(seconds=delay),
+        )
+        self._reschedule(run_uuid, self._now() + delay)
+
+    def _pause(self, reason: str) -> None:
+        now = self._now()
+        if self._paused_until > now:
+            return  # polls already in flight when the pause began
+        self._pause_seconds = min(
+            MAX_AUTH_PAUSE_SECONDS, max(FIRST_AUTH_PAUSE_SECONDS, self._pause_seconds * 2)
+        )
+        self._paused_until = now + self._pause_seconds
+        if self._pause_reason is None:
+            self._log.error(
+                "polling_paused",
+                reason=reason,
+                hint="check credentials, permissions and the system clock; retrying slowly",
+            )
+            self._metrics.polling_paused.set(1)
+        self._pause_reason = reason
+
+    def _resume(self) -> None:
+        if self._pause_reason is not None:
+            self._log.info("polling_resumed", after=self._pause_reason)
+            self._metrics.polling_paused.set(0)
+        self._pause_reason = None
+        self._pause_seconds = 0.0
+        self._paused_until = 0.0
+
+    def _observe(self, run_uuid: str, run: _Run, project_id: str, metadata: Metadata) -> None:
+        observed_at = self._wall()
+        run.errors = 0
+        if metadata.Status == run.status:
+            self._polled.append((run_uuid, observed_at))
+            self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
+            return
+        previous = RunState(run_uuid, project_id, run.status, observed_at)
+        current = RunState(
+            run_uuid,
+            project_id,
+            metadata.Status,
+            observed_at,
+            labels=self._store.labels_of(run_uuid),
+            metadata=metadata.raw,
+        )
+        event = detect(previous, current, terminal=self._opt.terminal)
+        if event is None:  # pragma: no cover - detect() always reports a changed status
+            return
+        if not self._store.record_observation(current, event, notifiers=self._route(event)):
+            # Someone else recorded this run meanwhile; believe the registry.
+            stored = self._store.get_run(run_uuid)
+            if stored is None or stored.terminal or stored.stopped:
+                self._runs.pop(run_uuid, None)
+                return
+            run.status = stored.status
+            self._reschedule(run_uuid, self._now())
+            return
+        self._recorded(event)
+        run.status = metadata.Status
+        if event.terminal:
+            self._runs.pop(run_uuid, None)
+        else:
+            self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
+
+    def _not_found(self, run_uuid: str, run: _Run, exc: RunNotFound) -> None:
+        state = RunState(
+            run_uuid,
+            run.project_id,
+            run.status,
+            self._wall(),
+            labels=self._store.labels_of(run_uuid),
+        )
+        event = not_found_event(state, now=self._wall())
+        self._store.record_not_found(run_uuid, event, notifiers=self._route(event))
+        self._runs.pop(run_uuid, None)
+        self._log.warning("run_not_found", run_uuid=run_uuid, project_id=run.project_id)
+        self._recorded(event)
+
+    def _recorded(self, event: Event) -> None:
+        self._metrics.events.labels(type=event.type).inc()
+        if event.type == "run.status_changed":
+            self._metrics.transitions.inc()
+        self._on_event(event)
+        self._on_recorded()
