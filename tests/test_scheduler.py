@@ -202,7 +202,8 @@ async def test_unknown_run_yields_one_not_found_and_is_dropped(
             assert [e.type for e in events] == ["run.not_found"]
             assert sim.stats(timeline=False)["polls"].get(ghost, 0) <= 1
             run = store.get_run(ghost)
-            assert run is not None and run.stopped
+            assert run is not None
+            assert run.stopped
 
 
 async def test_bad_credentials_pause_polling_instead_of_hammering(
