@@ -29,7 +29,8 @@ from watcher.notifiers.common import Deps, Kind, NotifierBase
 from watcher.notifiers.http import Scrubber
 from watcher.notifiers.render import Message, Renderer, Severity, fit, plain_text
 
-FIELD_MAX = 64 * 1024
+FIELD_MAX = 32 * 1024  # characters per long field (error, stderr, custom body)
+TEXT_MAX_BYTES = 128 * 1024  # the text part; the HTML part carries the same content
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 COLOURS: dict[Severity, str] = {
     "success": "#2eb67d",

@@ -25,9 +25,16 @@ from watcher.notifiers.http import Scrubber, post, url_secrets
 from watcher.notifiers.render import Renderer
 
 _RESERVED = frozenset(
-    {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp",
-     "webhook-signature", "transfer-encoding"}
-)  # fmt: skip
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "transfer-encoding",
+    }
+)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
