@@ -25,7 +25,8 @@ Python API (stable)
     ``issue_credential(*, ttl=None, token=True) -> Credential``, ``add_credential(cred)``,
     ``expire_credentials(*, secret_id=None, at=None)``,
     ``rotate_token(*, secret_id=None, token=None, expires_at=None) -> str``,
-    ``reset_stats()``. Truth: ``snapshot(uuid)``, ``status(uuid)``,
+    ``reset_stats()``. In-process and trusted: ``call(action, params) -> dict`` (raises
+    ``ApiError``). Truth: ``snapshot(uuid)``, ``status(uuid)``,
     ``timeline(uuid=None) -> list[Transition]``, ``stats(*, timeline=True) -> dict``.
 ``running_simulator(config=None, host="127.0.0.1", port=0, *, monotonic=None, wall=None)``
     Async context manager yielding a serving :class:`Simulator` (``sim.endpoint`` is
@@ -78,11 +79,13 @@ Semantics worth knowing
 from __future__ import annotations
 
 from watcher.simulator.config import Credential, SimulatorConfig
+from watcher.simulator.protocol import ApiError
 from watcher.simulator.running import running_simulator, serve
 from watcher.simulator.runs import Snapshot, Transition
 from watcher.simulator.simulator import Simulator
 
 __all__ = [
+    "ApiError",
     "Credential",
     "Simulator",
     "SimulatorConfig",

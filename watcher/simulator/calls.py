@@ -119,7 +119,7 @@ def jobs(run: Run, snap: Snapshot, running_start: float, running_seconds: float)
         for shard in range(call.shards) if call.shards else (-1,):
             start = running_start + running_seconds * call.step / plan.slices
             status, end, failed = "", None, False
-            if call.step > plan.last or (done <= call.step and not ended):
+            if call.step > plan.last or (not ended and (done <= 0 or done < call.step)):
                 status = ""
             elif ended and call.step == plan.last and plan.end_status != COMPLETE:
                 end = running_start + running_seconds

@@ -282,10 +282,11 @@ class RunBook:
         found = self._groups.get(number)
         if found is None:
             cfg = self._config
+            app = number // len(cfg.project_ids)  # independent of the project
             found = (
                 cfg.project_ids[number % len(cfg.project_ids)],
                 "rg-" + seeded_digest(cfg.seed, f"rg:{number}", 4).hex(),
-                "app-" + seeded_digest(cfg.seed, f"app:{number % cfg.applications}", 4).hex(),
+                "app-" + seeded_digest(cfg.seed, f"app:{app % cfg.applications}", 4).hex(),
             )
             self._groups[number] = found
         return found

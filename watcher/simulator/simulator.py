@@ -184,6 +184,15 @@ class Simulator:
             return Reply(spoil(fault, response), delay=delay)
         return Reply(encode(response), delay=delay)
 
+    def call(self, action: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run one action in-process, trusted: no signature, rate limit, fault or request
+        counter (a GetRunStatus still counts as a poll). The ``Response`` payload without
+        ``RequestId``; raises :class:`~watcher.simulator.protocol.ApiError` on refusal."""
+        handler = self._actions.handlers.get(action)
+        if handler is None:
+            raise ApiError("InvalidAction", f"The action {action!r} does not exist.")
+        return handler(dict(params or {}), self._mono())
+
     def _verify(self, headers: Mapping[str, str], *, host: str, body: bytes) -> None:
         try:
             self._auth.verify(
