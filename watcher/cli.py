@@ -208,7 +208,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
+    from watcher.logs import configure
 
+    configure(fmt="console", level="error")  # the demo prints its own story on stdout
     return _run_async(lambda stop: run_demo(stop=stop, out=sys.stdout))
 
 
@@ -245,7 +247,38 @@ def _run_async(main: Callable[..., Any], *, grace: float = 10.0, with_reload: bo
             return EXIT_OK if stop.is_set() else EXIT_RUNTIME
         return int(result) if result is not None else EXIT_OK
 
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    except Exception as exc:
+        raise _exit_for(exc) from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _exit_for(exc: Exception) -> Exit:
+    """The exit code and message for what ended an async command (TaskGroups flattened)."""
+    from watcher.omics.credentials import CredentialsError
+    from watcher.omics.errors import OmicsError
+    from watcher.server import ServerStartError
+    from watcher.store import StateError
+
+    for leaf in _leaves(exc):
+        if isinstance(leaf, StateError):
+            return Exit(EXIT_STARTUP, f"state error: {leaf}")
+        if isinstance(leaf, ServerStartError):
+            return Exit(EXIT_STARTUP, f"server error: {leaf}")
+        if isinstance(leaf, CredentialsError):
+            return Exit(EXIT_USAGE, f"credentials error: {leaf}")
+        if isinstance(leaf, OmicsError):
+            return Exit(EXIT_RUNTIME, f"{leaf.code}: {leaf.message}" if leaf.message else leaf.code)
+    import structlog
+
+    structlog.get_logger("watcher.cli").exception("crashed", exc_info=exc)
+    return Exit(EXIT_RUNTIME, f"error: {type(exc).__name__}: {exc}")
 
 
 def build_parser() -> argparse.ArgumentParser:

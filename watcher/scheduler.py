@@ -56,7 +56,8 @@ MAX_AUTH_PAUSE_SECONDS = 300.0
 class Metadata(Protocol):
     """The parts of a GetRunStatus answer the scheduler needs."""
 
-    Status: str  # Tencent's field name, as the API model keeps it
+    @property
+    def Status(self) -> str: ...  # noqa: N802 - Tencent's field name, as the API model keeps it
 
     @property
     def raw(self) -> Mapping[str, Any]: ...
@@ -84,6 +85,7 @@ class SchedulerOptions:
     terminal: frozenset[str]
     default_project_id: str = ""
     jitter: float = 0.05
+    drain_seconds: float = 5.0  # at stop, how long in-flight polls may still take
 
 
 class Scheduler:
@@ -233,7 +235,7 @@ class Scheduler:
                 await self._sleep(wait, stopper)
         finally:
             stopper.cancel()
-            await self.drain(self._opt.request_timeout_seconds + 1)
+            await self.drain(self._opt.drain_seconds)
 
     def _peek(self) -> tuple[float, int, str] | None:
         while self._heap:
