@@ -68,6 +68,7 @@ class TencentCloudSettings(_Section):
     secret_id: SecretStr | None = None
     secret_key: SecretStr | None = None
     token: SecretStr | None = None
+    credential_source: Literal["auto", "static", "cvm-role", "tke-oidc"] = "auto"
     language: Literal["zh-CN", "en-US"] | None = None
 
     @field_validator("endpoint")

@@ -57,7 +57,7 @@ class Metadata(Protocol):
     """The parts of a GetRunStatus answer the scheduler needs."""
 
     @property
-    def Status(self) -> str: ...  # noqa: N802 - Tencent's field name, as the API model keeps it
+    def Status(self) -> str: ...  # Tencent's field name, as the API model keeps it
 
     @property
     def raw(self) -> Mapping[str, Any]: ...

@@ -49,7 +49,12 @@ class BadRequest(OmicsError):
 
 _TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "ResourceUnavailable"})
 _AUTH_PREFIXES = ("AuthFailure", "UnauthorizedOperation", "OperationDenied")
-_BAD_REQUEST_PREFIXES = ("InvalidParameter", "MissingParameter", "InvalidAction", "UnknownParameter")
+_BAD_REQUEST_PREFIXES = (
+    "InvalidParameter",
+    "MissingParameter",
+    "InvalidAction",
+    "UnknownParameter",
+)
 
 
 def classify(code: str, message: str = "", *, request_id: str | None = None) -> OmicsError:
