@@ -420,3 +420,39 @@ def test_submitted_runs_and_memory_stays_small() -> None:
     finally:
         tracemalloc.stop()
     assert used < 10_000 * 600  # 100,000 runs in well under 100 MB
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"runs": -1}, "runs"),
+        ({"running_seconds": (5, 1)}, "running_seconds"),
+        ({"kinds": {"zombie": 1}}, "unknown"),
+        ({"outcomes": {"SUCCESS": 0}}, "positive sum"),
+        ({"fault_rate": 1.5}, "fault_rate"),
+        ({"fault_kinds": ("gremlins",)}, "gremlins"),
+        ({"rate_limits": {"GetRunStats": 5}}, "GetRunStats"),
+        ({"flap_statuses": ("RUNNING",)}, "flap_statuses"),
+        ({"secret_id": "AKIDx"}, "go together"),
+        ({"project_ids": ()}, "project_ids"),
+    ],
+)
+def test_config_is_validated(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        SimulatorConfig(**options)
+
+
+def test_per_action_limits_and_given_credentials() -> None:
+    config = SimulatorConfig(
+        runs=0, rate_limits={"DescribeRuns": 2}, secret_id="AKIDsim", secret_key="key", token="t"
+    )
+    sim, _ = make(config)
+    assert sim.rate_limit("DescribeRuns") == 2
+    assert sim.rate_limit("GetRunStatus") == 20
+    assert (sim.secret_id, sim.secret_key, sim.token) == ("AKIDsim", "key", "t")
+    sim.set_rate_limit(7)
+    assert sim.stats(timeline=False)["rate_limits"] == dict.fromkeys(
+        ("GetRunStatus", "DescribeRuns", "GetRunCalls", "GetRunJobLog"), 7
+    )
+    with pytest.raises(ValueError, match="unknown action"):
+        sim.set_rate_limit(1, action="Nope")

@@ -156,6 +156,12 @@ class SimulatorConfig:
             problems.append("runs_per_group and applications must be >= 1")
         if self.rate_limit < 0 or any(v < 0 for v in self.rate_limits.values()):
             problems.append("rate limits must be >= 0")
+        if set(self.rate_limits) - set(ACTIONS):
+            problems.append(
+                f"rate_limits: unknown actions {sorted(set(self.rate_limits) - set(ACTIONS))}"
+            )
+        if not self.hung_status:
+            problems.append("hung_status must not be empty")
         if self.max_filter_values < 1:
             problems.append("max_filter_values must be >= 1")
         if not 0.0 <= self.fault_rate <= 1.0:
