@@ -15,6 +15,7 @@ from watcher.events import Event
 from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.recorder import Recorder
 from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
@@ -66,18 +67,20 @@ def make_scheduler(
 ) -> Scheduler:
     sink = events if events is not None else []
     limiter = client_limiter(client)
+    recorder = Recorder(
+        store=store, terminal=TERMINAL, route=route, wall_clock=now, on_event=sink.append
+    )
     return Scheduler(
         backlog=lambda: limiter.waiting,
         store=store,
         source=client,
+        recorder=recorder,
         options=SchedulerOptions(
             interval_seconds=interval,
             rate_per_second=20,
             request_timeout_seconds=5,
             terminal=TERMINAL,
         ),
-        route=route,
-        on_event=sink.append,
         wall_clock=now,
         rng=random.Random(7),
     )

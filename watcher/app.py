@@ -41,6 +41,7 @@ from watcher.omics.credentials import (
     default_profile_paths,
     static_provider,
 )
+from watcher.recorder import Recorder
 from watcher.routing import RouteSettings, select
 from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.sdnotify import SdNotifier
@@ -274,9 +275,19 @@ async def run_daemon(
             metrics=_DeliveryMetrics(metrics),
         )
         status_limiter = limiters[STATUS_ACTION]
+        recorder = Recorder(
+            store=store,
+            terminal=settings.polling.terminal,
+            route=lambda event: current.route(event),
+            wall_clock=utc_now,
+            metrics=metrics,
+            on_recorded=dispatcher.notify,
+            on_event=wiring.on_event,
+        )
         scheduler = Scheduler(
             store=store,
             source=client,
+            recorder=recorder,
             options=SchedulerOptions(
                 interval_seconds=settings.polling.interval_seconds,
                 rate_per_second=settings.polling.rate_per_second,
@@ -285,9 +296,6 @@ async def run_daemon(
                 default_project_id=settings.tencentcloud.project_id,
                 drain_seconds=min(settings.polling.request_timeout_seconds + 1, grace / 2),
             ),
-            route=lambda event: current.route(event),
-            on_recorded=dispatcher.notify,
-            on_event=wiring.on_event,
             backlog=lambda: status_limiter.waiting,
             metrics=metrics,
             wall_clock=utc_now,

@@ -24,14 +24,13 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from watcher.events import Event, RunState
 from watcher.metrics import Metrics
 from watcher.omics.errors import (
     AuthError,
@@ -42,8 +41,8 @@ from watcher.omics.errors import (
     Throttled,
     Transient,
 )
+from watcher.recorder import Recorder
 from watcher.store import ActiveRun, Store
-from watcher.transitions import detect, not_found_event
 
 REFRESH_SECONDS = 1.0
 MAX_BACKLOG = 2  # polls allowed to wait for a limiter permit at once
@@ -96,10 +95,8 @@ class Scheduler:
         *,
         store: Store,
         source: StatusSource,
+        recorder: Recorder,
         options: SchedulerOptions,
-        route: Callable[[Event], Sequence[str]],
-        on_recorded: Callable[[], None] = lambda: None,
-        on_event: Callable[[Event], None] = lambda event: None,
         backlog: Callable[[], int] = lambda: 0,
         metrics: Metrics | None = None,
         wall_clock: Callable[[], datetime],
@@ -108,9 +105,7 @@ class Scheduler:
         self._store = store
         self._source = source
         self._opt = options
-        self._route = route
-        self._on_recorded = on_recorded
-        self._on_event = on_event
+        self._recorder = recorder
         self._backlog = backlog
         self._metrics = metrics or Metrics()
         self._wall = wall_clock
@@ -295,9 +290,9 @@ class Scheduler:
         outcome = "ok"
         try:
             metadata = await self._source.get_run_status(run_uuid, project_id)
-        except RunNotFound as exc:
+        except RunNotFound:
             outcome = "not_found"
-            self._not_found(run_uuid, run, exc)
+            await self._not_found(run_uuid, run)
         except Throttled:
             outcome = "throttled"
             self._metrics.throttled.inc()
@@ -320,7 +315,7 @@ class Scheduler:
         else:
             self._resume()
             outcome = "changed" if metadata.Status != run.status else "ok"
-            self._observe(run_uuid, run, project_id, metadata)
+            await self._observe(run_uuid, run, project_id, metadata)
         finally:
             self._metrics.polls.labels(outcome=outcome).inc()
             if self._first_wave > 0:
@@ -377,58 +372,30 @@ class Scheduler:
         self._pause_seconds = 0.0
         self._paused_until = 0.0
 
-    def _observe(self, run_uuid: str, run: _Run, project_id: str, metadata: Metadata) -> None:
-        observed_at = self._wall()
+    async def _observe(self, run_uuid: str, run: _Run, project_id: str, metadata: Metadata) -> None:
         run.errors = 0
         if metadata.Status == run.status:
-            self._polled.append((run_uuid, observed_at))
+            self._polled.append((run_uuid, self._wall()))
             self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
             return
-        previous = RunState(run_uuid, project_id, run.status, observed_at)
-        current = RunState(
-            run_uuid,
-            project_id,
-            metadata.Status,
-            observed_at,
-            labels=self._store.labels_of(run_uuid),
-            metadata=metadata.raw,
+        recorded = await self._recorder.status_changed(
+            run_uuid, project_id, run.status, metadata.Status, metadata.raw
         )
-        event = detect(previous, current, terminal=self._opt.terminal)
-        if event is None:  # pragma: no cover - detect() always reports a changed status
-            return
-        if not self._store.record_observation(current, event, notifiers=self._route(event)):
+        if recorded.event is None:
             # Someone else recorded this run meanwhile; believe the registry.
-            stored = self._store.get_run(run_uuid)
+            stored = recorded.stored
             if stored is None or stored.terminal or stored.stopped:
                 self._runs.pop(run_uuid, None)
                 return
             run.status = stored.status
             self._reschedule(run_uuid, self._now())
             return
-        self._recorded(event)
         run.status = metadata.Status
-        if event.terminal:
+        if recorded.event.terminal:
             self._runs.pop(run_uuid, None)
         else:
             self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
 
-    def _not_found(self, run_uuid: str, run: _Run, exc: RunNotFound) -> None:
-        state = RunState(
-            run_uuid,
-            run.project_id,
-            run.status,
-            self._wall(),
-            labels=self._store.labels_of(run_uuid),
-        )
-        event = not_found_event(state, now=self._wall())
-        self._store.record_not_found(run_uuid, event, notifiers=self._route(event))
+    async def _not_found(self, run_uuid: str, run: _Run) -> None:
         self._runs.pop(run_uuid, None)
-        self._log.warning("run_not_found", run_uuid=run_uuid, project_id=run.project_id)
-        self._recorded(event)
-
-    def _recorded(self, event: Event) -> None:
-        self._metrics.events.labels(type=event.type).inc()
-        if event.type == "run.status_changed":
-            self._metrics.transitions.inc()
-        self._on_event(event)
-        self._on_recorded()
+        await self._recorder.not_found(run_uuid, run.project_id, run.status)

@@ -1,0 +1,113 @@
+"""Recording what polling saw: detect the transition, route it, write it in one transaction.
+
+Every poller (per-run scheduler, batch poller) hands a changed status here, so the rules
+live in one place: :func:`~watcher.transitions.detect` decides whether there is an event;
+the routes decide which notifiers get it; ``Store.record_observation`` writes the new
+status, the event and its outbox rows atomically, compare-and-set on the previous status
+(so a crash or a race can neither lose nor repeat a transition); then the dispatcher is
+woken. Methods are ``async`` because enrichment (failure details) may add API calls before
+the event is written; the status itself is never held back by more than that step's
+bounded time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from watcher.events import Event, RunState
+from watcher.metrics import Metrics
+from watcher.store import Store, TrackedRun
+from watcher.transitions import detect, not_found_event
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The outcome of :meth:`Recorder.status_changed`.
+
+    ``event`` is the recorded event, or ``None`` when the registry had moved on (another
+    process recorded first); then ``stored`` is what the registry holds now (``None`` when
+    the run is no longer tracked).
+    """
+
+    event: Event | None
+    stored: TrackedRun | None = None
+
+
+class Recorder:
+    """Detects, routes and records status changes and not-found runs."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        terminal: frozenset[str],
+        route: Callable[[Event], Sequence[str]],
+        wall_clock: Callable[[], datetime],
+        metrics: Metrics | None = None,
+        on_recorded: Callable[[], None] = lambda: None,
+        on_event: Callable[[Event], None] = lambda event: None,
+    ) -> None:
+        self._store = store
+        self._terminal = terminal
+        self._route = route
+        self._wall = wall_clock
+        self._metrics = metrics or Metrics()
+        self._on_recorded = on_recorded
+        self._on_event = on_event
+        self._log = structlog.get_logger("watcher.recorder")
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        return self._terminal
+
+    async def status_changed(
+        self,
+        run_uuid: str,
+        project_id: str,
+        previous_status: str | None,
+        status: str,
+        metadata: Mapping[str, Any],
+    ) -> Recorded:
+        """Record ``previous_status → status`` for one run (the caller saw them differ)."""
+        observed_at = self._wall()
+        previous = RunState(run_uuid, project_id, previous_status, observed_at)
+        current = RunState(
+            run_uuid,
+            project_id,
+            status,
+            observed_at,
+            labels=self._store.labels_of(run_uuid),
+            metadata=metadata,
+        )
+        event = detect(previous, current, terminal=self._terminal)
+        if event is None:  # pragma: no cover - detect() reports every changed status
+            return Recorded(None, self._store.get_run(run_uuid))
+        if not self._store.record_observation(current, event, notifiers=self._route(event)):
+            self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
+            return Recorded(None, self._store.get_run(run_uuid))
+        self._announce(event)
+        return Recorded(event)
+
+    async def not_found(self, run_uuid: str, project_id: str, last_status: str | None) -> Event:
+        """Record ``run.not_found``; the registry stops polling the run."""
+        now = self._wall()
+        state = RunState(
+            run_uuid, project_id, last_status, now, labels=self._store.labels_of(run_uuid)
+        )
+        event = not_found_event(state, now=now)
+        self._store.record_not_found(run_uuid, event, notifiers=self._route(event))
+        self._log.warning("run_not_found", run_uuid=run_uuid, project_id=project_id)
+        self._announce(event)
+        return event
+
+    def _announce(self, event: Event) -> None:
+        self._metrics.events.labels(type=event.type).inc()
+        if event.type == "run.status_changed":
+            self._metrics.transitions.inc()
+        self._on_event(event)
+        self._on_recorded()
