@@ -162,14 +162,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_test_notify(args: argparse.Namespace) -> int:
-    from watcher.app import test_notify
+    from watcher.app import send_test_notification
 
     settings = _settings(args)
     _configure_logging(settings)
     names = [n.name for n in settings.notifiers] or ["log"]
     if args.name not in names:
         raise Exit(EXIT_USAGE, f"error: no notifier named {args.name!r}; have: {', '.join(names)}")
-    return _run_async(lambda stop: test_notify(settings, args.name, stop=stop))
+    return _run_async(lambda stop: send_test_notification(settings, args.name, stop=stop))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
