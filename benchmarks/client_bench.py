@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -222,12 +223,10 @@ def spare_the_sdk_a_failed_import() -> bool:
     SDK costs as installed, but it is an accident of packaging, not of the SDK's design, so by
     default the benchmark removes it (``--sdk-as-installed`` keeps it). Returns whether it did.
     """
-    try:
-        import sniffio  # noqa: F401
-    except ImportError:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-        return True
-    return False
+    if importlib.util.find_spec("sniffio") is not None:
+        return False
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+    return True
 
 
 async def measure(
