@@ -336,6 +336,15 @@ def load_settings(
                 continue
             key = _loc_to_key(tuple(error["loc"]), merged) or "config"
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                ctx = error.get("ctx") or {}
+                key += ".type"
+                message = (
+                    f"unknown type {ctx.get('tag', '')!r}; expected one of "
+                    f"{ctx.get('expected_tags', '')}"
+                    if error["type"] == "union_tag_invalid"
+                    else "missing; every notifier needs a type"
+                )
             lines.append(f"{key}: {message}")
         raise ConfigError(lines) from None
 

@@ -1,0 +1,149 @@
+"""Configuration loading: file, environment overrides, *_file secrets, error key paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from watcher.config import ConfigError, load_settings, redacted
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "omics-watcher.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), environ=environ or {})
+    return caught.value.problems
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./omics-watcher.toml here
+    settings = load_settings(None, environ={})
+    assert settings.polling.rate_per_second == 20.0
+    assert settings.polling.interval_seconds == 30.0
+    assert "EXECUTOR_ERROR" in settings.polling.terminal
+    assert settings.server.listen == "127.0.0.1:9477"
+    assert settings.notifiers == []
+
+
+def test_file_found_from_the_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "[polling]\ninterval_seconds = 5\n")
+    settings = load_settings(None, environ={"OMICS_WATCHER_CONFIG": path})
+    assert settings.polling.interval_seconds == 5.0  # an integer where a float is expected
+
+
+def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[polling]
+rate_per_second = 20
+[[notifiers]]
+name = "ops"
+type = "webhook"
+url = "https://example.org/a"
+""",
+    )
+    settings = load_settings(
+        path,
+        environ={
+            "OMICS_WATCHER_POLLING__RATE_PER_SECOND": "15",
+            "OMICS_WATCHER_NOTIFIERS__0__URL": "https://example.org/b",
+            "OMICS_WATCHER_POLLING__TERMINAL_STATUSES": '["DONE"]',
+        },
+    )
+    assert settings.polling.rate_per_second == 15.0
+    assert str(settings.notifiers[0].url) == "https://example.org/b"  # type: ignore[attr-defined]
+    assert settings.polling.terminal == frozenset({"DONE"})
+
+
+def test_secret_files_are_read_and_never_shown(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cr3t-value-123\n", encoding="utf-8")
+    path = write(
+        tmp_path, f'[tencentcloud]\nsecret_id = "AKIDabc"\nsecret_key_file = "{key_file}"\n'
+    )
+    settings = load_settings(path, environ={})
+    assert settings.tencentcloud.secret_key is not None
+    assert settings.tencentcloud.secret_key.get_secret_value() == "s3cr3t-value-123"
+    shown = redacted(settings)
+    assert shown["tencentcloud"]["secret_key"] == "***"
+    assert "s3cr3t-value-123" not in repr(settings)
+    assert "s3cr3t-value-123" not in str(shown)
+
+
+def test_every_problem_is_one_line_naming_its_key(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+[polling]
+rate_per_second = "fast"
+interval_seconds = -1
+[server]
+listen = "nowhere"
+[[notifiers]]
+name = "a"
+type = "log"
+[[notifiers]]
+name = "b"
+type = "carrier-pigeon"
+""",
+    )
+    joined = "\n".join(found)
+    assert any(p.startswith("polling.rate_per_second:") for p in found), joined
+    assert any(p.startswith("polling.interval_seconds:") for p in found), joined
+    assert any(p.startswith("server.listen:") for p in found), joined
+    assert "notifiers[1].type: unknown type 'carrier-pigeon'" in joined, joined
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[polling]\nrate_per_secnd = 5\n")
+    assert found == [p for p in found if p.startswith("polling.rate_per_secnd:")]
+    assert found
+
+
+def test_a_route_must_name_a_configured_notifier(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[[notifiers]]\nname = "a"\ntype = "log"\n[[routes]]\nnotifiers = ["nope"]\n',
+    )
+    assert found == ["routes[0].notifiers: unknown notifier 'nope'"]
+
+
+def test_duplicate_notifier_names_are_refused(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[[notifiers]]\nname = "a"\ntype = "log"\n[[notifiers]]\nname = "a"\ntype = "log"\n',
+    )
+    assert found == ["notifiers[1].name: duplicate notifier name 'a'"]
+
+
+def test_missing_secret_file_names_the_key_and_not_the_content(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[server]\nadmin_token_file = "/nonexistent/token"\n')
+    assert len(found) == 1
+    assert found[0].startswith("server.admin_token_file: cannot read /nonexistent/token")
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[polling\n")
+    assert found[0].startswith("config:")
+
+
+def test_a_named_file_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(str(tmp_path / "missing.toml"), environ={})
+
+
+def test_broken_template_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[[notifiers]]\nname = "a"\ntype = "slack"\nurl = "https://hooks.example.org/x"\n'
+        'body_template = "{{ run_uuid "\n',
+    )
+    assert len(found) == 1
+    assert found[0].startswith("notifiers[0].body_template:")
