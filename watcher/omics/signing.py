@@ -31,8 +31,8 @@ def canonical_request(*, host: str, body: bytes, content_type: str = "applicatio
     )
 
 
-def string_to_sign(*, canonical: str, timestamp: int, service: str) -> str:
-    scope = f"{utc_date(timestamp)}/{service}/tc3_request"
+def string_to_sign(*, canonical: str, timestamp: int, service: str, date: str = "") -> str:
+    scope = f"{date or utc_date(timestamp)}/{service}/tc3_request"
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
 
@@ -47,9 +47,10 @@ def signature(
     content_type: str = "application/json",
 ) -> str:
     """The hex signature alone (what a server recomputes to verify a request)."""
+    date = utc_date(timestamp)
     canonical = canonical_request(host=host, body=body, content_type=content_type)
-    to_sign = string_to_sign(canonical=canonical, timestamp=timestamp, service=service)
-    k_date = _hmac(("TC3" + secret_key).encode("utf-8"), utc_date(timestamp))
+    to_sign = string_to_sign(canonical=canonical, timestamp=timestamp, service=service, date=date)
+    k_date = _hmac(("TC3" + secret_key).encode("utf-8"), date)
     k_service = _hmac(k_date, service)
     k_signing = _hmac(k_service, "tc3_request")
     return hmac.new(k_signing, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
