@@ -47,7 +47,6 @@ class BadRequest(OmicsError):
     """The request's shape is wrong (a bug of ours): log it, do not retry in a loop."""
 
 
-_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "ResourceUnavailable"})
 _AUTH_PREFIXES = ("AuthFailure", "UnauthorizedOperation", "OperationDenied")
 _BAD_REQUEST_PREFIXES = (
     "InvalidParameter",
@@ -73,8 +72,8 @@ def classify(code: str, message: str = "", *, request_id: str | None = None) -> 
         cls = RunNotFound
     elif code.startswith(_BAD_REQUEST_PREFIXES):
         cls = BadRequest
-    elif head in _TRANSIENT_CODES or code in _TRANSIENT_CODES:
-        cls = Transient
     else:
+        # InternalError, ServiceUnavailable, ResourceUnavailable and any code we do not
+        # know: retry later. An unknown code must never end the watch of a run.
         cls = Transient
     return cls(code, message, request_id=request_id)
