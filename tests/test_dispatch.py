@@ -22,7 +22,15 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from watcher.dispatch import Dispatcher, Outcome, Pacer, Policy, backoff, send_now
+from watcher.dispatch import (
+    Dispatcher,
+    Outcome,
+    Pacer,
+    Policy,
+    backoff,
+    retry_delay,
+    send_now,
+)
 from watcher.events import Event, new_event_id
 from watcher.notifiers.base import Notifier, Permanent, Rate, Retryable
 from watcher.notifiers.registry import NotifierSettings, build_notifier
@@ -548,6 +556,9 @@ def test_backoff_doubles_with_full_jitter_and_caps() -> None:
     assert backoff(30, uniform=lambda: 1.0) == 300.0
     assert backoff(1000, uniform=lambda: 1.0) == 300.0
     assert backoff(3, uniform=lambda: 0.25) == 1.0
+    assert retry_delay(1, 3.0, uniform=lambda: 1.0) == 3.0  # Retry-After wins when longer
+    assert retry_delay(4, 3.0, uniform=lambda: 1.0) == 8.0  # the backoff when longer
+    assert retry_delay(1, 10**9, uniform=lambda: 1.0) == 3600.0  # capped at an hour
 
 
 def test_pacer_windows_count_from_finished_requests() -> None:

@@ -11,9 +11,11 @@ Every rule about *when* to send lives here, never in a notifier:
 * pacing: each worker keeps its destination's rate (:class:`~watcher.notifiers.base.Rate`,
   sliding windows counted from the *end* of earlier requests, so the service never sees more),
   queueing bursts instead of having them refused; a ``Retry-After`` pauses the whole worker;
-* retries: the first after about a second, doubling with full jitter up to 300 s, never sooner
-  than ``Retry-After``; a row older than its notifier's ``max_age`` when an attempt fails is
-  dead-lettered, as is a row whose notifier failed permanently;
+* retries: the first within about a second, then doubling with full jitter (a uniform draw
+  up to 1, 2, 4 ... s, capped at 300 s), never sooner than ``Retry-After`` (obeyed up to an
+  hour); a row older than its notifier's ``max_age`` when an attempt fails is dead-lettered
+  (so it gets at least one attempt, even after a long downtime), as is a row whose notifier
+  failed permanently;
 * each attempt is bounded by the notifier's ``timeout``; a timeout is retryable.
 
 Rows are found by :meth:`Dispatcher.notify` (called right after the poller records events)
@@ -49,6 +51,9 @@ from watcher.store.models import Delivery
 
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
+# A Retry-After is honoured up to an hour: a broken or hostile answer ("Retry-After: 9999999")
+# must not silence a destination for days.
+MAX_RETRY_AFTER_SECONDS = 3600.0
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SCAN_LIMIT = 500
 
@@ -114,8 +119,13 @@ def backoff(
 def retry_delay(
     attempts: int, retry_after: float | None, *, uniform: Callable[[], float] = random.random
 ) -> float:
-    """The backoff, but never sooner than the destination asked (``Retry-After``)."""
-    return max(backoff(attempts, uniform=uniform), retry_after or 0.0)
+    """The backoff, but never sooner than the destination asked (``Retry-After``, capped)."""
+    return max(backoff(attempts, uniform=uniform), honoured(retry_after))
+
+
+def honoured(retry_after: float | None) -> float:
+    """How much of a ``Retry-After`` is obeyed: all of it, up to an hour."""
+    return min(max(retry_after or 0.0, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 async def attempt(notifier: Notifier, event: Event, *, time_limit: float) -> None:
@@ -449,7 +459,8 @@ class Dispatcher:
         except Retryable as exc:
             worker.pacer.finish(slot, loop.time())
             if exc.retry_after:
-                worker.pacer.pause(loop.time() + exc.retry_after)
+                # The destination speaks for all of its traffic: hold every row back.
+                worker.pacer.pause(loop.time() + honoured(exc.retry_after))
             self._retry_or_give_up(worker, delivery, exc, log)
             return
         except Permanent as exc:
