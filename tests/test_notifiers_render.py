@@ -21,13 +21,13 @@ from watcher.config import ConfigError, load_settings
 from watcher.events import Event
 from watcher.notifiers import discord, slack
 from watcher.notifiers.common import json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.notifiers.render import (
     Message,
     clip,
     clip_bytes,
     first_line,
-    fit,
     format_duration,
     message_for,
 )

@@ -32,8 +32,9 @@ from pydantic import Field, SecretStr
 from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, fit
+from watcher.notifiers.render import Message, Renderer
 
 BODY_MAX_BYTES = 20_000
 RETRYABLE_CODES = frozenset({410100, 130101, -1})

@@ -18,8 +18,9 @@ from pydantic import Field
 from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, clip, fit
+from watcher.notifiers.render import Message, Renderer, Severity, clip
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096

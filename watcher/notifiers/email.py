@@ -26,8 +26,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from watcher.events import Event
 from watcher.notifiers.base import Permanent, Retryable
 from watcher.notifiers.common import Deps, Kind, NotifierBase
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import Scrubber
-from watcher.notifiers.render import Message, Renderer, Severity, fit, plain_text
+from watcher.notifiers.render import Message, Renderer, Severity, plain_text
 
 FIELD_MAX = 32 * 1024  # characters per long field (error, stderr, custom body)
 TEXT_MAX_BYTES = 128 * 1024  # the text part; the HTML part carries the same content

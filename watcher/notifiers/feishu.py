@@ -31,8 +31,9 @@ from pydantic import SecretStr
 from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, fit, plain_text
+from watcher.notifiers.render import Message, Renderer, Severity, plain_text
 
 BODY_MAX_BYTES = 20_000
 RETRYABLE_CODES = frozenset({11232, 11233, 99991400})

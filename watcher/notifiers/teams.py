@@ -13,8 +13,9 @@ from typing import Any, Literal
 from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, fit
+from watcher.notifiers.render import Message, Renderer, Severity
 
 BODY_MAX_BYTES = 28_000
 COLOURS: dict[Severity, str] = {

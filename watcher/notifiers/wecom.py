@@ -22,8 +22,9 @@ from pydantic import Field
 from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, clip_bytes, fit, plain_text
+from watcher.notifiers.render import Message, Renderer, Severity, clip_bytes, plain_text
 
 MARKDOWN_MAX_BYTES = 4096
 TEXT_MAX_BYTES = 2048
