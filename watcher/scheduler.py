@@ -14,6 +14,8 @@ permission failures pause all polling with one log line, probing again with grow
 pauses; ``ResourceNotFound.RunNotExist`` yields one ``run.not_found`` and drops the run.
 
 Registry changes made by other processes (``omics-watcher track``) are read every second.
+The registry feed, auth pause, backoff and recording rules are shared with the batch poller
+(:mod:`watcher.polling`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -41,29 +43,23 @@ from watcher.omics.errors import (
     Throttled,
     Transient,
 )
+from watcher.polling import (
+    BAD_REQUEST_BACKOFF_SECONDS,
+    MAX_BACKLOG,
+    REFRESH_SECONDS,
+    AuthPause,
+    Metadata,
+    RegistryFeed,
+    StatusSource,
+    backoff_delay,
+    drain,
+    max_in_flight,
+    record_status,
+)
 from watcher.recorder import Recorder
 from watcher.store import ActiveRun, Store
 
-REFRESH_SECONDS = 1.0
-MAX_BACKLOG = 2  # polls allowed to wait for a limiter permit at once
-MAX_BACKOFF_SECONDS = 600.0
-BAD_REQUEST_BACKOFF_SECONDS = 900.0
-FIRST_AUTH_PAUSE_SECONDS = 15.0
-MAX_AUTH_PAUSE_SECONDS = 300.0
-
-
-class Metadata(Protocol):
-    """The parts of a GetRunStatus answer the scheduler needs."""
-
-    @property
-    def Status(self) -> str: ...  # Tencent's field name, as the API model keeps it
-
-    @property
-    def raw(self) -> Mapping[str, Any]: ...
-
-
-class StatusSource(Protocol):
-    async def get_run_status(self, run_uuid: str, project_id: str = "") -> Metadata: ...
+__all__ = ["Metadata", "Scheduler", "SchedulerOptions", "StatusSource"]
 
 
 @dataclass(slots=True)
@@ -114,18 +110,15 @@ class Scheduler:
         self._runs: dict[str, _Run] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
-        self._cursor = 0
-        self._polled: list[tuple[str, datetime]] = []
+        self._feed = RegistryFeed(store)
+        self._loaded = False
         self._wake = asyncio.Event()
-        self._paused_until = 0.0
-        self._pause_seconds = 0.0
-        self._pause_reason: str | None = None
+        self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unstarted = 0  # poll tasks created that have not reached the limiter yet
-        max_in_flight = math.ceil(
-            options.rate_per_second * min(options.request_timeout_seconds, 10)
+        self._slots = asyncio.Semaphore(
+            max_in_flight(options.rate_per_second, options.request_timeout_seconds)
         )
-        self._slots = asyncio.Semaphore(max(8, max_in_flight + 4))
         self._first_wave = 0
         self.first_cycle_done = asyncio.Event()
 
@@ -159,8 +152,16 @@ class Scheduler:
         self._schedule(active.run_uuid, due)
 
     def load(self) -> int:
-        """Read every active run from the registry; returns how many."""
-        self._cursor, active_runs = self._store.snapshot()
+        """Read every active run from the registry, replacing what was known; returns how many.
+
+        Called again after another poller had the registry for a while (strategy switch):
+        the store is the truth, so nothing from the previous session is kept.
+        """
+        self._runs.clear()
+        self._heap.clear()
+        self._unstarted = 0
+        self._loaded = True
+        active_runs = self._feed.snapshot()
         now, wall_now = self._now(), self._wall().timestamp()
         for active in active_runs:
             self._add(active, now=now, wall_now=wall_now)
@@ -171,9 +172,7 @@ class Scheduler:
 
     def refresh(self) -> None:
         """Pick up runs tracked or untracked by other processes; flush poll times."""
-        self._flush_polls()
-        cursor, added, removed = self._store.changes_since(self._cursor)
-        self._cursor = cursor
+        added, removed = self._feed.changes()
         now, wall_now = self._now(), self._wall().timestamp()
         for run_uuid in removed:
             self._runs.pop(run_uuid, None)
@@ -186,24 +185,19 @@ class Scheduler:
         if added:
             self._wake.set()
 
-    def _flush_polls(self) -> None:
-        if self._polled:
-            polled, self._polled = self._polled, []
-            self._store.record_polls(polled)
-
     @property
     def tracked(self) -> int:
         return len(self._runs)
 
     @property
     def paused(self) -> bool:
-        return self._pause_reason is not None
+        return self._pause.paused
 
     # -- main loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, then let in-flight polls finish."""
-        if not self._runs and not self._cursor:
+        if not self._loaded:
             self.load()
         next_refresh = self._now() + REFRESH_SECONDS
         stopper = asyncio.ensure_future(stop.wait())
@@ -215,8 +209,8 @@ class Scheduler:
                     next_refresh = now + REFRESH_SECONDS
                 wait = next_refresh - now
                 head = self._peek()
-                if self._paused_until > now:
-                    wait = min(wait, self._paused_until - now)
+                if self._pause.until > now:
+                    wait = min(wait, self._pause.until - now)
                 elif head is not None:
                     if head[0] > now:
                         wait = min(wait, head[0] - now)
@@ -271,13 +265,8 @@ class Scheduler:
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight polls, then cancel what is left."""
-        if self._in_flight:
-            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        self._flush_polls()
+        await drain(self._in_flight, grace)
+        self._feed.flush()
 
     # -- one poll -------------------------------------------------------------------------
 
@@ -299,11 +288,11 @@ class Scheduler:
             self._reschedule(run_uuid, self._now())
         except ClockSkew as exc:
             outcome = "auth"
-            self._pause(f"clock skew: {exc.code}")
+            self._pause.pause(f"clock skew: {exc.code}")
             self._reschedule(run_uuid, self._now())
         except AuthError as exc:
             outcome = "auth"
-            self._pause(exc.code)
+            self._pause.pause(exc.code)
             self._reschedule(run_uuid, self._now())
         except BadRequest as exc:
             outcome = "bad_request"
@@ -313,7 +302,7 @@ class Scheduler:
             outcome = "transient"
             self._backoff(run_uuid, run, exc)
         else:
-            self._resume()
+            self._pause.resume()
             outcome = "changed" if metadata.Status != run.status else "ok"
             await self._observe(run_uuid, run, project_id, metadata)
         finally:
@@ -329,9 +318,7 @@ class Scheduler:
 
     def _backoff(self, run_uuid: str, run: _Run, exc: OmicsError) -> None:
         run.errors += 1
-        base = max(self._opt.interval_seconds, 1.0)
-        delay = min(base * 2 ** (run.errors - 1), MAX_BACKOFF_SECONDS)
-        delay *= self._rng.uniform(0.5, 1.0)  # full-ish jitter: failing runs don't march together
+        delay = backoff_delay(run.errors, base=max(self._opt.interval_seconds, 1.0), rng=self._rng)
         log = self._log.warning if run.errors in (1, 5, 20) else self._log.debug
         log(
             "poll_failed",
@@ -347,52 +334,26 @@ class Scheduler:
         )
         self._reschedule(run_uuid, self._now() + delay)
 
-    def _pause(self, reason: str) -> None:
-        now = self._now()
-        if self._paused_until > now:
-            return  # polls already in flight when the pause began
-        self._pause_seconds = min(
-            MAX_AUTH_PAUSE_SECONDS, max(FIRST_AUTH_PAUSE_SECONDS, self._pause_seconds * 2)
-        )
-        self._paused_until = now + self._pause_seconds
-        if self._pause_reason is None:
-            self._log.error(
-                "polling_paused",
-                reason=reason,
-                hint="check credentials, permissions and the system clock; retrying slowly",
-            )
-            self._metrics.polling_paused.set(1)
-        self._pause_reason = reason
-
-    def _resume(self) -> None:
-        if self._pause_reason is not None:
-            self._log.info("polling_resumed", after=self._pause_reason)
-            self._metrics.polling_paused.set(0)
-        self._pause_reason = None
-        self._pause_seconds = 0.0
-        self._paused_until = 0.0
-
     async def _observe(self, run_uuid: str, run: _Run, project_id: str, metadata: Metadata) -> None:
         run.errors = 0
         if metadata.Status == run.status:
-            self._polled.append((run_uuid, self._wall()))
+            self._feed.polled(run_uuid, self._wall())
             self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
             return
-        recorded = await self._recorder.status_changed(
-            run_uuid, project_id, run.status, metadata.Status, metadata.raw
+        outcome = await record_status(
+            self._recorder,
+            run_uuid=run_uuid,
+            project_id=project_id,
+            previous=run.status,
+            metadata=metadata,
         )
-        if recorded.event is None:
-            # Someone else recorded this run meanwhile; believe the registry.
-            stored = recorded.stored
-            if stored is None or stored.terminal or stored.stopped:
-                self._runs.pop(run_uuid, None)
-                return
-            run.status = stored.status
-            self._reschedule(run_uuid, self._now())
-            return
-        run.status = metadata.Status
-        if recorded.event.terminal:
+        if not outcome.active:
             self._runs.pop(run_uuid, None)
+            return
+        run.status = outcome.status
+        if outcome.superseded:
+            # Someone else recorded this run meanwhile; believe the registry, look again now.
+            self._reschedule(run_uuid, self._now())
         else:
             self._reschedule(run_uuid, self._now() + self._jittered(self._opt.interval_seconds))
 

@@ -1,0 +1,183 @@
+"""What every poller shares: the registry feed, the auth pause, backoff and recording rules.
+
+The per-run :class:`~watcher.scheduler.Scheduler` and the DescribeRuns
+:class:`~watcher.batch.BatchPoller` decide differently *whom* to ask and *how*, but must
+agree on everything else, so those parts live here once:
+
+- :class:`RegistryFeed`: the poller's view of the registry. A snapshot, then the cheap
+  ``changes_since`` feed (runs tracked or untracked by other processes), and a buffer of
+  quiet polls flushed to the store in one transaction.
+- :class:`AuthPause`: credential and permission failures pause all polling, with one log
+  line when the pause starts and one when it ends, probing again after growing pauses.
+- :func:`backoff_delay`: exponential backoff with jitter for a failing run or batch.
+- :func:`record_status`: hand a changed status to the :class:`~watcher.recorder.Recorder`
+  and read back what the registry holds afterwards (another process may have recorded
+  first: then the registry is believed, never the poller's memory).
+- :func:`drain`: give in-flight requests a bounded time at stop, then cancel them.
+
+Nothing here sends a request; time comes from an injected monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from watcher.metrics import Metrics
+from watcher.recorder import Recorder
+from watcher.store import ActiveRun, Store
+
+REFRESH_SECONDS = 1.0  # how often the registry's change feed is read
+MAX_BACKLOG = 2  # requests allowed to wait for one action's limiter permit at once
+MAX_BACKOFF_SECONDS = 600.0
+BAD_REQUEST_BACKOFF_SECONDS = 900.0
+FIRST_AUTH_PAUSE_SECONDS = 15.0
+MAX_AUTH_PAUSE_SECONDS = 300.0
+
+
+class Metadata(Protocol):
+    """The parts of a GetRunStatus answer a poller needs."""
+
+    @property
+    def Status(self) -> str: ...  # Tencent's field name, as the API model keeps it
+
+    @property
+    def raw(self) -> Mapping[str, Any]: ...
+
+
+class StatusSource(Protocol):
+    async def get_run_status(self, run_uuid: str, project_id: str = "") -> Metadata: ...
+
+
+def max_in_flight(rate_per_second: float, request_timeout_seconds: float) -> int:
+    """Requests one action may have open at once: a full timeout's worth at the rate, plus
+    headroom, so hung requests cannot pile up without bound."""
+    return max(8, math.ceil(rate_per_second * min(request_timeout_seconds, 10)) + 4)
+
+
+def backoff_delay(errors: int, *, base: float, rng: random.Random) -> float:
+    """Seconds to wait after the ``errors``-th consecutive failure (1, 2, ...)."""
+    delay: float = min(base * 2.0 ** (errors - 1), MAX_BACKOFF_SECONDS)
+    return delay * rng.uniform(0.5, 1.0)  # full-ish jitter: failing runs don't march together
+
+
+class RegistryFeed:
+    """A poller's cursor over the registry, and its buffer of polls that found no news."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.cursor = 0
+        self._polled: list[tuple[str, datetime]] = []
+
+    def snapshot(self) -> list[ActiveRun]:
+        """Every active run; the change feed continues from here."""
+        self.cursor, runs = self._store.snapshot()
+        return runs
+
+    def changes(self) -> tuple[list[ActiveRun], list[str]]:
+        """``(tracked or re-tracked, untracked)`` since the last call; flushes polls first."""
+        self.flush()
+        self.cursor, added, removed = self._store.changes_since(self.cursor)
+        return added, removed
+
+    def polled(self, run_uuid: str, at: datetime) -> None:
+        """A successful poll without news; written at the next :meth:`flush`."""
+        self._polled.append((run_uuid, at))
+
+    def flush(self) -> None:
+        if self._polled:
+            polled, self._polled = self._polled, []
+            self._store.record_polls(polled)
+
+
+class AuthPause:
+    """Pause all polling while credentials or permissions fail; one log line per episode."""
+
+    def __init__(self, *, log: Any, metrics: Metrics, clock: Callable[[], float]) -> None:
+        self._log = log
+        self._metrics = metrics
+        self._clock = clock
+        self.until = 0.0  # monotonic time the current pause ends (0: not paused)
+        self._seconds = 0.0
+        self._reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        """True from the first auth failure until a request succeeds again."""
+        return self._reason is not None
+
+    def pause(self, reason: str) -> None:
+        now = self._clock()
+        if self.until > now:
+            return  # answers to requests already in flight when the pause began
+        self._seconds = min(
+            MAX_AUTH_PAUSE_SECONDS, max(FIRST_AUTH_PAUSE_SECONDS, self._seconds * 2)
+        )
+        self.until = now + self._seconds
+        if self._reason is None:
+            self._log.error(
+                "polling_paused",
+                reason=reason,
+                hint="check credentials, permissions and the system clock; retrying slowly",
+            )
+            self._metrics.polling_paused.set(1)
+        self._reason = reason
+
+    def resume(self) -> None:
+        if self._reason is not None:
+            self._log.info("polling_resumed", after=self._reason)
+            self._metrics.polling_paused.set(0)
+        self._reason = None
+        self._seconds = 0.0
+        self.until = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the registry holds after :func:`record_status`.
+
+    ``active``: the run is still to be polled (tracked, not terminal, not stopped);
+    ``status``: its status now; ``superseded``: another process recorded first, so the
+    poller's idea of the previous status was stale and it should look again soon.
+    """
+
+    active: bool
+    status: str | None
+    superseded: bool
+
+
+async def record_status(
+    recorder: Recorder,
+    *,
+    run_uuid: str,
+    project_id: str,
+    previous: str | None,
+    metadata: Metadata,
+) -> Outcome:
+    """Record ``previous -> metadata.Status`` (the caller saw them differ)."""
+    recorded = await recorder.status_changed(
+        run_uuid, project_id, previous, metadata.Status, metadata.raw
+    )
+    if recorded.event is None:
+        stored = recorded.stored
+        if stored is None or stored.terminal or stored.stopped:
+            return Outcome(active=False, status=None, superseded=True)
+        return Outcome(active=True, status=stored.status, superseded=True)
+    return Outcome(active=not recorded.event.terminal, status=metadata.Status, superseded=False)
+
+
+async def drain(tasks: Iterable[asyncio.Task[None]], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``tasks``, then cancel what is left."""
+    pending_tasks = set(tasks)
+    if not pending_tasks:
+        return
+    _, pending = await asyncio.wait(pending_tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
