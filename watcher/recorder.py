@@ -8,14 +8,19 @@ status, the event and its outbox rows atomically, compare-and-set on the previou
 woken. Methods are ``async`` because enrichment (failure details) may add API calls before
 the event is written; the status itself is never held back by more than that step's
 bounded time.
+
+Enrichment runs only for a transition into one of the enricher's ``failing`` statuses; every
+other transition takes no extra await. The observation time (and so the event id) is taken
+before enrichment, and the compare-and-set write after it still decides who records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -38,6 +43,20 @@ class Recorded:
     stored: TrackedRun | None = None
 
 
+class Enricher(Protocol):
+    """Adds failure details to an event (:class:`watcher.enrich.FailureEnricher`).
+
+    ``failure`` must not raise: it returns what it found, fields ``""`` when unknown.
+    """
+
+    @property
+    def failing(self) -> frozenset[str]: ...
+
+    async def failure(
+        self, run_uuid: str, project_id: str, metadata: Mapping[str, Any]
+    ) -> Mapping[str, str] | None: ...
+
+
 class Recorder:
     """Detects, routes and records status changes and not-found runs."""
 
@@ -51,8 +70,10 @@ class Recorder:
         metrics: Metrics | None = None,
         on_recorded: Callable[[], None] = lambda: None,
         on_event: Callable[[Event], None] = lambda event: None,
+        enricher: Enricher | None = None,
     ) -> None:
         self._store = store
+        self._enricher = enricher
         self._terminal = terminal
         self._route = route
         self._wall = wall_clock
@@ -87,11 +108,30 @@ class Recorder:
         event = detect(previous, current, terminal=self._terminal)
         if event is None:  # pragma: no cover - detect() reports every changed status
             return Recorded(None, self._store.get_run(run_uuid))
+        if self._enricher is not None and status in self._enricher.failing:
+            event = await self._enriched(self._enricher, event, run_uuid, project_id, metadata)
         if not self._store.record_observation(current, event, notifiers=self._route(event)):
             self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
             return Recorded(None, self._store.get_run(run_uuid))
         self._announce(event)
         return Recorded(event)
+
+    async def _enriched(
+        self,
+        enricher: Enricher,
+        event: Event,
+        run_uuid: str,
+        project_id: str,
+        metadata: Mapping[str, Any],
+    ) -> Event:
+        try:
+            failure = await enricher.failure(run_uuid, project_id, metadata)
+        except Exception as exc:  # the contract says it won't; the event matters more
+            self._log.error("failure_enrichment_crashed", run_uuid=run_uuid, error=repr(exc))
+            return event
+        if failure is None:
+            return event
+        return dataclasses.replace(event, data={**event.data, "failure": dict(failure)})
 
     async def not_found(self, run_uuid: str, project_id: str, last_status: str | None) -> Event:
         """Record ``run.not_found``; the registry stops polling the run."""

@@ -1,0 +1,401 @@
+"""Failure enrichment: pure helpers, then the daemon's pieces against the simulator.
+
+The simulator's failed runs list their calls with GetRunCalls (root tasks, a nested,
+scattered sub-workflow) and answer GetRunJobLog with a stderr ending in the error line; the
+tests compare what the enricher found with the simulator's own plan of where the run failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from watcher.app import build_limiters
+from watcher.config import Settings
+from watcher.enrich import FailureEnricher, error_text, failing_statuses, tail
+from watcher.events import Event
+from watcher.limiter import PacingLimiter
+from watcher.notifiers.render import message_for, plain_text
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.models import RunMetadata
+from watcher.recorder import Recorded, Recorder
+from watcher.scheduler import Scheduler, SchedulerOptions
+from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.simulator.calls import plan_of
+from watcher.store import Store, TrackRequest
+
+TERMINAL = frozenset(Settings().polling.terminal)
+FAILING = failing_statuses(TERMINAL)
+ERROR_LINE = "java.lang.OutOfMemoryError: Java heap space"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def test_failing_statuses_are_terminal_minus_success_and_cancel() -> None:
+    assert {"EXECUTOR_ERROR", "SYSTEM_ERROR", "COMPLETE_ERROR", "FAILED", "PREEMPTED"} == FAILING
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, ""),
+        ("", ""),
+        ("{}", ""),
+        ("[]", ""),
+        ('[{"message": "Task wf.a:1:1 failed", "causedBy": []}]', "Task wf.a:1:1 failed"),
+        (
+            '[{"message": "Workflow failed", "causedBy": '
+            '[{"message": "\\n  Job wf.b:0:1 exited with code 137\\nmore", "causedBy": []}]}]',
+            "Job wf.b:0:1 exited with code 137",
+        ),
+        ('[{"message": "Workflow failed", "causedBy": [{"causedBy": []}]}]', "Workflow failed"),
+        ('{"message": "boom"}', "boom"),
+        ("plain text error\nsecond line", "plain text error"),
+        ("[not json", "[not json"),
+    ],
+)
+def test_error_text(raw: str | None, expected: str) -> None:
+    assert error_text(raw) == expected
+
+
+def test_tail_keeps_whole_lines_within_the_budget() -> None:
+    text = "".join(f"line {i:03d}\n" for i in range(100))  # 9 bytes a line
+    out = tail(text, 50)
+    assert len(out.encode()) <= 50
+    assert out.endswith("line 099")
+    assert out.startswith("line ")  # cut at a line boundary
+    assert tail("short\n\n", 50) == "short"
+    assert tail("x" * 100, 10) == "x" * 10  # one long line: its end
+    assert tail("abc", 0) == ""
+    # Never half a character: "é" is 2 bytes.
+    assert tail("é" * 10, 5) == "éé"
+
+
+# -- against the simulator --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_client(
+    sim: Simulator,
+    session: aiohttp.ClientSession,
+    *,
+    limiters: Mapping[str, PacingLimiter] | None = None,
+    timeout: float = 5.0,
+) -> OmicsClient:
+    return OmicsClient(
+        session=session,
+        endpoint=sim.endpoint,
+        region="ap-guangzhou",
+        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="t"),
+        limiters=limiters if limiters is not None else build_limiters(Settings()),
+        timeout=timeout,
+    )
+
+
+def failing_runs(sim: Simulator, count: int, *, running: float = 1.0) -> list[str]:
+    return [
+        sim.submit_run(kind="finishing", outcome="EXECUTOR_ERROR", durations=(0.1, 0.1, running))
+        for _ in range(count)
+    ]
+
+
+def expected_task(sim: Simulator, run_uuid: str) -> tuple[str, bool]:
+    """``(".short[shard]" or ".short", nested)`` for where the simulator made the run fail."""
+    plan = plan_of(sim.snapshot(run_uuid))
+    assert plan.fail_call is not None
+    suffix = f".{plan.fail_call.short}"
+    if plan.fail_shard >= 0:
+        suffix += f"[{plan.fail_shard}]"
+    return suffix, plan.fail_call.nested
+
+
+async def run_daemon_pieces(
+    store: Store,
+    client: OmicsClient,
+    recorder: Recorder,
+    runs: list[str],
+    *,
+    deadline: float = 20.0,
+) -> None:
+    """Scheduler + recorder + client until every run reached a terminal status."""
+    scheduler = Scheduler(
+        store=store,
+        source=client,
+        recorder=recorder,
+        options=SchedulerOptions(
+            interval_seconds=0.3,
+            rate_per_second=20,
+            request_timeout_seconds=5,
+            terminal=TERMINAL,
+            drain_seconds=1,
+        ),
+        wall_clock=now,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        async with asyncio.timeout(deadline):
+            while True:
+                stored = [store.get_run(u) for u in runs]
+                if all(r is not None and r.terminal for r in stored):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+
+
+class TimedRecorder(Recorder):
+    """The real recorder, noting how long each ``status_changed`` took."""
+
+    durations: list[float]
+
+    async def status_changed(
+        self,
+        run_uuid: str,
+        project_id: str,
+        previous_status: str | None,
+        status: str,
+        metadata: Mapping[str, Any],
+    ) -> Recorded:
+        started = time.monotonic()
+        try:
+            return await super().status_changed(
+                run_uuid, project_id, previous_status, status, metadata
+            )
+        finally:
+            self.durations.append(time.monotonic() - started)
+
+
+def make_recorder(
+    store: Store, enricher: FailureEnricher | None, sink: list[Event], durations: list[float]
+) -> Recorder:
+    recorder = TimedRecorder(
+        store=store,
+        terminal=TERMINAL,
+        route=lambda event: ["hook"],
+        wall_clock=now,
+        on_event=sink.append,
+        enricher=enricher,
+    )
+    recorder.durations = durations
+    return recorder
+
+
+async def test_failed_runs_carry_task_message_and_stderr_tail(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=7)) as sim:
+        runs = failing_runs(sim, 8)
+        store = Store.open(tmp_path / "state.db")
+        store.track([TrackRequest(u) for u in runs])
+        client = make_client(sim, session)
+        enricher = FailureEnricher(client=client, failing=FAILING)
+        events: list[Event] = []
+        durations: list[float] = []
+        recorder = make_recorder(store, enricher, events, durations)
+        await run_daemon_pieces(store, client, recorder, runs)
+
+        nested = 0
+        for run_uuid in runs:
+            (final,) = [
+                e
+                for e in store.events(run_uuid=run_uuid)
+                if e.status == "EXECUTOR_ERROR" and e.type == "run.status_changed"
+            ]
+            failure = final.data["failure"]
+            suffix, is_nested = expected_task(sim, run_uuid)
+            nested += is_nested
+            assert failure["task"].endswith(suffix), (failure, suffix)
+            assert "exited with return code 137" in failure["message"]
+            assert "\n" not in failure["message"]
+            assert failure["stderr_tail"], failure
+            assert failure["stderr_tail"].splitlines()[-1].endswith(ERROR_LINE)
+            assert len(failure["stderr_tail"].encode()) <= 4096
+            assert "metadata_file_note" not in failure
+            # What the webhook notifier will post is the stored outbox event, byte for byte.
+            pending = {d.event.id: d.event for d in store.pending_deliveries("hook", limit=1000)}
+            assert pending[final.id].data["failure"] == failure
+            # And what chat/email renderers show.
+            text = plain_text(message_for(final))
+            assert failure["message"] in text
+            assert ERROR_LINE in text
+        # The walk went into the scattered sub-workflow at least once (seeded: 6 of 8 runs).
+        assert nested >= 1
+        # Non-failing transitions carry failure: null.
+        others = [e for e in events if e.status != "EXECUTOR_ERROR"]
+        assert others
+        assert all(e.data["failure"] is None for e in others)
+        stats = sim.stats(timeline=False)
+        assert stats["requests"]["GetRunCalls"] >= len(runs)
+        assert stats["requests"]["GetRunJobLog"] == len(runs)
+        store.close()
+
+
+async def test_enrichment_failing_still_records_promptly(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """GetRunCalls throttled every time: the event goes out at once, without details."""
+    async with running_simulator(SimulatorConfig(runs=0, seed=3)) as sim:
+        sim.set_rate_limit(0, action="GetRunCalls")  # every GetRunCalls is refused
+        runs = failing_runs(sim, 3)
+        store = Store.open(tmp_path / "state.db")
+        store.track([TrackRequest(u) for u in runs])
+        client = make_client(sim, session)
+        enricher = FailureEnricher(client=client, failing=FAILING)
+        events: list[Event] = []
+        durations: list[float] = []
+        recorder = make_recorder(store, enricher, events, durations)
+        await run_daemon_pieces(store, client, recorder, runs)
+
+        for run_uuid in runs:
+            (final,) = [e for e in store.events(run_uuid=run_uuid) if e.status == "EXECUTOR_ERROR"]
+            failure = final.data["failure"]
+            assert failure["task"] == ""
+            assert failure["stderr_tail"] == ""
+            # The run-level ErrorMessage still gives the reason.
+            assert "exited with return code 137" in failure["message"]
+        assert max(durations) < 2.0, durations
+        stats = sim.stats(timeline=False)
+        assert stats["throttled"]["GetRunCalls"] >= len(runs)
+        assert stats["requests"]["GetRunJobLog"] == 0
+        store.close()
+
+
+async def test_slow_calls_limiter_is_cut_by_the_timeout(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A calls budget of one request per 30 s: enrichment gives up after its timeout."""
+    async with running_simulator(SimulatorConfig(runs=0, seed=3)) as sim:
+        runs = failing_runs(sim, 2)
+        store = Store.open(tmp_path / "state.db")
+        store.track([TrackRequest(u) for u in runs])
+        limiters = build_limiters(Settings())
+        calls = PacingLimiter(1 / 30)
+        limiters.update({"GetRunCalls": calls, "GetRunJobLog": calls})
+        client = make_client(sim, session, limiters=limiters)
+        enricher = FailureEnricher(client=client, failing=FAILING, timeout=0.5)
+        events: list[Event] = []
+        durations: list[float] = []
+        recorder = make_recorder(store, enricher, events, durations)
+        started = time.monotonic()
+        await run_daemon_pieces(store, client, recorder, runs)
+        # Status polling was never held up by the starved calls limiter.
+        assert time.monotonic() - started < 8
+
+        for run_uuid in runs:
+            (final,) = [e for e in store.events(run_uuid=run_uuid) if e.status == "EXECUTOR_ERROR"]
+            failure = final.data["failure"]
+            assert set(failure) >= {"task", "message", "stderr_tail"}
+            assert failure["stderr_tail"] == ""
+        assert max(durations) < 0.5 + 0.5, durations
+        assert sim.stats(timeline=False)["requests"]["GetRunJobLog"] == 0
+        store.close()
+
+
+async def test_enricher_direct_and_no_calls_note(session: aiohttp.ClientSession) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=11)) as sim:
+        (run_uuid,) = failing_runs(sim, 1, running=0.3)
+        await asyncio.sleep(1.0)
+        client = make_client(sim, session)
+        metadata = (await client.get_run_status(run_uuid)).raw
+        assert metadata["Status"] == "EXECUTOR_ERROR"
+        enricher = FailureEnricher(client=client, failing=FAILING, tail_bytes=60)
+        failure = await enricher.failure(run_uuid, "", metadata)
+        suffix, _ = expected_task(sim, run_uuid)
+        assert failure["task"].endswith(suffix)
+        assert failure["stderr_tail"].endswith(ERROR_LINE[-20:])
+        assert len(failure["stderr_tail"].encode()) <= 60
+
+    class NoCalls:
+        async def get_run_calls(
+            self, run_uuid: str, project_id: str = "", path: str = "/"
+        ) -> list[RunMetadata]:
+            return []
+
+        async def get_run_job_log(
+            self,
+            run_uuid: str,
+            job_id: str,
+            log_type: str = "stderr",
+            project_id: str = "",
+            path: str = "",
+        ) -> str:
+            raise AssertionError("no job to read")
+
+    failure = await FailureEnricher(client=NoCalls(), failing=FAILING).failure(
+        "r", "", {"ErrorMessage": "nextflow exited with 1"}
+    )
+    assert failure["task"] == ""
+    assert failure["message"] == "nextflow exited with 1"
+    assert "GetRunMetadataFile" in failure["metadata_file_note"]
+
+
+class Exploding:
+    """A fault no server produces: the client itself raising something unexpected."""
+
+    calls = 0
+
+    async def get_run_calls(
+        self, run_uuid: str, project_id: str = "", path: str = "/"
+    ) -> list[RunMetadata]:
+        self.calls += 1
+        raise RuntimeError("bug")
+
+    async def get_run_job_log(
+        self,
+        run_uuid: str,
+        job_id: str,
+        log_type: str = "stderr",
+        project_id: str = "",
+        path: str = "",
+    ) -> str:
+        raise RuntimeError("bug")
+
+
+async def test_unexpected_errors_never_reach_the_recorder(tmp_path: Path) -> None:
+    source = Exploding()
+    enricher = FailureEnricher(client=source, failing=FAILING)
+    store = Store.open(tmp_path / "state.db")
+    store.track([TrackRequest("11111111-1111-4111-8111-111111111111")])
+    events: list[Event] = []
+    recorder = Recorder(
+        store=store,
+        terminal=TERMINAL,
+        route=lambda e: [],
+        wall_clock=now,
+        enricher=enricher,
+        on_event=events.append,
+    )
+    run = "11111111-1111-4111-8111-111111111111"
+    await recorder.status_changed(run, "", None, "RUNNING", {"Status": "RUNNING"})
+    assert source.calls == 0  # not failing: no enrichment at all
+    recorded = await recorder.status_changed(
+        run, "", "RUNNING", "SYSTEM_ERROR", {"Status": "SYSTEM_ERROR", "ErrorMessage": "{}"}
+    )
+    assert recorded.event is not None
+    assert recorded.event.data["failure"] == {"task": "", "message": "", "stderr_tail": ""}
+    assert source.calls == 1
+    assert [e.status for e in events] == ["RUNNING", "SYSTEM_ERROR"]
+    stored = store.get_run(run)
+    assert stored is not None
+    assert stored.status == "SYSTEM_ERROR"
+    store.close()

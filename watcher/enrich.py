@@ -1,0 +1,328 @@
+"""Failure enrichment: why a run failed, told with GetRunCalls and GetRunJobLog.
+
+On a transition into a failing status the :class:`~watcher.recorder.Recorder` asks
+:meth:`FailureEnricher.failure` for the event's ``data.failure``: ``{"task", "message",
+"stderr_tail"}``, the first failing call, its error and the end of its stderr. The walk
+starts at Path ``/``, descends into failing sub-workflows (``Path`` = parent path + ``/`` +
+``CallName``, as the Omics console nests them) and looks at every shard of a scatter; the
+failing task that ended first is the cause, later failures are usually consequences.
+
+Invariants:
+
+- Never raises (cancellation from outside excepted): an API error, a malformed answer or the
+  overall timeout ends the walk, is logged once (``failure_enrichment_incomplete``), and
+  whatever was found so far is returned, missing fields as ``""``. A failure to explain a
+  failure must never hold back or lose the event.
+- Bounded: at most ``max_depth`` levels and ``max_listings`` GetRunCalls requests, one
+  GetRunJobLog request, all within ``timeout`` seconds. The requests go through the client's
+  GetRunCalls / GetRunJobLog limiters, never the GetRunStatus one, so status polling is
+  not slowed down by it.
+- ``stderr_tail`` holds at most ``tail_bytes`` UTF-8 bytes and starts at a line boundary
+  (unless a single last line is longer than the budget); ``message`` is one line.
+- No state between calls: one enricher serves every run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from watcher.omics.errors import OmicsError
+from watcher.omics.models import RunMetadata, parse_json_text
+
+# Terminal statuses that are not failures: everything else terminal is (``PREEMPTED`` too).
+NOT_FAILING: frozenset[str] = frozenset({"SUCCESS", "COMPLETE", "CANCELED", "CANCELLED"})
+# Call statuses that mean "this task failed" whatever the run-level vocabulary is
+# (Cromwell's own call states are ``Failed``; compared case-insensitively).
+CALL_FAILING: frozenset[str] = frozenset({"FAILED", "ERROR"})
+
+DEFAULT_TIMEOUT_SECONDS = 20.0
+DEFAULT_TAIL_BYTES = 4096
+DEFAULT_MAX_DEPTH = 4
+DEFAULT_MAX_LISTINGS = 12
+MESSAGE_MAX_CHARS = 2000
+
+METADATA_FILE_NOTE = (
+    "GetRunCalls lists no task for this run, as for Nextflow runs: its nextflow.log can be "
+    "fetched with GetRunMetadataFile (Key nextflow.log); the download URL that call returns "
+    "is short-lived, so none is included here."
+)
+
+
+def failing_statuses(terminal: Iterable[str]) -> frozenset[str]:
+    """The failing statuses among ``terminal``: all but success and cancellation."""
+    return frozenset(s for s in terminal if s.upper() not in NOT_FAILING)
+
+
+class CallsSource(Protocol):
+    """The two Omics actions enrichment needs (:class:`~watcher.omics.client.OmicsClient`)."""
+
+    async def get_run_calls(
+        self, run_uuid: str, project_id: str = "", path: str = "/"
+    ) -> list[RunMetadata]: ...
+
+    async def get_run_job_log(
+        self,
+        run_uuid: str,
+        job_id: str,
+        log_type: str = "stderr",
+        project_id: str = "",
+        path: str = "",
+    ) -> str: ...
+
+
+def error_text(raw: str | None) -> str:
+    """The first meaningful line of an ErrorMessage.
+
+    A Cromwell failures array (``[{"message": ..., "causedBy": [...]}]``) is followed along
+    its first ``causedBy`` chain to the root cause (the outer messages are "Workflow failed"
+    and the like); ``"{}"`` and ``""`` mean no error; text that is not JSON is kept as it is.
+    """
+    parsed = parse_json_text(raw)
+    message = ""
+    if isinstance(parsed, str):
+        message = parsed
+    elif isinstance(parsed, list):
+        message = _root_cause(parsed)
+    elif isinstance(parsed, dict):
+        value = parsed.get("message")
+        message = value if isinstance(value, str) else ""
+    for line in message.splitlines():
+        line = line.strip()
+        if line:
+            return line[:MESSAGE_MAX_CHARS]
+    return ""
+
+
+def _root_cause(failures: Sequence[Any]) -> str:
+    """The deepest non-empty message along the first ``causedBy`` chain."""
+    found = ""
+    node: Any = failures
+    for _ in range(32):  # a failures tree is shallow; never loop on a pathological one
+        if not isinstance(node, list) or not node or not isinstance(node[0], dict):
+            break
+        first = node[0]
+        message = first.get("message")
+        if isinstance(message, str) and message.strip():
+            found = message
+        node = first.get("causedBy")
+    return found
+
+
+def tail(text: str, limit: int) -> str:
+    """The end of ``text`` in at most ``limit`` UTF-8 bytes, cut at a line boundary.
+
+    Trailing whitespace is dropped first. If the last line alone is longer than ``limit``,
+    its end is kept (never a partial character).
+    """
+    text = text.rstrip()
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    if limit <= 0:
+        return ""
+    cut = data[len(data) - limit :]
+    newline = cut.find(b"\n")
+    if newline != -1:
+        cut = cut[newline + 1 :]
+    return cut.decode("utf-8", errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    call: RunMetadata
+    path: str  # the Path it was listed under (GetRunJobLog gets the same)
+    order: int  # discovery order, to break EndTime ties deterministically
+
+    @property
+    def is_task(self) -> bool:
+        return bool(self.call.JobId) and (self.call.RunType or "Task") != "Workflow"
+
+    def sort_key(self) -> tuple[int, float, int]:
+        end = self.call.end_time
+        # A failed task without an EndTime is less likely the first one: it goes last.
+        return (0, end.timestamp(), self.order) if end is not None else (1, 0.0, self.order)
+
+
+def _task_name(call: RunMetadata) -> str:
+    name = call.CallName or call.JobId or ""
+    index = (call.ScatterIndex or "").strip()
+    if name and index and index not in ("-1", "NA"):
+        return f"{name}[{index}]"
+    return name
+
+
+def _child_path(parent: str, call: RunMetadata) -> str:
+    return parent.rstrip("/") + "/" + (call.CallName or "")
+
+
+class _Findings:
+    """What the walk has learned so far; read even when the walk is cut short."""
+
+    def __init__(self, fallback_message: str) -> None:
+        self.task = ""
+        self.message = fallback_message
+        self.stderr_tail = ""
+        self.note = ""
+        self.listings = 0
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"task": self.task, "message": self.message, "stderr_tail": self.stderr_tail}
+        if self.note:
+            out["metadata_file_note"] = self.note
+        return out
+
+
+class FailureEnricher:
+    """Finds the first failing call of a failed run; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        client: CallsSource,
+        failing: Iterable[str],
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_listings: int = DEFAULT_MAX_LISTINGS,
+    ) -> None:
+        if timeout <= 0 or tail_bytes < 0 or max_depth < 1 or max_listings < 1:
+            raise ValueError("timeout > 0, tail_bytes >= 0, max_depth >= 1, max_listings >= 1")
+        self._client = client
+        self._failing = frozenset(failing)
+        self._call_failing = frozenset(s.upper() for s in self._failing) | CALL_FAILING
+        self._timeout = timeout
+        self._tail_bytes = tail_bytes
+        self._max_depth = max_depth
+        self._max_listings = max_listings
+        self._log = structlog.get_logger("watcher.enrich")
+
+    @property
+    def failing(self) -> frozenset[str]:
+        """Run statuses whose transition gets enriched."""
+        return self._failing
+
+    async def failure(
+        self, run_uuid: str, project_id: str, metadata: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """``{"task", "message", "stderr_tail"}`` (``""`` when unknown), never an exception.
+
+        ``metadata`` is the run's RunMetadata as GetRunStatus returned it; its ErrorMessage
+        is the message used when no failing call can be found. ``"metadata_file_note"`` is
+        added when GetRunCalls lists no call at all (Nextflow runs).
+        """
+        raw_error = metadata.get("ErrorMessage")
+        found = _Findings(error_text(raw_error if isinstance(raw_error, str) else None))
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._walk(run_uuid, project_id, found)
+        except TimeoutError:
+            self._incomplete(run_uuid, found, started, reason="timeout")
+        except OmicsError as exc:
+            self._incomplete(run_uuid, found, started, reason=exc.code, error=exc.message)
+        except Exception as exc:  # a bug or a surprise must not cost the event
+            self._incomplete(run_uuid, found, started, reason=type(exc).__name__, error=str(exc))
+        else:
+            self._log.info(
+                "failure_enriched",
+                run_uuid=run_uuid,
+                task=found.task,
+                listings=found.listings,
+                stderr_bytes=len(found.stderr_tail.encode()),
+                seconds=round(time.monotonic() - started, 3),
+            )
+        return found.as_dict()
+
+    def _incomplete(
+        self,
+        run_uuid: str,
+        found: _Findings,
+        started: float,
+        *,
+        reason: str,
+        error: str = "",
+    ) -> None:
+        self._log.warning(
+            "failure_enrichment_incomplete",
+            run_uuid=run_uuid,
+            reason=reason,
+            error=error[:300],
+            task=found.task,
+            listings=found.listings,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _is_failing(self, call: RunMetadata) -> bool:
+        return call.Status.upper() in self._call_failing
+
+    async def _walk(self, run_uuid: str, project_id: str, found: _Findings) -> None:
+        best = await self._find(run_uuid, project_id, found)
+        if best is None:
+            return
+        job_id = best.call.JobId
+        if not best.is_task or not job_id:
+            return
+        text = await self._client.get_run_job_log(
+            run_uuid, job_id, "stderr", project_id=project_id, path=best.path
+        )
+        found.stderr_tail = tail(text, self._tail_bytes)
+
+    async def _find(self, run_uuid: str, project_id: str, found: _Findings) -> _Candidate | None:
+        """Breadth-first over failing sub-workflows; updates ``found`` as it learns."""
+        level = ["/"]
+        seen = {"/"}
+        tasks: list[_Candidate] = []
+        workflows: list[_Candidate] = []
+        order = 0
+        for depth in range(self._max_depth):
+            next_level: list[str] = []
+            for path in level:
+                if found.listings >= self._max_listings:
+                    break
+                calls = await self._client.get_run_calls(run_uuid, project_id, path)
+                found.listings += 1
+                if depth == 0 and not calls:
+                    found.note = METADATA_FILE_NOTE
+                for call in calls:
+                    if not self._is_failing(call):
+                        continue
+                    candidate = _Candidate(call, path, order)
+                    order += 1
+                    if candidate.is_task:
+                        tasks.append(candidate)
+                    else:
+                        workflows.append(candidate)
+                        child = _child_path(path, call)
+                        if call.CallName and child not in seen:
+                            seen.add(child)
+                            next_level.append(child)
+                self._record(found, tasks, workflows)
+            if not next_level:
+                break
+            level = next_level
+        return self._best(tasks, workflows)
+
+    @staticmethod
+    def _best(tasks: list[_Candidate], workflows: list[_Candidate]) -> _Candidate | None:
+        if tasks:
+            return min(tasks, key=_Candidate.sort_key)
+        if workflows:
+            return min(workflows, key=_Candidate.sort_key)
+        return None
+
+    def _record(
+        self, found: _Findings, tasks: list[_Candidate], workflows: list[_Candidate]
+    ) -> None:
+        best = self._best(tasks, workflows)
+        if best is None:
+            return
+        found.task = _task_name(best.call)
+        message = error_text(best.call.ErrorMessage)
+        if message:
+            found.message = message
