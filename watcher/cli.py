@@ -146,7 +146,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not _UUID.match(args.run_uuid):
         raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
     project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
-    raw = asyncio.run(one_status(settings, args.run_uuid.lower(), project, environ=os.environ))
+    try:
+        raw = asyncio.run(one_status(settings, args.run_uuid.lower(), project, environ=os.environ))
+    except Exception as exc:
+        # Same mapping as the async commands: an API error is "code: message" and exit 1,
+        # missing credentials exit 2 naming the sources tried; never a traceback.
+        raise _exit_for(exc) from None
     json.dump(raw, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
