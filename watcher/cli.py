@@ -91,10 +91,18 @@ def cmd_track(args: argparse.Namespace) -> int:
     uuids = read_uuid_lines(sys.stdin) if given == ["-"] else given
     bad = [u for u in uuids if not _UUID.match(u)]
     good = list(dict.fromkeys(u.lower() for u in uuids if _UUID.match(u)))
-    project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
     if good:
         with _open_store(settings) as store:
-            result = store.track(TrackRequest(u, project, labels) for u in good)
+            if args.project_id is not None:
+                projects = dict.fromkeys(good, args.project_id)
+            else:
+                # Like POST /v1/runs: a new run gets the configured default project, an
+                # already tracked one keeps its own ("" leaves the stored project as it is),
+                # so adding a label never moves a run to another project.
+                tracked = {run.run_uuid for run in store.list_runs()}
+                default = settings.tencentcloud.project_id
+                projects = {u: "" if u in tracked else default for u in good}
+            result = store.track(TrackRequest(u, projects[u], labels) for u in good)
         print(f"tracked {len(result.added)} new, {len(result.existing)} already tracked")
     for u in bad:
         print(f"error: not a run UUID: {u!r}", file=sys.stderr)
