@@ -120,8 +120,28 @@ class ServerSettings(_Section):
 
 
 class StuckSettings(_Section):
+    """``run.stuck`` limits in seconds; 0 = off. See :mod:`watcher.stuck` for precedence."""
+
     after_seconds: float = Field(0, ge=0)
     per_status: dict[str, float] = Field(default_factory=dict)
+    per_label: dict[str, float] = Field(default_factory=dict)  # {"team=genomics" = 3600}
+
+    @field_validator("per_status", "per_label")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, seconds in value.items():
+            if seconds < 0:
+                raise ValueError(f"{key}: must be >= 0 seconds")
+        return value
+
+    @field_validator("per_label")
+    @classmethod
+    def _label_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key in value:
+            name, sep, _ = key.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{key!r}: keys are KEY=VALUE label selectors")
+        return value
 
 
 WatchFilterName = Literal["RunGroupId", "ApplicationId", "Status", "UserDefinedId"]

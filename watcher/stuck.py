@@ -1,0 +1,177 @@
+"""Stuck-run alerts: one ``run.stuck`` when a run keeps one non-terminal status too long.
+
+:class:`StuckChecker` wakes every ``interval`` seconds (a quarter of the smallest limit,
+between 1 s and 30 s), asks the store for tracked, active runs whose status is older than
+the smallest limit and not yet reported stuck in it, applies each run's own limit, and
+records a ``run.stuck`` (built by :func:`~watcher.transitions.stuck_event`), routed like
+every other event, through ``Store.record_event``.
+
+Invariants:
+
+- Once per run and status: ``Store.record_event`` writes a ``run.stuck`` only while the run
+  is still in that status and not yet marked stuck in it, and marks it in the same
+  transaction; the next transition (``Store.record_observation``) clears the mark, so the
+  run can be stuck again in its next status. Restarts and several watchers sharing one state
+  file therefore never repeat the alert.
+- A run's limit is the smallest ``per_label`` value whose ``KEY=VALUE`` matches one of its
+  labels; else ``per_status[status]``; else ``after_seconds``. 0 means "never stuck" at
+  that level (``per_status = {QUEUED = 0}`` silences queue waits). With no positive limit
+  anywhere the checker is off and :meth:`StuckChecker.run` returns at once.
+- Time in a status is counted from ``status_since``: when the watcher first saw that status
+  (it cannot know earlier), so a run tracked late is measured from its first poll.
+- A pass that fails on the state file is logged (``stuck_check_failed``) and retried at the
+  next interval; it never stops the daemon.
+- Each pass records at most ``max_per_pass`` events before yielding to the event loop, so
+  switching the feature on over a large registry cannot stall polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from watcher.config import StuckSettings
+from watcher.events import STUCK, Event
+from watcher.metrics import Metrics
+from watcher.store import StateError, Store, TrackedRun
+from watcher.transitions import stuck_event
+
+MIN_INTERVAL_SECONDS = 1.0
+MAX_INTERVAL_SECONDS = 30.0
+DEFAULT_MAX_PER_PASS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StuckLimits:
+    """How long a run may keep one status, in seconds (0 = no limit). Pure."""
+
+    after_seconds: float = 0.0
+    per_status: Mapping[str, float] = field(default_factory=dict)
+    per_label: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: StuckSettings) -> StuckLimits:
+        labels: dict[tuple[str, str], float] = {}
+        for selector, seconds in settings.per_label.items():
+            key, _, value = selector.partition("=")
+            labels[(key.strip(), value.strip())] = seconds
+        return cls(settings.after_seconds, dict(settings.per_status), labels)
+
+    @property
+    def smallest(self) -> float:
+        """The smallest positive limit; 0.0 when every limit is off."""
+        limits = [self.after_seconds, *self.per_status.values(), *self.per_label.values()]
+        positive = [t for t in limits if t > 0]
+        return min(positive) if positive else 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.smallest > 0
+
+    def limit_for(self, status: str, labels: Mapping[str, str]) -> float:
+        """The limit for a run in ``status`` with ``labels``; see the module docstring."""
+        matching = [t for (k, v), t in self.per_label.items() if labels.get(k) == v]
+        if matching:
+            return min(matching)
+        return self.per_status.get(status, self.after_seconds)
+
+    def interval(self) -> float:
+        """Seconds between two passes: a quarter of the smallest limit, within 1..30 s."""
+        return min(MAX_INTERVAL_SECONDS, max(MIN_INTERVAL_SECONDS, self.smallest / 4))
+
+
+class StuckChecker:
+    """Records ``run.stuck`` events; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        limits: StuckLimits,
+        route: Callable[[Event], Sequence[str]],
+        wall_clock: Callable[[], datetime],
+        metrics: Metrics | None = None,
+        on_recorded: Callable[[], None] = lambda: None,
+        on_event: Callable[[Event], None] = lambda event: None,
+        interval: float | None = None,
+        max_per_pass: int = DEFAULT_MAX_PER_PASS,
+    ) -> None:
+        if interval is not None and interval <= 0:
+            raise ValueError("interval must be positive")
+        if max_per_pass < 1:
+            raise ValueError("max_per_pass must be >= 1")
+        self._store = store
+        self._limits = limits
+        self._route = route
+        self._wall = wall_clock
+        self._metrics = metrics or Metrics()
+        self._on_recorded = on_recorded
+        self._on_event = on_event
+        self._interval = interval if interval is not None else limits.interval()
+        self._max_per_pass = max_per_pass
+        self._log = structlog.get_logger("watcher.stuck")
+
+    @property
+    def enabled(self) -> bool:
+        return self._limits.enabled
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    def check(self, now: datetime | None = None) -> list[Event]:
+        """One pass: record and return the new ``run.stuck`` events (at most max_per_pass)."""
+        if not self._limits.enabled:
+            return []
+        now = now or self._wall()
+        candidates = self._store.stuck_candidates(now=now, after_seconds=self._limits.smallest)
+        recorded: list[Event] = []
+        for run in candidates:
+            if len(recorded) >= self._max_per_pass:
+                break
+            event = self._stuck(run, now)
+            if event is not None and self._store.record_event(event, notifiers=self._route(event)):
+                recorded.append(event)
+                self._announce(event, run)
+        return recorded
+
+    def _stuck(self, run: TrackedRun, now: datetime) -> Event | None:
+        if run.status is None or run.status_since is None:
+            return None
+        limit = self._limits.limit_for(run.status, run.labels)
+        if limit <= 0 or (now - run.status_since).total_seconds() < limit:
+            return None
+        return stuck_event(run, since=run.status_since, now=now)
+
+    def _announce(self, event: Event, run: TrackedRun) -> None:
+        self._log.warning(
+            "run_stuck",
+            run_uuid=run.run_uuid,
+            status=run.status,
+            stuck_seconds=event.data.get("stuck_seconds"),
+        )
+        self._metrics.events.labels(type=STUCK).inc()
+        self._on_event(event)
+        self._on_recorded()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every ``interval`` seconds until ``stop`` is set; returns at once when off."""
+        if not self._limits.enabled:
+            return
+        self._log.info("stuck_checker_started", interval_seconds=self._interval)
+        while not stop.is_set():
+            try:
+                recorded = self.check()
+            except StateError as exc:  # e.g. a long write lock elsewhere: try next time
+                self._log.error("stuck_check_failed", error=str(exc))
+                recorded = []
+            if len(recorded) >= self._max_per_pass:
+                await asyncio.sleep(0)  # more to do: let polling run, then carry on
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._interval)
