@@ -27,6 +27,7 @@ from pydantic import BaseModel, SecretStr
 from watcher import __version__
 from watcher.config import Settings
 from watcher.dispatch import Dispatcher, Policy
+from watcher.enrich import FailureEnricher, failing_statuses
 from watcher.events import Event
 from watcher.limiter import PacingLimiter
 from watcher.metrics import Metrics, StateSnapshot
@@ -47,6 +48,7 @@ from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.sdnotify import SdNotifier
 from watcher.server import Health, HttpServer, build_app
 from watcher.store import Store
+from watcher.stuck import StuckChecker, StuckLimits
 
 STATUS_ACTION = "GetRunStatus"
 
@@ -283,6 +285,18 @@ async def run_daemon(
             metrics=metrics,
             on_recorded=dispatcher.notify,
             on_event=wiring.on_event,
+            enricher=FailureEnricher(
+                client=client, failing=failing_statuses(settings.polling.terminal)
+            ),
+        )
+        stuck = StuckChecker(
+            store=store,
+            limits=StuckLimits.from_settings(settings.stuck),
+            route=lambda event: current.route(event),
+            wall_clock=utc_now,
+            metrics=metrics,
+            on_recorded=dispatcher.notify,
+            on_event=wiring.on_event,
         )
         scheduler = Scheduler(
             store=store,
@@ -352,6 +366,8 @@ async def run_daemon(
                 group.create_task(reloader()),
                 group.create_task(sd.watchdog_loop(healthy=health.alive)),
             ]
+            if stuck.enabled:
+                helpers.append(group.create_task(stuck.run(stop)))
             await stop.wait()
             deadline = loop.time() + grace
             health.draining = True
