@@ -1,0 +1,91 @@
+"""The real client and limiter against the simulator: the server's view of the budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from watcher.limiter import PacingLimiter
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.errors import OmicsError, Throttled
+from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def client_for(
+    sim: Simulator, session: aiohttp.ClientSession, limiter: PacingLimiter
+) -> OmicsClient:
+    return OmicsClient(
+        session=session,
+        endpoint=sim.endpoint,
+        region="ap-guangzhou",
+        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="test"),
+        limiters={"default": limiter},
+        timeout=5,
+    )
+
+
+async def hammer(
+    client: OmicsClient, runs: list[str], *, callers: int, seconds: float
+) -> dict[str, int]:
+    """``callers`` tasks calling GetRunStatus back to back for ``seconds``."""
+    outcomes = {"ok": 0, "throttled": 0, "other": 0}
+
+    async def caller(i: int) -> None:
+        while True:
+            try:
+                await client.get_run_status(runs[i % len(runs)])
+                outcomes["ok"] += 1
+            except Throttled:
+                outcomes["throttled"] += 1
+            except OmicsError:
+                outcomes["other"] += 1
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()  # callers still queued for a permit just stop waiting
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return outcomes
+
+
+async def test_200_callers_never_exceed_20_in_any_second_at_the_server(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=50, kinds={"forever": 1.0})) as sim:
+        limiter = PacingLimiter(20)
+        client = client_for(sim, session, limiter)
+        outcomes = await hammer(client, sim.run_uuids, callers=200, seconds=10)
+        stats = sim.stats(timeline=False)
+        assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+        assert stats["throttled_total"] == 0
+        assert outcomes["throttled"] == outcomes["other"] == 0
+        # The sustained rate is a benchmark figure (benchmarks/limiter_bench.py); here only a
+        # floor loose enough for a busy machine: the limiter must not be far below budget.
+        assert outcomes["ok"] >= 10 * 15
+
+
+async def test_a_throttling_server_makes_the_client_slow_down_not_hammer(
+    session: aiohttp.ClientSession,
+) -> None:
+    # Another tool is using most of the account's budget: the server admits only 6/s.
+    config = SimulatorConfig(runs=20, kinds={"forever": 1.0}, rate_limit=6)
+    async with running_simulator(config) as sim:
+        limiter = PacingLimiter(20)
+        client = client_for(sim, session, limiter)
+        outcomes = await hammer(client, sim.run_uuids, callers=50, seconds=8)
+        assert limiter.throttle_events >= 1
+        assert limiter.rate < 20
+        # A client that ignored throttling would send ~160 requests in 8 s and have most of
+        # them refused; this one backs off so that most of what it sends is admitted.
+        assert outcomes["throttled"] < outcomes["ok"]
+        assert outcomes["ok"] + outcomes["throttled"] < 8 * 20 * 0.75
