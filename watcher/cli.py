@@ -187,13 +187,20 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from watcher.app import run_daemon
+    from watcher.config import load_settings
 
     settings = _settings(args)
     _configure_logging(settings)
     grace = settings.daemon.shutdown_grace_seconds
     return _run_async(
         lambda stop, reload=None: run_daemon(
-            settings, stop=stop, reload=reload, environ=os.environ
+            settings,
+            stop=stop,
+            reload=reload,
+            # SIGHUP re-reads the same file (and environment); without this the reloader
+            # never runs and SIGHUP silently does nothing.
+            reload_settings=lambda: load_settings(args.config),
+            environ=os.environ,
         ),
         grace=grace,
         with_reload=True,
