@@ -8,7 +8,8 @@ types this version does not know (rendered generically from ``data``).
 
 :class:`Renderer` applies a notifier's optional user templates on top and falls back to the
 default (logging ``notify_template_failed``) when a template fails for one event. Making the
-result fit a destination is :mod:`watcher.notifiers.fitting`'s job.
+result fit a destination is :mod:`watcher.notifiers.fitting`'s job. Digests and run-group
+roll-ups are rendered by :mod:`watcher.notifiers.grouped`, without user templates.
 
 Pure apart from the logger given to :class:`Renderer`: no I/O, no clock.
 """
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import jinja2
 from structlog.typing import FilteringBoundLogger
 
-from watcher.events import NOT_FOUND, STATUS_CHANGED, STUCK, Event
+from watcher.events import DIGEST, GROUP_COMPLETED, NOT_FOUND, STATUS_CHANGED, STUCK, Event
 from watcher.notifiers.templates import TemplateRenderError, compile_template, render_template
 
 Severity = Literal["success", "failure", "warning", "info"]
@@ -36,6 +37,9 @@ _SUCCESS = frozenset({"SUCCESS", "COMPLETE", "SUCCEEDED", "COMPLETED"})
 _FAILURE = frozenset({"EXECUTOR_ERROR", "SYSTEM_ERROR", "COMPLETE_ERROR", "FAILED", "ERROR"})
 _WARNING = frozenset({"CANCELED", "CANCELLED", "PREEMPTED", "CANCELING"})
 _EMOJI: dict[Severity, str] = {"success": "✅", "failure": "❌", "warning": "⚠️", "info": "🔄"}
+# Many events in one message: rendered by watcher.notifiers.grouped; user templates (written
+# for one run's event) are not applied to them.
+GROUPED_TYPES = frozenset({DIGEST, GROUP_COMPLETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class Message:
     note: str = ""
     body: str | None = None  # a user body template's text; replaces summary details
     body_html: str | None = None  # the same template rendered with HTML autoescaping
+    # Smaller alternatives to ``facts`` (digests, roll-ups), tried in turn by fitting.fit.
+    compact_facts: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
 def severity_of(status: str | None) -> Severity:
@@ -187,6 +193,11 @@ def _title(emoji: str, headline: str, run_uuid: str, project: str) -> str:
 
 def message_for(event: Event) -> Message:
     """The default message for any event type."""
+    if event.type in GROUPED_TYPES:
+        # Imported here: grouped builds on this module's helpers.
+        from watcher.notifiers.grouped import grouped_message
+
+        return grouped_message(event)
     data = event.data
     run_uuid, project = event.run_uuid, event.project_id
     status = event.status
@@ -200,7 +211,8 @@ def message_for(event: Event) -> Message:
         duration = duration_of(data)
         if duration:
             facts.append(("Duration", duration))
-        if severity == "failure":
+        if severity == "failure" or isinstance(data.get("failure"), Mapping):
+            # Enrichment decides what failed (PREEMPTED, say, renders as a warning).
             failure = failure_of(data)
     elif event.type == STUCK:
         severity = "warning"
@@ -336,7 +348,7 @@ class Renderer:
 
     def render(self, event: Event) -> Message:
         message = message_for(event)
-        if self._title is None and self._body is None:
+        if (self._title is None and self._body is None) or event.type in GROUPED_TYPES:
             return message
         context = template_context(event, message)
         changes: dict[str, Any] = {}
