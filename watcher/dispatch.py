@@ -16,7 +16,13 @@ Every rule about *when* to send lives here, never in a notifier:
   hour); a row older than its notifier's ``max_age`` when an attempt fails is dead-lettered
   (so it gets at least one attempt, even after a long downtime), as is a row whose notifier
   failed permanently;
-* each attempt is bounded by the notifier's ``timeout``; a timeout is retryable.
+* each attempt is bounded by the notifier's ``timeout``; a timeout is retryable;
+* digests: for a notifier with a :class:`~watcher.digest.DigestPolicy`, :func:`watcher.digest.plan`
+  folds due rows of one group into one message (a ``digest`` event, or the event itself for a
+  group of one) under the same pacing; every row in it is marked delivered only after that
+  message succeeded, and on failure all of them retry together with one backoff (or are
+  dead-lettered together for a permanent failure; by age, row by row). At most one message
+  per group is in flight, so a group's digests, like a run's events, go out in order.
 
 Rows are found by :meth:`Dispatcher.notify` (called right after the poller records events)
 and by polling the outbox every ``poll_interval`` seconds (rows written by other processes,
@@ -43,6 +49,7 @@ from typing import Literal, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from watcher.digest import Batch, DigestPolicy, Progress, digest_event, plan, run_key
 from watcher.events import Event
 from watcher.notifiers.base import Notifier, Permanent, Rate, Retryable
 from watcher.notifiers.common import NotifierBase
@@ -90,6 +97,7 @@ class Policy:
     timeout: float = 10.0
     rates: tuple[Rate, ...] = ()
     max_in_flight: int = 8  # concurrent sends, never two for one run
+    digest: DigestPolicy | None = None  # fold rows into digests (off by default)
 
     @classmethod
     def from_settings(cls, settings: NotifierBase) -> Policy:
@@ -97,6 +105,7 @@ class Policy:
             max_age=settings.max_age_seconds,
             timeout=settings.timeout_seconds,
             rates=rates_for(settings),
+            digest=DigestPolicy.from_settings(settings.digest),
         )
 
 
@@ -225,12 +234,12 @@ class _Worker:
     next_scan: float = -math.inf
     in_flight: dict[int, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
     in_flight_keys: set[str] = dataclasses.field(default_factory=set)
+    busy_groups: set[str] = dataclasses.field(default_factory=set)  # digests in flight
     task: asyncio.Task[None] | None = None
 
 
-def _run_key(delivery: Delivery) -> str:
-    # Events without a run (none exist today) are ordered on their own.
-    return delivery.event.run_uuid or f"event:{delivery.event.id}"
+# Events without a run (none exist today) are ordered on their own.
+_run_key = run_key
 
 
 class Dispatcher:
@@ -248,8 +257,11 @@ class Dispatcher:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         scan_limit: int = DEFAULT_SCAN_LIMIT,
         uniform: Callable[[], float] = random.random,
+        progress: Callable[[str], Progress | None] | None = None,
     ) -> None:
+        """``progress`` tells a digest where its run group stands (``group_progress``)."""
         self._store = store
+        self._progress = progress
         self._clock = clock
         self._logger = logger
         self._metrics = metrics
@@ -405,6 +417,8 @@ class Dispatcher:
 
     def _launch(self, worker: _Worker, sends: asyncio.TaskGroup, mono: float) -> float:
         """Start every send that may go now; return how long to wait (0: look again now)."""
+        if worker.policy.digest is not None:
+            return self._launch_digests(worker, worker.policy.digest, sends, mono)
         now = self._clock()
         wait = math.inf if self._stopping else max(0.0, worker.next_scan - mono)
         seen: set[str] = set()
@@ -430,6 +444,137 @@ class Dispatcher:
             worker.rescan = True
             return 0.0
         return wait
+
+    def _launch_digests(
+        self, worker: _Worker, policy: DigestPolicy, sends: asyncio.TaskGroup, mono: float
+    ) -> float:
+        """The digest form of :meth:`_launch`: one send per ready group."""
+        now = self._clock()
+        wait = math.inf if self._stopping else max(0.0, worker.next_scan - mono)
+        result = plan(
+            worker.batch.values(),
+            policy=policy,
+            now=now,
+            busy_runs=worker.in_flight_keys,
+            busy_groups=worker.busy_groups,
+            flush=self._stopping,  # the window is a preference; a stop sends what is due
+        )
+        if result.wake_at is not None:
+            wait = min(wait, max(0.0, (result.wake_at - now).total_seconds()))
+        for batch in result.ready:
+            if len(worker.in_flight) >= worker.policy.max_in_flight:
+                return max(wait, 1e-3)
+            pace = worker.pacer.delay(mono)
+            if pace > 0:
+                return min(wait, pace)  # the rows stay grouped and gain company meanwhile
+            self._begin_digest(worker, sends, batch)
+        if not worker.batch and worker.batch_full:
+            worker.rescan = True
+            return 0.0
+        return wait
+
+    def _begin_digest(self, worker: _Worker, sends: asyncio.TaskGroup, batch: Batch) -> None:
+        keys = {_run_key(row) for row in batch.rows}
+        worker.in_flight_keys |= keys
+        worker.busy_groups.add(batch.group)
+        slot = worker.pacer.start()
+        task = sends.create_task(self._deliver_digest(worker, batch, slot))
+        marker = batch.rows[0].id  # rows are in flight at most once, so ids are unique keys
+        worker.in_flight[marker] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            worker.in_flight.pop(marker, None)
+            worker.in_flight_keys.difference_update(keys)
+            worker.busy_groups.discard(batch.group)
+            worker.wake.set()
+
+        task.add_done_callback(finished)
+
+    def _digest_for(self, worker: _Worker, batch: Batch) -> Event:
+        if len(batch.rows) == 1:
+            return batch.rows[0].event
+        policy = worker.policy.digest or DigestPolicy()
+        progress = None
+        if policy.group_by == "run_group" and batch.group and self._progress is not None:
+            try:
+                progress = self._progress(batch.group)
+            except Exception as exc:  # the counts are a nicety; the events must still go
+                worker.logger.warning("digest_progress_failed", error=type(exc).__name__)
+        return digest_event(
+            [row.event for row in batch.rows],
+            group_by=policy.group_by,
+            group=batch.group,
+            progress=progress,
+        )
+
+    async def _deliver_digest(self, worker: _Worker, batch: Batch, slot: list[float]) -> None:
+        loop = asyncio.get_running_loop()
+        event = self._digest_for(worker, batch)
+        rows = batch.rows
+        log = worker.logger.bind(
+            event_id=event.id, group=batch.group, events=len(rows), run_uuid=event.run_uuid
+        )
+        number = max(row.attempts for row in rows) + 1
+        try:
+            await attempt(worker.notifier, event, time_limit=worker.policy.timeout)
+        except Retryable as exc:
+            worker.pacer.finish(slot, loop.time())
+            if exc.retry_after:
+                worker.pacer.pause(loop.time() + honoured(exc.retry_after))
+            self._retry_together(worker, rows, exc, log)
+            return
+        except Permanent as exc:
+            worker.pacer.finish(slot, loop.time())
+            log.warning("notify_failed", attempt=number, error=exc.reason, permanent=True)
+            for row in rows:
+                self._observe(worker, "failed", None)
+                self._dead_letter(worker, row, exc.reason, row.attempts + 1, log)
+            return
+        except asyncio.CancelledError:
+            worker.pacer.finish(slot, loop.time())
+            raise
+        worker.pacer.finish(slot, loop.time())
+        now = self._clock()
+        for row in rows:  # only now: every row of the message was sent
+            self._store.mark_delivered(row.id)
+            self._forget(worker, row.id)
+            self._observe(worker, "delivered", (now - row.created_at).total_seconds())
+        oldest = max((now - row.created_at).total_seconds() for row in rows)
+        log.info("notify_delivered", attempt=number, latency_seconds=round(oldest, 3))
+
+    def _retry_together(
+        self,
+        worker: _Worker,
+        rows: tuple[Delivery, ...],
+        exc: Retryable,
+        log: FilteringBoundLogger,
+    ) -> None:
+        """One backoff for the whole digest; rows past ``max_age`` are dead-lettered."""
+        number = max(row.attempts for row in rows) + 1
+        now = self._clock()
+        delay = retry_delay(number, exc.retry_after, uniform=self._uniform)
+        next_at = now + timedelta(seconds=delay)
+        for row in rows:
+            age = (now - row.created_at).total_seconds()
+            if age >= worker.policy.max_age:
+                reason = f"gave up after {row.attempts + 1} attempts in {age:.0f} s: {exc.reason}"
+                self._dead_letter(worker, row, reason, row.attempts + 1, log)
+                continue
+            self._store.mark_retry(
+                row.id, attempts=row.attempts + 1, next_attempt_at=next_at, error=exc.reason
+            )
+            if row.id in worker.batch:
+                worker.batch[row.id] = dataclasses.replace(
+                    row, attempts=row.attempts + 1, next_attempt_at=next_at, last_error=exc.reason
+                )
+            self._observe(worker, "retry", None)
+        log.warning(
+            "notify_retry",
+            attempt=number,
+            error=exc.reason,
+            retry_in_seconds=round(delay, 3),
+            retry_after=exc.retry_after,
+        )
 
     def _begin(self, worker: _Worker, sends: asyncio.TaskGroup, delivery: Delivery) -> None:
         key = _run_key(delivery)

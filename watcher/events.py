@@ -10,6 +10,7 @@ Pure module: no I/O, no clock of its own (callers pass ``now``), no randomness u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -20,6 +21,10 @@ from typing import Any
 STATUS_CHANGED = "run.status_changed"
 NOT_FOUND = "run.not_found"
 STUCK = "run.stuck"
+# Grouped types, made by the dispatcher (digest) and the roll-up tracker; see watcher.digest.
+DIGEST = "digest"
+GROUP_COMPLETED = "run_group.completed"
+RUN_GROUP_LABEL = "run_group"  # the label that names a run's group (e.g. its RunGroupId)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -43,6 +48,20 @@ def new_event_id(now: datetime, random_bytes: Callable[[int], bytes] = os.urando
     """
     millis = int(now.timestamp() * 1000) & ((1 << 48) - 1)
     value = (millis << 80) | int.from_bytes(random_bytes(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "evt_" + "".join(reversed(chars))
+
+
+def stable_event_id(*parts: str) -> str:
+    """A deterministic id of the same form for an event derived from others (digest, roll-up).
+
+    The same ``parts`` give the same id on every retry and restart, so receivers deduplicate
+    it like any other; unlike :func:`new_event_id` it does not sort by time.
+    """
+    value = int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:17], "big") >> 6
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

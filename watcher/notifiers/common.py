@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import aiohttp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -45,6 +45,22 @@ SecretUrl = Annotated[SecretStr, AfterValidator(_check_secret_url)]
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 
 
+class DigestSettings(BaseModel):
+    """``digest = {...}`` on a notifier: fold its events into one message per group.
+
+    Events of one group (``group_by``: the ``run_group`` label, the project, or all
+    together) wait up to ``window_seconds`` after the first of them for company, and events
+    queued behind the destination's rate limit join the next message; at most ``max_items``
+    events go into one message. See :mod:`watcher.digest`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_seconds: float = Field(60.0, ge=0, le=3600)
+    group_by: Literal["run_group", "project", "none"] = "run_group"
+    max_items: int = Field(50, ge=1, le=1000)
+
+
 class NotifierBase(BaseModel):
     """Keys every ``[[notifiers]]`` table has."""
 
@@ -57,6 +73,8 @@ class NotifierBase(BaseModel):
     rate_per_minute: float | None = Field(None, gt=0)
     title_template: str | None = None
     body_template: str | None = None
+    digest: DigestSettings | None = None  # off unless given
+    rollup: bool = False  # a run_group.completed message when every run of a group finished
 
     @field_validator("title_template", "body_template")
     @classmethod

@@ -5,7 +5,8 @@ builder and, while the result is too large, renders smaller versions: first the 
 stderr is shortened, then the error is cut to its first line and that line shortened, then a
 custom body, then the facts. The title and the status line always stay; every cut is marked
 with ``…``. Every free-text field is bounded up front, so even a 1 MB error costs only a few
-renderings. Pure: no I/O.
+renderings. A message with ``compact_facts`` (digests, roll-ups) tries those first: they
+shorten its lists with an explicit ``+K more`` instead of cutting them. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _halvings(length: int, floor: int) -> Iterator[int]:
 def _shrinking(message: Message) -> Iterator[Message]:
     """Successively smaller versions of ``message``; the title and summary always stay."""
     current = message
+    for facts in message.compact_facts:  # a digest's own smaller forms come first
+        current = dataclasses.replace(current, facts=facts)
+        yield current
     failure = current.failure
     if failure is not None and failure.stderr_tail:
         for size in _halvings(len(failure.stderr_tail), 64):
