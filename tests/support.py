@@ -1,0 +1,495 @@
+"""Subprocess helpers for the CLI and end-to-end tests: the real ``omics-watcher`` binary.
+
+Everything binds to 127.0.0.1, every wait is bounded, and every process started through a
+:class:`Processes` registry is killed (by its own pid) when the registry is cleaned up, so a
+failing test never leaves a simulator or daemon behind.
+
+- :func:`start_simulator` runs ``omics-watcher simulate`` and reads its first JSON line;
+- :func:`write_config` writes a TOML file pointing a daemon at it (state in ``tmp_path``,
+  a port picked with :func:`free_port`);
+- :func:`start_daemon` runs ``omics-watcher run -c FILE`` with JSON logs to a file;
+- :func:`run_cli` runs one short command and returns its ``CompletedProcess``;
+- :func:`http` is a tiny proxy-free HTTP client for probes, metrics and the ``/_sim`` hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+_SCRIPT = Path(sys.executable).parent / "omics-watcher"
+# The installed console script when there is one (what users run), else the module.
+WATCHER: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "watcher"]
+
+_SCRUBBED_PREFIXES = ("OMICS_WATCHER_", "TENCENTCLOUD_", "TKE_")
+_SCRUBBED = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"}
+
+# Never let a developer's proxy settings route 127.0.0.1 traffic elsewhere.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment without any watcher, Tencent or systemd settings.
+
+    ``HOME`` points at ``home`` so no real ``~/.tencentcloud/credentials`` is read; logs are
+    JSON so they can be parsed.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(_SCRUBBED_PREFIXES) and key not in _SCRUBBED
+    }
+    env["HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMICS_WATCHER_LOGGING__FORMAT"] = "json"
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind to 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Call ``probe`` until it returns something other than ``None``/``False``; bounded."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last is not None and last is not False:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def http(
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> Reply:
+    """One HTTP request; ``body`` is sent as JSON unless it is bytes. Raises ``OSError``
+    (connection refused and friends) but never for an HTTP error status."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and "Content-Type" not in request.headers:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return Reply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Reply(exc.code, dict(exc.headers), exc.read())
+
+
+def try_http(method: str, url: str, **kwargs: Any) -> Reply | None:
+    """:func:`http`, or ``None`` when nothing answers (refused, reset, timed out)."""
+    try:
+        return http(method, url, **kwargs)
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every child a test started; :meth:`cleanup` kills the ones still alive, by pid."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._files: list[IO[bytes]] = []
+
+    def spawn(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        stdout_pipe: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``args``; stderr (and stdout unless piped) append to ``log``."""
+        out = log.open("ab")
+        self._files.append(out)
+        proc = subprocess.Popen(
+            list(args),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else out,
+            stderr=out,
+            bufsize=0,
+        )
+        self._children.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self._children:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for out in self._files:
+            out.close()
+        self._children.clear()
+        self._files.clear()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Processes]:
+    registry = Processes()
+    try:
+        yield registry
+    finally:
+        registry.cleanup()
+
+
+def read_first_line(proc: subprocess.Popen[bytes], *, timeout: float, log: Path) -> bytes:
+    """The first line ``proc`` writes on its (unbuffered, piped) stdout, within ``timeout``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no first line within {timeout} s; log: {tail(log)}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.2))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(
+                    f"exited ({proc.wait(timeout=5)}) before its first line; log: {tail(log)}"
+                )
+            buffer += chunk
+    return buffer
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, *, timeout: float) -> int:
+    """Send ``sig`` to ``proc`` (by pid) and wait at most ``timeout`` s for its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"pid {proc.pid} still running {timeout} s after {sig!r}") from None
+
+
+# -- the simulator --------------------------------------------------------------------------
+
+
+@dataclass
+class Simulator:
+    """A running ``omics-watcher simulate`` and what its first line announced."""
+
+    proc: subprocess.Popen[bytes]
+    announced: dict[str, Any]
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.announced["endpoint"])
+
+    @property
+    def secret_id(self) -> str:
+        return str(self.announced["secret_id"])
+
+    @property
+    def secret_key(self) -> str:
+        return str(self.announced["secret_key"])
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.announced["runs"])
+
+    def get(self, path: str) -> Any:
+        reply = http("GET", self.endpoint + path)
+        assert reply.status == 200, (path, reply.status, reply.text)
+        return reply.json()
+
+    def post(self, path: str, body: Mapping[str, Any]) -> Any:
+        reply = http("POST", self.endpoint + path, body=dict(body))
+        assert reply.status in (200, 201), (path, reply.status, reply.text)
+        return reply.json()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.get("/_sim/stats?timeline=0"))
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return list(self.get("/_sim/timeline"))
+
+    def statuses(self) -> dict[str, list[str]]:
+        """Every run's status sequence so far, from the simulator's own timeline."""
+        seq: dict[str, list[str]] = {}
+        for change in self.timeline():  # in order within each run
+            seq.setdefault(change["run_uuid"], []).append(change["to"])
+        return seq
+
+    def credentials_env(self) -> dict[str, str]:
+        return {
+            "TENCENTCLOUD_SECRET_ID": self.secret_id,
+            "TENCENTCLOUD_SECRET_KEY": self.secret_key,
+        }
+
+
+def start_simulator(
+    procs: Processes, workdir: Path, *args: str, timeout: float = 30.0
+) -> Simulator:
+    """``omics-watcher simulate --host 127.0.0.1 ARGS``; returns once its line is read."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "simulator.log"
+    proc = procs.spawn(
+        [*WATCHER, "simulate", "--host", "127.0.0.1", *args],
+        env=clean_env(workdir),
+        cwd=workdir,
+        log=log,
+        stdout_pipe=True,
+    )
+    line = read_first_line(proc, timeout=timeout, log=log)
+    return Simulator(proc=proc, announced=json.loads(line), log=log)
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(config: Mapping[str, Any]) -> str:
+    """Tables of scalars, plus lists of tables (``[[notifiers]]``); enough for these tests."""
+    out: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{section}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                out.append("")
+            continue
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def daemon_config(
+    workdir: Path,
+    *,
+    sim: Simulator | None,
+    port: int,
+    admin_token: str | None = None,
+    interval_seconds: float = 1,
+    grace: float = 5,
+    credentials_in_file: bool = True,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A daemon configuration: state in ``workdir``, listening on ``127.0.0.1:port``."""
+    tencent: dict[str, Any] = {}
+    if sim is not None:
+        tencent["endpoint"] = sim.endpoint
+        if credentials_in_file:
+            tencent.update(secret_id=sim.secret_id, secret_key=sim.secret_key)
+    server: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
+    if admin_token:
+        server["admin_token"] = admin_token
+    config: dict[str, Any] = {
+        "tencentcloud": tencent,
+        "polling": {"interval_seconds": interval_seconds},
+        "state": {"path": str(workdir / "state.db")},
+        "server": server,
+        "daemon": {"shutdown_grace_seconds": grace},
+        "logging": {"format": "json", "level": "info"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, Mapping) and isinstance(config.get(name), dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    return config
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_toml(config), encoding="utf-8")
+    return path
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """A running ``omics-watcher run -c FILE``."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    config: Path
+    log: Path
+    admin_token: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Reply:
+        return http(method, self.url + path, **kwargs)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Reply:
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        return http(method, self.url + path, headers=headers, **kwargs)
+
+    def probe(self, path: str) -> Reply | None:
+        return try_http("GET", self.url + path, timeout=2.0)
+
+    def wait_listening(self, timeout: float = 20.0) -> Reply:
+        """Until ``/healthz`` answers at all; fails early if the process died."""
+
+        def answered() -> Reply | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {tail(self.log)}")
+            return self.probe("/healthz")
+
+        return wait_for(answered, timeout=timeout, interval=0.05, what="the daemon to listen")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {tail(self.log)}")
+            reply = self.probe("/readyz")
+            return reply is not None and reply.status == 200
+
+        wait_for(ready, timeout=timeout, interval=0.05, what="/readyz 200")
+
+    def metrics(self) -> str:
+        reply = self.request("GET", "/metrics")
+        assert reply.status == 200, reply.status
+        return reply.text
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines (other lines skipped)."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    found.append(record)
+        return found
+
+
+def start_daemon(
+    procs: Processes,
+    config_path: Path,
+    *,
+    port: int,
+    env: Mapping[str, str],
+    admin_token: str | None = None,
+    log_name: str = "daemon.log",
+) -> Daemon:
+    """``omics-watcher run -c CONFIG`` with JSON logs in ``log_name`` beside the config."""
+    log = config_path.parent / log_name
+    proc = procs.spawn(
+        [*WATCHER, "run", "-c", str(config_path)],
+        env=env,
+        cwd=config_path.parent,
+        log=log,
+    )
+    return Daemon(proc=proc, port=port, config=config_path, log=log, admin_token=admin_token)
+
+
+# -- one-shot commands ----------------------------------------------------------------------
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    stdin: str | bytes | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``omics-watcher ARGS`` to completion (text output)."""
+    data = stdin.decode() if isinstance(stdin, bytes) else stdin
+    return subprocess.run(
+        [*WATCHER, *args],
+        env=dict(env),
+        cwd=cwd,
+        input=data,
+        stdin=None if data is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def list_runs(config: Path, *, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``omics-watcher list --json -c CONFIG``, parsed."""
+    done = run_cli("list", "--json", "-c", str(config), env=env, cwd=config.parent, timeout=30)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert isinstance(rows, list)
+    return rows
