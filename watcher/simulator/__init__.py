@@ -21,6 +21,7 @@ Python API (stable)
     the aiohttp Application. Hooks: ``submit_run(*, run_uuid, project_id, run_group_id,
     application_id, user_defined_id, kind, outcome, durations) -> str``,
     ``set_rate_limit(limit, *, action=None)``, ``set_max_filter_values(n)``,
+    ``deny_action(action, code="UnauthorizedOperation")`` (``code=None`` allows it again),
     ``set_faults(rate, kinds=None)``, ``set_clock_offset(seconds)``,
     ``issue_credential(*, ttl=None, token=True) -> Credential``, ``add_credential(cred)``,
     ``expire_credentials(*, secret_id=None, at=None)``,

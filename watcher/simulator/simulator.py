@@ -74,6 +74,7 @@ class Simulator:
         self._started_wall = wall()
         self._clock_offset = 0.0
         self._max_filter_values = config.max_filter_values
+        self._denied: dict[str, str] = {}  # action -> error code, as a CAM policy would refuse
         default = new_credential()
         self._credential = Credential(
             secret_id=config.secret_id or default.secret_id,
@@ -160,6 +161,11 @@ class Simulator:
                 raise ApiError("NoSuchVersion", f"The API version {version!r} does not exist.")
             if limiter is None:
                 raise ApiError("InvalidAction", f"The action {action!r} does not exist.")
+            if action in self._denied:
+                raise ApiError(
+                    self._denied[action],
+                    f"You are not authorized to perform {action} (simulated CAM policy).",
+                )
             if not limiter.admit(now):
                 raise ApiError(
                     "RequestLimitExceeded",
@@ -255,6 +261,16 @@ class Simulator:
 
     def rate_limit(self, action: str) -> int:
         return self._limiters[action].limit
+
+    def deny_action(self, action: str, code: str | None = "UnauthorizedOperation") -> None:
+        """Refuse ``action`` to every caller with error ``code`` (a CAM policy without that
+        permission); ``code=None`` allows it again. Refused requests use no rate budget."""
+        if action not in self._limiters:
+            raise ValueError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+        if code is None:
+            self._denied.pop(action, None)
+        else:
+            self._denied[action] = code
 
     def set_max_filter_values(self, limit: int) -> None:
         if limit < 1:
