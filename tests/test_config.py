@@ -147,3 +147,27 @@ def test_broken_template_is_a_config_error_naming_the_key(tmp_path: Path) -> Non
     )
     assert len(found) == 1
     assert found[0].startswith("notifiers[0].body_template:")
+
+
+def test_route_problems_are_reported_with_other_problems(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[polling]\nrate_per_second = "fast"\n'
+        '[[notifiers]]\nname = "a"\ntype = "log"\n[[routes]]\nnotifiers = ["nope"]\n',
+    )
+    assert "routes[0].notifiers: unknown notifier 'nope'" in found
+    assert any(p.startswith("polling.rate_per_second:") for p in found)
+
+
+def test_keys_inside_urls_are_redacted_and_masked_in_logs(tmp_path: Path) -> None:
+    from watcher.app import secret_values
+
+    path = write(
+        tmp_path,
+        '[[notifiers]]\nname = "a"\ntype = "webhook"\n'
+        'url = "https://ops:hunter2-pass@hooks.example.org/in?token=abc123xyz&v=2"\n',
+    )
+    settings = load_settings(path, environ={})
+    shown = redacted(settings)["notifiers"][0]["url"]
+    assert shown == "https://ops:***@hooks.example.org/in?token=***&v=***"
+    assert {"hunter2-pass", "abc123xyz"} <= set(secret_values(settings))

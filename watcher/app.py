@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import structlog
-from pydantic import BaseModel, SecretStr
+from pydantic import AnyUrl, BaseModel, SecretStr
 
 from watcher import __version__
 from watcher.config import Settings
+from watcher.digest import group_progress
 from watcher.dispatch import Dispatcher, Policy
 from watcher.enrich import FailureEnricher, failing_statuses
 from watcher.events import Event
@@ -43,6 +45,7 @@ from watcher.omics.credentials import (
     static_provider,
 )
 from watcher.recorder import Recorder
+from watcher.rollup import RollupTracker
 from watcher.routing import RouteSettings, select
 from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.sdnotify import SdNotifier
@@ -61,12 +64,15 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret string in the configuration, for the log masker."""
     found: list[str] = []
 
-    def walk(value: Any) -> None:
+    def walk(value: Any, key: str = "") -> None:
         if isinstance(value, SecretStr):
             found.append(value.get_secret_value())
+        elif isinstance(value, AnyUrl) or (key == "url" and isinstance(value, str)):
+            # A plain URL may still carry a password or a token in its query string.
+            found.extend(_url_secrets(str(value)))
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
-                walk(getattr(value, name))
+                walk(getattr(value, name), name)
         elif isinstance(value, list | tuple):
             for item in value:
                 walk(item)
@@ -76,6 +82,12 @@ def secret_values(settings: Settings) -> list[str]:
 
     walk(settings)
     return [s for s in found if s]
+
+
+def _url_secrets(url: str) -> list[str]:
+    parts = urlsplit(url)
+    values = [v for _, v in parse_qsl(parts.query)]
+    return [v for v in [parts.password or "", *values] if v]
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -224,6 +236,7 @@ class NotifierSet:
     notifiers: dict[str, Notifier]
     policies: dict[str, Policy]
     routes: list[RouteSettings]
+    rollups: frozenset[str] = frozenset()  # notifiers with rollup = true
 
     @classmethod
     def build(cls, settings: Settings, *, session: aiohttp.ClientSession) -> NotifierSet:
@@ -236,6 +249,7 @@ class NotifierSet:
             },
             policies={n.name: Policy.from_settings(n) for n in configured},
             routes=list(settings.routes),
+            rollups=frozenset(n.name for n in configured if n.rollup),
         )
 
     def route(self, event: Event) -> list[str]:
@@ -275,6 +289,14 @@ async def run_daemon(
             policies=current.policies,
             logger=structlog.get_logger("watcher.dispatch"),
             metrics=_DeliveryMetrics(metrics),
+            progress=lambda run_group: group_progress(store, run_group),
+        )
+        rollups = RollupTracker(
+            store=store,
+            route=lambda event: current.route(event),
+            targets=lambda: current.rollups,
+            clock=utc_now,
+            on_recorded=dispatcher.notify,
         )
         status_limiter = limiters[STATUS_ACTION]
         recorder = Recorder(
@@ -284,7 +306,7 @@ async def run_daemon(
             wall_clock=utc_now,
             metrics=metrics,
             on_recorded=dispatcher.notify,
-            on_event=wiring.on_event,
+            on_event=_fan_out(rollups.observe, wiring.on_event),
             enricher=FailureEnricher(
                 client=client, failing=failing_statuses(settings.polling.terminal)
             ),
@@ -356,10 +378,11 @@ async def run_daemon(
                     log.info("reloaded", notifiers=sorted(current.notifiers))
                 sd.ready()
 
-        server_stop, dispatch_stop = asyncio.Event(), asyncio.Event()
+        server_stop, dispatch_stop, rollup_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as group:
             group.create_task(server.run(server_stop))
             polling = group.create_task(scheduler.run(stop))
+            rolling = group.create_task(rollups.run(rollup_stop))
             delivering = group.create_task(dispatcher.run(dispatch_stop))
             helpers = [
                 group.create_task(become_ready()),
@@ -376,6 +399,8 @@ async def run_daemon(
             for helper in helpers:
                 helper.cancel()
             await polling  # bounded: the scheduler gives in-flight polls drain_seconds
+            rollup_stop.set()  # its last check records what the last polls completed
+            await rolling
             dispatch_stop.set()
             abandoned = await dispatcher.drain(deadline)
             await delivering
@@ -383,6 +408,14 @@ async def run_daemon(
         pending, _ = store.outbox_stats(now=utc_now())
         log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
     return 0
+
+
+def _fan_out(*hooks: Callable[[Event], None]) -> Callable[[Event], None]:
+    def call(event: Event) -> None:
+        for hook in hooks:
+            hook(event)
+
+    return call
 
 
 def _forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:

@@ -20,8 +20,10 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import (
+    AnyUrl,
     BaseModel,
     ConfigDict,
     Field,
@@ -348,7 +350,7 @@ def load_settings(
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        lines = []
+        lines = _raw_cross_problems(merged)
         for error in exc.errors(include_url=False, include_input=False):
             ctx_error = (error.get("ctx") or {}).get("error")
             if isinstance(ctx_error, _KeyedError):
@@ -369,14 +371,57 @@ def load_settings(
         raise ConfigError(lines) from None
 
 
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, every secret replaced by ``"***"``."""
+def _raw_cross_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Route and name checks on unvalidated input.
 
-    def walk(value: Any) -> Any:
+    ``Settings._cross_checks`` only runs once every field is valid; when other problems
+    stop validation earlier, these are still worth reporting in the same run.
+    """
+    notifiers = raw.get("notifiers")
+    routes = raw.get("routes")
+    if not isinstance(notifiers, list) or not isinstance(routes, list):
+        return []
+    names = [n.get("name") for n in notifiers if isinstance(n, dict)]
+    problems = []
+    for index, route in enumerate(routes):
+        wanted = route.get("notifiers") if isinstance(route, dict) else None
+        for name in wanted if isinstance(wanted, list) else []:
+            if isinstance(name, str) and name not in names:
+                problems.append(f"routes[{index}].notifiers: unknown notifier {name!r}")
+    return problems
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password and query values masked (keys in URLs are secrets)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if parts.username:
+        netloc = (
+            f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+        )
+    query = "&".join(
+        f"{key}=***" if value else key
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by ``"***"``.
+
+    URLs keep their scheme, host and path; passwords and query values (where services put
+    their keys) are masked.
+    """
+
+    def walk(value: Any, key: str = "") -> Any:
         if isinstance(value, SecretStr):
             return "***"
+        if isinstance(value, AnyUrl) or (key == "url" and isinstance(value, str)):
+            return redact_url(str(value))
         if isinstance(value, BaseModel):
-            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            return {k: walk(getattr(value, k), k) for k in type(value).model_fields}
         if isinstance(value, dict):
             return {str(k): walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple | frozenset):

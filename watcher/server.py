@@ -311,6 +311,10 @@ class _AdminApi:
         if not self._store.untrack([uuid]):
             raise web.HTTPNotFound(text="run not tracked")
         self._log.info("admin_run_untracked", run_uuid=uuid, remote=request.remote)
+        try:
+            self._on_tracked()  # the registry changed: the scheduler drops the run at once
+        except Exception:
+            self._log.exception("admin_wakeup_failed", run_uuid=uuid)
         return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.Response:
