@@ -368,7 +368,7 @@ def load_settings(
                     else "missing; every notifier needs a type"
                 )
             lines.append(f"{key}: {message}")
-        raise ConfigError(lines) from None
+        raise ConfigError(list(dict.fromkeys(lines))) from None
 
 
 def _raw_cross_problems(raw: Mapping[str, Any]) -> list[str]:
