@@ -19,6 +19,8 @@ Invariants (what keeps digests at-least-once and in order):
   so re-sending the same digest carries the same id; ``data.event_ids`` lets a receiver
   deduplicate per event when a retry folds in more rows.
 - No row is dropped: a digest holds at most ``max_items`` rows, the rest go in the next one.
+- A roll-up (``run_group.completed``) is never folded: it goes alone, once no earlier row of
+  its group is waiting, so it follows the digest with the group's last runs.
 
 Pure apart from reading the registry through :func:`group_progress`.
 """
@@ -30,12 +32,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from watcher.events import DIGEST, RUN_GROUP_LABEL, Event, stable_event_id
+from watcher.events import DIGEST, GROUP_COMPLETED, RUN_GROUP_LABEL, Event, stable_event_id
 from watcher.notifiers.common import DigestSettings
 from watcher.notifiers.grouped import category_of, latest_per_run, tally
 from watcher.store.models import Delivery
 
 GroupBy = Literal["run_group", "project", "none"]
+# Never folded into a digest: sent on their own, after the earlier rows of their group.
+SOLO_TYPES = frozenset({DIGEST, GROUP_COMPLETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,7 @@ def plan(
     blocked = set(busy_runs)
     groups: dict[str, list[Delivery]] = {}
     ready_at: dict[str, datetime] = {}
+    solo: dict[str, Batch] = {}
     wake: datetime | None = None
     window = timedelta(seconds=policy.window)
     for row in rows:
@@ -115,7 +120,19 @@ def plan(
             continue
         group = group_of(row.event, policy.group_by)
         members = groups.setdefault(group, [])
-        if row.next_attempt_at > now or group in busy_groups or len(members) >= policy.max_items:
+        waits = (
+            row.next_attempt_at > now
+            or group in busy_groups
+            or group in solo
+            or len(members) >= policy.max_items
+        )
+        if not waits and row.event.type in SOLO_TYPES:
+            if members:  # a roll-up goes after the group's earlier events, on its own
+                waits = True
+            else:
+                solo[group] = Batch(group, (row,))
+                continue
+        if waits:
             # This row waits, and so does every later row of its run.
             blocked.add(run)
             if row.next_attempt_at > now:
@@ -133,6 +150,7 @@ def plan(
             ready.append(Batch(group, tuple(members)))
         else:
             wake = _earliest(wake, ready_at[group])
+    ready.extend(solo.values())
     return Plan(ready, wake)
 
 

@@ -166,22 +166,31 @@ def counts_text(succeeded: int, failed: int, other: int, running: int) -> str:
 
 
 def listing(lines: Sequence[RunLine], *, budget: int, with_state: bool) -> str:
-    """Short ids (and states), comma separated, within ``budget`` characters + ``+K more``."""
-    entries = [
-        f"{line.run_uuid[:SHORT_ID]} {line.state}" if with_state else line.run_uuid[:SHORT_ID]
-        for line in lines
-    ]
+    """Short ids within ``budget`` characters, then ``+K more`` for the ones left out.
+
+    With ``with_state`` the ids are grouped by state: ``RUNNING: 1a2b3c4d, 5e6f7a8b; QUEUED:
+    9c0d1e2f``. A ``budget`` of 0 gives the count alone.
+    """
     if budget <= 0:
-        return f"{len(entries)} runs"
-    text = ""
-    for index, entry in enumerate(entries):
-        candidate = f"{text}, {entry}" if text else entry
-        left = len(entries) - index - 1
-        reserve = len(f" +{left} more") if left else 0
-        if len(candidate) + reserve > budget:
-            more = len(entries) - index
-            return f"{text} +{more} more" if text else f"+{more} more"
-        text = candidate
+        return f"{len(lines)} runs"
+    groups: dict[str, list[str]] = {}
+    for line in lines:
+        groups.setdefault(line.state if with_state else "", []).append(line.run_uuid[:SHORT_ID])
+    text, shown, total = "", 0, len(lines)
+    for state, ids in groups.items():
+        for index, short in enumerate(ids):
+            if index:
+                piece = ", "
+            elif state:
+                piece = f"; {state}: " if text else f"{state}: "
+            else:
+                piece = ", " if text else ""
+            candidate = text + piece + short
+            left = total - shown - 1
+            reserve = len(f" +{left} more") if left else 0
+            if len(candidate) + reserve > budget:
+                return f"{text} +{total - shown} more".strip()
+            text, shown = candidate, shown + 1
     return text
 
 
@@ -258,10 +267,10 @@ def grouped_message(event: Event) -> Message:
                 _int(progress.get("other")),
                 _int(progress.get("running")),
             )
-            summary = f"{len(events)} updates for {len(lines)} runs in this digest: {local}"
+            summary = f"this digest: {len(events)} updates for {len(lines)} runs, {local}"
         else:
             title = f"📦 {scope}: {len(lines)} runs, {local}"
-            summary = f"{len(events)} updates for {len(lines)} runs in this digest"
+            summary = f"this digest: {len(events)} updates for {len(lines)} runs"
         headline = "DIGEST"
         scope_facts: Facts = (("Project", project),) if project else ()
         note = ""
