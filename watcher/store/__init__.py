@@ -14,12 +14,20 @@ Invariants:
 """
 
 from watcher.store.db import StateError
-from watcher.store.models import ActiveRun, Delivery, TrackedRun, TrackRequest, TrackResult
+from watcher.store.models import (
+    ActiveRun,
+    Delivery,
+    DiscoveredRun,
+    TrackedRun,
+    TrackRequest,
+    TrackResult,
+)
 from watcher.store.store import Store
 
 __all__ = [
     "ActiveRun",
     "Delivery",
+    "DiscoveredRun",
     "StateError",
     "Store",
     "TrackRequest",

@@ -28,6 +28,16 @@ class TrackRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveredRun:
+    """A run found by discovery: what DescribeRuns said about it, and the labels to attach."""
+
+    run_uuid: str
+    project_id: str
+    status: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TrackResult:
     """``added``: newly tracked (or re-tracked after untrack); ``existing``: already tracked."""
 

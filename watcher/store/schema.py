@@ -20,6 +20,10 @@ Tables (times are unix seconds, REAL):
   ``body`` is the event's JSON exactly as notifiers receive it.
 - ``outbox``: one row per (event, notifier) still to deliver (``pending``) or given up
   (``dead``); delivered rows are deleted. AUTOINCREMENT keeps ids unique forever.
+- ``discovery`` (version 2): one row per ``[[watch]]`` entry (``watch_key`` names its
+  project and filters) whose first discovery pass completed, so a restart does not treat
+  the project's existing runs as news again. Rows of ``runs`` are never deleted: discovery
+  tracks only runs without a row, which is what keeps untracked runs untracked.
 """
 
 from __future__ import annotations
@@ -89,7 +93,16 @@ _V1 = (
     "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+_V2 = (
+    """
+    CREATE TABLE discovery (
+        watch_key     TEXT PRIMARY KEY,
+        first_pass_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

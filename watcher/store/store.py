@@ -1,7 +1,8 @@
 """The :class:`Store` facade: opening the state file and closing it again.
 
-The methods live in one mixin per concern (registry, recording, journal, outbox); this class
-only owns the connection and the clock. See the package docstring for the invariants.
+The methods live in one mixin per concern (registry, recording, journal, outbox, discovery,
+groups); this class only owns the connection and the clock. See the package docstring for
+the invariants.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 
 from watcher.store.db import Database, utc_now
+from watcher.store.discovery import DiscoveryMixin
+from watcher.store.groups import GroupsMixin
 from watcher.store.journal import JournalMixin
 from watcher.store.outbox import OutboxMixin
 from watcher.store.recording import RecordingMixin
@@ -21,7 +24,7 @@ from watcher.store.schema import migrate
 DEFAULT_BUSY_TIMEOUT = 5.0
 
 
-class Store(RegistryMixin, RecordingMixin, JournalMixin, OutboxMixin):
+class Store(RegistryMixin, RecordingMixin, JournalMixin, OutboxMixin, DiscoveryMixin, GroupsMixin):
     """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
