@@ -1,0 +1,471 @@
+"""The batch poller and the strategy switch against the simulator, real client and store.
+
+Most tests start from a registry whose statuses are already known (seeded the way
+discovery seeds a baseline, from the simulator's own timeline), so they measure what a
+poller does in steady state rather than the first observation of every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from watcher.batch import BatchOptions, BatchPoller
+from watcher.events import Event
+from watcher.limiter import PacingLimiter
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, StaticProvider
+from watcher.recorder import Recorder
+from watcher.scheduler import Scheduler, SchedulerOptions
+from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.store import DiscoveredRun, Store, TrackRequest
+from watcher.strategy import PollingStrategy, auto_prefers_batch
+
+TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+class Rig:
+    """One daemon's polling parts on one state file: client, limiters, recorder, pollers."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        session: aiohttp.ClientSession,
+        store: Store,
+        *,
+        interval: float = 1.0,
+        batch_size: int = 100,
+        secret_key: str | None = None,
+        route: Callable[[Event], list[str]] = lambda e: [],
+    ) -> None:
+        self.store = store
+        self.status_limiter = PacingLimiter(20)
+        self.describe_limiter = PacingLimiter(20)
+        self.client = OmicsClient(
+            session=session,
+            endpoint=sim.endpoint,
+            region="ap-guangzhou",
+            credentials=StaticProvider(
+                Credential(sim.secret_id, secret_key or sim.secret_key), name="t"
+            ),
+            limiters={
+                "GetRunStatus": self.status_limiter,
+                "DescribeRuns": self.describe_limiter,
+                "default": PacingLimiter(5),
+            },
+            timeout=5,
+        )
+        self.events: list[Event] = []
+        self.recorder = Recorder(
+            store=store, terminal=TERMINAL, route=route, wall_clock=now, on_event=self.events.append
+        )
+        self.interval = interval
+        self.batch_size = batch_size
+
+    def batch(self) -> BatchPoller:
+        return BatchPoller(
+            store=self.store,
+            source=self.client,
+            recorder=self.recorder,
+            options=BatchOptions(
+                interval_seconds=self.interval,
+                terminal=TERMINAL,
+                batch_size=self.batch_size,
+                request_timeout_seconds=5,
+            ),
+            describe_backlog=lambda: self.describe_limiter.waiting,
+            status_backlog=lambda: self.status_limiter.waiting,
+            wall_clock=now,
+            rng=random.Random(7),
+        )
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(
+            store=self.store,
+            source=self.client,
+            recorder=self.recorder,
+            options=SchedulerOptions(
+                interval_seconds=self.interval,
+                rate_per_second=20,
+                request_timeout_seconds=5,
+                terminal=TERMINAL,
+            ),
+            backlog=lambda: self.status_limiter.waiting,
+            wall_clock=now,
+            rng=random.Random(7),
+        )
+
+
+async def run_for(poller: Any, seconds: float, done: Callable[[], bool] = lambda: False) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not done() and loop.time() < deadline and not task.done():
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+def status_at(sim: Simulator, run_uuid: str, at: float) -> str:
+    """The simulator's truth for ``run_uuid`` at wall time ``at``."""
+    status = None
+    for change in sim.timeline(run_uuid):
+        if change.at <= at:
+            status = change.status
+    assert status is not None
+    return status
+
+
+def seed(store: Store, sim: Simulator, uuids: list[str]) -> tuple[float, dict[str, str]]:
+    """Track ``uuids`` with their true status as a silent baseline; ``(seed time, statuses)``."""
+    at = now().timestamp()
+    statuses = {u: status_at(sim, u, at) for u in uuids}
+    store.track_discovered(
+        [DiscoveredRun(u, sim.project_id, s) for u, s in statuses.items()],
+        baseline=True,
+        terminal=TERMINAL,
+    )
+    return at, statuses
+
+
+def recorded(store: Store) -> list[Event]:
+    """Every ``run.status_changed`` in the state file, oldest first."""
+    events = reversed(store.events(limit=1_000_000))
+    return [e for e in events if e.type == "run.status_changed"]
+
+
+def check_history(
+    store: Store,
+    sim: Simulator,
+    seeded: dict[str, str],
+    seeded_at: float,
+    *,
+    settled_before: float,
+) -> list[float]:
+    """Every change after the seed is reported once, in order, none invented; latencies.
+
+    Changes after ``settled_before`` may or may not be reported yet (a poller was stopped),
+    but nothing may be reported that did not happen.
+    """
+    by_run: dict[str, list[Event]] = {}
+    for event in recorded(store):
+        by_run.setdefault(event.run_uuid, []).append(event)
+    latencies = []
+    for run_uuid, first in seeded.items():
+        truth = [c for c in sim.timeline(run_uuid) if c.at > seeded_at]
+        mine = by_run.get(run_uuid, [])
+        chain = [first] + [e.status for e in mine]
+        assert [e.previous_status for e in mine] == chain[: len(mine)]
+        statuses = [e.status for e in mine]
+        assert statuses == [c.status for c in truth[: len(statuses)]], (run_uuid, mine, truth)
+        settled = [c for c in truth if c.at < settled_before]
+        assert len(statuses) >= len(settled), (run_uuid, statuses, truth)
+        for event, change in zip(mine, truth, strict=False):
+            observed = datetime.fromisoformat(event.data["observed_at"].replace("Z", "+00:00"))
+            latencies.append(observed.timestamp() - change.at)
+    return latencies
+
+
+def flapping(runs: int, period: float, **extra: Any) -> SimulatorConfig:
+    """Runs that change status every ``period`` s on average (gaps within 0.5-1.5 periods).
+
+    Changes of one run come in the middle half of each period after it started flapping;
+    start times spread over a whole period spread the changes of all runs evenly in time.
+    """
+    return SimulatorConfig(
+        runs=runs,
+        seed=11,
+        kinds={"flapping": 1.0},
+        flap_period_seconds=period,
+        queued_seconds=(0.0, period),
+        initializing_seconds=(0.1, 0.3),
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def aged_simulator(config: SimulatorConfig, age: float = 600.0) -> AsyncIterator[Simulator]:
+    """A simulator whose runs were created ``age`` seconds ago: past their start, flapping
+    in steady state, with ``age`` seconds of timeline."""
+    loop = asyncio.get_running_loop()
+    shift = [0.0]
+    async with running_simulator(
+        config,
+        monotonic=lambda: loop.time() + shift[0],
+        wall=lambda: time.time() - age + shift[0],
+    ) as sim:
+        shift[0] = age  # the runs' creation now lies ``age`` seconds back on both clocks
+        yield sim
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "state.db") as opened:
+        yield opened
+
+
+async def test_batch_sees_every_transition_with_far_fewer_requests(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    # 300 runs each changing every ~20 s, checked every second: per-run polling would need
+    # 300 GetRunStatus a second (15 times the budget); batch needs 3 DescribeRuns a second
+    # plus one GetRunStatus per change.
+    async with aged_simulator(flapping(300, 20.0)) as sim:
+        seeded_at, seeded = seed(store, sim, sim.run_uuids)
+        sim.reset_stats()
+        rig = Rig(sim, session, store, interval=1.0)
+        await run_for(rig.batch(), 6.0)
+        ended = now().timestamp()
+        latencies = check_history(store, sim, seeded, seeded_at, settled_before=ended - 3)
+        stats = sim.stats(timeline=False)
+        describes = stats["requests"]["DescribeRuns"]
+        statuses = stats["requests"]["GetRunStatus"]
+        assert len(latencies) >= 45  # ~90 changes expected in 6 s
+        assert statuses <= len(latencies) + 10  # one GetRunStatus per change, hardly more
+        assert describes <= 3 * 7 + 3
+        per_run_needed = 300 * 6 / 1.0
+        assert describes + statuses < per_run_needed / 10
+        assert max(latencies) < 3.0, sorted(latencies)[-5:]
+        assert stats["throttled_total"] == 0
+        assert stats["max_window_arrivals"]["DescribeRuns"] <= 20
+        assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+
+
+async def test_switching_strategy_on_a_live_registry_loses_and_invents_nothing(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # 100 runs: per-run checks each every ~5 s, batch every second, and no run changes twice
+    # within 15 s, so both strategies must see every single change, including those that
+    # per-run had not seen yet when it stopped.
+    path = tmp_path / "state.db"
+    async with aged_simulator(flapping(100, 30.0)) as sim:
+        with Store.open(path) as store:
+            seeded_at, seeded = seed(store, sim, sim.run_uuids)
+            await run_for(Rig(sim, session, store).scheduler(), 5.0)
+            per_run = len(recorded(store))
+        with Store.open(path) as store:  # the daemon restarted with strategy = "batch"
+            await run_for(Rig(sim, session, store).batch(), 5.0)
+            ended = now().timestamp()
+            latencies = check_history(store, sim, seeded, seeded_at, settled_before=ended - 3)
+            assert per_run >= 6
+            assert len(latencies) - per_run >= 6
+            ids = [e.id for e in store.events(limit=100_000)]
+            assert len(ids) == len(set(ids))
+
+
+async def test_strategy_switch_inside_one_process(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    # auto with a budget sized so 100 runs call for batch, then the registry shrinks below
+    # a quarter of it: the same PollingStrategy hands the registry to per-run, mid-flight.
+    async with aged_simulator(flapping(100, 30.0)) as sim:
+        seeded_at, seeded = seed(store, sim, sim.run_uuids)
+        rig = Rig(sim, session, store)
+        strategy = PollingStrategy(
+            mode="auto",
+            scheduler=rig.scheduler(),
+            make_batch=rig.batch,
+            rate_per_second=20,
+            interval_seconds=8,  # capacity 160: batch above 80 runs, per-run below 40
+            check_seconds=0.5,
+        )
+        assert strategy.load() == 100
+        assert strategy.strategy == "batch"
+        stop = asyncio.Event()
+        task = asyncio.create_task(strategy.run(stop))
+        await asyncio.sleep(2.5)
+        store.untrack(sim.run_uuids[30:])
+        await asyncio.sleep(2.5)
+        assert strategy.strategy == "per-run"
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        ended = now().timestamp()
+        kept = {u: s for u, s in seeded.items() if u in sim.run_uuids[:30]}
+        check_history(store, sim, kept, seeded_at, settled_before=ended - 5)
+
+
+def test_auto_rule_has_hysteresis() -> None:
+    rule = auto_prefers_batch
+    # 20/s for 30 s = 600 runs per-run keeps on time: batch above 300, back below 150.
+    assert not rule(300, batching=False, rate_per_second=20, interval_seconds=30)
+    assert rule(301, batching=False, rate_per_second=20, interval_seconds=30)
+    assert rule(151, batching=True, rate_per_second=20, interval_seconds=30)
+    assert not rule(150, batching=True, rate_per_second=20, interval_seconds=30)
+
+
+async def test_batch_size_adapts_to_the_filter_value_limit(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    async with aged_simulator(flapping(150, 20.0)) as sim:
+        sim.set_max_filter_values(30)
+        seeded_at, seeded = seed(store, sim, sim.run_uuids)
+        sim.reset_stats()
+        rig = Rig(sim, session, store)
+        with structlog.testing.capture_logs() as logs:
+            poller = rig.batch()
+            await run_for(poller, 5.0)
+        ended = now().timestamp()
+        assert poller.batch_size(sim.project_id) == 25
+        assert poller.refused is None
+        reductions = [e for e in logs if e["event"] == "batch_size_reduced"]
+        assert [e["batch_size"] for e in reductions] == [50, 25]
+        stats = sim.stats(timeline=False)
+        assert stats["errors"].get("InvalidParameterValue", 0) <= 6  # learnt once, kept
+        latencies = check_history(store, sim, seeded, seeded_at, settled_before=ended - 3)
+        assert len(latencies) >= 20  # ~35 changes expected in 5 s
+        assert max(latencies) < 3.0
+        assert stats["max_window_arrivals"]["DescribeRuns"] <= 20
+        assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+
+
+async def test_describe_runs_refused_falls_back_to_per_run_with_one_log_line(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    config = SimulatorConfig(
+        runs=30,
+        seed=4,
+        queued_seconds=(0.2, 1.0),
+        initializing_seconds=(0.2, 1.0),
+        running_seconds=(0.5, 1.5),
+    )
+    async with running_simulator(config) as sim:
+        sim.deny_action("DescribeRuns")
+        store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+        rig = Rig(sim, session, store)
+        with structlog.testing.capture_logs() as logs:
+            strategy = PollingStrategy(
+                mode="batch",
+                scheduler=rig.scheduler(),
+                make_batch=rig.batch,
+                rate_per_second=20,
+                interval_seconds=1,
+            )
+            strategy.load()
+            await run_for(strategy, 30, lambda: all(r.terminal for r in store.list_runs()))
+        assert strategy.strategy == "per-run"
+        assert strategy.first_cycle_done.is_set()
+        for run in store.list_runs():
+            assert run.status == sim.status(run.run_uuid)
+        loud = [e for e in logs if e["log_level"] in ("warning", "error")]
+        assert [e["event"] for e in loud] == ["batch_polling_unavailable"]
+        assert loud[0]["code"] == "UnauthorizedOperation"
+        assert loud[0]["fallback"] == "per-run"
+        assert sim.stats(timeline=False)["requests"]["DescribeRuns"] <= 3
+
+
+@pytest.mark.parametrize("code", ["AuthFailure.UnauthorizedOperation", "OperationDenied"])
+async def test_permission_codes_that_mean_fall_back(
+    store: Store, session: aiohttp.ClientSession, code: str
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=3, seed=1)) as sim:
+        sim.deny_action("DescribeRuns", code)
+        store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+        poller = Rig(sim, session, store).batch()
+        await run_for(poller, 5, lambda: poller.refused is not None)
+        assert poller.refused is not None
+        assert poller.refused.startswith(code)
+
+
+async def test_new_runs_tracked_elsewhere_are_checked_within_two_seconds(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # Every run moves QUEUED -> INITIALIZING -> RUNNING in its first seconds: a burst of
+    # changes queues for the GetRunStatus budget when the new run is tracked.
+    config = SimulatorConfig(runs=400, seed=9, kinds={"forever": 1.0})
+    async with running_simulator(config) as sim:
+        late = sim.run_uuids[-1]
+        with Store.open(tmp_path / "state.db") as store:
+            seed(store, sim, sim.run_uuids[:-1])
+            poller = Rig(sim, session, store, interval=1.0).batch()
+            stop = asyncio.Event()
+            task = asyncio.create_task(poller.run(stop))
+            await asyncio.sleep(2.0)
+            with Store.open(tmp_path / "state.db") as cli:
+                cli.track([TrackRequest(late, sim.project_id)])
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while store.get_run(late).status is None:  # type: ignore[union-attr]
+                assert loop.time() - started < 10, "new run not polled"
+                await asyncio.sleep(0.05)
+            waited = loop.time() - started
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            assert waited < 2.5, waited
+
+
+async def test_unknown_run_gets_one_get_run_status_and_not_found(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    config = SimulatorConfig(
+        runs=5,
+        seed=1,
+        kinds={"forever": 1.0},
+        queued_seconds=(0.1, 0.2),
+        initializing_seconds=(0.1, 0.2),
+    )
+    async with running_simulator(config) as sim:
+        await asyncio.sleep(0.5)  # all RUNNING, for good
+        ghost = "00000000-0000-4000-8000-000000000000"
+        store.track(TrackRequest(u, sim.project_id) for u in [*sim.run_uuids, ghost])
+        rig = Rig(sim, session, store)
+        poller = rig.batch()
+        await run_for(poller, 10, lambda: any(e.type == "run.not_found" for e in rig.events))
+        await run_for(poller, 1)
+        assert [e.type for e in rig.events].count("run.not_found") == 1
+        run = store.get_run(ghost)
+        assert run is not None
+        assert run.stopped
+        assert sim.stats(timeline=False)["errors"].get("ResourceNotFound.RunNotExist") == 1
+        assert all(r.status == sim.status(r.run_uuid) for r in store.list_runs() if r != run)
+
+
+async def test_bad_credentials_pause_batch_polling(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=250, seed=2, kinds={"forever": 1.0})) as sim:
+        store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+        poller = Rig(sim, session, store, secret_key="wrong-key").batch()
+        await run_for(poller, 2)
+        assert poller.paused
+        assert poller.refused is None  # a credential problem is not a reason to fall back
+        stats = sim.stats(timeline=False)
+        assert stats["signature_failures"] <= 4
+        assert all(r.status is None for r in store.list_runs())
+
+
+async def test_transient_faults_neither_lose_nor_invent(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    async with aged_simulator(flapping(200, 20.0)) as sim:
+        seeded_at, seeded = seed(store, sim, sim.run_uuids)
+        sim.set_faults(0.15, ["internal_error", "bad_gateway", "drop"])
+        rig = Rig(sim, session, store)
+        await run_for(rig.batch(), 5.0)
+        sim.set_faults(0.0)
+        ended = now().timestamp()
+        latencies = check_history(store, sim, seeded, seeded_at, settled_before=ended - 5)
+        assert latencies
+        assert sum(sim.stats(timeline=False)["faults"].values()) > 0
+        assert math.isfinite(max(latencies))

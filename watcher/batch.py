@@ -1,0 +1,615 @@
+"""The batch poller: many runs' statuses per DescribeRuns call, GetRunStatus only for changes.
+
+At 20 GetRunStatus calls a second, 10,000 runs are each seen every 500 s. DescribeRuns with
+a ``RunUuid`` filter answers for up to 100 runs at once from its own budget, so this poller
+checks every run every few seconds and spends GetRunStatus only on runs whose status moved
+(the event still carries the full RunMetadata, which DescribeRuns does not return).
+
+How a cycle goes:
+
+- Active runs are grouped by project (the filter is per project). Each project keeps its
+  runs in a queue in round-robin order: the front is the run checked longest ago, runs never
+  checked (newly tracked) go to the very front. A batch is the first ``size`` runs of one
+  project's queue, which then move to the back. The next batch comes from the project whose
+  front run is most overdue, ``interval_seconds`` after its last check; when the budget
+  cannot keep up, every front is overdue and the projects take turns in proportion to their
+  runs, so nobody starves.
+- Each DescribeRuns passes the DescribeRuns limiter; at most ``MAX_BACKLOG`` requests wait
+  for it, so a run tracked meanwhile still makes the next batch (picked up within ~2 s).
+- A returned status equal to the registry's is a quiet poll. A different one queues one
+  GetRunStatus for the run (never two at once), whose answer goes through
+  :func:`~watcher.polling.record_status`, compare-and-set against the registry: an event is
+  recorded only when GetRunStatus itself shows a status different from the registry's, so
+  a stale or early DescribeRuns answer can cost a request but never invent a transition.
+  A run missing from the answer gets one GetRunStatus too, which tells ``RunNotExist``
+  (``run.not_found``) from a run DescribeRuns merely did not list.
+
+Failures: throttling puts the batch back at the front (the client's limiter slows down);
+credential failures pause all polling (:class:`~watcher.polling.AuthPause`); transient
+failures leave the batch at the back (it is retried next cycle) and back the project off
+only while every request fails. A refused filter (``InvalidParameter*``) halves that
+project's batch size and retries; when DescribeRuns is refused for permissions, or refuses
+even a one-value filter, the poller logs one ``batch_polling_unavailable`` line, sets
+:attr:`BatchPoller.refused` and returns, and the caller polls per run instead
+(:mod:`watcher.strategy`).
+
+Invariants: the store is the truth (statuses are read from it at load and refresh, written
+only by the recorder); no status is recorded that GetRunStatus did not return; every run
+in the registry is in exactly one project queue (stale entries are skipped by token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from watcher.metrics import Metrics
+from watcher.omics.errors import (
+    AuthError,
+    BadRequest,
+    ClockSkew,
+    OmicsError,
+    RunNotFound,
+    Throttled,
+)
+from watcher.omics.models import RunsFilter
+from watcher.polling import (
+    BAD_REQUEST_BACKOFF_SECONDS,
+    MAX_BACKLOG,
+    REFRESH_SECONDS,
+    AuthPause,
+    Metadata,
+    RegistryFeed,
+    StatusSource,
+    backoff_delay,
+    drain,
+    max_in_flight,
+    record_status,
+)
+from watcher.recorder import Recorder
+from watcher.store import ActiveRun, Store
+
+MAX_BATCH = 100  # DescribeRuns' largest Limit: one page answers the whole filter
+_PERMISSION_HEADS = ("UnauthorizedOperation", "OperationDenied")
+
+
+def is_permission_refusal(code: str) -> bool:
+    """True for the codes that mean "this identity may not call this action"."""
+    return code == "AuthFailure.UnauthorizedOperation" or code.split(".", 1)[0] in _PERMISSION_HEADS
+
+
+class RunSummaryLike(Protocol):
+    """The parts of a DescribeRuns item the poller compares."""
+
+    @property
+    def RunUuid(self) -> str: ...
+
+    @property
+    def Status(self) -> str: ...
+
+
+class BatchSource(StatusSource, Protocol):
+    """What the poller calls: GetRunStatus and one DescribeRuns page (the Omics client)."""
+
+    async def describe_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        limit: int = MAX_BATCH,
+        offset: int = 0,
+    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    interval_seconds: float
+    terminal: frozenset[str]
+    batch_size: int = MAX_BATCH
+    describe_rate_per_second: float = 20.0
+    status_rate_per_second: float = 20.0
+    request_timeout_seconds: float = 10.0
+    default_project_id: str = ""
+    drain_seconds: float = 5.0  # at stop, how long in-flight requests may still take
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be within 1..{MAX_BATCH}")
+
+
+@dataclass(slots=True)
+class _Run:
+    """Poller-side state of one run: small, because there may be 100,000 of them."""
+
+    project: str  # the ProjectId requests name (the configured default filled in)
+    status: str | None
+    checked: float  # monotonic time of the last DescribeRuns that included it
+    token: int = 0  # the queue entry that is current for this run; others are stale
+    errors: int = 0  # consecutive failed GetRunStatus follow-ups
+    retry_at: float = 0.0  # no follow-up before this monotonic time
+
+
+@dataclass(slots=True)
+class _Project:
+    project_id: str
+    size: int  # batch size; halved (and remembered) when the API refuses long filters
+    queue: deque[tuple[int, str]] = field(default_factory=deque)  # (token, run_uuid)
+    errors: int = 0  # consecutive failed DescribeRuns calls
+    retry_at: float = 0.0
+
+
+class BatchPoller:
+    """Polls tracked runs in DescribeRuns batches; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        source: BatchSource,
+        recorder: Recorder,
+        options: BatchOptions,
+        describe_backlog: Callable[[], int] = lambda: 0,
+        status_backlog: Callable[[], int] = lambda: 0,
+        metrics: Metrics | None = None,
+        wall_clock: Callable[[], datetime],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._recorder = recorder
+        self._opt = options
+        self._describe_backlog = describe_backlog
+        self._status_backlog = status_backlog
+        self._metrics = metrics or Metrics()
+        self._wall = wall_clock
+        self._rng = rng or random.Random()
+        self._log = structlog.get_logger("watcher.batch")
+        self._runs: dict[str, _Run] = {}
+        self._projects: dict[str, _Project] = {}
+        self._tokens = itertools.count(1)
+        self._feed = RegistryFeed(store)
+        self._loaded = False
+        self._wake = asyncio.Event()
+        self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
+        self._describing: set[asyncio.Task[None]] = set()
+        self._following: set[asyncio.Task[None]] = set()
+        self._unstarted_describes = 0  # tasks created that have not reached the limiter yet
+        self._unstarted_follows = 0
+        self._follow_queue: deque[str] = deque()
+        self._follow_pending: set[str] = set()  # queued or in flight
+        self._max_describes = max_in_flight(
+            options.describe_rate_per_second, options.request_timeout_seconds
+        )
+        self._max_follows = max_in_flight(
+            options.status_rate_per_second, options.request_timeout_seconds
+        )
+        self._first_wave = 0
+        self.first_cycle_done = asyncio.Event()
+        self.refused: str | None = None  # why DescribeRuns cannot be used, once it is known
+
+    # -- registry -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _project_of(self, active: ActiveRun) -> str:
+        return active.project_id or self._opt.default_project_id
+
+    def _enqueue(self, run_uuid: str, run: _Run, *, front: bool) -> None:
+        project = self._projects.get(run.project)
+        if project is None:
+            project = self._projects[run.project] = _Project(run.project, self._opt.batch_size)
+        run.token = next(self._tokens)
+        if front:
+            project.queue.appendleft((run.token, run_uuid))
+        else:
+            project.queue.append((run.token, run_uuid))
+
+    def load(self) -> int:
+        """Read every active run from the registry, replacing what was known; returns how many."""
+        self._runs.clear()
+        for project in self._projects.values():
+            project.queue.clear()
+        self._follow_queue.clear()
+        self._follow_pending.clear()
+        self._unstarted_describes = self._unstarted_follows = 0
+        self._loaded = True
+        active_runs = self._feed.snapshot()
+        now, wall_now = self._now(), self._wall().timestamp()
+
+        def last_polled(active: ActiveRun) -> float:
+            return -math.inf if active.last_polled_at is None else active.last_polled_at
+
+        # Queue order is round-robin order: never polled first, then longest ago.
+        for active in sorted(active_runs, key=last_polled):
+            checked = -math.inf
+            if active.last_polled_at is not None:
+                checked = now - (wall_now - active.last_polled_at)
+            run = _Run(self._project_of(active), active.status, checked)
+            self._runs[active.run_uuid] = run
+            self._enqueue(active.run_uuid, run, front=False)
+        batches = sum(math.ceil(len(p.queue) / p.size) for p in self._projects.values())
+        self._first_wave = min(batches, max(1, math.ceil(self._opt.describe_rate_per_second)))
+        if self._first_wave == 0:
+            self.first_cycle_done.set()
+        return len(self._runs)
+
+    def refresh(self) -> None:
+        """Pick up runs tracked or untracked by other processes; flush poll times."""
+        added, removed = self._feed.changes()
+        for run_uuid in removed:
+            self._runs.pop(run_uuid, None)
+        for active in added:
+            project = self._project_of(active)
+            known = self._runs.get(active.run_uuid)
+            if known is None:
+                run = _Run(project, active.status, -math.inf)  # first in its project's queue
+                self._runs[active.run_uuid] = run
+                self._enqueue(active.run_uuid, run, front=True)
+            elif known.project != project:  # re-tracked with a corrected project
+                known.project = project
+                self._enqueue(active.run_uuid, known, front=True)
+        if added:
+            self._wake.set()
+
+    @property
+    def tracked(self) -> int:
+        return len(self._runs)
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.paused
+
+    def batch_size(self, project_id: str) -> int:
+        """The batch size in force for ``project_id`` (after any adaptation)."""
+        project = self._projects.get(project_id or self._opt.default_project_id)
+        return project.size if project is not None else self._opt.batch_size
+
+    # -- main loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set or DescribeRuns proves unusable, then drain."""
+        if not self._loaded:
+            self.load()
+        next_refresh = self._now() + REFRESH_SECONDS
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set() and self.refused is None:
+                now = self._now()
+                if now >= next_refresh:
+                    self.refresh()
+                    next_refresh = now + REFRESH_SECONDS
+                wait = next_refresh - now
+                if self._pause.until > now:
+                    wait = min(wait, self._pause.until - now)
+                else:
+                    wait = min(wait, self._launch_follow_ups(), self._launch_batches(now))
+                await self._sleep(wait, stopper)
+        finally:
+            stopper.cancel()
+            await drain(self._describing | self._following, self._opt.drain_seconds)
+            self._feed.flush()
+
+    async def _sleep(self, seconds: float, stopper: asyncio.Future[Any]) -> None:
+        self._wake.clear()
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waker, stopper}, timeout=max(0.0, seconds))
+        finally:
+            waker.cancel()
+
+    def _head(self, project: _Project) -> _Run | None:
+        queue = project.queue
+        while queue:
+            token, run_uuid = queue[0]
+            run = self._runs.get(run_uuid)
+            if run is not None and run.token == token:
+                return run
+            queue.popleft()  # stale: untracked, finished, moved or re-queued
+        return None
+
+    def _launch_batches(self, now: float) -> float:
+        """Start every batch that is due and fits the backlog; seconds until the next try."""
+        while True:
+            best: tuple[float, _Project] | None = None
+            for project in self._projects.values():
+                head = self._head(project)
+                if head is None:
+                    continue
+                due = max(head.checked + self._opt.interval_seconds, project.retry_at)
+                if best is None or due < best[0]:
+                    best = (due, project)
+            if best is None:
+                return math.inf
+            due, project = best
+            if due > now:
+                return due - now
+            waiting = self._unstarted_describes + self._describe_backlog()
+            if waiting >= MAX_BACKLOG or len(self._describing) >= self._max_describes:
+                # Requests already queue for the limiter: keep the runs in the queue, where
+                # a newly tracked run can still get into the next batch.
+                return 0.5 / self._opt.describe_rate_per_second
+            self._launch_batch(project, now)
+
+    def _launch_batch(self, project: _Project, now: float) -> None:
+        batch: list[tuple[str, float]] = []  # (run_uuid, when it was checked before)
+        queue = project.queue
+        for _ in range(len(queue)):  # each entry at most once: taken ones go to the back
+            if len(batch) >= project.size:
+                break
+            token, run_uuid = queue.popleft()
+            run = self._runs.get(run_uuid)
+            if run is None or run.token != token:
+                continue
+            batch.append((run_uuid, run.checked))
+            run.checked = now
+            queue.append((token, run_uuid))
+        self._unstarted_describes += 1
+        task = asyncio.create_task(self._describe(project, batch), name="describe-runs")
+        self._describing.add(task)
+        task.add_done_callback(self._describe_done)
+
+    def _describe_done(self, task: asyncio.Task[None]) -> None:
+        self._describing.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("batch_poll_crashed", error=repr(task.exception()))
+
+    def _launch_follow_ups(self) -> float:
+        """Start queued GetRunStatus follow-ups that fit the backlog; seconds until next try."""
+        while self._follow_queue:
+            waiting = self._unstarted_follows + self._status_backlog()
+            if waiting >= MAX_BACKLOG or len(self._following) >= self._max_follows:
+                return 0.5 / self._opt.status_rate_per_second
+            run_uuid = self._follow_queue.popleft()
+            run = self._runs.get(run_uuid)
+            if run is None:
+                self._follow_pending.discard(run_uuid)
+                continue
+            self._unstarted_follows += 1
+            task = asyncio.create_task(self._follow(run_uuid, run), name=f"follow:{run_uuid}")
+            self._following.add(task)
+            task.add_done_callback(self._follow_done)
+        return math.inf
+
+    def _follow_done(self, task: asyncio.Task[None]) -> None:
+        self._following.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("poll_crashed", error=repr(task.exception()))
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _describe(self, project: _Project, batch: list[tuple[str, float]]) -> None:
+        self._unstarted_describes -= 1  # from here the request queues in the limiter
+        uuids = [run_uuid for run_uuid, _ in batch]
+        outcome = ""
+        try:
+            _, summaries = await self._source.describe_runs(
+                project_id=project.project_id,
+                filters=[RunsFilter("RunUuid", uuids)],
+                limit=len(uuids),
+            )
+        except Throttled:
+            outcome = "throttled"
+            self._metrics.throttled.inc()
+            self._put_back(project, batch)
+        except AuthError as exc:
+            outcome = "auth"
+            if is_permission_refusal(exc.code):
+                self._refuse(exc)
+            else:
+                clock = isinstance(exc, ClockSkew)
+                self._pause.pause(f"clock skew: {exc.code}" if clock else exc.code)
+                self._put_back(project, batch)
+        except BadRequest as exc:
+            outcome = "bad_request"
+            self._shrink(project, batch, exc)
+        except OmicsError as exc:
+            outcome = "transient"
+            self._project_failed(project, exc)
+        else:
+            self._pause.resume()
+            project.errors = 0
+            project.retry_at = 0.0
+            self._compare(uuids, summaries)
+        finally:
+            if outcome:
+                self._metrics.polls.labels(outcome=outcome).inc(len(uuids))
+            if self._first_wave > 0:
+                self._first_wave -= 1
+                if self._first_wave == 0:
+                    self.first_cycle_done.set()
+
+    def _compare(self, uuids: list[str], summaries: Sequence[RunSummaryLike]) -> None:
+        requested = set(uuids)
+        answered: set[str] = set()
+        wall = self._wall()
+        quiet = changed = 0
+        for summary in summaries:
+            run_uuid = summary.RunUuid
+            if run_uuid not in requested or run_uuid in answered:
+                continue
+            answered.add(run_uuid)
+            run = self._runs.get(run_uuid)
+            if run is None:
+                continue  # untracked or finished while the request was out
+            if summary.Status == run.status:
+                quiet += 1
+                self._feed.polled(run_uuid, wall)
+            else:
+                changed += 1
+                self._follow_up(run_uuid, run)
+        missing = 0
+        for run_uuid in requested - answered:
+            run = self._runs.get(run_uuid)
+            if run is not None:
+                # Not listed: GetRunStatus tells a run that is gone (RunNotExist) from one
+                # DescribeRuns merely did not show.
+                missing += 1
+                self._follow_up(run_uuid, run)
+        if quiet:
+            self._metrics.polls.labels(outcome="ok").inc(quiet)
+        if changed:
+            self._metrics.polls.labels(outcome="changed").inc(changed)
+        if missing:
+            self._metrics.polls.labels(outcome="missing").inc(missing)
+
+    def _put_back(self, project: _Project, batch: list[tuple[str, float]]) -> None:
+        """The batch was not answered: its runs return to the front, as overdue as before."""
+        for run_uuid, checked in reversed(batch):
+            run = self._runs.get(run_uuid)
+            if run is not None and run.project == project.project_id:
+                run.checked = checked
+                self._enqueue(run_uuid, run, front=True)
+
+    def _shrink(self, project: _Project, batch: list[tuple[str, float]], exc: OmicsError) -> None:
+        if len(batch) <= 1:
+            self._refuse(exc)
+            return
+        size = max(1, len(batch) // 2)
+        # Several long batches may be refused at once: each one halves from its own length,
+        # so they agree on one size instead of halving it once per answer.
+        if size < project.size:
+            project.size = size
+            self._log.warning(
+                "batch_size_reduced",
+                project_id=project.project_id,
+                batch_size=size,
+                code=exc.code,
+                error=exc.message,
+            )
+        self._put_back(project, batch)
+
+    def _project_failed(self, project: _Project, exc: OmicsError) -> None:
+        # The batch's runs stay at the back and are retried next cycle, so one failing batch
+        # (or one poisonous run in it) never holds the others up. The project waits only
+        # while every request fails: the API is down or the network is.
+        project.errors += 1
+        delay = backoff_delay(project.errors, base=1.0, rng=self._rng)
+        project.retry_at = self._now() + delay
+        log = self._log.warning if project.errors in (1, 5, 20) else self._log.debug
+        log(
+            "batch_poll_failed",
+            project_id=project.project_id,
+            code=exc.code,
+            errors=project.errors,
+            retry_in=round(delay, 1),
+        )
+
+    def _refuse(self, exc: OmicsError) -> None:
+        if self.refused is not None:
+            return
+        self.refused = f"{exc.code}: {exc.message}" if exc.message else exc.code
+        self._log.error(
+            "batch_polling_unavailable",
+            code=exc.code,
+            error=exc.message,
+            fallback="per-run",
+            hint="DescribeRuns was refused, so each run is polled with GetRunStatus instead; "
+            "allow DescribeRuns for these credentials and restart to poll in batches",
+        )
+        self._wake.set()
+
+    # -- one follow-up --------------------------------------------------------------------
+
+    def _follow_up(self, run_uuid: str, run: _Run) -> None:
+        if run_uuid in self._follow_pending or run.retry_at > self._now():
+            return
+        self._follow_pending.add(run_uuid)
+        if run.status is None:
+            # Never observed (just tracked): ahead of the changes queued before it, as the
+            # scheduler puts never-polled runs first, so a new run is reported within seconds
+            # even while a burst of changes waits for the GetRunStatus budget.
+            self._follow_queue.appendleft(run_uuid)
+        else:
+            self._follow_queue.append(run_uuid)
+        self._wake.set()
+
+    async def _follow(self, run_uuid: str, run: _Run) -> None:
+        self._unstarted_follows -= 1
+        again = False
+        outcome = ""
+        try:
+            metadata = await self._source.get_run_status(run_uuid, run.project)
+        except RunNotFound:
+            outcome = "not_found"
+            self._runs.pop(run_uuid, None)
+            await self._recorder.not_found(run_uuid, run.project, run.status)
+        except Throttled:
+            outcome = "throttled"
+            self._metrics.throttled.inc()
+            again = True
+        except AuthError as exc:
+            outcome = "auth"
+            clock = isinstance(exc, ClockSkew)
+            self._pause.pause(f"clock skew: {exc.code}" if clock else exc.code)
+            again = True
+        except BadRequest as exc:
+            outcome = "bad_request"
+            self._log.error("poll_bad_request", run_uuid=run_uuid, code=exc.code, error=exc.message)
+            run.retry_at = self._now() + BAD_REQUEST_BACKOFF_SECONDS
+        except OmicsError as exc:
+            outcome = "transient"
+            self._follow_failed(run_uuid, run, exc)
+        else:
+            self._pause.resume()
+            run.errors = 0
+            run.retry_at = 0.0
+            outcome = "changed" if metadata.Status != run.status else "ok"
+            await self._observe(run_uuid, run, metadata)
+        finally:
+            # Labelled apart from the DescribeRuns checks, which count every run in a batch.
+            self._metrics.polls.labels(outcome=f"follow_up_{outcome}").inc()
+            if again and run_uuid in self._runs:
+                self._follow_queue.appendleft(run_uuid)  # still pending: first in line
+                self._wake.set()
+            else:
+                self._follow_pending.discard(run_uuid)
+
+    def _follow_failed(self, run_uuid: str, run: _Run, exc: OmicsError) -> None:
+        run.errors += 1
+        delay = backoff_delay(run.errors, base=max(self._opt.interval_seconds, 1.0), rng=self._rng)
+        run.retry_at = self._now() + delay
+        log = self._log.warning if run.errors in (1, 5, 20) else self._log.debug
+        log(
+            "poll_failed",
+            run_uuid=run_uuid,
+            code=exc.code,
+            errors=run.errors,
+            retry_in=round(delay, 1),
+        )
+        self._store.record_error(
+            run_uuid,
+            consecutive_errors=run.errors,
+            next_poll_after=self._wall() + timedelta(seconds=delay),
+        )
+
+    async def _observe(self, run_uuid: str, run: _Run, metadata: Metadata) -> None:
+        if metadata.Status == run.status:
+            # DescribeRuns saw another status than GetRunStatus does now (it changed back,
+            # or the listing lags): nothing happened as far as the registry is concerned.
+            self._feed.polled(run_uuid, self._wall())
+            return
+        outcome = await record_status(
+            self._recorder,
+            run_uuid=run_uuid,
+            project_id=run.project,
+            previous=run.status,
+            metadata=metadata,
+        )
+        if not outcome.active:
+            self._runs.pop(run_uuid, None)
+        else:
+            # Superseded (another process recorded first): the registry's status is the one
+            # the next batch compares with.
+            run.status = outcome.status
