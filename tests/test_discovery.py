@@ -1,0 +1,344 @@
+"""Discovery against the simulator and a real state file; the store's part of it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+import structlog
+
+from watcher.config import WatchSettings
+from watcher.discovery import Discovery, watch_key
+from watcher.events import Event
+from watcher.limiter import PacingLimiter
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.models import RunsFilter
+from watcher.recorder import Recorder
+from watcher.scheduler import Scheduler, SchedulerOptions
+from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.store import DiscoveredRun, Store, TrackRequest
+from watcher.store.schema import APPLICATION_ID, MIGRATIONS
+
+TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
+RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
+RUN_B = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+RUN_C = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def test_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO runs (run_uuid, tracked, tracked_at) VALUES (?, 0, 0)", (RUN_A,)
+    )  # untracked by the user under version 1
+    conn.close()
+    with Store.open(path) as store:
+        assert store.get_run(RUN_A) is None
+        assert (
+            store.track_discovered(
+                [DiscoveredRun(RUN_A, "p", "RUNNING")], baseline=False, terminal=TERMINAL
+            )
+            == []
+        )
+        assert not store.discovery_done("k")
+        store.mark_discovery_done("k")
+        store.mark_discovery_done("k")
+        assert store.discovery_done("k")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2 == len(MIGRATIONS)
+    conn.close()
+
+
+def test_track_discovered_inserts_only_runs_never_seen(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "state.db") as store:
+        store.track([TrackRequest(RUN_A, "prj-user", {"owner": "me"}), TrackRequest(RUN_B)])
+        store.untrack([RUN_B])
+        cursor = store.change_cursor()
+        found = [
+            DiscoveredRun(RUN_A, "prj-w", "RUNNING", {"team": "w"}),
+            DiscoveredRun(RUN_B, "prj-w", "RUNNING", {"team": "w"}),
+            DiscoveredRun(RUN_C, "prj-w", "SUCCESS", {"team": "w"}),
+            DiscoveredRun(RUN_C, "prj-w", "SUCCESS", {"team": "w"}),
+        ]
+        assert store.track_discovered(found, baseline=True, terminal=TERMINAL) == [RUN_C]
+        assert store.track_discovered(found, baseline=True, terminal=TERMINAL) == []
+        a = store.get_run(RUN_A)
+        assert a is not None
+        assert (a.project_id, a.labels, a.status) == ("prj-user", {"owner": "me"}, None)
+        assert store.get_run(RUN_B) is None  # the user's untrack stands
+        c = store.get_run(RUN_C)
+        assert c is not None
+        assert (c.project_id, c.labels, c.status, c.terminal) == (
+            "prj-w",
+            {"team": "w"},
+            "SUCCESS",
+            True,
+        )
+        assert c.last_polled_at is not None
+        assert store.events(limit=10) == []
+        # Terminal at discovery: nothing to poll; the feed moved on all the same.
+        _, active, removed = store.changes_since(cursor)
+        assert (active, removed) == ([], [])
+        assert store.track_discovered(
+            [DiscoveredRun(RUN_C.replace("0f", "1f"), "prj-w", "RUNNING")],
+            baseline=False,
+            terminal=TERMINAL,
+        )
+        _, active, _ = store.changes_since(cursor)
+        assert [(r.status, r.last_polled_at) for r in active] == [(None, None)]
+
+
+def test_watch_key_ignores_order() -> None:
+    one = watch_key("p", [RunsFilter("Status", ["A", "B"]), RunsFilter("RunGroupId", ["g"])])
+    two = watch_key("p", [RunsFilter("RunGroupId", ["g"]), RunsFilter("Status", ["B", "A"])])
+    assert one == two
+    assert one != watch_key("q", [RunsFilter("RunGroupId", ["g"])])
+
+
+# --- against the simulator ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def client_for(sim: Simulator, session: aiohttp.ClientSession) -> OmicsClient:
+    return OmicsClient(
+        session=session,
+        endpoint=sim.endpoint,
+        region="ap-guangzhou",
+        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="t"),
+        limiters={
+            "GetRunStatus": PacingLimiter(20),
+            "DescribeRuns": PacingLimiter(20),
+            "default": PacingLimiter(5),
+        },
+        timeout=5,
+    )
+
+
+def discovery(
+    store: Store, client: OmicsClient, *watches: WatchSettings, on_tracked: Callable[[], None]
+) -> Discovery:
+    return Discovery(
+        store=store,
+        source=client,
+        watches=watches,
+        terminal=TERMINAL,
+        on_tracked=on_tracked,
+        rng=random.Random(3),
+    )
+
+
+async def poll_once(store: Store, client: OmicsClient) -> list[Event]:
+    """Let a per-run scheduler poll every active run once, routing every event to "ops"."""
+    events: list[Event] = []
+    recorder = Recorder(
+        store=store,
+        terminal=TERMINAL,
+        route=lambda e: ["ops"],
+        wall_clock=now,
+        on_event=events.append,
+    )
+    scheduler = Scheduler(
+        store=store,
+        source=client,
+        recorder=recorder,
+        options=SchedulerOptions(
+            interval_seconds=30, rate_per_second=20, request_timeout_seconds=5, terminal=TERMINAL
+        ),
+        wall_clock=now,
+    )
+    active = scheduler.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(0.5 + active / 20)
+    stop.set()
+    await task
+    return events
+
+
+def outbox_runs(store: Store) -> list[str]:
+    due = store.due_deliveries(now=now() + timedelta(days=1), limit=10_000)
+    return sorted(d.event.run_uuid for d in due)
+
+
+def mixed(runs: int, **extra: object) -> SimulatorConfig:
+    """Half the runs finish within half a second, half run forever."""
+    return SimulatorConfig(
+        runs=runs,
+        seed=5,
+        kinds={"finishing": 0.5, "forever": 0.5},
+        queued_seconds=(0.05, 0.1),
+        initializing_seconds=(0.05, 0.1),
+        running_seconds=(0.1, 0.3),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def wait_for(check: Callable[[], bool], limit: float) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not check():
+        assert loop.time() - started < limit, "timed out"
+        await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+async def test_discovery_tracks_a_submitted_run_once_across_restarts(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "state.db"
+    watch = WatchSettings(labels={"team": "genomics"}, interval_seconds=1.0)
+    async with running_simulator(mixed(40)) as sim:
+        await asyncio.sleep(0.6)  # the finishing half has finished
+        client = client_for(sim, session)
+        finished = [u for u in sim.run_uuids if sim.status(u) in TERMINAL]
+        assert 5 < len(finished) < 35
+        with Store.open(path) as store:
+            tracked = asyncio.Event()
+            found = discovery(store, client, watch, on_tracked=tracked.set)
+            stop = asyncio.Event()
+            task = asyncio.create_task(found.run(stop))
+            await wait_for(lambda: len(store.list_runs()) == 40, 5)
+            # The first pass is history: recorded, silently.
+            for run in store.list_runs():
+                assert run.labels == {"team": "genomics"}
+                assert run.status == sim.status(run.run_uuid)
+                assert run.terminal == (run.run_uuid in finished)
+            assert store.events(limit=100) == []
+            await asyncio.sleep(0.3)
+            first_seen = {r.run_uuid: r.tracked_at for r in store.list_runs()}
+            new = sim.submit_run(kind="forever")
+            waited = await wait_for(lambda: store.get_run(new) is not None, 3)
+            assert waited < 1.5  # within one discovery interval (plus a request)
+            stop.set()
+            await task
+            assert store.get_run(new).status is None  # type: ignore[union-attr]
+            gone = next(u for u in sim.run_uuids if u not in finished)
+            store.untrack([gone])
+        later = sim.submit_run(kind="forever")  # submitted while the daemon was down
+        with Store.open(path) as store:  # restart
+            found = discovery(store, client, watch, on_tracked=lambda: None)
+            stop = asyncio.Event()
+            task = asyncio.create_task(found.run(stop))
+            await wait_for(lambda: store.get_run(later) is not None, 3)
+            await asyncio.sleep(2.2)  # two more passes
+            stop.set()
+            await task
+            runs = {r.run_uuid: r for r in store.list_runs()}
+            assert len(runs) == 41  # 40 + 2 submitted - 1 untracked
+            assert gone not in runs
+            for run_uuid, tracked_at in first_seen.items():
+                if run_uuid != gone:
+                    assert runs[run_uuid].tracked_at == tracked_at  # never tracked again
+            assert runs[later].status is None  # not a first pass: news, not history
+            assert runs[later].labels == {"team": "genomics"}
+            # Polling reports the two new runs and nothing of the baseline.
+            events = await poll_once(store, client)
+            assert {e.run_uuid for e in events} == {new, later}
+            assert set(outbox_runs(store)) == {new, later}
+            assert all(e.previous_status is None for e in events)
+
+
+async def test_notify_existing_reports_what_the_first_pass_finds(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(mixed(20)) as sim:
+        await asyncio.sleep(0.6)
+        client = client_for(sim, session)
+        with Store.open(tmp_path / "state.db") as store:
+            watch = WatchSettings(notify_existing=True)
+            added = await discovery(store, client, watch, on_tracked=lambda: None).discover(0)
+            assert sorted(added) == sorted(sim.run_uuids)
+            assert all(r.status is None for r in store.list_runs())
+            await poll_once(store, client)
+            assert outbox_runs(store) == sorted(sim.run_uuids)
+            assert {r.status for r in store.list_runs()} == {sim.status(u) for u in sim.run_uuids}
+
+
+async def test_filters_labels_and_paging(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    config = SimulatorConfig(runs=260, seed=8, runs_per_group=120, kinds={"forever": 1.0})
+    async with running_simulator(config) as sim:
+        client = client_for(sim, session)
+        listed = sim.call("DescribeRuns", {"Limit": 100, "Offset": 200})["Runs"]
+        group = listed[0]["RunGroupId"]  # among the oldest runs: the first group, 120 runs
+        members = [
+            r["RunUuid"]
+            for r in sim.call(
+                "DescribeRuns",
+                {"Limit": 100, "Filters": [{"Name": "RunGroupId", "Values": [group]}]},
+            )["Runs"]
+        ]
+        with Store.open(tmp_path / "state.db") as store:
+            by_group = WatchSettings(filters={"RunGroupId": [group]}, labels={"g": "1"})
+            everything = WatchSettings(labels={"all": "yes"})
+            found = discovery(store, client, by_group, everything, on_tracked=lambda: None)
+            in_group = await found.discover(0)
+            assert len(in_group) == 120  # two pages
+            assert set(members) <= set(in_group)
+            rest = await found.discover(1)
+            assert len(rest) == 140  # three pages; the group's runs were known already
+            labels = {r.run_uuid: r.labels for r in store.list_runs()}
+            assert all(labels[u] == {"g": "1"} for u in in_group)
+            assert all(labels[u] == {"all": "yes"} for u in rest)
+            # A later pass stops at the first page without news: one request.
+            sim.reset_stats()
+            assert await found.discover(1) == []
+            assert sim.stats(timeline=False)["requests"]["DescribeRuns"] == 1
+
+
+async def test_discovery_refused_logs_once_and_recovers(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(mixed(5)) as sim:
+        sim.deny_action("DescribeRuns")
+        client = client_for(sim, session)
+        with Store.open(tmp_path / "state.db") as store, structlog.testing.capture_logs() as logs:
+            found = discovery(
+                store, client, WatchSettings(interval_seconds=0.5), on_tracked=lambda: None
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(found.run(stop))
+            await asyncio.sleep(1.5)
+            assert store.list_runs() == []
+            sim.deny_action("DescribeRuns", None)
+            await wait_for(lambda: len(store.list_runs()) == 5, 3)
+            stop.set()
+            await task
+        loud = [e["event"] for e in logs if e["log_level"] in ("warning", "error")]
+        assert loud == ["discovery_refused"]
+
+
+def test_untracked_run_is_never_rediscovered_even_on_a_first_pass(tmp_path: Path) -> None:
+    # The marker is per entry: a new [[watch]] entry does a first pass over runs the user
+    # untracked long ago, and still leaves them alone.
+    with Store.open(tmp_path / "state.db") as store:
+        store.track([TrackRequest(RUN_A)])
+        store.untrack([RUN_A])
+        for baseline in (True, False):
+            added = store.track_discovered(
+                [DiscoveredRun(RUN_A, "", "RUNNING")], baseline=baseline, terminal=TERMINAL
+            )
+            assert added == []
+        assert store.list_runs() == []

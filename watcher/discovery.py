@@ -1,0 +1,228 @@
+"""Discovery: ``[[watch]]`` entries find runs with DescribeRuns and track them on their own.
+
+Every ``interval_seconds`` each entry pages through DescribeRuns (its ``project_id`` and
+``filters``) and tracks, with its ``labels``, every run the registry has never seen
+(:meth:`~watcher.store.Store.track_discovered`). Pollers then pick the runs up from the
+registry like runs tracked with ``omics-watcher track``.
+
+Invariants:
+
+- A run is tracked by discovery at most once, ever: only runs without a registry row are
+  inserted, in one transaction per page, and rows are never deleted. So restarts never
+  track twice, and a run the user untracked stays untracked.
+- An entry's *first* pass (persisted per entry, keyed by project and filters) records what
+  it finds as a silent baseline unless ``notify_existing = true``: the project's history
+  (finished runs especially) is not news, so no event and no notification; transitions
+  after that are reported as usual. Runs found by later passes are new: they are tracked
+  without a status, and their first poll reports them (``previous_status: null``). A first
+  pass cut short (crash, API error) is repeated as a first pass.
+- Later passes stop at the first page that holds no new run, since DescribeRuns lists the
+  newest runs first; every ``FULL_PASS_EVERY``-th pass (and the first pass after a start)
+  reads every page, and entries filtering on ``Status`` always do, because a run entering
+  that status can sit anywhere in the list. Paging over a changing list can skip a run; the
+  next full pass finds it.
+- Failures never end discovery: transient ones and throttling retry within the entry's
+  interval with backoff, credential or permission refusals back off up to the interval,
+  refused filters (a configuration mistake) are logged as errors and retried rarely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from watcher.batch import RunSummaryLike, is_permission_refusal
+from watcher.config import Settings, WatchSettings
+from watcher.omics.errors import AuthError, BadRequest, OmicsError
+from watcher.omics.models import RunsFilter
+from watcher.polling import BAD_REQUEST_BACKOFF_SECONDS, backoff_delay
+from watcher.store import DiscoveredRun, Store
+
+PAGE_SIZE = 100
+FULL_PASS_EVERY = 10
+
+
+class RunLister(Protocol):
+    """One DescribeRuns page (the Omics client)."""
+
+    async def describe_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        limit: int = PAGE_SIZE,
+        offset: int = 0,
+    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
+
+
+def watch_key(project_id: str, filters: Sequence[RunsFilter]) -> str:
+    """A stable name for an entry's search: its project and filters, order-independent."""
+    spec = {f.name: sorted(f.values) for f in filters}
+    return json.dumps([project_id, spec], sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class _Watch:
+    index: int
+    settings: WatchSettings
+    project_id: str  # the ProjectId requests name, and the runs are tracked with
+    filters: list[RunsFilter]
+    key: str
+    passes: int = 0  # completed in this process
+    errors: int = 0
+    due: float = 0.0  # monotonic
+
+
+class Discovery:
+    """Runs every ``[[watch]]`` entry's passes; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        source: RunLister,
+        watches: Sequence[WatchSettings],
+        terminal: frozenset[str],
+        default_project_id: str = "",
+        on_tracked: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._terminal = terminal
+        self._on_tracked = on_tracked
+        self._rng = rng or random.Random()
+        self._log = structlog.get_logger("watcher.discovery")
+        self._watches: list[_Watch] = []
+        for index, entry in enumerate(watches):
+            project = entry.project_id or default_project_id
+            filters = [RunsFilter(name, list(values)) for name, values in entry.filters.items()]
+            self._watches.append(
+                _Watch(index, entry, project, filters, watch_key(project, filters))
+            )
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run passes, each entry every ``interval_seconds``, until ``stop`` is set."""
+        if not self._watches:
+            return
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                watch = min(self._watches, key=lambda w: w.due)
+                now = self._now()
+                if watch.due > now:
+                    await asyncio.wait({stopper}, timeout=watch.due - now)
+                    continue
+                try:
+                    await self.discover(watch.index)
+                except OmicsError as exc:
+                    watch.due = now + self._failed(watch, exc)
+                else:
+                    # From the start of the pass: passes come every interval, however long
+                    # paging took (a pass longer than the interval is followed at once).
+                    watch.due = now + watch.settings.interval_seconds
+        finally:
+            stopper.cancel()
+
+    async def discover(self, index: int) -> list[str]:
+        """One pass of entry ``index``; the UUIDs it tracked. Raises :class:`OmicsError`."""
+        watch = self._watches[index]
+        first = not self._store.discovery_done(watch.key)
+        baseline = first and not watch.settings.notify_existing
+        full = first or watch.passes % FULL_PASS_EVERY == 0 or "Status" in watch.settings.filters
+        labels = dict(watch.settings.labels)
+        seen: set[str] = set()
+        added: list[str] = []
+        offset = 0
+        while True:
+            total, page = await self._source.describe_runs(
+                project_id=watch.project_id, filters=watch.filters, limit=PAGE_SIZE, offset=offset
+            )
+            found = []
+            for summary in page:
+                if summary.RunUuid not in seen:
+                    seen.add(summary.RunUuid)
+                    found.append(
+                        DiscoveredRun(summary.RunUuid, watch.project_id, summary.Status, labels)
+                    )
+            new = self._store.track_discovered(found, baseline=baseline, terminal=self._terminal)
+            if new:
+                added.extend(new)
+                self._on_tracked()
+            offset += len(page)
+            if not page or offset >= total:
+                break
+            if not full and not new:
+                break  # newest first: below a page of known runs there is nothing new
+        if first:
+            self._store.mark_discovery_done(watch.key)
+        watch.passes += 1
+        watch.errors = 0
+        if added:
+            self._log.info(
+                "runs_discovered",
+                watch=index,
+                project_id=watch.project_id,
+                count=len(added),
+                baseline=baseline,
+            )
+        return added
+
+    def _failed(self, watch: _Watch, exc: OmicsError) -> float:
+        """Log a failed pass; seconds until the entry is tried again."""
+        watch.errors += 1
+        interval = watch.settings.interval_seconds
+        fields: dict[str, Any] = {
+            "watch": watch.index,
+            "project_id": watch.project_id,
+            "code": exc.code,
+            "error": exc.message,
+            "errors": watch.errors,
+        }
+        if isinstance(exc, BadRequest):
+            delay = max(interval, BAD_REQUEST_BACKOFF_SECONDS)
+            self._log.error(
+                "discovery_bad_request", hint="check this [[watch]] entry's filters", **fields
+            )
+            return delay
+        backoff = backoff_delay(watch.errors, base=5.0, rng=self._rng)
+        if isinstance(exc, AuthError):
+            # Retrying faster than the regular schedule cannot fix credentials.
+            delay = max(interval, backoff)
+            if watch.errors == 1 and is_permission_refusal(exc.code):
+                self._log.error(
+                    "discovery_refused",
+                    hint="these credentials may not call DescribeRuns; discovery retries slowly",
+                    **fields,
+                )
+                return delay
+        else:
+            delay = min(interval, backoff)
+        if watch.errors in (1, 5, 20):
+            self._log.warning("discovery_failed", retry_in=round(delay, 1), **fields)
+        return delay
+
+
+def build_discovery(
+    settings: Settings, *, store: Store, source: RunLister, on_tracked: Callable[[], None]
+) -> Discovery:
+    """Discovery for the configured ``[[watch]]`` entries (its ``run`` returns at once if
+    there are none)."""
+    return Discovery(
+        store=store,
+        source=source,
+        watches=settings.watch,
+        terminal=settings.polling.terminal,
+        default_project_id=settings.tencentcloud.project_id,
+        on_tracked=on_tracked,
+    )
