@@ -28,6 +28,7 @@ from pydantic import AnyUrl, BaseModel, SecretStr
 from watcher import __version__
 from watcher.config import Settings
 from watcher.digest import group_progress
+from watcher.discovery import build_discovery
 from watcher.dispatch import Dispatcher, Policy
 from watcher.enrich import FailureEnricher, failing_statuses
 from watcher.events import Event
@@ -51,6 +52,7 @@ from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.sdnotify import SdNotifier
 from watcher.server import Health, HttpServer, build_app
 from watcher.store import Store
+from watcher.strategy import build_poller
 from watcher.stuck import StuckChecker, StuckLimits
 
 STATUS_ACTION = "GetRunStatus"
@@ -336,6 +338,18 @@ async def run_daemon(
             metrics=metrics,
             wall_clock=utc_now,
         )
+        # [polling] strategy (per-run, batch, auto) around the scheduler; [[watch]] discovery.
+        poller = build_poller(
+            settings,
+            scheduler=scheduler,
+            store=store,
+            source=client,
+            recorder=recorder,
+            limiters=limiters,
+            metrics=metrics,
+            wall_clock=utc_now,
+        )
+        discovery = build_discovery(settings, store=store, source=client, on_tracked=poller.refresh)
         metrics.watch_state(_state_snapshot(store))
         token = settings.server.admin_token
         server = HttpServer(
@@ -345,19 +359,19 @@ async def run_daemon(
                 health=health,
                 admin_token=token.get_secret_value() if token else None,
                 default_project_id=settings.tencentcloud.project_id,
-                on_tracked=scheduler.refresh,
+                on_tracked=poller.refresh,
             )
         )
         port = await server.start(settings.server.host, settings.server.port)
         stack.push_async_callback(server.stop)
-        tracked = scheduler.load()
+        tracked = poller.load()
         log.info("daemon_started", listen=f"{settings.server.host}:{port}", tracked=tracked)
         sd = stack.enter_context(SdNotifier(environ=environ))
 
         async def become_ready() -> None:
-            await scheduler.first_cycle_done.wait()
+            await poller.first_cycle_done.wait()
             health.ready = True
-            sd.ready(f"watching {scheduler.tracked} runs")
+            sd.ready(f"watching {poller.tracked} runs")
             wiring.on_ready(port)
 
         async def reloader() -> None:
@@ -381,7 +395,7 @@ async def run_daemon(
         server_stop, dispatch_stop, rollup_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as group:
             group.create_task(server.run(server_stop))
-            polling = group.create_task(scheduler.run(stop))
+            polling = group.create_task(poller.run(stop))
             rolling = group.create_task(rollups.run(rollup_stop))
             delivering = group.create_task(dispatcher.run(dispatch_stop))
             helpers = [
@@ -391,6 +405,8 @@ async def run_daemon(
             ]
             if stuck.enabled:
                 helpers.append(group.create_task(stuck.run(stop)))
+            if settings.watch:
+                helpers.append(group.create_task(discovery.run(stop)))
             await stop.wait()
             deadline = loop.time() + grace
             health.draining = True
