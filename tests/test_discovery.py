@@ -342,3 +342,42 @@ def test_untracked_run_is_never_rediscovered_even_on_a_first_pass(tmp_path: Path
             )
             assert added == []
         assert store.list_runs() == []
+
+
+async def test_daemon_discovers_and_batch_polls(tmp_path: Path) -> None:
+    """The wiring: run_daemon with strategy = "batch" and one [[watch]] entry."""
+    from watcher.app import Wiring, run_daemon
+    from watcher.config import Settings
+
+    async with running_simulator(mixed(30)) as sim:
+        await asyncio.sleep(0.6)
+        settings = Settings(
+            tencentcloud={
+                "endpoint": sim.endpoint,
+                "secret_id": sim.secret_id,
+                "secret_key": sim.secret_key,
+                "project_id": sim.project_id,
+            },
+            polling={"interval_seconds": 0.5, "strategy": "batch"},
+            state={"path": tmp_path / "state.db"},
+            server={"listen": "127.0.0.1:0"},
+            watch=[{"labels": {"team": "genomics"}, "interval_seconds": 0.5}],
+        )
+        events: list[Event] = []
+        ready = asyncio.Event()
+        stop = asyncio.Event()
+        wiring = Wiring(on_event=events.append, on_ready=lambda port: ready.set())
+        daemon = asyncio.create_task(run_daemon(settings, stop=stop, environ={}, wiring=wiring))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            new = sim.submit_run(kind="finishing", outcome="SUCCESS", durations=(0.3, 0.3, 0.5))
+            await wait_for(lambda: any(e.terminal and e.run_uuid == new for e in events), 10)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(daemon, 15) == 0
+        assert {e.run_uuid for e in events} == {new}  # the first pass was a silent baseline
+        assert [e.status for e in events][-1] == "SUCCESS"
+        assert all(e.labels == {"team": "genomics"} for e in events)
+        stats = sim.stats(timeline=False)
+        assert stats["requests"]["DescribeRuns"] > 0
+        assert stats["requests"]["GetRunStatus"] <= len(events) + 3  # only for changes
