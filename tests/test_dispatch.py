@@ -269,7 +269,7 @@ async def test_retry_after_is_honoured(
     receiver.behaviours["a"] = throttled_once
     record(store, clock, "run-1", 1, ["a"])
     record(store, clock, "run-2", 1, ["a"])
-    # uniform=0: the backoff alone would retry at once; Retry-After must hold both rows back
+    # uniform=0: the backoff alone would retry after 0.5 s; Retry-After must hold both rows back
     # (the second run's row too, since a 429 speaks for the whole destination). One send at a
     # time, so the second row is not already on its way when the 429 comes back.
     policies = {"a": Policy(max_in_flight=1)}
@@ -551,11 +551,21 @@ async def test_send_now_retries_then_succeeds_or_gives_up() -> None:
     assert waiting.calls == 1
 
 
-def test_backoff_doubles_with_full_jitter_and_caps() -> None:
+def test_backoff_doubles_with_equal_jitter_and_caps() -> None:
     assert [backoff(n, uniform=lambda: 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert [backoff(n, uniform=lambda: 0.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert backoff(30, uniform=lambda: 1.0) == 300.0
     assert backoff(1000, uniform=lambda: 1.0) == 300.0
-    assert backoff(3, uniform=lambda: 0.25) == 1.0
+    assert backoff(3, uniform=lambda: 0.5) == 3.0
+    # Worst case for a receiver that is back after 10 s: the retry that reaches it comes
+    # within 16 s of the first failure, whatever the jitter draws.
+    for draw in (0.0, 1.0):
+        elapsed = 0.0
+        for attempt in range(1, 10):
+            elapsed += backoff(attempt, uniform=lambda d=draw: d)
+            if elapsed >= 10:
+                break
+        assert elapsed <= 16.0
     assert retry_delay(1, 3.0, uniform=lambda: 1.0) == 3.0  # Retry-After wins when longer
     assert retry_delay(4, 3.0, uniform=lambda: 1.0) == 8.0  # the backoff when longer
     assert retry_delay(1, 10**9, uniform=lambda: 1.0) == 3600.0  # capped at an hour
