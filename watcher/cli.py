@@ -50,11 +50,11 @@ def _open_store(settings: Any) -> Any:
         raise Exit(EXIT_STARTUP, f"state error: {exc}") from None
 
 
-def _configure_logging(settings: Any) -> None:
+def _configure_logging(settings: Any) -> Any:
     from watcher.app import secret_values
     from watcher.logs import configure
 
-    configure(
+    return configure(
         fmt=settings.logging.format, level=settings.logging.level, secrets=secret_values(settings)
     )
 
@@ -186,12 +186,18 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from watcher.app import run_daemon
+    from watcher.app import run_daemon, secret_values
     from watcher.config import load_settings
 
     settings = _settings(args)
-    _configure_logging(settings)
+    masker = _configure_logging(settings)
     grace = settings.daemon.shutdown_grace_seconds
+
+    def reload_settings() -> Any:
+        fresh = load_settings(args.config)
+        masker.add(secret_values(fresh))  # secrets new in the file are masked from now on
+        return fresh
+
     return _run_async(
         lambda stop, reload=None: run_daemon(
             settings,
@@ -199,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             reload=reload,
             # SIGHUP re-reads the same file (and environment); without this the reloader
             # never runs and SIGHUP silently does nothing.
-            reload_settings=lambda: load_settings(args.config),
+            reload_settings=reload_settings,
             environ=os.environ,
         ),
         grace=grace,

@@ -27,8 +27,14 @@ class SecretMasker:
     """A structlog processor replacing known secret strings by ``***``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too (a reloaded configuration may bring new secrets)."""
         # Very short values would mask ordinary words; real secrets are long.
-        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        known = set(self._secrets) | {s for s in secrets if len(s) >= 6}
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def _mask(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -60,8 +66,11 @@ def configure(
     level: str = "info",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
-) -> None:
-    """Configure structlog for this process (JSON unless ``fmt`` says console or on a TTY)."""
+) -> SecretMasker:
+    """Configure structlog for this process (JSON unless ``fmt`` says console or on a TTY).
+
+    Returns the secret masker, so that a configuration reload can add new secrets to it.
+    """
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
@@ -69,16 +78,18 @@ def configure(
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    masker = SecretMasker(secrets)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            SecretMasker(secrets),
+            masker,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    return masker
