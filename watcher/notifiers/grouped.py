@@ -267,10 +267,10 @@ def grouped_message(event: Event) -> Message:
                 _int(progress.get("other")),
                 _int(progress.get("running")),
             )
-            summary = f"this digest: {len(events)} updates for {len(lines)} runs, {local}"
+            summary = f"This digest: {len(events)} updates for {len(lines)} runs, {local}"
         else:
             title = f"📦 {scope}: {len(lines)} runs, {local}"
-            summary = f"this digest: {len(events)} updates for {len(lines)} runs"
+            summary = f"This digest: {len(events)} updates for {len(lines)} runs"
         headline = "DIGEST"
         scope_facts: Facts = (("Project", project),) if project else ()
         note = ""
