@@ -469,6 +469,12 @@ async def test_the_daemon_posts_failure_details_and_stuck_alerts(tmp_path: Path)
             assert fail["data"]["failure"]["task"].endswith(suffix)
             assert fail["data"]["failure"]["stderr_tail"].endswith(ERROR_LINE)
             assert stuck["data"]["status"] == "INITIALIZING"
-            assert len([b for b in bodies if b["type"] == "run.stuck"]) <= 2  # one a run at most
+            # Once per run and status: a slow machine may see the failed run stuck too.
+            stuck_pairs = [
+                (b["data"]["run_uuid"], b["data"]["status"])
+                for b in bodies
+                if b["type"] == "run.stuck"
+            ]
+            assert len(stuck_pairs) == len(set(stuck_pairs))
     finally:
         await runner.cleanup()
