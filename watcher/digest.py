@@ -20,7 +20,8 @@ Invariants (what keeps digests at-least-once and in order):
   deduplicate per event when a retry folds in more rows.
 - No row is dropped: a digest holds at most ``max_items`` rows, the rest go in the next one.
 - A roll-up (``run_group.completed``) is never folded: it goes alone, once no earlier row of
-  its group is waiting, so it follows the digest with the group's last runs.
+  its group is pending (waiting for its window, a retry or a send in flight), so it follows
+  the message with the group's last runs.
 
 Pure apart from reading the registry through :func:`group_progress`.
 """
@@ -112,30 +113,30 @@ def plan(
     groups: dict[str, list[Delivery]] = {}
     ready_at: dict[str, datetime] = {}
     solo: dict[str, Batch] = {}
+    seen: set[str] = set()  # groups with an earlier pending row, whatever it waits for
     wake: datetime | None = None
     window = timedelta(seconds=policy.window)
     for row in rows:
         run = run_key(row)
+        group = group_of(row.event, policy.group_by)
+        first_of_group = group not in seen
+        seen.add(group)
         if run in blocked:
             continue
-        group = group_of(row.event, policy.group_by)
         members = groups.setdefault(group, [])
-        waits = (
-            row.next_attempt_at > now
-            or group in busy_groups
-            or group in solo
-            or len(members) >= policy.max_items
-        )
-        if not waits and row.event.type in SOLO_TYPES:
-            if members:  # a roll-up goes after the group's earlier events, on its own
-                waits = True
-            else:
-                solo[group] = Batch(group, (row,))
-                continue
+        due = row.next_attempt_at <= now
+        lone = row.event.type in SOLO_TYPES
+        if lone and first_of_group and due and group not in busy_groups:
+            solo[group] = Batch(group, (row,))  # a roll-up: alone, after its group's rows
+            continue
+        if lone or not due or group in busy_groups or group in solo:
+            waits = True
+        else:
+            waits = len(members) >= policy.max_items
         if waits:
             # This row waits, and so does every later row of its run.
             blocked.add(run)
-            if row.next_attempt_at > now:
+            if not due:
                 wake = _earliest(wake, row.next_attempt_at)
             continue
         members.append(row)
