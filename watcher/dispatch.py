@@ -515,8 +515,14 @@ class Dispatcher:
 
     async def _deliver_digest(self, worker: _Worker, batch: Batch, slot: list[float]) -> None:
         loop = asyncio.get_running_loop()
-        event = self._digest_for(worker, batch)
         rows = batch.rows
+        try:
+            event = self._digest_for(worker, batch)
+        except Exception as exc:  # a bug must not kill the worker or lose the rows
+            worker.pacer.finish(slot, loop.time())
+            failure = Retryable(f"internal error building a digest: {type(exc).__name__}")
+            self._retry_together(worker, rows, failure, worker.logger.bind(group=batch.group))
+            return
         log = worker.logger.bind(
             event_id=event.id, group=batch.group, events=len(rows), run_uuid=event.run_uuid
         )
