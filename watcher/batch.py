@@ -28,10 +28,12 @@ Failures: throttling puts the batch back at the front (the client's limiter slow
 credential failures pause all polling (:class:`~watcher.polling.AuthPause`); transient
 failures leave the batch at the back (it is retried next cycle) and back the project off
 only while every request fails. A refused filter (``InvalidParameter*``) halves that
-project's batch size and retries; when DescribeRuns is refused for permissions, or refuses
-even a one-value filter, the poller logs one ``batch_polling_unavailable`` line, sets
-:attr:`BatchPoller.refused` and returns, and the caller polls per run instead
-(:mod:`watcher.strategy`).
+project's batch size and retries. A one-value filter refused for a project while
+DescribeRuns works for others (a malformed ProjectId, say) turns that project *direct*: its
+runs get a GetRunStatus each per cycle. When DescribeRuns is refused for permissions, or
+refuses even a one-value filter before it ever worked, the poller logs one
+``batch_polling_unavailable`` line, sets :attr:`BatchPoller.refused` and returns, and the
+caller polls per run instead (:mod:`watcher.strategy`).
 
 Invariants: the store is the truth (statuses are read from it at load and refresh, written
 only by the recorder); no status is recorded that GetRunStatus did not return; every run
@@ -75,9 +77,10 @@ from watcher.polling import (
     drain,
     max_in_flight,
     record_status,
+    task_failed,
 )
 from watcher.recorder import Recorder
-from watcher.store import ActiveRun, Store
+from watcher.store import ActiveRun, StateError, Store
 
 MAX_BATCH = 100  # DescribeRuns' largest Limit: one page answers the whole filter
 _PERMISSION_HEADS = ("UnauthorizedOperation", "OperationDenied")
@@ -146,6 +149,7 @@ class _Project:
     queue: deque[tuple[int, str]] = field(default_factory=deque)  # (token, run_uuid)
     errors: int = 0  # consecutive failed DescribeRuns calls
     retry_at: float = 0.0
+    direct: bool = False  # DescribeRuns refuses this project: GetRunStatus for each run
 
 
 class BatchPoller:
@@ -180,6 +184,7 @@ class BatchPoller:
         self._feed = RegistryFeed(store)
         self._loaded = False
         self._wake = asyncio.Event()
+        self._state_error: StateError | None = None  # from a poll task: stops the loop
         self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
         self._describing: set[asyncio.Task[None]] = set()
         self._following: set[asyncio.Task[None]] = set()
@@ -196,6 +201,7 @@ class BatchPoller:
         self._first_wave = 0
         self.first_cycle_done = asyncio.Event()
         self.refused: str | None = None  # why DescribeRuns cannot be used, once it is known
+        self._described = False  # some DescribeRuns call succeeded: it works, in principle
 
     # -- registry -------------------------------------------------------------------------
 
@@ -285,6 +291,8 @@ class BatchPoller:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set() and self.refused is None:
+                if self._state_error is not None:
+                    raise self._state_error
                 now = self._now()
                 if now >= next_refresh:
                     self.refresh()
@@ -354,6 +362,10 @@ class BatchPoller:
             batch.append((run_uuid, run.checked))
             run.checked = now
             queue.append((token, run_uuid))
+        if project.direct:
+            for run_uuid, _ in batch:
+                self._follow_up(run_uuid, self._runs[run_uuid])
+            return
         self._unstarted_describes += 1
         task = asyncio.create_task(self._describe(project, batch), name="describe-runs")
         self._describing.add(task)
@@ -362,8 +374,7 @@ class BatchPoller:
     def _describe_done(self, task: asyncio.Task[None]) -> None:
         self._describing.discard(task)
         self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("batch_poll_crashed", error=repr(task.exception()))
+        self._keep_state_error(task_failed(task, log=self._log, event="batch_poll_crashed"))
 
     def _launch_follow_ups(self) -> float:
         """Start queued GetRunStatus follow-ups that fit the backlog; seconds until next try."""
@@ -384,8 +395,12 @@ class BatchPoller:
 
     def _follow_done(self, task: asyncio.Task[None]) -> None:
         self._following.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("poll_crashed", error=repr(task.exception()))
+        self._keep_state_error(task_failed(task, log=self._log, event="poll_crashed"))
+
+    def _keep_state_error(self, failed: StateError | None) -> None:
+        if failed is not None and self._state_error is None:
+            self._state_error = failed
+            self._wake.set()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -419,6 +434,7 @@ class BatchPoller:
             self._project_failed(project, exc)
         else:
             self._pause.resume()
+            self._described = True
             project.errors = 0
             project.retry_at = 0.0
             self._compare(uuids, summaries)
@@ -474,7 +490,21 @@ class BatchPoller:
 
     def _shrink(self, project: _Project, batch: list[tuple[str, float]], exc: OmicsError) -> None:
         if len(batch) <= 1:
-            self._refuse(exc)
+            if not self._described:
+                self._refuse(exc)  # DescribeRuns has never worked: it will not for us
+                return
+            # It works for other projects, so something about this one is refused (an
+            # unknown or malformed ProjectId, say): check its runs one by one, like per-run.
+            if not project.direct:
+                project.direct = True
+                self._log.warning(
+                    "batch_project_direct",
+                    project_id=project.project_id,
+                    code=exc.code,
+                    error=exc.message,
+                    hint="DescribeRuns refuses this project; its runs are polled one by one",
+                )
+            self._put_back(project, batch)
             return
         size = max(1, len(batch) // 2)
         # Several long batches may be refused at once: each one halves from its own length,

@@ -14,6 +14,9 @@ agree on everything else, so those parts live here once:
   and read back what the registry holds afterwards (another process may have recorded
   first: then the registry is believed, never the poller's memory).
 - :func:`drain`: give in-flight requests a bounded time at stop, then cancel them.
+- :func:`task_failed`: log a poll task that died; a :class:`~watcher.store.StateError` among
+  them stops the poller (the daemon exits 3), because the run whose result could not be
+  written would otherwise never be polled again, without a trace.
 
 Nothing here sends a request; time comes from an injected monotonic clock.
 """
@@ -30,7 +33,7 @@ from typing import Any, Protocol
 
 from watcher.metrics import Metrics
 from watcher.recorder import Recorder
-from watcher.store import ActiveRun, Store
+from watcher.store import ActiveRun, StateError, Store
 
 REFRESH_SECONDS = 1.0  # how often the registry's change feed is read
 MAX_BACKLOG = 2  # requests allowed to wait for one action's limiter permit at once
@@ -181,3 +184,17 @@ async def drain(tasks: Iterable[asyncio.Task[None]], grace: float) -> None:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
+
+
+def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StateError | None:
+    """Log ``task`` if it died; return its :class:`StateError` when that is why.
+
+    The caller keeps the first such error and re-raises it from its main loop, exactly as a
+    failed write there would: a state file that cannot take what polling saw (locked, full,
+    corrupted) must stop the daemon loudly, not drop runs one by one.
+    """
+    if task.cancelled() or task.exception() is None:
+        return None
+    error = task.exception()
+    log.error(event, error=repr(error))
+    return error if isinstance(error, StateError) else None

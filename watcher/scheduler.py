@@ -55,9 +55,10 @@ from watcher.polling import (
     drain,
     max_in_flight,
     record_status,
+    task_failed,
 )
 from watcher.recorder import Recorder
-from watcher.store import ActiveRun, Store
+from watcher.store import ActiveRun, StateError, Store
 
 __all__ = ["Metadata", "Scheduler", "SchedulerOptions", "StatusSource"]
 
@@ -113,6 +114,7 @@ class Scheduler:
         self._feed = RegistryFeed(store)
         self._loaded = False
         self._wake = asyncio.Event()
+        self._state_error: StateError | None = None  # from a poll task: stops the loop
         self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unstarted = 0  # poll tasks created that have not reached the limiter yet
@@ -203,6 +205,8 @@ class Scheduler:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if self._state_error is not None:
+                    raise self._state_error
                 now = self._now()
                 if now >= next_refresh:
                     self.refresh()
@@ -260,8 +264,10 @@ class Scheduler:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error("poll_crashed", error=repr(task.exception()))
+        failed = task_failed(task, log=self._log, event="poll_crashed")
+        if failed is not None and self._state_error is None:
+            self._state_error = failed
+            self._wake.set()
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight polls, then cancel what is left."""
