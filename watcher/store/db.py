@@ -12,6 +12,9 @@ Invariants:
   block the writer (the daemon) or the other way round.
 - Any ``sqlite3.Error`` leaving this package is re-raised as :class:`StateError`, whose message
   names the file and SQLite's reason; it never contains data from rows (so never a secret).
+- Every write transaction first checks that the path still names the file that was opened
+  (device and inode): SQLite keeps writing into a deleted or replaced file without a word,
+  and everything written there would be lost at the next start.
 - Time columns hold unix seconds as REAL (UTC by definition): cheap to compare and index.
   Naive datetimes given to the store are taken as UTC.
 """
@@ -19,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -84,11 +88,33 @@ def describe(path: str, exc: sqlite3.Error) -> str:
 class Database:
     """An open SQLite connection with the watcher's settings and transaction helpers."""
 
-    __slots__ = ("_conn", "path")
+    __slots__ = ("_conn", "_identity", "path")
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, identity: tuple[int, int] | None = None
+    ) -> None:
         self._conn = conn
         self.path = path
+        self._identity = identity  # (st_dev, st_ino) of the file opened; None in memory
+
+    def _check_identity(self) -> None:
+        """Raise :class:`StateError` if the path no longer names the file we opened."""
+        if self._identity is None:
+            return
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            raise StateError(
+                f"state file {self.path} was deleted while in use; nothing more is written "
+                "to it (restore it from a backup, or restart to begin a new one)"
+            ) from None
+        except OSError as exc:
+            raise StateError(f"state file {self.path}: {exc.strerror or exc}") from None
+        if (found.st_dev, found.st_ino) != self._identity:
+            raise StateError(
+                f"state file {self.path} was replaced by another file while in use; "
+                "restart to use the new one"
+            )
 
     @classmethod
     def connect(
@@ -126,13 +152,20 @@ class Database:
             conn.execute("PRAGMA foreign_keys = ON")
             if setup is not None:
                 setup(conn, name)
+            identity = None
+            if name != MEMORY:
+                opened = os.stat(name)
+                identity = (opened.st_dev, opened.st_ino)
         except sqlite3.Error as exc:
             conn.close()
             raise StateError(describe(name, exc)) from exc
+        except OSError as exc:
+            conn.close()
+            raise StateError(f"state file {name}: {exc.strerror or exc}") from exc
         except BaseException:
             conn.close()
             raise
-        return cls(conn, name)
+        return cls(conn, name, identity)
 
     def close(self) -> None:
         self._conn.close()
@@ -140,6 +173,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
+        self._check_identity()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
