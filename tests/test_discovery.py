@@ -223,7 +223,8 @@ async def test_discovery_tracks_a_submitted_run_once_across_restarts(
             await wait_for(lambda: len(store.list_runs()) == 40, 5)
             # The first pass is history: recorded, silently.
             for run in store.list_runs():
-                assert run.labels == {"team": "genomics"}
+                assert run.labels == {"team": "genomics", "run_group": run.labels["run_group"]}
+                assert run.labels["run_group"].startswith("rg-")
                 assert run.status == sim.status(run.run_uuid)
                 assert run.terminal == (run.run_uuid in finished)
             assert store.events(limit=100) == []
@@ -253,7 +254,8 @@ async def test_discovery_tracks_a_submitted_run_once_across_restarts(
                 if run_uuid != gone:
                     assert runs[run_uuid].tracked_at == tracked_at  # never tracked again
             assert runs[later].status is None  # not a first pass: news, not history
-            assert runs[later].labels == {"team": "genomics"}
+            assert runs[later].labels["team"] == "genomics"
+            assert runs[later].labels["run_group"].startswith("rg-")
             # Polling reports the two new runs and nothing of the baseline.
             events = await poll_once(store, client)
             assert {e.run_uuid for e in events} == {new, later}
@@ -300,8 +302,9 @@ async def test_filters_labels_and_paging(tmp_path: Path, session: aiohttp.Client
             rest = await found.discover(1)
             assert len(rest) == 140  # three pages; the group's runs were known already
             labels = {r.run_uuid: r.labels for r in store.list_runs()}
-            assert all(labels[u] == {"g": "1"} for u in in_group)
-            assert all(labels[u] == {"all": "yes"} for u in rest)
+            assert all(labels[u] == {"g": "1", "run_group": group} for u in in_group)
+            assert all(labels[u]["all"] == "yes" for u in rest)
+            assert all(labels[u]["run_group"] != group for u in rest)
             # A later pass stops at the first page without news: one request.
             sim.reset_stats()
             assert await found.discover(1) == []
@@ -377,7 +380,8 @@ async def test_daemon_discovers_and_batch_polls(tmp_path: Path) -> None:
             assert await asyncio.wait_for(daemon, 15) == 0
         assert {e.run_uuid for e in events} == {new}  # the first pass was a silent baseline
         assert [e.status for e in events][-1] == "SUCCESS"
-        assert all(e.labels == {"team": "genomics"} for e in events)
+        assert all(e.labels["team"] == "genomics" for e in events)
+        assert all(e.labels["run_group"].startswith("rg-") for e in events)
         stats = sim.stats(timeline=False)
         assert stats["requests"]["DescribeRuns"] > 0
         assert stats["requests"]["GetRunStatus"] <= len(events) + 3  # only for changes

@@ -100,6 +100,9 @@ class RunSummaryLike(Protocol):
     @property
     def Status(self) -> str: ...
 
+    @property
+    def RunGroupId(self) -> str | None: ...
+
 
 class BatchSource(StatusSource, Protocol):
     """What the poller calls: GetRunStatus and one DescribeRuns page (the Omics client)."""

@@ -153,7 +153,12 @@ class Discovery:
                 if summary.RunUuid not in seen:
                     seen.add(summary.RunUuid)
                     found.append(
-                        DiscoveredRun(summary.RunUuid, watch.project_id, summary.Status, labels)
+                        DiscoveredRun(
+                            summary.RunUuid,
+                            watch.project_id,
+                            summary.Status,
+                            _with_group(labels, summary.RunGroupId),
+                        )
                     )
             new = self._store.track_discovered(found, baseline=baseline, terminal=self._terminal)
             if new:
@@ -226,3 +231,13 @@ def build_discovery(
         default_project_id=settings.tencentcloud.project_id,
         on_tracked=on_tracked,
     )
+
+
+def _with_group(labels: dict[str, str], run_group: str | None) -> dict[str, str]:
+    """The entry's labels plus ``run_group`` from DescribeRuns, for digests and roll-ups.
+
+    A ``run_group`` the user set in the entry wins.
+    """
+    if not run_group or "run_group" in labels:
+        return labels
+    return {**labels, "run_group": run_group}
