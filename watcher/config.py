@@ -257,26 +257,35 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     return layer
 
 
-def _merge(base: Any, over: Any) -> Any:
-    """Deep-merge ``over`` into ``base``; dict keys that are digits address list items."""
+def _merge(base: Any, over: Any, path: str = "") -> Any:
+    """Deep-merge ``over`` into ``base``; dict keys that are digits address list items.
+
+    ``path`` is where ``base`` sits (``notifiers[0]``), for error messages.
+    """
     if isinstance(base, dict) and isinstance(over, dict):
         merged = dict(base)
         for key, value in over.items():
-            merged[key] = _merge(base[key], value) if key in base else value
+            where = f"{path}.{key}" if path else key
+            merged[key] = _merge(base[key], value, where) if key in base else value
         return merged
     if isinstance(base, list) and isinstance(over, dict) and all(k.isdigit() for k in over):
         items = list(base)
         for key, value in sorted(over.items(), key=lambda kv: int(kv[0])):
             index = int(key)
             if index < len(items):
-                items[index] = _merge(items[index], value)
+                items[index] = _merge(items[index], value, f"{path}[{index}]")
             elif index == len(items):
                 items.append(value)
             else:
-                raise ConfigError([f"{key}: list index out of range in environment override"])
+                raise ConfigError(
+                    [
+                        f"{path}[{index}]: list index out of range in environment override "
+                        f"(the list has {len(items)} items; the next one is [{len(items)}])"
+                    ]
+                )
         return items
     if isinstance(over, dict) and base is None and over and all(k.isdigit() for k in over):
-        return _merge([], over)
+        return _merge([], over, path)
     return over
 
 
@@ -304,6 +313,8 @@ def _resolve_files(node: Any, path: str, problems: list[str]) -> Any:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
             problems.append(f"{where}: cannot read {file_path}: {reason}")
+        except ValueError:  # a NUL character in the path
+            problems.append(f"{where}: not a usable file path (it contains a NUL character)")
     return out
 
 
