@@ -46,6 +46,16 @@ def compile_template(source: str, *, autoescape: bool = False) -> jinja2.Templat
     except jinja2.TemplateSyntaxError as exc:
         # TemplateAssertionError (unknown filter or test) is a TemplateSyntaxError too.
         raise ValueError(f"invalid template (line {exc.lineno}): {exc.message}") from None
+    except RecursionError:  # Jinja's parser and compiler recurse once per nesting level
+        raise ValueError("invalid template: expressions nested too deeply") from None
+    except jinja2.TemplateError as exc:
+        # Jinja folds constant expressions while compiling, so an unsafe or undefined
+        # attribute of a literal (``[].__globals__``) already fails here.
+        raise ValueError(f"invalid template: {type(exc).__name__}: {exc.message or ''}") from None
+    except ValueError:
+        raise  # ours, from the filter and test check above
+    except Exception as exc:  # whatever else compiling raises: still the template's problem
+        raise ValueError(f"invalid template: {type(exc).__name__}") from None
 
 
 def check_template(source: str | None) -> str | None:
@@ -64,5 +74,8 @@ def render_template(template: jinja2.Template, context: Mapping[str, Any]) -> st
         return template.render(**context).strip()
     except jinja2.TemplateError as exc:  # includes SecurityError and UndefinedError
         raise TemplateRenderError(f"{type(exc).__name__}: {exc.message or ''}") from None
-    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+    except Exception as exc:
+        # Whatever a user's template raises (a ZeroDivisionError, a macro calling itself,
+        # ``cycler()`` without items...) is that template's failure for this event: the
+        # caller falls back to the default message instead of retrying the delivery.
         raise TemplateRenderError(type(exc).__name__) from None
