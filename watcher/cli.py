@@ -59,10 +59,20 @@ def _configure_logging(settings: Any) -> Any:
     )
 
 
+def _text_arg(option: str, value: str) -> str:
+    """``value`` if it is text the state file can hold (argv bytes that are not UTF-8 arrive
+    as lone surrogates, which SQLite refuses)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Exit(EXIT_USAGE, f"{option} {value!r}: not valid UTF-8 text") from None
+    return value
+
+
 def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
+        key, sep, value = _text_arg("--label", pair).partition("=")
         if not sep or not key.strip():
             raise Exit(EXIT_USAGE, f"--label {pair!r}: expected KEY=VALUE")
         labels[key.strip()] = value
@@ -89,8 +99,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     labels = _parse_labels(args.label)
     given: list[str] = args.run_uuids
     uuids = read_uuid_lines(sys.stdin) if given == ["-"] else given
-    bad = [u for u in uuids if not _UUID.match(u)]
-    good = list(dict.fromkeys(u.lower() for u in uuids if _UUID.match(u)))
+    bad = [u for u in uuids if not _UUID.fullmatch(u)]
+    good = list(dict.fromkeys(u.lower() for u in uuids if _UUID.fullmatch(u)))
+    if args.project_id is not None:
+        _text_arg("--project-id", args.project_id)
     if good:
         with _open_store(settings) as store:
             if args.project_id is not None:
@@ -112,7 +124,8 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_untrack(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _open_store(settings) as store:
-        removed = store.untrack(u.lower() for u in args.run_uuids)
+        # Only UUIDs can be tracked (track refuses the rest): anything else is "not tracked".
+        removed = store.untrack(u.lower() for u in args.run_uuids if _UUID.fullmatch(u))
     unknown = sorted(set(u.lower() for u in args.run_uuids) - set(removed))
     print(f"untracked {len(removed)}")
     for u in unknown:
@@ -151,7 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from watcher.app import one_status
 
     settings = _settings(args)
-    if not _UUID.match(args.run_uuid):
+    if not _UUID.fullmatch(args.run_uuid):
         raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
     project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
     try:
