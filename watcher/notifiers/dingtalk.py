@@ -29,24 +29,15 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
-from watcher.events import Event
 from watcher.notifiers.base import Rate
-from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
-from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer
+from watcher.notifiers.chat import ChatSettings, JsonChatNotifier, code_reader
+from watcher.notifiers.common import Deps, Kind, json_bytes
+from watcher.notifiers.render import Message
 
 BODY_MAX_BYTES = 20_000
 RETRYABLE_CODES = frozenset({410100, 130101, -1})
 
-
-def api_error(body: Any) -> ApiError | None:
-    if not isinstance(body, dict) or not isinstance(body.get("errcode"), int):
-        return None
-    code = body["errcode"]
-    if code == 0:
-        return None
-    return ApiError(str(code), str(body.get("errmsg", "")), retryable=code in RETRYABLE_CODES)
+api_error = code_reader(RETRYABLE_CODES, ("errcode", "errmsg"))
 
 
 def signature(secret: str, timestamp_ms: int) -> str:
@@ -88,33 +79,22 @@ def markdown(message: Message, *, mentions: list[str]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-class DingTalkSettings(NotifierBase):
+class DingTalkSettings(ChatSettings):
     type: Literal["dingtalk"]
-    url: SecretUrl
     secret: SecretStr | None = None  # the robot's "加签" secret (SEC...)
     at_mobiles: list[str] = Field(default_factory=list)
     at_user_ids: list[str] = Field(default_factory=list)
     at_all: bool = False
 
 
-class DingTalkNotifier:
+class DingTalkNotifier(JsonChatNotifier[DingTalkSettings]):
     kind = "dingtalk"
+    read_api_error = api_error
 
     def __init__(self, settings: DingTalkSettings, deps: Deps) -> None:
-        self.name = settings.name
-        self._url = settings.url.get_secret_value()
-        self._secret = settings.secret.get_secret_value() if settings.secret else None
-        self._settings = settings
-        self._deps = deps
-        self._scrub = Scrubber([*url_secrets(self._url), *([self._secret] if self._secret else [])])
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-        )
+        super().__init__(settings, deps, secret=settings.secret)
 
-    def _build(self, message: Message) -> dict[str, Any]:
+    def build(self, message: Message) -> dict[str, Any]:
         settings = self._settings
         mentions = [*settings.at_mobiles, *settings.at_user_ids]
         return {
@@ -127,29 +107,14 @@ class DingTalkNotifier:
             },
         }
 
-    def payload(self, event: Event) -> dict[str, Any]:
-        return fit(
-            self._renderer.render(event),
-            self._build,
-            lambda body: len(json_bytes(body)) <= BODY_MAX_BYTES,
-        )
+    def fits(self, body: dict[str, Any]) -> bool:
+        return len(json_bytes(body)) <= BODY_MAX_BYTES
 
     def url(self) -> str:
         if self._secret is None:
             return self._url
         millis = int(self._deps.clock().timestamp() * 1000)
         return signed_url(self._url, self._secret, millis)
-
-    async def send(self, event: Event) -> None:
-        await post(
-            self._deps.session,
-            self.url(),
-            body=json_bytes(self.payload(event)),
-            headers={},
-            now=self._deps.clock,
-            scrub=self._scrub,
-            api_error=api_error,
-        )
 
 
 def _build(settings: DingTalkSettings, deps: Deps) -> DingTalkNotifier:

@@ -15,12 +15,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from watcher.events import Event
 from watcher.notifiers.base import Rate
-from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
-from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, clip
+from watcher.notifiers.chat import ChatSettings, JsonChatNotifier
+from watcher.notifiers.common import Deps, Kind
+from watcher.notifiers.render import Message, Severity, clip
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -91,41 +89,19 @@ def fits(body: dict[str, Any]) -> bool:
     return len(embed["description"]) <= DESCRIPTION_MAX and embed_size(embed) <= EMBED_TOTAL_MAX
 
 
-class DiscordSettings(NotifierBase):
+class DiscordSettings(ChatSettings):
     type: Literal["discord"]
-    url: SecretUrl
     username: str | None = Field(None, min_length=1, max_length=80)
 
 
-class DiscordNotifier:
+class DiscordNotifier(JsonChatNotifier[DiscordSettings]):
     kind = "discord"
 
-    def __init__(self, settings: DiscordSettings, deps: Deps) -> None:
-        self.name = settings.name
-        self._url = settings.url.get_secret_value()
-        self._username = settings.username
-        self._deps = deps
-        self._scrub = Scrubber(url_secrets(self._url))
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-        )
+    def build(self, message: Message) -> dict[str, Any]:
+        return payload(message, username=self._settings.username)
 
-    def payload(self, event: Event) -> dict[str, Any]:
-        message = self._renderer.render(event)
-        return fit(message, lambda m: payload(m, username=self._username), fits)
-
-    async def send(self, event: Event) -> None:
-        await post(
-            self._deps.session,
-            self._url,
-            body=json_bytes(self.payload(event)),
-            headers={},
-            now=self._deps.clock,
-            scrub=self._scrub,
-        )
+    def fits(self, body: dict[str, Any]) -> bool:
+        return fits(body)
 
 
 def _build(settings: DiscordSettings, deps: Deps) -> DiscordNotifier:

@@ -28,12 +28,10 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from watcher.events import Event
 from watcher.notifiers.base import Rate
-from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
-from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, plain_text
+from watcher.notifiers.chat import ChatSettings, JsonChatNotifier, code_reader
+from watcher.notifiers.common import Deps, Kind, json_bytes
+from watcher.notifiers.render import Message, Severity, plain_text
 
 BODY_MAX_BYTES = 20_000
 RETRYABLE_CODES = frozenset({11232, 11233, 99991400})
@@ -44,19 +42,7 @@ TEMPLATES: dict[Severity, str] = {
     "info": "blue",
 }
 
-
-def api_error(body: Any) -> ApiError | None:
-    if not isinstance(body, dict):
-        return None
-    for code_key, message_key in (("code", "msg"), ("StatusCode", "StatusMessage")):
-        code = body.get(code_key)
-        if isinstance(code, int):
-            if code == 0:
-                return None
-            return ApiError(
-                str(code), str(body.get(message_key, "")), retryable=code in RETRYABLE_CODES
-            )
-    return None
+api_error = code_reader(RETRYABLE_CODES, ("code", "msg"), ("StatusCode", "StatusMessage"))
 
 
 def signature(secret: str, timestamp: int) -> str:
@@ -121,57 +107,33 @@ def card(message: Message) -> dict[str, Any]:
     }
 
 
-class FeishuSettings(NotifierBase):
+class FeishuSettings(ChatSettings):
     type: Literal["feishu", "lark"]
-    url: SecretUrl
     secret: SecretStr | None = None  # the bot's signing secret ("签名校验")
     msg_type: Literal["interactive", "text"] = "interactive"
 
 
-class FeishuNotifier:
+class FeishuNotifier(JsonChatNotifier[FeishuSettings]):
+    read_api_error = api_error
+
     def __init__(self, settings: FeishuSettings, deps: Deps) -> None:
-        self.name = settings.name
-        self.kind: str = settings.type
-        self._url = settings.url.get_secret_value()
-        self._secret = settings.secret.get_secret_value() if settings.secret else None
-        self._msg_type = settings.msg_type
-        self._deps = deps
-        self._scrub = Scrubber([*url_secrets(self._url), *([self._secret] if self._secret else [])])
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-        )
+        super().__init__(settings, deps, secret=settings.secret)
+        self.kind = settings.type
 
-    def payload(self, event: Event) -> dict[str, Any]:
-        signing: dict[str, str] = {}
-        if self._secret is not None:
-            timestamp = int(self._deps.clock().timestamp())
-            signing = {"timestamp": str(timestamp), "sign": signature(self._secret, timestamp)}
+    def extra_fields(self) -> dict[str, str]:
+        if self._secret is None:
+            return {}
+        timestamp = int(self._deps.clock().timestamp())
+        return {"timestamp": str(timestamp), "sign": signature(self._secret, timestamp)}
 
-        def build(message: Message) -> dict[str, Any]:
-            if self._msg_type == "text":
-                text = f"{message.title}\n{plain_text(message)}"
-                return {**signing, "msg_type": "text", "content": {"text": text}}
-            return {**signing, "msg_type": "interactive", "card": card(message)}
+    def build(self, message: Message) -> dict[str, Any]:
+        if self._settings.msg_type == "text":
+            text = f"{message.title}\n{plain_text(message)}"
+            return {"msg_type": "text", "content": {"text": text}}
+        return {"msg_type": "interactive", "card": card(message)}
 
-        return fit(
-            self._renderer.render(event),
-            build,
-            lambda body: len(json_bytes(body)) <= BODY_MAX_BYTES,
-        )
-
-    async def send(self, event: Event) -> None:
-        await post(
-            self._deps.session,
-            self._url,
-            body=json_bytes(self.payload(event)),
-            headers={},
-            now=self._deps.clock,
-            scrub=self._scrub,
-            api_error=api_error,
-        )
+    def fits(self, body: dict[str, Any]) -> bool:
+        return len(json_bytes(body)) <= BODY_MAX_BYTES
 
 
 def _build(settings: FeishuSettings, deps: Deps) -> FeishuNotifier:

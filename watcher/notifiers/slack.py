@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from watcher.events import Event
 from watcher.notifiers.base import Rate
-from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
-from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, clip
+from watcher.notifiers.chat import ChatSettings, JsonChatNotifier
+from watcher.notifiers.common import Deps, Kind
+from watcher.notifiers.render import Message, clip
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
@@ -88,38 +86,18 @@ def fits(body: dict[str, Any]) -> bool:
     return len(body["text"]) <= SECTION_MAX
 
 
-class SlackSettings(NotifierBase):
+class SlackSettings(ChatSettings):
     type: Literal["slack"]
-    url: SecretUrl
 
 
-class SlackNotifier:
+class SlackNotifier(JsonChatNotifier[SlackSettings]):
     kind = "slack"
 
-    def __init__(self, settings: SlackSettings, deps: Deps) -> None:
-        self.name = settings.name
-        self._url = settings.url.get_secret_value()
-        self._deps = deps
-        self._scrub = Scrubber(url_secrets(self._url))
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-        )
+    def build(self, message: Message) -> dict[str, Any]:
+        return payload(message)
 
-    def payload(self, event: Event) -> dict[str, Any]:
-        return fit(self._renderer.render(event), payload, fits)
-
-    async def send(self, event: Event) -> None:
-        await post(
-            self._deps.session,
-            self._url,
-            body=json_bytes(self.payload(event)),
-            headers={},
-            now=self._deps.clock,
-            scrub=self._scrub,
-        )
+    def fits(self, body: dict[str, Any]) -> bool:
+        return fits(body)
 
 
 def _build(settings: SlackSettings, deps: Deps) -> SlackNotifier:

@@ -21,13 +21,13 @@ from pydantic import Field
 
 from watcher.events import Event
 from watcher.notifiers.base import Rate
-from watcher.notifiers.common import Deps, Kind, NotifierBase, SecretUrl, json_bytes
-from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import ApiError, Scrubber, post, url_secrets
-from watcher.notifiers.render import Message, Renderer, Severity, clip_bytes, plain_text
+from watcher.notifiers.chat import ChatSettings, JsonChatNotifier, code_reader
+from watcher.notifiers.common import Deps, Kind
+from watcher.notifiers.render import Message, Severity, clip_bytes, plain_text
 
 MARKDOWN_MAX_BYTES = 4096
 TEXT_MAX_BYTES = 2048
+CONTENT_MAX_BYTES = {"markdown": MARKDOWN_MAX_BYTES, "text": TEXT_MAX_BYTES}
 RETRYABLE_CODES = frozenset({45009, -1})
 COLOURS: dict[Severity, str] = {
     "success": "info",  # green
@@ -36,14 +36,7 @@ COLOURS: dict[Severity, str] = {
     "info": "comment",  # grey
 }
 
-
-def api_error(body: Any) -> ApiError | None:
-    if not isinstance(body, dict) or not isinstance(body.get("errcode"), int):
-        return None
-    code = body["errcode"]
-    if code == 0:
-        return None
-    return ApiError(str(code), str(body.get("errmsg", "")), retryable=code in RETRYABLE_CODES)
+api_error = code_reader(RETRYABLE_CODES, ("errcode", "errmsg"))
 
 
 def markdown(message: Message, *, mentions: list[str]) -> str:
@@ -69,67 +62,42 @@ def markdown(message: Message, *, mentions: list[str]) -> str:
     return "\n".join(lines)
 
 
-class WeComSettings(NotifierBase):
+class WeComSettings(ChatSettings):
     type: Literal["wecom"]
-    url: SecretUrl
     # markdown (default) renders richly; text supports mentioned_list/mentioned_mobile_list.
     msgtype: Literal["markdown", "text"] = "markdown"
     mentioned_list: list[str] = Field(default_factory=list)  # user ids, or "@all"
     mentioned_mobile_list: list[str] = Field(default_factory=list)  # text messages only
 
 
-class WeComNotifier:
+class WeComNotifier(JsonChatNotifier[WeComSettings]):
     kind = "wecom"
+    read_api_error = api_error
 
-    def __init__(self, settings: WeComSettings, deps: Deps) -> None:
-        self.name = settings.name
-        self._url = settings.url.get_secret_value()
-        self._settings = settings
-        self._deps = deps
-        self._scrub = Scrubber(url_secrets(self._url))
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-        )
-
-    def payload(self, event: Event) -> dict[str, Any]:
-        message = self._renderer.render(event)
+    def build(self, message: Message) -> dict[str, Any]:
         settings = self._settings
         if settings.msgtype == "text":
-            content = fit(
-                message,
-                lambda m: f"{m.title}\n{plain_text(m)}",
-                lambda text: len(text.encode()) <= TEXT_MAX_BYTES,
-            )
-            text: dict[str, Any] = {"content": clip_bytes(content, TEXT_MAX_BYTES)}
+            text: dict[str, Any] = {"content": f"{message.title}\n{plain_text(message)}"}
             if settings.mentioned_list:
                 text["mentioned_list"] = list(settings.mentioned_list)
             if settings.mentioned_mobile_list:
                 text["mentioned_mobile_list"] = list(settings.mentioned_mobile_list)
             return {"msgtype": "text", "text": text}
         mentions = [u for u in settings.mentioned_list if u != "@all"]
-        content = fit(
-            message,
-            lambda m: markdown(m, mentions=mentions),
-            lambda text: len(text.encode()) <= MARKDOWN_MAX_BYTES,
-        )
         return {
             "msgtype": "markdown",
-            "markdown": {"content": clip_bytes(content, MARKDOWN_MAX_BYTES)},
+            "markdown": {"content": markdown(message, mentions=mentions)},
         }
 
-    async def send(self, event: Event) -> None:
-        await post(
-            self._deps.session,
-            self._url,
-            body=json_bytes(self.payload(event)),
-            headers={},
-            now=self._deps.clock,
-            scrub=self._scrub,
-            api_error=api_error,
-        )
+    def fits(self, body: dict[str, Any]) -> bool:
+        # WeCom limits the content alone, in UTF-8 bytes.
+        return len(body[body["msgtype"]]["content"].encode()) <= CONTENT_MAX_BYTES[body["msgtype"]]
+
+    def payload(self, event: Event) -> dict[str, Any]:
+        body = super().payload(event)
+        part = body[body["msgtype"]]  # even the barest rendering may be too long: clip it
+        part["content"] = clip_bytes(part["content"], CONTENT_MAX_BYTES[body["msgtype"]])
+        return body
 
 
 def _build(settings: WeComSettings, deps: Deps) -> WeComNotifier:
