@@ -283,6 +283,8 @@ async def run_daemon(
         session = await stack.enter_async_context(http_session())
         limiters = build_limiters(settings, metrics)
         client = build_client(settings, session=session, environ=environ, limiters=limiters)
+        # The client's estimate after SignatureExpire answers, read at scrape time.
+        metrics.clock_skew_seconds.set_function(lambda: client.clock_skew_seconds)
         current = NotifierSet.build(settings, session=session)
         _forget_removed_notifiers(store, current, log)
         dispatcher = Dispatcher(
