@@ -7,6 +7,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -223,3 +224,50 @@ async def test_bad_credentials_pause_polling_instead_of_hammering(
             # 30 due runs, yet only the requests in flight when the first failure came back.
             assert stats["auth_failures"] + stats["signature_failures"] <= 25
             assert all(r.status is None for r in store.list_runs())
+
+
+async def test_a_poll_that_crashes_on_a_bug_keeps_its_run_watched(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=1, seed=1, kinds={"forever": 1.0})) as sim:
+        client = make_client(sim, session)
+        calls = 0
+
+        class BuggyOnce:
+            """GetRunStatus through the real client, but the first call hits a bug."""
+
+            async def get_run_status(self, run_uuid: str, project_id: str = "") -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise RuntimeError("a bug, not an API error")
+                return await client.get_run_status(run_uuid, project_id)
+
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            events: list[Event] = []
+            recorder = Recorder(
+                store=store,
+                terminal=TERMINAL,
+                route=lambda e: [],
+                wall_clock=now,
+                on_event=events.append,
+            )
+            scheduler = Scheduler(
+                store=store,
+                source=BuggyOnce(),
+                recorder=recorder,
+                options=SchedulerOptions(
+                    interval_seconds=1,
+                    rate_per_second=20,
+                    request_timeout_seconds=5,
+                    terminal=TERMINAL,
+                    crash_retry_seconds=0.5,
+                ),
+                wall_clock=now,
+            )
+            await run_until(scheduler, lambda: bool(events), limit=10)
+            # The crash did not drop the run: it was polled again and its first status recorded.
+            assert calls >= 2
+            assert events[0].run_uuid == sim.run_uuids[0]
+            assert events[0].previous_status is None

@@ -21,6 +21,7 @@ The registry feed, auth pause, backoff and recording rules are shared with the b
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import math
@@ -82,6 +83,7 @@ class SchedulerOptions:
     default_project_id: str = ""
     jitter: float = 0.05
     drain_seconds: float = 5.0  # at stop, how long in-flight polls may still take
+    crash_retry_seconds: float = 60.0  # a poll that died of a bug is retried after this long
 
 
 def _end_nap(nap: asyncio.Future[None] | None) -> None:
@@ -281,9 +283,9 @@ class Scheduler:
         self._unstarted += 1
         task = asyncio.create_task(self._poll(run_uuid), name=f"poll:{run_uuid}")
         self._in_flight.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(functools.partial(self._done, run_uuid))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, run_uuid: str, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._slots.release()
         # Its request took a permit, so the limiter's queue has room for the next run. The
@@ -294,6 +296,11 @@ class Scheduler:
         if failed is not None and self._state_error is None:
             self._state_error = failed
             self._wake_up()
+        run = self._runs.get(run_uuid)
+        if failed is None and run is not None and run.token == -1:
+            # The poll died of a bug before rescheduling its run: keep watching the run,
+            # slowly, rather than forgetting it until the next restart.
+            self._reschedule(run_uuid, self._now() + self._opt.crash_retry_seconds)
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight polls, then cancel what is left."""
