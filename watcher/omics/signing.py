@@ -7,6 +7,7 @@ test vectors in ``shared/omics-api.md`` and the official SDK are the references)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from datetime import UTC, datetime
@@ -21,7 +22,13 @@ def _hmac(key: bytes, msg: str) -> bytes:
 
 def utc_date(timestamp: int) -> str:
     """The credential-scope date: the UTC date of ``timestamp``, never the local one."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    return _day(timestamp // 86400)
+
+
+@functools.lru_cache(maxsize=4)
+def _day(day: int) -> str:
+    # One strftime per UTC day instead of per request (it showed in the daemon's profile).
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def canonical_request(*, host: str, body: bytes, content_type: str = "application/json") -> str:
