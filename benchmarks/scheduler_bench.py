@@ -456,6 +456,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             changes[row["run_uuid"]].append((row["at"], row["to"]))
 
     detect, wait, process, deliver, after_record = [], [], [], [], []
+    process_plain, process_enriched = [], []
     matched: set[tuple[str, float]] = set()
     for event_id, run_uuid, recorded_at, body in events:
         data = json.loads(body)["data"]
@@ -474,6 +475,10 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         if k < len(run_polls) and run_polls[k] <= recorded_at:
             wait.append(run_polls[k] - at)
             process.append(recorded_at - run_polls[k])
+            # A failing transition is enriched (GetRunCalls, GetRunJobLog through their own
+            # 5/s limiter) before it is recorded: the event then carries data.failure.
+            enriched = process_enriched if data.get("failure") else process_plain
+            enriched.append(recorded_at - run_polls[k])
         got = receiver.received.get(event_id)
         if got is not None:
             deliver.append(got[0] - at)
@@ -504,6 +509,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         detection=summary(detect),
         detection_wait_for_poll=summary(wait),
         detection_processing=summary(process),
+        detection_processing_plain=summary(process_plain),
+        detection_processing_enriched=summary(process_enriched),
         delivery=summary(deliver),
         record_to_delivery=summary(after_record),
         undelivered=sum(1 for e in events if e[0] not in receiver.received),
@@ -640,6 +647,8 @@ def latency_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("detection (transition → recorded)", s("detection"), "", ""),
         ("… waiting for the next poll", s("detection_wait_for_poll"), "", ""),
         ("… our processing (poll → recorded)", s("detection_processing", True), "", ""),
+        ("   … plain transitions", s("detection_processing_plain", True), "", ""),
+        ("   … failures (enriched first)", s("detection_processing_enriched", True), "", ""),
         ("delivery (transition → webhook received)", s("delivery"), "", ""),
         ("… recorded → webhook received", s("record_to_delivery", True), "", ""),
         ("events / undelivered", f"{r['events']} / {r['undelivered']}", "", ""),
