@@ -42,9 +42,9 @@ from typing import Any
 
 import aiohttp
 
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
 
 _CHILD = """
 import asyncio, signal, sys

@@ -16,9 +16,9 @@ import json
 
 import aiohttp
 
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
 from watcher.simulator import SimulatorConfig, running_simulator
 
 

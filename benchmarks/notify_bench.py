@@ -1,7 +1,8 @@
 """Outbox → webhook throughput and transition-to-delivery latency.
 
 10,000 events (by default) are recorded in a fresh state file exactly as the poller records
-them (one transaction each: event + outbox row), and the real :class:`watcher.dispatch.Dispatcher`
+them (one transaction each: event + outbox row), and the real
+:class:`watcher.delivery.dispatcher.Dispatcher`
 delivers them with the real webhook notifier (Standard Webhooks signing on) to a local aiohttp
 receiver running in a *separate process*, so the receiver's CPU does not count against the
 dispatcher's.
@@ -38,7 +39,7 @@ import aiohttp
 import structlog
 from pydantic import TypeAdapter
 
-from watcher.dispatch import Dispatcher, Policy
+from watcher.delivery.dispatcher import Dispatcher, Policy
 from watcher.events import Event, new_event_id
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.store import Store

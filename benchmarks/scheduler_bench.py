@@ -283,13 +283,13 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("RunMetadata model (pydantic)", ("watcher/omics/models.py", "pydantic/")),
     ("TC3 signing", ("watcher/omics/signing.py",)),
     ("SQLite store", ("watcher/store/",)),
-    ("recording / delivery", ("watcher/recorder.py", "watcher/dispatch.py", "watcher/notifiers/")),
-    ("pacing limiter", ("watcher/limiter.py",)),
+    ("recording / delivery", ("watcher/recorder.py", "watcher/delivery/", "watcher/notifiers/")),
+    ("pacing limiter", ("watcher/omics/limiter.py",)),
     ("answer decoding (json, error mapping)", ("interpret_answer", "json/")),
     ("aiohttp client", ("aiohttp/",)),
     ("client glue (OmicsClient)", ("watcher/omics/client.py",)),
-    ("scheduler", ("watcher/scheduler.py", "watcher/polling.py")),
-    ("logging (structlog)", ("structlog/", "watcher/logs.py")),
+    ("scheduler", ("watcher/polling/",)),
+    ("logging (structlog)", ("structlog/", "watcher/service/logs.py")),
     ("asyncio event loop", ("asyncio/", "selectors.py")),
 )
 

@@ -18,7 +18,8 @@ a second, and in-process it can be *aged* and read exactly):
   = 500 s for 10,000 runs at 20/s; batch: ``--interval``, since 100 DescribeRuns of 100 runs
   take 5 s at 20/s), with the status the simulator's timeline says it had then. Without this
   a 120 s run of per-run polling would only show its first 500 s cycle.
-- The real pollers (:class:`~watcher.scheduler.Scheduler`, :class:`~watcher.batch.BatchPoller`)
+- The real pollers (:class:`~watcher.polling.per_run.Scheduler`,
+  :class:`~watcher.polling.batch.BatchPoller`)
   run for ``--duration`` seconds each, with the real client, pacing limiters (20/s per
   action), recorder and SQLite store.
 
@@ -57,13 +58,13 @@ from typing import Any
 
 import aiohttp
 
-from watcher.batch import MAX_BATCH, BatchOptions, BatchPoller
 from watcher.events import RunState, parse_iso
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
+from watcher.polling.batch import MAX_BATCH, BatchOptions, BatchPoller
+from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
-from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 from watcher.transitions import detect

@@ -21,18 +21,18 @@ import aiohttp
 import pytest
 import structlog
 
-from watcher.batch import BatchOptions, BatchPoller
 from watcher.events import Event
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import BadRequest
+from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunsFilter, RunSummary
+from watcher.polling.batch import BatchOptions, BatchPoller
+from watcher.polling.per_run import Scheduler, SchedulerOptions
+from watcher.polling.strategy import PollingStrategy, auto_prefers_batch
 from watcher.recorder import Recorder
-from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import DiscoveredRun, Store, TrackRequest
-from watcher.strategy import PollingStrategy, auto_prefers_batch
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 

@@ -569,8 +569,8 @@ def test_hadolint() -> None:
 
 
 async def test_healthcheck_command_against_the_daemons_server() -> None:
-    import watcher.metrics as metrics_mod
-    import watcher.server as server_mod
+    import watcher.service.metrics as metrics_mod
+    import watcher.service.server as server_mod
 
     alive = True
     health = server_mod.Health(alive=lambda: alive)

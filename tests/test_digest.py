@@ -31,8 +31,8 @@ from standardwebhooks import Webhook
 
 from watcher.app import run_daemon
 from watcher.config import Settings
-from watcher.digest import DigestPolicy, Progress, digest_event, plan
-from watcher.dispatch import Dispatcher, Policy
+from watcher.delivery.digest import DigestPolicy, Progress, digest_event, plan
+from watcher.delivery.dispatcher import Dispatcher, Policy
 from watcher.events import (
     DIGEST,
     GROUP_COMPLETED,

@@ -14,14 +14,14 @@ import pytest
 import structlog
 
 from watcher.config import WatchSettings
-from watcher.discovery import Discovery, watch_key
 from watcher.events import Event
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunsFilter
+from watcher.polling.discovery import Discovery, watch_key
+from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
-from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import DiscoveredRun, Store, TrackRequest
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from watcher.dispatch import (
+from watcher.delivery.dispatcher import (
     Dispatcher,
     Outcome,
     Pacer,

@@ -21,13 +21,13 @@ from watcher.app import build_limiters
 from watcher.config import Settings
 from watcher.enrich import FailureEnricher, error_text, failing_statuses, tail
 from watcher.events import Event
-from watcher.limiter import PacingLimiter
 from watcher.notifiers.render import message_for, plain_text
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunMetadata
+from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorded, Recorder
-from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.simulator.calls import plan_of
 from watcher.store import Store, TrackRequest

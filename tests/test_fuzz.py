@@ -46,7 +46,6 @@ from support import WATCHER, clean_env, http, run_cli
 from watcher.app import sample_event
 from watcher.cli import main as cli_main
 from watcher.config import ConfigError, Settings, load_settings
-from watcher.metrics import Metrics
 from watcher.notifiers.render import Renderer, message_for, template_context
 from watcher.notifiers.templates import (
     TemplateRenderError,
@@ -54,7 +53,8 @@ from watcher.notifiers.templates import (
     compile_template,
     render_template,
 )
-from watcher.server import Health, build_app
+from watcher.service.metrics import Metrics
+from watcher.service.server import Health, build_app
 from watcher.store import Store
 
 FUZZ = settings(

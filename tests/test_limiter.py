@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from watcher.limiter import PacingLimiter
+from watcher.omics.limiter import PacingLimiter
 
 
 class VirtualClock:

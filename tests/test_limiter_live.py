@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import OmicsError, Throttled
+from watcher.omics.limiter import PacingLimiter
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 
 

@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from watcher.logs import SecretMasker, configure
+from watcher.service.logs import SecretMasker, configure
 
 
 def test_masks_secrets_in_values_nested_values_and_exceptions() -> None:

@@ -770,7 +770,7 @@ async def test_call_returns_the_response_object(
 
 
 async def test_against_the_simulator(session: aiohttp.ClientSession) -> None:
-    from watcher.limiter import PacingLimiter
+    from watcher.omics.limiter import PacingLimiter
     from watcher.simulator.config import SimulatorConfig
     from watcher.simulator.running import running_simulator
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from watcher.sdnotify import SdNotifier
+from watcher.service.sdnotify import SdNotifier
 
 
 @pytest.fixture

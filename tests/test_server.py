@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.events import RunState
-from watcher.metrics import Metrics, StateSnapshot
-from watcher.server import (
+from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.service.server import (
     MAX_BODY_BYTES,
     Health,
     HttpServer,

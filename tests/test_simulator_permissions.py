@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import AuthError
+from watcher.omics.limiter import PacingLimiter
 from watcher.simulator import ApiError, Simulator, SimulatorConfig, running_simulator
 
 

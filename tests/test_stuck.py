@@ -16,11 +16,11 @@ import pytest
 
 from watcher.config import ConfigError, Settings, StuckSettings, load_settings
 from watcher.events import STUCK, Event, RunState
-from watcher.limiter import PacingLimiter
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
+from watcher.omics.limiter import PacingLimiter
+from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
-from watcher.scheduler import Scheduler, SchedulerOptions
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 from watcher.stuck import StuckChecker, StuckLimits

@@ -27,13 +27,10 @@ from pydantic import AnyUrl, BaseModel, SecretStr
 
 from watcher import __version__
 from watcher.config import Settings
-from watcher.digest import group_progress
-from watcher.discovery import build_discovery
-from watcher.dispatch import Dispatcher, Policy
+from watcher.delivery.digest import group_progress
+from watcher.delivery.dispatcher import Dispatcher, Policy
 from watcher.enrich import FailureEnricher, failing_statuses
 from watcher.events import Event
-from watcher.limiter import PacingLimiter
-from watcher.metrics import Metrics, StateSnapshot
 from watcher.notifiers.base import Notifier
 from watcher.notifiers.common import NotifierBase
 from watcher.notifiers.log import LogSettings
@@ -45,14 +42,17 @@ from watcher.omics.credentials import (
     default_profile_paths,
     static_provider,
 )
+from watcher.omics.limiter import PacingLimiter
+from watcher.polling.discovery import build_discovery
+from watcher.polling.per_run import Scheduler, SchedulerOptions
+from watcher.polling.strategy import build_poller
 from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
 from watcher.routing import RouteSettings, select
-from watcher.scheduler import Scheduler, SchedulerOptions
-from watcher.sdnotify import SdNotifier
-from watcher.server import Health, HttpServer, build_app
+from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.service.sdnotify import SdNotifier
+from watcher.service.server import Health, HttpServer, build_app
 from watcher.store import Store
-from watcher.strategy import build_poller
 from watcher.stuck import StuckChecker, StuckLimits
 
 STATUS_ACTION = "GetRunStatus"
@@ -485,7 +485,7 @@ async def send_test_notification(settings: Settings, name: str, *, stop: asyncio
     Returns 0 once delivered, 1 when the notifier refused it or retries ran out (the reason
     is logged as ``test_notify_failed``).
     """
-    from watcher.dispatch import send_now
+    from watcher.delivery.dispatcher import send_now
     from watcher.notifiers.base import NotifyError
 
     log = structlog.get_logger("watcher.test_notify")

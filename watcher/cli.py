@@ -52,7 +52,7 @@ def _open_store(settings: Any) -> Any:
 
 def _configure_logging(settings: Any) -> Any:
     from watcher.app import secret_values
-    from watcher.logs import configure
+    from watcher.service.logs import configure
 
     return configure(
         fmt=settings.logging.format, level=settings.logging.level, secrets=secret_values(settings)
@@ -247,7 +247,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
-    from watcher.logs import configure
+    from watcher.service.logs import configure
 
     configure(fmt="console", level="error")  # the demo prints its own story on stdout
     return _run_async(lambda stop: run_demo(stop=stop, out=sys.stdout))
@@ -302,7 +302,7 @@ def _exit_for(exc: Exception) -> Exit:
     """The exit code and message for what ended an async command (TaskGroups flattened)."""
     from watcher.omics.credentials import CredentialsError
     from watcher.omics.errors import OmicsError
-    from watcher.server import ServerStartError
+    from watcher.service.server import ServerStartError
     from watcher.store import StateError
 
     for leaf in _leaves(exc):

@@ -21,7 +21,8 @@ from typing import Any
 STATUS_CHANGED = "run.status_changed"
 NOT_FOUND = "run.not_found"
 STUCK = "run.stuck"
-# Grouped types, made by the dispatcher (digest) and the roll-up tracker; see watcher.digest.
+# Grouped types, made by the dispatcher (digest) and the roll-up tracker;
+# see watcher.delivery.digest.
 DIGEST = "digest"
 GROUP_COMPLETED = "run_group.completed"
 RUN_GROUP_LABEL = "run_group"  # the label that names a run's group (e.g. its RunGroupId)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.events import Event, RunState
-from watcher.metrics import Metrics
+from watcher.service.metrics import Metrics
 from watcher.store import Store, TrackedRun
 from watcher.transitions import detect, not_found_event
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from watcher.digest import Progress
+from watcher.delivery.digest import Progress
 from watcher.events import (
     GROUP_COMPLETED,
     NOT_FOUND,

@@ -37,7 +37,7 @@ import structlog
 
 from watcher.config import StuckSettings
 from watcher.events import STUCK, Event
-from watcher.metrics import Metrics
+from watcher.service.metrics import Metrics
 from watcher.store import StateError, Store, TrackedRun
 from watcher.transitions import stuck_event
 

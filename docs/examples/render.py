@@ -5,7 +5,7 @@ group folded into one message by a notifier with ``digest = {...}``) and a run g
 roll-up (``rollup = true``), writes the exact JSON body each chat notifier posts
 (``<kind>-<case>.json``), the webhook body (the event itself), the email's text and HTML parts
 (``email-<case>.txt`` / ``.html``), and ``README.md``, which shows them all. The digest and
-the roll-up are made by the same code the daemon runs (``watcher.digest.digest_event``, and
+the roll-up are made by the same code the daemon runs (``watcher.delivery.digest.digest_event``, and
 ``watcher.rollup.RollupTracker`` over an in-memory state file). No secrets are configured, so
 the DingTalk/Feishu signing fields are absent; see those modules for their form.
 
@@ -28,7 +28,7 @@ import aiohttp
 import structlog
 from pydantic import TypeAdapter
 
-from watcher.digest import Progress, digest_event
+from watcher.delivery.digest import Progress, digest_event
 from watcher.events import RUN_GROUP_LABEL, Event, RunState, isoformat_z
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.rollup import RollupTracker

@@ -3,7 +3,8 @@ and the rate each kind of destination accepts.
 
 A notifier turns one :class:`~watcher.events.Event` into one delivery attempt and reports the
 outcome by returning (delivered) or raising :class:`Retryable` / :class:`Permanent`. It never
-sleeps, retries, paces or times itself out: :mod:`watcher.dispatch` owns all of that, so every
+sleeps, retries, paces or times itself out: :mod:`watcher.delivery.dispatcher` owns all of that,
+so every
 destination follows the same rules (Alertmanager's retry stage, not a loop in each plugin).
 
 Invariant: a failure's ``reason`` is safe to log and to show; it never holds a URL's secret

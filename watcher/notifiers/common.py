@@ -51,7 +51,7 @@ class DigestSettings(BaseModel):
     Events of one group (``group_by``: the ``run_group`` label, the project, or all
     together) wait up to ``window_seconds`` after the first of them for company, and events
     queued behind the destination's rate limit join the next message; at most ``max_items``
-    events go into one message. See :mod:`watcher.digest`.
+    events go into one message. See :mod:`watcher.delivery.digest`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

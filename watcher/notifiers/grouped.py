@@ -5,7 +5,7 @@ and every other run by its short id.
 :class:`~watcher.notifiers.render.Message` (``render.message_for`` hands them over):
 
 * ``digest``: several events of one notifier folded into one message by
-  :mod:`watcher.digest`; ``data.events`` holds them, ``data.progress`` (optional) the
+  :mod:`watcher.delivery.digest`; ``data.events`` holds them, ``data.progress`` (optional) the
   whole group's state from the registry;
 * ``run_group.completed``: the final roll-up of a run group (:mod:`watcher.rollup`);
   ``data.runs`` lists its runs, ``data.progress`` the counts.

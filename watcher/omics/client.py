@@ -32,7 +32,6 @@ import aiohttp
 import structlog
 
 from watcher import __version__
-from watcher.limiter import Limiter
 from watcher.omics.credentials import Credential, CredentialProvider
 from watcher.omics.errors import (
     ClockSkew,
@@ -42,6 +41,7 @@ from watcher.omics.errors import (
     Transient,
     classify,
 )
+from watcher.omics.limiter import Limiter
 from watcher.omics.models import RunMetadata, RunsFilter, RunSummary
 from watcher.omics.signing import sign
 

@@ -1,7 +1,7 @@
 """Which poller runs: ``[polling] strategy`` = ``per-run``, ``batch`` or ``auto``.
 
-- ``per-run``: the :class:`~watcher.scheduler.Scheduler` (one GetRunStatus per run).
-- ``batch``: the :class:`~watcher.batch.BatchPoller` (DescribeRuns for up to 100 runs, then
+- ``per-run``: the :class:`~watcher.polling.per_run.Scheduler` (one GetRunStatus per run).
+- ``batch``: the :class:`~watcher.polling.batch.BatchPoller` (DescribeRuns for up to 100 runs, then
   GetRunStatus for the runs that changed). If DescribeRuns proves unusable (refused for
   permissions, or refusing even a one-value filter) the batch poller logs one line and
   ends, and the scheduler polls per run for the rest of the process.
@@ -32,11 +32,11 @@ from typing import Literal, Protocol
 
 import structlog
 
-from watcher.batch import BatchOptions, BatchPoller, BatchSource
 from watcher.config import Settings
-from watcher.limiter import PacingLimiter
-from watcher.metrics import Metrics
+from watcher.omics.limiter import PacingLimiter
+from watcher.polling.batch import BatchOptions, BatchPoller, BatchSource
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.store import Store
 
 Mode = Literal["per-run", "batch", "auto"]

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from watcher.events import Event, isoformat_z
-from watcher.metrics import Metrics
+from watcher.service.metrics import Metrics
 from watcher.store import Delivery, TrackedRun, TrackRequest, TrackResult
 
 MAX_BODY_BYTES = 64 * 1024

@@ -15,7 +15,7 @@ pauses; ``ResourceNotFound.RunNotExist`` yields one ``run.not_found`` and drops 
 
 Registry changes made by other processes (``omics-watcher track``) are read every second.
 The registry feed, auth pause, backoff and recording rules are shared with the batch poller
-(:mod:`watcher.polling`).
+(:mod:`watcher.polling.common`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from typing import Any
 
 import structlog
 
-from watcher.metrics import Metrics
 from watcher.omics.errors import (
     AuthError,
     BadRequest,
@@ -44,7 +43,7 @@ from watcher.omics.errors import (
     Throttled,
     Transient,
 )
-from watcher.polling import (
+from watcher.polling.common import (
     BAD_REQUEST_BACKOFF_SECONDS,
     MAX_BACKLOG,
     REFRESH_SECONDS,
@@ -59,6 +58,7 @@ from watcher.polling import (
     task_failed,
 )
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.store import ActiveRun, StateError, Store
 
 __all__ = ["Metadata", "Scheduler", "SchedulerOptions", "StatusSource"]

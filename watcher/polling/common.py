@@ -1,7 +1,7 @@
 """What every poller shares: the registry feed, the auth pause, backoff and recording rules.
 
-The per-run :class:`~watcher.scheduler.Scheduler` and the DescribeRuns
-:class:`~watcher.batch.BatchPoller` decide differently *whom* to ask and *how*, but must
+The per-run :class:`~watcher.polling.per_run.Scheduler` and the DescribeRuns
+:class:`~watcher.polling.batch.BatchPoller` decide differently *whom* to ask and *how*, but must
 agree on everything else, so those parts live here once:
 
 - :class:`RegistryFeed`: the poller's view of the registry. A snapshot, then the cheap
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from watcher.metrics import Metrics
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.store import ActiveRun, StateError, Store
 
 REFRESH_SECONDS = 1.0  # how often the registry's change feed is read

@@ -38,11 +38,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from watcher.batch import RunSummaryLike, is_permission_refusal
 from watcher.config import Settings, WatchSettings
 from watcher.omics.errors import AuthError, BadRequest, OmicsError
 from watcher.omics.models import RunsFilter
-from watcher.polling import BAD_REQUEST_BACKOFF_SECONDS, backoff_delay
+from watcher.polling.batch import RunSummaryLike, is_permission_refusal
+from watcher.polling.common import BAD_REQUEST_BACKOFF_SECONDS, backoff_delay
 from watcher.store import DiscoveredRun, Store
 
 PAGE_SIZE = 100

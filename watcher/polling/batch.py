@@ -33,7 +33,7 @@ DescribeRuns works for others (a malformed ProjectId, say) turns that project *d
 runs get a GetRunStatus each per cycle. When DescribeRuns is refused for permissions, or
 refuses even a one-value filter before it ever worked, the poller logs one
 ``batch_polling_unavailable`` line, sets :attr:`BatchPoller.refused` and returns, and the
-caller polls per run instead (:mod:`watcher.strategy`).
+caller polls per run instead (:mod:`watcher.polling.strategy`).
 
 Invariants: the store is the truth (statuses are read from it at load and refresh, written
 only by the recorder); no status is recorded that GetRunStatus did not return; every run
@@ -55,7 +55,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from watcher.metrics import Metrics
 from watcher.omics.errors import (
     AuthError,
     BadRequest,
@@ -65,7 +64,7 @@ from watcher.omics.errors import (
     Throttled,
 )
 from watcher.omics.models import RunsFilter
-from watcher.polling import (
+from watcher.polling.common import (
     BAD_REQUEST_BACKOFF_SECONDS,
     MAX_BACKLOG,
     REFRESH_SECONDS,
@@ -80,6 +79,7 @@ from watcher.polling import (
     task_failed,
 )
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.store import ActiveRun, StateError, Store
 
 MAX_BATCH = 100  # DescribeRuns' largest Limit: one page answers the whole filter

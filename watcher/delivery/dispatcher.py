@@ -17,7 +17,8 @@ Every rule about *when* to send lives here, never in a notifier:
   (so it gets at least one attempt, even after a long downtime), as is a row whose notifier
   failed permanently;
 * each attempt is bounded by the notifier's ``timeout``; a timeout is retryable;
-* digests: for a notifier with a :class:`~watcher.digest.DigestPolicy`, :func:`watcher.digest.plan`
+* digests: for a notifier with a :class:`~watcher.delivery.digest.DigestPolicy`,
+  :func:`watcher.delivery.digest.plan`
   folds due rows of one group into one message (a ``digest`` event, or the event itself for a
   group of one) under the same pacing; every row in it is marked delivered only after that
   message succeeded, and on failure all of them retry together with one backoff (or are
@@ -49,7 +50,7 @@ from typing import Literal, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
-from watcher.digest import Batch, DigestPolicy, Progress, digest_event, plan, run_key
+from watcher.delivery.digest import Batch, DigestPolicy, Progress, digest_event, plan, run_key
 from watcher.events import Event
 from watcher.notifiers.base import Notifier, Permanent, Rate, Retryable
 from watcher.notifiers.common import NotifierBase

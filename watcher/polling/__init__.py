@@ -1,0 +1,1 @@
+"""Pollers: whom to ask about which run, when, and what an answer means."""

@@ -1,0 +1,1 @@
+"""The daemon as a service: HTTP server, metrics, logging, systemd notification."""
