@@ -18,6 +18,7 @@ import structlog
 from pydantic import TypeAdapter
 
 from watcher.config import ConfigError, load_settings
+from watcher.delivery.digest import digest_event
 from watcher.events import Event
 from watcher.notifiers import discord, slack
 from watcher.notifiers.common import json_bytes
@@ -31,6 +32,7 @@ from watcher.notifiers.render import (
     format_duration,
     message_for,
 )
+from watcher.statuses import DEFAULT_TERMINAL, Statuses, StatusOptions
 
 RUN = "84232c68-a016-4668-b2e3-168a175d6f29"
 PROJECT = "prj-peaceful-pink-bird-631828"
@@ -118,6 +120,54 @@ def test_stuck_not_found_and_unknown_types() -> None:
     assert dict(other.facts)["count"] == "7"
 
 
+async def test_renderers_ask_the_configured_vocabulary() -> None:
+    """Configured success names render ✅; PREEMPTED and an unknown terminal status ⚠️.
+
+    Through a real notifier built with the daemon's vocabulary, and in a digest.
+    """
+    statuses = Statuses(
+        StatusOptions(terminal=frozenset(DEFAULT_TERMINAL) | {"SUCCEEDED", "COMPLETED", "ABORTED"})
+    )
+    cases = {
+        "SUCCEEDED": ("success", "✅"),
+        "COMPLETED": ("success", "✅"),
+        "PREEMPTED": ("warning", "⚠️"),
+        "ABORTED": ("warning", "⚠️"),  # terminal, but the watcher cannot tell how it ended
+        "EXECUTOR_ERROR": ("failure", "❌"),
+    }
+    events = []
+    async with aiohttp.ClientSession() as session:
+        settings = TypeAdapter(NotifierSettings).validate_python(
+            {"name": "s", "type": "slack", "url": URL}
+        )
+        slack_hook = build_notifier(
+            settings, session=session, logger=structlog.get_logger(), statuses=statuses
+        )
+        for index, (status, (severity, emoji)) in enumerate(cases.items()):
+            changed = event(status=status, failure=None, terminal=True)
+            changed = Event(
+                changed.type,
+                f"evt_{index}",
+                changed.timestamp,
+                {**changed.data, "run_uuid": f"{index:08d}-run"},
+            )
+            events.append(changed)
+            message = message_for(changed, statuses)
+            assert (message.severity, message.title.split()[0]) == (severity, emoji), status
+            assert statuses.is_failing(status) is (severity == "failure")
+            assert f"{emoji} {status}" in json.dumps(
+                slack_hook.payload(changed), ensure_ascii=False
+            )
+    # The same vocabulary counts them in a digest: 2 ✅, 1 ❌, 2 other.
+    digest = message_for(
+        digest_event(events, group_by="none", group="", progress=None, statuses=statuses),
+        statuses,
+    )
+    assert "2 ✅ 1 ❌ 2 ⚠️" in digest.title, digest.title
+    # Unknown and not terminal: still in progress.
+    assert Statuses().severity("PAUSED_BY_ADMIN") == "info"
+
+
 def test_helpers() -> None:
     assert clip("abcdef", 4) == "abc…"
     assert clip("abcdef", 4, keep_end=True) == "…def"
@@ -158,6 +208,7 @@ async def test_a_megabyte_error_fits_every_destination(failure: dict[str, str]) 
         assert embed["title"] == title
         assert embed["description"].startswith("**RUNNING → EXECUTOR_ERROR**")
 
+        raw: dict[str, Any]
         for msgtype, limit in (("markdown", 4096), ("text", 2048)):
             raw = {"name": "w", "type": "wecom", "url": URL, "msgtype": msgtype}
             payload = notifier(raw, session).payload(big)

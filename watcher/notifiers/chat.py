@@ -70,6 +70,7 @@ class JsonChatNotifier(Generic[C]):
             logger=deps.logger,
             title_template=settings.title_template,
             body_template=settings.body_template,
+            statuses=deps.statuses,
         )
 
     def build(self, message: Message) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from yarl import URL
 
 from watcher.notifiers.base import Notifier, Rate
 from watcher.notifiers.templates import check_template
+from watcher.statuses import DEFAULT_STATUSES, Statuses
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -87,11 +88,13 @@ S = TypeVar("S", bound=NotifierBase)
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    """What a notifier may use: the shared HTTP session, a logger and a wall clock."""
+    """What a notifier may use: the shared HTTP session, a logger, a wall clock and the
+    status vocabulary its messages are rendered with."""
 
     session: aiohttp.ClientSession
     logger: FilteringBoundLogger
     clock: Callable[[], datetime]
+    statuses: Statuses = DEFAULT_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ from pydantic import Field
 from watcher.notifiers.base import Rate
 from watcher.notifiers.chat import ChatSettings, JsonChatNotifier
 from watcher.notifiers.common import Deps, Kind
-from watcher.notifiers.render import Message, Severity, clip
+from watcher.notifiers.render import Message, clip
+from watcher.statuses import Severity
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096

@@ -28,7 +28,8 @@ from watcher.notifiers.base import Permanent, Retryable
 from watcher.notifiers.common import Deps, Kind, NotifierBase
 from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import Scrubber
-from watcher.notifiers.render import Message, Renderer, Severity, plain_text
+from watcher.notifiers.render import Message, Renderer, plain_text
+from watcher.statuses import Severity
 
 FIELD_MAX = 32 * 1024  # characters per long field (error, stderr, custom body)
 TEXT_MAX_BYTES = 128 * 1024  # the text part; the HTML part carries the same content
@@ -145,6 +146,7 @@ class EmailNotifier:
             title_template=settings.title_template,
             body_template=settings.body_template,
             html=True,
+            statuses=deps.statuses,
         )
 
     def message(self, event: Event) -> EmailMessage:

@@ -31,7 +31,8 @@ from pydantic import SecretStr
 from watcher.notifiers.base import Rate
 from watcher.notifiers.chat import ChatSettings, JsonChatNotifier, code_reader
 from watcher.notifiers.common import Deps, Kind, json_bytes
-from watcher.notifiers.render import Message, Severity, plain_text
+from watcher.notifiers.render import Message, plain_text
+from watcher.statuses import Severity
 
 BODY_MAX_BYTES = 20_000
 RETRYABLE_CODES = frozenset({11232, 11233, 99991400})

@@ -26,20 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from watcher.events import DIGEST, NOT_FOUND, STATUS_CHANGED, STUCK, Event
-from watcher.notifiers.render import (
-    Message,
-    Severity,
-    clip,
-    failure_of,
-    first_line,
-    format_duration,
-    severity_of,
-)
+from watcher.notifiers.render import Message, clip, failure_of, first_line, format_duration
+from watcher.statuses import Category, Severity, Statuses
 
-Category = Literal["failed", "attention", "other", "succeeded", "running"]
 Facts = tuple[tuple[str, str], ...]
 
 MAX_FACTS = 10
@@ -74,20 +66,6 @@ class _Level:
 _LEVELS = (_Level(4, 200, 1000), _Level(4, 80, 500), _Level(0, 0, 250), _Level(0, 0, 0))
 
 
-def category_of(status: str | None, *, terminal: bool, stopped: bool = False) -> Category:
-    """How a run's status counts: not finished, succeeded, failed, or finished otherwise."""
-    if stopped:
-        return "attention"
-    if not terminal:
-        return "running"
-    severity = severity_of(status)
-    if severity == "failure":
-        return "failed"
-    if severity == "success":
-        return "succeeded"
-    return "other"
-
-
 def _reason(data: Mapping[str, Any]) -> str:
     failure = failure_of(data)
     if failure is None:
@@ -98,11 +76,11 @@ def _reason(data: Mapping[str, Any]) -> str:
     return failure.task or message
 
 
-def line_for(event: Event) -> RunLine:
+def line_for(event: Event, statuses: Statuses) -> RunLine:
     """The line for one event of a digest."""
     status = event.status
     if event.type == STATUS_CHANGED:
-        category = category_of(status, terminal=event.terminal)
+        category = statuses.category(status, terminal=event.terminal)
         reason = _reason(event.data) if category == "failed" else ""
         return RunLine(event.run_uuid, status or "UNKNOWN", category, reason)
     if event.type == STUCK:
@@ -116,21 +94,21 @@ def line_for(event: Event) -> RunLine:
     return RunLine(event.run_uuid, event.type, "other")
 
 
-def latest_per_run(events: Iterable[Event]) -> list[RunLine]:
+def latest_per_run(events: Iterable[Event], statuses: Statuses) -> list[RunLine]:
     """One line per run, from its latest event, in the order the runs first appear."""
     lines: dict[str, RunLine] = {}
     for event in events:
         # Updating a key keeps its first position: runs stay in order of appearance.
-        lines[event.run_uuid or f"event:{event.id}"] = line_for(event)
+        lines[event.run_uuid or f"event:{event.id}"] = line_for(event, statuses)
     return list(lines.values())
 
 
-def lines_from_runs(runs: Iterable[Mapping[str, Any]]) -> list[RunLine]:
+def lines_from_runs(runs: Iterable[Mapping[str, Any]], statuses: Statuses) -> list[RunLine]:
     """Lines from a roll-up's ``data.runs`` entries."""
     lines = []
     for run in runs:
         status = run.get("status")
-        category = category_of(
+        category = statuses.category(
             None if status is None else str(status),
             terminal=bool(run.get("terminal")),
             stopped=bool(run.get("stopped")),
@@ -242,7 +220,7 @@ def _scope_name(data: Mapping[str, Any]) -> str:
     return "all runs"
 
 
-def grouped_message(event: Event) -> Message:
+def grouped_message(event: Event, statuses: Statuses) -> Message:
     """The message for a ``digest`` or ``run_group.completed`` event."""
     data = event.data
     progress = data.get("progress") if isinstance(data.get("progress"), Mapping) else None
@@ -250,7 +228,7 @@ def grouped_message(event: Event) -> Message:
     if event.type == DIGEST:
         raw_events = data.get("events") or []
         events = [Event.from_dict(raw) for raw in raw_events if isinstance(raw, Mapping)]
-        lines = latest_per_run(events)
+        lines = latest_per_run(events, statuses)
         counts = tally(lines)
         scope = _scope_name(data)
         local = counts_text(
@@ -276,7 +254,7 @@ def grouped_message(event: Event) -> Message:
         note = ""
     else:
         runs = data.get("runs") or []
-        lines = lines_from_runs(run for run in runs if isinstance(run, Mapping))
+        lines = lines_from_runs((run for run in runs if isinstance(run, Mapping)), statuses)
         counts = tally(lines)
         seen = progress or {
             "total": len(lines),

@@ -29,6 +29,7 @@ class LogNotifier:
             logger=deps.logger,
             title_template=settings.title_template,
             body_template=settings.body_template,
+            statuses=deps.statuses,
         )
 
     async def send(self, event: Event) -> None:

@@ -20,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from watcher.notifiers import dingtalk, discord, email, feishu, log, slack, teams, webhook, wecom
 from watcher.notifiers.base import Notifier, Rate, rate_per_minute
 from watcher.notifiers.common import Deps, Kind, NotifierBase
+from watcher.statuses import DEFAULT_STATUSES, Statuses
 
 KINDS: Mapping[str, Kind[Any]] = MappingProxyType(
     {
@@ -55,12 +56,18 @@ def build_notifier(
     session: aiohttp.ClientSession,
     logger: FilteringBoundLogger,
     clock: Callable[[], datetime] = _utc_now,
+    statuses: Statuses = DEFAULT_STATUSES,
 ) -> Notifier:
-    """The notifier ``settings`` describe, sharing ``session``; no I/O happens here."""
+    """The notifier ``settings`` describe, sharing ``session``; no I/O happens here.
+
+    ``statuses`` is the daemon's vocabulary (``watcher.options.statuses``); the default is
+    that of the default configuration.
+    """
     kind = KINDS[settings.type]
     if not isinstance(settings, kind.settings):
         raise TypeError(f"{type(settings).__name__} is not the settings of kind {settings.type!r}")
-    return kind.build(settings, Deps(session=session, logger=logger, clock=clock))
+    deps = Deps(session=session, logger=logger, clock=clock, statuses=statuses)
+    return kind.build(settings, deps)
 
 
 def rates_for(settings: NotifierBase) -> tuple[Rate, ...]:

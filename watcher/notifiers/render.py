@@ -20,22 +20,18 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
 from structlog.typing import FilteringBoundLogger
 
 from watcher.events import DIGEST, GROUP_COMPLETED, NOT_FOUND, STATUS_CHANGED, STUCK, Event
 from watcher.notifiers.templates import TemplateRenderError, compile_template, render_template
-
-Severity = Literal["success", "failure", "warning", "info"]
+from watcher.statuses import DEFAULT_STATUSES, Severity, Statuses
 
 ELLIPSIS = "…"
 TITLE_MAX = 250
 
-_SUCCESS = frozenset({"SUCCESS", "COMPLETE", "SUCCEEDED", "COMPLETED"})
-_FAILURE = frozenset({"EXECUTOR_ERROR", "SYSTEM_ERROR", "COMPLETE_ERROR", "FAILED", "ERROR"})
-_WARNING = frozenset({"CANCELED", "CANCELLED", "PREEMPTED", "CANCELING"})
 _EMOJI: dict[Severity, str] = {"success": "✅", "failure": "❌", "warning": "⚠️", "info": "🔄"}
 # Many events in one message: rendered by watcher.notifiers.grouped; user templates (written
 # for one run's event) are not applied to them.
@@ -72,19 +68,6 @@ class Message:
     body_html: str | None = None  # the same template rendered with HTML autoescaping
     # Smaller alternatives to ``facts`` (digests, roll-ups), tried in turn by fitting.fit.
     compact_facts: tuple[tuple[tuple[str, str], ...], ...] = ()
-
-
-def severity_of(status: str | None) -> Severity:
-    if status is None:
-        return "info"
-    upper = status.upper()
-    if upper in _SUCCESS:
-        return "success"
-    if upper in _FAILURE or upper.endswith("_ERROR"):
-        return "failure"
-    if upper in _WARNING:
-        return "warning"
-    return "info"
 
 
 def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
@@ -191,13 +174,13 @@ def _title(emoji: str, headline: str, run_uuid: str, project: str) -> str:
     return clip(" · ".join(parts), TITLE_MAX)
 
 
-def message_for(event: Event) -> Message:
-    """The default message for any event type."""
+def message_for(event: Event, statuses: Statuses = DEFAULT_STATUSES) -> Message:
+    """The default message for any event type; ``statuses`` says what each status means."""
     if event.type in GROUPED_TYPES:
         # Imported here: grouped builds on this module's helpers.
         from watcher.notifiers.grouped import grouped_message
 
-        return grouped_message(event)
+        return grouped_message(event, statuses)
     data = event.data
     run_uuid, project = event.run_uuid, event.project_id
     status = event.status
@@ -205,14 +188,15 @@ def message_for(event: Event) -> Message:
     failure: Failure | None = None
     note = ""
     if event.type == STATUS_CHANGED:
-        severity = severity_of(status)
+        severity = statuses.severity(status)
         headline = status or "UNKNOWN"
         summary = f"{event.previous_status or 'new'} → {headline}"
         duration = duration_of(data)
         if duration:
             facts.append(("Duration", duration))
         if severity == "failure" or isinstance(data.get("failure"), Mapping):
-            # Enrichment decides what failed (PREEMPTED, say, renders as a warning).
+            # The vocabulary enriches exactly what renders as a failure; a ``failure`` from
+            # an event recorded under other rules (an older version) is still shown.
             failure = failure_of(data)
     elif event.type == STUCK:
         severity = "warning"
@@ -319,8 +303,10 @@ class Renderer:
         title_template: str | None = None,
         body_template: str | None = None,
         html: bool = False,
+        statuses: Statuses = DEFAULT_STATUSES,
     ) -> None:
         self._notifier = notifier
+        self._statuses = statuses
         self._logger = logger
         self._title = None if title_template is None else compile_template(title_template)
         self._body = None if body_template is None else compile_template(body_template)
@@ -347,7 +333,7 @@ class Renderer:
             return None
 
     def render(self, event: Event) -> Message:
-        message = message_for(event)
+        message = message_for(event, self._statuses)
         if (self._title is None and self._body is None) or event.type in GROUPED_TYPES:
             return message
         context = template_context(event, message)

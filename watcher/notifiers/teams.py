@@ -13,7 +13,8 @@ from typing import Any, Literal
 from watcher.notifiers.base import Rate
 from watcher.notifiers.chat import ChatSettings, JsonChatNotifier
 from watcher.notifiers.common import Deps, Kind, json_bytes
-from watcher.notifiers.render import Message, Severity
+from watcher.notifiers.render import Message
+from watcher.statuses import Severity
 
 BODY_MAX_BYTES = 28_000
 COLOURS: dict[Severity, str] = {

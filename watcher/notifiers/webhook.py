@@ -105,7 +105,12 @@ class WebhookNotifier:
             + [part.removeprefix("whsec_") for part in raw_secrets]
         )
         self._renderer = (
-            Renderer(notifier=self.name, logger=deps.logger, body_template=settings.body_template)
+            Renderer(
+                notifier=self.name,
+                logger=deps.logger,
+                body_template=settings.body_template,
+                statuses=deps.statuses,
+            )
             if settings.body_template
             else None
         )

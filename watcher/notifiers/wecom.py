@@ -23,7 +23,8 @@ from watcher.events import Event
 from watcher.notifiers.base import Rate
 from watcher.notifiers.chat import ChatSettings, JsonChatNotifier, code_reader
 from watcher.notifiers.common import Deps, Kind
-from watcher.notifiers.render import Message, Severity, clip_bytes, plain_text
+from watcher.notifiers.render import Message, clip_bytes, plain_text
+from watcher.statuses import Severity
 
 MARKDOWN_MAX_BYTES = 4096
 TEXT_MAX_BYTES = 2048
