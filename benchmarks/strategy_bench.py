@@ -66,6 +66,7 @@ from watcher.polling.batch import MAX_BATCH, BatchOptions, BatchPoller
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 from watcher.transitions import detect
 
@@ -158,7 +159,8 @@ def build(
     limiters: dict[str, PacingLimiter],
     args: argparse.Namespace,
 ) -> Any:
-    recorder = Recorder(store=store, terminal=TERMINAL, route=lambda e: [], wall_clock=now)
+    sink = EventSink(store=store, route=lambda e: [])
+    recorder = Recorder(store=store, sink=sink, terminal=TERMINAL, wall_clock=now)
     if strategy == "per-run":
         return Scheduler(
             store=store,

@@ -32,6 +32,7 @@ from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.polling.strategy import PollingStrategy, auto_prefers_batch
 from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
@@ -80,7 +81,10 @@ class Rig:
         )
         self.events: list[Event] = []
         self.recorder = Recorder(
-            store=store, terminal=TERMINAL, route=route, wall_clock=now, on_event=self.events.append
+            store=store,
+            sink=EventSink(store=store, route=route, on_event=[self.events.append]),
+            terminal=TERMINAL,
+            wall_clock=now,
         )
         self.interval = interval
         self.batch_size = batch_size

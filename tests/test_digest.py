@@ -48,7 +48,9 @@ from watcher.notifiers.grouped import RunLine, category_of, listing
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.notifiers.render import message_for
 from watcher.rollup import RollupTracker, rollup_id
+from watcher.service.metrics import Metrics
 from watcher.simulator import SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import Delivery, Store, TrackRequest
 from watcher.transitions import detect
 
@@ -591,10 +593,12 @@ def finish(store: Store, run: str, status: str, group: str = "rg-1") -> Event:
     return event
 
 
-def tracker(store: Store, targets: frozenset[str] = frozenset({"chat"})) -> RollupTracker:
+def tracker(
+    store: Store, targets: frozenset[str] = frozenset({"chat"}), sink: EventSink | None = None
+) -> RollupTracker:
     return RollupTracker(
         store=store,
-        route=lambda event: ["chat", "hook"],
+        sink=sink or EventSink(store=store, route=lambda event: ["chat", "hook"]),
         targets=lambda: targets,
         clock=lambda: datetime.now(UTC),
         interval=0.05,
@@ -633,6 +637,36 @@ async def test_a_restart_records_a_rollup_the_crash_missed_but_not_twice(store: 
     before = store.pending_deliveries()
     await tracker(store).run(stop)
     assert store.pending_deliveries() == before
+
+
+def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> None:
+    """Roll-ups go through the one event sink: the events metric and the hooks see them."""
+    members = runs(2)
+    store.track(TrackRequest(r, "prj-a", {RUN_GROUP_LABEL: "rg-1"}) for r in members)
+    metrics = Metrics()
+    seen: list[Event] = []
+    woken: list[int] = []
+    sink = EventSink(
+        store=store,
+        route=lambda event: ["chat", "hook"],
+        metrics=metrics,
+        on_event=[seen.append],
+        on_recorded=lambda: woken.append(1),
+    )
+    rollups = tracker(store, sink=sink)
+    sink.subscribe(rollups.observe)  # as the daemon wires it; a roll-up marks nothing
+    for run in members:
+        rollups.observe(finish(store, run, "SUCCESS"))
+    event = rollups.check("rg-1")
+    assert event is not None
+    assert seen == [event]
+    assert woken == [1]
+    count = metrics.registry.get_sample_value(
+        "omics_watcher_events_total", {"type": GROUP_COMPLETED}
+    )
+    assert count == 1.0
+    assert rollups.check("rg-1") is None  # recorded once, so counted once
+    assert seen == [event]
 
 
 def test_no_rollup_without_a_notifier_that_wants_one(store: Store) -> None:

@@ -23,6 +23,7 @@ from watcher.polling.discovery import Discovery, watch_key
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
 
@@ -155,10 +156,9 @@ async def poll_once(store: Store, client: OmicsClient) -> list[Event]:
     events: list[Event] = []
     recorder = Recorder(
         store=store,
+        sink=EventSink(store=store, route=lambda e: ["ops"], on_event=[events.append]),
         terminal=TERMINAL,
-        route=lambda e: ["ops"],
         wall_clock=now,
-        on_event=events.append,
     )
     scheduler = Scheduler(
         store=store,

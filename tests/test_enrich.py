@@ -30,6 +30,7 @@ from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorded, Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.simulator.calls import plan_of
+from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 
 TERMINAL = frozenset(Settings().polling.terminal)
@@ -190,10 +191,9 @@ def make_recorder(
 ) -> Recorder:
     recorder = TimedRecorder(
         store=store,
+        sink=EventSink(store=store, route=lambda event: ["hook"], on_event=[sink.append]),
         terminal=TERMINAL,
-        route=lambda event: ["hook"],
         wall_clock=now,
-        on_event=sink.append,
         enricher=enricher,
     )
     recorder.durations = durations
@@ -379,11 +379,10 @@ async def test_unexpected_errors_never_reach_the_recorder(tmp_path: Path) -> Non
     events: list[Event] = []
     recorder = Recorder(
         store=store,
+        sink=EventSink(store=store, route=lambda e: [], on_event=[events.append]),
         terminal=TERMINAL,
-        route=lambda e: [],
         wall_clock=now,
         enricher=enricher,
-        on_event=events.append,
     )
     run = "11111111-1111-4111-8111-111111111111"
     await recorder.status_changed(run, "", None, "RUNNING", {"Status": "RUNNING"})

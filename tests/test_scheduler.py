@@ -19,6 +19,7 @@ from watcher.omics.limiter import PacingLimiter
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
@@ -69,7 +70,10 @@ def make_scheduler(
     sink = events if events is not None else []
     limiter = client_limiter(client)
     recorder = Recorder(
-        store=store, terminal=TERMINAL, route=route, wall_clock=now, on_event=sink.append
+        store=store,
+        sink=EventSink(store=store, route=route, on_event=[sink.append]),
+        terminal=TERMINAL,
+        wall_clock=now,
     )
     return Scheduler(
         backlog=lambda: limiter.waiting,
@@ -248,10 +252,9 @@ async def test_a_poll_that_crashes_on_a_bug_keeps_its_run_watched(
             events: list[Event] = []
             recorder = Recorder(
                 store=store,
+                sink=EventSink(store=store, route=lambda e: [], on_event=[events.append]),
                 terminal=TERMINAL,
-                route=lambda e: [],
                 wall_clock=now,
-                on_event=events.append,
             )
             scheduler = Scheduler(
                 store=store,

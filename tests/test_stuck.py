@@ -19,9 +19,12 @@ from watcher.events import STUCK, Event, RunState
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
+from watcher.options import stuck_limits
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 from watcher.stuck import StuckChecker, StuckLimits
 from watcher.transitions import detect
@@ -37,7 +40,7 @@ def now() -> datetime:
 
 
 def test_limit_precedence() -> None:
-    limits = StuckLimits.from_settings(
+    limits = stuck_limits(
         StuckSettings(
             after_seconds=100,
             per_status={"QUEUED": 0, "RUNNING": 50},
@@ -55,10 +58,10 @@ def test_limit_precedence() -> None:
 
 
 def test_off_unless_some_limit_is_positive() -> None:
-    assert not StuckLimits.from_settings(StuckSettings()).enabled
+    assert not stuck_limits(StuckSettings()).enabled
     off = StuckSettings(after_seconds=0, per_status={"RUNNING": 0}, per_label={"a=b": 0})
-    assert not StuckLimits.from_settings(off).enabled
-    assert StuckLimits.from_settings(StuckSettings(per_status={"QUEUED": 60})).enabled
+    assert not stuck_limits(off).enabled
+    assert stuck_limits(StuckSettings(per_status={"QUEUED": 60})).enabled
     assert StuckLimits(after_seconds=86400).interval() == 30.0
     assert StuckLimits(after_seconds=2).interval() == 1.0
 
@@ -112,15 +115,18 @@ def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     woken: list[int] = []
     checker = StuckChecker(
         store=store,
-        limits=StuckLimits.from_settings(
+        limits=stuck_limits(
             StuckSettings(
                 after_seconds=600, per_status={"QUEUED": 0}, per_label={"team=genomics": 60}
             )
         ),
-        route=lambda e: ["ops"],
+        sink=EventSink(
+            store=store,
+            route=lambda e: ["ops"],
+            on_event=[events.append],
+            on_recorded=lambda: woken.append(1),
+        ),
         wall_clock=lambda: t0,
-        on_event=events.append,
-        on_recorded=lambda: woken.append(1),
     )
     assert checker.check(t0 + timedelta(seconds=59)) == []
     (first,) = checker.check(t0 + timedelta(seconds=61))
@@ -141,8 +147,8 @@ def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     # A second checker on the same file (a restart) does not repeat them.
     again = StuckChecker(
         store=store,
+        sink=EventSink(store=store, route=lambda e: []),
         limits=StuckLimits(after_seconds=1),
-        route=lambda e: [],
         wall_clock=lambda: t0,
     )
     assert [e.run_uuid for e in again.check(t0 + timedelta(days=3))] == [RUN_A]
@@ -158,14 +164,39 @@ def test_max_per_pass(tmp_path: Path) -> None:
         observe(store, run_uuid, "RUNNING", t0)
     checker = StuckChecker(
         store=store,
+        sink=EventSink(store=store, route=lambda e: []),
         limits=StuckLimits(after_seconds=10),
-        route=lambda e: [],
         wall_clock=lambda: t0,
         max_per_pass=3,
     )
     later = t0 + timedelta(seconds=11)
     counts = [len(checker.check(later)) for _ in range(4)]
     assert counts == [3, 3, 1, 0]
+    store.close()
+
+
+def test_stuck_events_are_counted_and_announced_by_the_sink(tmp_path: Path) -> None:
+    """A ``run.stuck`` goes through the one event sink: counted by type, seen by hooks."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    store = Store.open(tmp_path / "state.db")
+    store.track([TrackRequest(RUN_A)])
+    observe(store, RUN_A, "RUNNING", t0)
+    metrics = Metrics()
+    seen: list[Event] = []
+    checker = StuckChecker(
+        store=store,
+        sink=EventSink(
+            store=store, route=lambda e: ["ops"], metrics=metrics, on_event=[seen.append]
+        ),
+        limits=StuckLimits(after_seconds=10),
+        wall_clock=lambda: t0,
+    )
+    (event,) = checker.check(t0 + timedelta(seconds=11))
+    assert seen == [event]
+    count = metrics.registry.get_sample_value("omics_watcher_events_total", {"type": STUCK})
+    assert count == 1.0
+    assert checker.check(t0 + timedelta(seconds=30)) == []  # not written again: not counted
+    assert metrics.registry.get_sample_value("omics_watcher_events_total", {"type": STUCK}) == 1.0
     store.close()
 
 
@@ -176,8 +207,8 @@ async def test_off_when_no_limit(tmp_path: Path) -> None:
     observe(store, RUN_A, "RUNNING", t0)
     checker = StuckChecker(
         store=store,
-        limits=StuckLimits.from_settings(StuckSettings(after_seconds=0)),
-        route=lambda e: [],
+        sink=EventSink(store=store, route=lambda e: []),
+        limits=stuck_limits(StuckSettings(after_seconds=0)),
         wall_clock=lambda: t0 + timedelta(days=30),
     )
     assert not checker.enabled
@@ -214,13 +245,8 @@ async def watch(
         limiters={"default": PacingLimiter(20)},
         timeout=5,
     )
-    recorder = Recorder(
-        store=store,
-        terminal=TERMINAL,
-        route=lambda e: ["ops"],
-        wall_clock=now,
-        on_event=events.append,
-    )
+    sink = EventSink(store=store, route=lambda e: ["ops"], on_event=[events.append])
+    recorder = Recorder(store=store, sink=sink, terminal=TERMINAL, wall_clock=now)
     scheduler = Scheduler(
         store=store,
         source=client,
@@ -236,10 +262,9 @@ async def watch(
     )
     checker = StuckChecker(
         store=store,
+        sink=sink,
         limits=limits,
-        route=lambda e: ["ops"],
         wall_clock=now,
-        on_event=events.append,
         interval=0.2,
     )
     stop = asyncio.Event()

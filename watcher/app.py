@@ -43,6 +43,7 @@ from watcher.omics.credentials import (
     static_provider,
 )
 from watcher.omics.limiter import PacingLimiter
+from watcher.options import stuck_limits
 from watcher.polling.discovery import build_discovery
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.polling.strategy import build_poller
@@ -52,8 +53,9 @@ from watcher.routing import RouteSettings, select
 from watcher.service.metrics import Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import Health, HttpServer, build_app
+from watcher.sink import EventSink
 from watcher.store import Store
-from watcher.stuck import StuckChecker, StuckLimits
+from watcher.stuck import StuckChecker
 
 STATUS_ACTION = "GetRunStatus"
 
@@ -295,34 +297,29 @@ async def run_daemon(
             metrics=_DeliveryMetrics(metrics),
             progress=lambda run_group: group_progress(store, run_group),
         )
-        rollups = RollupTracker(
+        sink = EventSink(
             store=store,
             route=lambda event: current.route(event),
-            targets=lambda: current.rollups,
-            clock=utc_now,
+            metrics=metrics,
             on_recorded=dispatcher.notify,
         )
+        rollups = RollupTracker(
+            store=store, sink=sink, targets=lambda: current.rollups, clock=utc_now
+        )
+        sink.subscribe(rollups.observe)
+        sink.subscribe(wiring.on_event)
         status_limiter = limiters[STATUS_ACTION]
         recorder = Recorder(
             store=store,
+            sink=sink,
             terminal=settings.polling.terminal,
-            route=lambda event: current.route(event),
             wall_clock=utc_now,
-            metrics=metrics,
-            on_recorded=dispatcher.notify,
-            on_event=_fan_out(rollups.observe, wiring.on_event),
             enricher=FailureEnricher(
                 client=client, failing=failing_statuses(settings.polling.terminal)
             ),
         )
         stuck = StuckChecker(
-            store=store,
-            limits=StuckLimits.from_settings(settings.stuck),
-            route=lambda event: current.route(event),
-            wall_clock=utc_now,
-            metrics=metrics,
-            on_recorded=dispatcher.notify,
-            on_event=wiring.on_event,
+            store=store, sink=sink, limits=stuck_limits(settings.stuck), wall_clock=utc_now
         )
         scheduler = Scheduler(
             store=store,
@@ -426,14 +423,6 @@ async def run_daemon(
         pending, _ = store.outbox_stats(now=utc_now())
         log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
     return 0
-
-
-def _fan_out(*hooks: Callable[[Event], None]) -> Callable[[Event], None]:
-    def call(event: Event) -> None:
-        for hook in hooks:
-            hook(event)
-
-    return call
 
 
 def _forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:

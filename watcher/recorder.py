@@ -2,12 +2,12 @@
 
 Every poller (per-run scheduler, batch poller) hands a changed status here, so the rules
 live in one place: :func:`~watcher.transitions.detect` decides whether there is an event;
-the routes decide which notifiers get it; ``Store.record_observation`` writes the new
-status, the event and its outbox rows atomically, compare-and-set on the previous status
-(so a crash or a race can neither lose nor repeat a transition); then the dispatcher is
-woken. Methods are ``async`` because enrichment (failure details) may add API calls before
-the event is written; the status itself is never held back by more than that step's
-bounded time.
+the :class:`~watcher.sink.EventSink` routes it, writes the new status, the event and its
+outbox rows atomically, compare-and-set on the previous status (so a crash or a race can
+neither lose nor repeat a transition), and announces it (metrics, hooks, the dispatcher).
+Methods are ``async`` because enrichment (failure details) may add API calls before the
+event is written; the status itself is never held back by more than that step's bounded
+time.
 
 Enrichment runs only for a transition into one of the enricher's ``failing`` statuses; every
 other transition takes no extra await. The observation time (and so the event id) is taken
@@ -17,7 +17,7 @@ before enrichment, and the compare-and-set write after it still decides who reco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.events import Event, RunState
-from watcher.service.metrics import Metrics
+from watcher.sink import EventSink
 from watcher.store import Store, TrackedRun
 from watcher.transitions import detect, not_found_event
 
@@ -64,22 +64,17 @@ class Recorder:
         self,
         *,
         store: Store,
+        sink: EventSink,
         terminal: frozenset[str],
-        route: Callable[[Event], Sequence[str]],
         wall_clock: Callable[[], datetime],
-        metrics: Metrics | None = None,
-        on_recorded: Callable[[], None] = lambda: None,
-        on_event: Callable[[Event], None] = lambda event: None,
         enricher: Enricher | None = None,
     ) -> None:
+        """``store`` is read (labels, the current row); every write goes through ``sink``."""
         self._store = store
+        self._sink = sink
         self._enricher = enricher
         self._terminal = terminal
-        self._route = route
         self._wall = wall_clock
-        self._metrics = metrics or Metrics()
-        self._on_recorded = on_recorded
-        self._on_event = on_event
         self._log = structlog.get_logger("watcher.recorder")
 
     @property
@@ -110,10 +105,9 @@ class Recorder:
             return Recorded(None, self._store.get_run(run_uuid))
         if self._enricher is not None and status in self._enricher.failing:
             event = await self._enriched(self._enricher, event, run_uuid, project_id, metadata)
-        if not self._store.record_observation(current, event, notifiers=self._route(event)):
+        if not self._sink.emit(event, observed=current):
             self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
             return Recorded(None, self._store.get_run(run_uuid))
-        self._announce(event)
         return Recorded(event)
 
     async def _enriched(
@@ -134,20 +128,15 @@ class Recorder:
         return dataclasses.replace(event, data={**event.data, "failure": dict(failure)})
 
     async def not_found(self, run_uuid: str, project_id: str, last_status: str | None) -> Event:
-        """Record ``run.not_found``; the registry stops polling the run."""
+        """Record ``run.not_found``; the registry stops polling the run.
+
+        Announced only if written (not when the run was untracked or stopped meanwhile).
+        """
         now = self._wall()
         state = RunState(
             run_uuid, project_id, last_status, now, labels=self._store.labels_of(run_uuid)
         )
         event = not_found_event(state, now=now)
-        self._store.record_not_found(run_uuid, event, notifiers=self._route(event))
+        self._sink.emit(event)
         self._log.warning("run_not_found", run_uuid=run_uuid, project_id=project_id)
-        self._announce(event)
         return event
-
-    def _announce(self, event: Event) -> None:
-        self._metrics.events.labels(type=event.type).inc()
-        if event.type == "run.status_changed":
-            self._metrics.transitions.inc()
-        self._on_event(event)
-        self._on_recorded()

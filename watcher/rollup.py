@@ -12,8 +12,9 @@ Invariants:
 - Once per group: the event id is derived from the group name
   (:func:`~watcher.events.stable_event_id`) and the store records an id at most once, so
   repeated checks, a restart or two processes never make a second roll-up for a group.
-- At-least-once: the roll-up is an ordinary event with outbox rows, written in one
-  transaction, that the dispatcher delivers like any other (a digest never folds it in).
+- At-least-once: the roll-up is an ordinary event, written with its outbox rows in one
+  transaction by the :class:`~watcher.sink.EventSink` (so it is counted and announced like
+  every event), that the dispatcher delivers like any other (a digest never folds it in).
 - It goes to the notifiers with ``rollup = true`` among those the routes select for it;
   with none, nothing is recorded (a later start may still record it within
   ``since_seconds``).
@@ -45,6 +46,7 @@ from watcher.events import (
 )
 from watcher.notifiers.grouped import category_of
 from watcher.notifiers.render import failure_of
+from watcher.sink import EventSink
 from watcher.store.groups import GroupMember
 
 DEFAULT_INTERVAL = 1.0
@@ -54,7 +56,7 @@ MAX_FAILURE_LOOKUPS = 50  # failed runs whose failure details are looked up
 
 
 class RollupStore(Protocol):
-    """The part of :class:`watcher.store.Store` the tracker uses."""
+    """The part of :class:`watcher.store.Store` the tracker reads (it writes through the sink)."""
 
     def group_members(self, run_group: str) -> list[GroupMember]: ...
 
@@ -65,8 +67,6 @@ class RollupStore(Protocol):
     def events(
         self, *, limit: int = 100, run_uuid: str | None = None, before_seq: int | None = None
     ) -> list[Event]: ...
-
-    def record_event(self, event: Event, *, notifiers: Sequence[str]) -> bool: ...
 
 
 def rollup_id(run_group: str) -> str:
@@ -88,19 +88,17 @@ class RollupTracker:
         self,
         *,
         store: RollupStore,
-        route: Callable[[Event], Sequence[str]],
+        sink: EventSink,
         targets: Callable[[], Collection[str]],
         clock: Callable[[], datetime],
-        on_recorded: Callable[[], None] = lambda: None,
         interval: float = DEFAULT_INTERVAL,
         since_seconds: float = DEFAULT_SINCE_SECONDS,
     ) -> None:
         """``targets``: the notifiers that want roll-ups (``rollup = true``), read each time."""
         self._store = store
-        self._route = route
+        self._sink = sink
         self._targets = targets
         self._clock = clock
-        self._on_recorded = on_recorded
         self._interval = interval
         self._since = since_seconds
         self._dirty: set[str] = set()
@@ -164,14 +162,12 @@ class RollupTracker:
         if not progress.complete:
             return None
         event = self._event(event_id, group, members, progress)
-        wanted = set(self._targets())
-        notifiers = [name for name in self._route(event) if name in wanted]
-        if not notifiers or not self._store.record_event(event, notifiers=notifiers):
+        notifiers = self._sink.route(event, only=frozenset(self._targets()))
+        if not notifiers or not self._sink.emit(event, notifiers=notifiers):
             return None
         self._log.info(
             "run_group_completed", run_group=group, runs=progress.total, notifiers=notifiers
         )
-        self._on_recorded()
         return event
 
     def _event(

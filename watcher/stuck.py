@@ -3,8 +3,8 @@
 :class:`StuckChecker` wakes every ``interval`` seconds (a quarter of the smallest limit,
 between 1 s and 30 s), asks the store for tracked, active runs whose status is older than
 the smallest limit and not yet reported stuck in it, applies each run's own limit, and
-records a ``run.stuck`` (built by :func:`~watcher.transitions.stuck_event`), routed like
-every other event, through ``Store.record_event``.
+records a ``run.stuck`` (built by :func:`~watcher.transitions.stuck_event`) through the
+:class:`~watcher.sink.EventSink`, routed, written and announced like every other event.
 
 Invariants:
 
@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
-from watcher.config import StuckSettings
-from watcher.events import STUCK, Event
-from watcher.service.metrics import Metrics
+from watcher.events import Event
+from watcher.sink import EventSink
 from watcher.store import StateError, Store, TrackedRun
 from watcher.transitions import stuck_event
 
@@ -48,19 +47,14 @@ DEFAULT_MAX_PER_PASS = 500
 
 @dataclass(frozen=True, slots=True)
 class StuckLimits:
-    """How long a run may keep one status, in seconds (0 = no limit). Pure."""
+    """How long a run may keep one status, in seconds (0 = no limit). Pure.
+
+    Built from ``[stuck]`` by :func:`watcher.options.stuck_limits`.
+    """
 
     after_seconds: float = 0.0
     per_status: Mapping[str, float] = field(default_factory=dict)
     per_label: Mapping[tuple[str, str], float] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, settings: StuckSettings) -> StuckLimits:
-        labels: dict[tuple[str, str], float] = {}
-        for selector, seconds in settings.per_label.items():
-            key, _, value = selector.partition("=")
-            labels[(key.strip(), value.strip())] = seconds
-        return cls(settings.after_seconds, dict(settings.per_status), labels)
 
     @property
     def smallest(self) -> float:
@@ -92,12 +86,9 @@ class StuckChecker:
         self,
         *,
         store: Store,
+        sink: EventSink,
         limits: StuckLimits,
-        route: Callable[[Event], Sequence[str]],
         wall_clock: Callable[[], datetime],
-        metrics: Metrics | None = None,
-        on_recorded: Callable[[], None] = lambda: None,
-        on_event: Callable[[Event], None] = lambda event: None,
         interval: float | None = None,
         max_per_pass: int = DEFAULT_MAX_PER_PASS,
     ) -> None:
@@ -106,12 +97,9 @@ class StuckChecker:
         if max_per_pass < 1:
             raise ValueError("max_per_pass must be >= 1")
         self._store = store
+        self._sink = sink
         self._limits = limits
-        self._route = route
         self._wall = wall_clock
-        self._metrics = metrics or Metrics()
-        self._on_recorded = on_recorded
-        self._on_event = on_event
         self._interval = interval if interval is not None else limits.interval()
         self._max_per_pass = max_per_pass
         self._log = structlog.get_logger("watcher.stuck")
@@ -135,9 +123,14 @@ class StuckChecker:
             if len(recorded) >= self._max_per_pass:
                 break
             event = self._stuck(run, now)
-            if event is not None and self._store.record_event(event, notifiers=self._route(event)):
+            if event is not None and self._sink.emit(event):
                 recorded.append(event)
-                self._announce(event, run)
+                self._log.warning(
+                    "run_stuck",
+                    run_uuid=run.run_uuid,
+                    status=run.status,
+                    stuck_seconds=event.data.get("stuck_seconds"),
+                )
         return recorded
 
     def _stuck(self, run: TrackedRun, now: datetime) -> Event | None:
@@ -147,17 +140,6 @@ class StuckChecker:
         if limit <= 0 or (now - run.status_since).total_seconds() < limit:
             return None
         return stuck_event(run, since=run.status_since, now=now)
-
-    def _announce(self, event: Event, run: TrackedRun) -> None:
-        self._log.warning(
-            "run_stuck",
-            run_uuid=run.run_uuid,
-            status=run.status,
-            stuck_seconds=event.data.get("stuck_seconds"),
-        )
-        self._metrics.events.labels(type=STUCK).inc()
-        self._on_event(event)
-        self._on_recorded()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval`` seconds until ``stop`` is set; returns at once when off."""

@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -46,6 +47,16 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _LIMIT = re.compile(r"[0-9]{1,7}")
 _ADMIN_PREFIX = "/v1"
 _UUID_HINT = "must be a canonical UUID (8-4-4-4-12 hex digits)"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Where to listen and what the admin API needs (from ``[server]``, ``[tencentcloud]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9477
+    admin_token: str | None = None  # None or "": no admin API (only probes and metrics)
+    default_project_id: str = ""  # the project of a run tracked without one
 
 
 class ServerStartError(Exception):
