@@ -1,15 +1,17 @@
-"""Digests: which outbox rows of a notifier go out together as one message, and that message.
+"""Planning: which outbox rows of a notifier go out together as one message, and that message.
 
-A notifier with ``digest = {...}`` gets its pending rows folded by the dispatcher: rows are
-grouped by ``group_by`` (the run's ``run_group`` label, its project, or all together); a
-group goes out once ``window_seconds`` have passed since its oldest fresh row arrived, or at
-once when it holds ``max_items`` rows or the dispatcher is stopping. Rows that wait behind
+Every send is a :class:`Send`: the rows one notifier call delivers. Without a digest policy
+a send is one row, the oldest pending one of its run, once it is due. A notifier with
+``digest = {...}`` gets its pending rows folded: rows are grouped by ``group_by`` (the
+run's ``run_group`` label, its project, or all together); a group goes out once
+``window_seconds`` have passed since its oldest fresh row arrived, or at once when it holds
+``max_items`` rows or the dispatcher is stopping. Rows that wait behind
 the destination's rate limit simply stay in their group, so they join the next message.
 A group of one row is sent as that row's own event; a larger one as a :func:`digest_event`.
 
 Invariants (what keeps digests at-least-once and in order):
 
-- :func:`plan` only ever *selects* rows; the dispatcher marks every row of a digest
+- :func:`plan` only ever *selects* rows; the dispatcher marks every row of a send
   delivered after that one message succeeded, and on failure retries all of them together
   (same next attempt), so a row is never acknowledged without having been sent.
 - Order per run: a row whose run has an earlier row waiting (not yet due, in flight, in a
@@ -34,8 +36,8 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from watcher.events import DIGEST, GROUP_COMPLETED, RUN_GROUP_LABEL, Event, stable_event_id
-from watcher.notifiers.common import DigestSettings
-from watcher.notifiers.grouped import category_of, latest_per_run, tally
+from watcher.notifiers.grouped import latest_per_run, tally
+from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.models import Delivery
 
 GroupBy = Literal["run_group", "project", "none"]
@@ -45,21 +47,11 @@ SOLO_TYPES = frozenset({DIGEST, GROUP_COMPLETED})
 
 @dataclass(frozen=True, slots=True)
 class DigestPolicy:
-    """How one notifier's rows are folded (see :class:`DigestSettings`)."""
+    """How one notifier's rows are folded (``digest = {...}`` on a notifier)."""
 
     window: float = 60.0
     group_by: GroupBy = "run_group"
     max_items: int = 50
-
-    @classmethod
-    def from_settings(cls, settings: DigestSettings | None) -> DigestPolicy | None:
-        if settings is None:
-            return None
-        return cls(
-            window=settings.window_seconds,
-            group_by=settings.group_by,
-            max_items=settings.max_items,
-        )
 
 
 def run_key(delivery: Delivery) -> str:
@@ -77,10 +69,10 @@ def group_of(event: Event, group_by: GroupBy) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """Rows that go out as one message, in outbox order."""
+class Send:
+    """The rows one notifier call delivers, in outbox order: one row, or a digest's rows."""
 
-    group: str
+    group: str  # the digest group; "" for a row sent on its own
     rows: tuple[Delivery, ...]
 
 
@@ -88,7 +80,7 @@ class Batch:
 class Plan:
     """What may go now, and when to look again (``None``: only when something changes)."""
 
-    ready: list[Batch]
+    ready: list[Send]
     wake_at: datetime | None
 
 
@@ -99,20 +91,67 @@ def _earliest(a: datetime | None, b: datetime) -> datetime:
 def plan(
     rows: Iterable[Delivery],
     *,
-    policy: DigestPolicy,
+    policy: DigestPolicy | None,
     now: datetime,
     busy_runs: Collection[str] = (),
     busy_groups: Collection[str] = (),
     flush: bool = False,
+    room: int | None = None,
 ) -> Plan:
-    """Group the pending ``rows`` (outbox order) into the batches that may be sent now.
+    """The sends that may start now from the pending ``rows`` (outbox order), at most ``room``.
 
+    Without a ``policy`` each send is one row; with one, rows are folded by group.
     ``busy_runs``/``busy_groups`` are in flight; ``flush`` ignores the window (stopping).
+    When ``room`` cuts the list short, ``wake_at`` may miss later rows: the caller plans
+    again when a send finishes.
     """
+    if room is not None and room <= 0:
+        return Plan([], None)
+    if policy is None:
+        return _one_by_one(rows, now=now, busy_runs=busy_runs, room=room)
+    folded = _folded(
+        rows, policy=policy, now=now, busy_runs=busy_runs, busy_groups=busy_groups, flush=flush
+    )
+    return folded if room is None else Plan(folded.ready[:room], folded.wake_at)
+
+
+def _one_by_one(
+    rows: Iterable[Delivery], *, now: datetime, busy_runs: Collection[str], room: int | None
+) -> Plan:
+    """Each run's oldest pending row, alone, once it is due and its run has none in flight."""
+    seen: set[str] = set()
+    ready: list[Send] = []
+    wake: datetime | None = None
+    for row in rows:
+        run = run_key(row)
+        if run in seen:
+            continue  # only the oldest pending row of a run may go
+        seen.add(run)
+        if run in busy_runs:
+            continue
+        if row.next_attempt_at > now:
+            wake = _earliest(wake, row.next_attempt_at)
+            continue
+        ready.append(Send("", (row,)))
+        if len(ready) == room:
+            break  # stop early: a backlog of due rows is planned a few at a time
+    return Plan(ready, wake)
+
+
+def _folded(
+    rows: Iterable[Delivery],
+    *,
+    policy: DigestPolicy,
+    now: datetime,
+    busy_runs: Collection[str],
+    busy_groups: Collection[str],
+    flush: bool,
+) -> Plan:
+    """Rows folded by group: a group goes once its window passed, it is full, or ``flush``."""
     blocked = set(busy_runs)
     groups: dict[str, list[Delivery]] = {}
     ready_at: dict[str, datetime] = {}
-    solo: dict[str, Batch] = {}
+    solo: dict[str, Send] = {}
     seen: set[str] = set()  # groups with an earlier pending row, whatever it waits for
     wake: datetime | None = None
     window = timedelta(seconds=policy.window)
@@ -127,7 +166,7 @@ def plan(
         due = row.next_attempt_at <= now
         lone = row.event.type in SOLO_TYPES
         if lone and first_of_group and due and group not in busy_groups:
-            solo[group] = Batch(group, (row,))  # a roll-up: alone, after its group's rows
+            solo[group] = Send(group, (row,))  # a roll-up: alone, after its group's rows
             continue
         if lone or not due or group in busy_groups or group in solo:
             waits = True
@@ -143,12 +182,12 @@ def plan(
         # A fresh row waits for company; a retried one is sent as soon as it is due.
         at = row.created_at + window if row.attempts == 0 else row.next_attempt_at
         ready_at[group] = min(ready_at.get(group, at), at)
-    ready: list[Batch] = []
+    ready: list[Send] = []
     for group, members in groups.items():
         if not members:
             continue
         if flush or len(members) >= policy.max_items or ready_at[group] <= now:
-            ready.append(Batch(group, tuple(members)))
+            ready.append(Send(group, tuple(members)))
         else:
             wake = _earliest(wake, ready_at[group])
     ready.extend(solo.values())
@@ -171,11 +210,16 @@ class Progress:
         return self.total > 0 and self.running == 0
 
     @classmethod
-    def of(cls, runs: Iterable[tuple[str | None, bool, bool]]) -> Progress:
-        """From ``(status, terminal, stopped)`` of each run."""
+    def of(
+        cls,
+        runs: Iterable[tuple[str | None, bool, bool]],
+        *,
+        statuses: Statuses = DEFAULT_STATUSES,
+    ) -> Progress:
+        """From ``(status, terminal, stopped)`` of each run, counted as ``statuses`` says."""
         counts = {"failed": 0, "attention": 0, "other": 0, "succeeded": 0, "running": 0}
         for status, terminal, stopped in runs:
-            counts[category_of(status, terminal=terminal, stopped=stopped)] += 1
+            counts[statuses.category(status, terminal=terminal, stopped=stopped)] += 1
         total = sum(counts.values())
         return cls(
             total=total,
@@ -214,23 +258,30 @@ class GroupStore(Protocol):
     def group_members(self, run_group: str) -> Sequence[Member]: ...
 
 
-def group_progress(store: GroupStore, run_group: str) -> Progress | None:
+def group_progress(
+    store: GroupStore, run_group: str, *, statuses: Statuses = DEFAULT_STATUSES
+) -> Progress | None:
     """The registry's view of ``run_group``, or ``None`` when it has no tracked run."""
     members = store.group_members(run_group)
     if not members:
         return None
-    return Progress.of((m.status, m.terminal, m.stopped) for m in members)
+    return Progress.of(((m.status, m.terminal, m.stopped) for m in members), statuses=statuses)
 
 
 def digest_event(
-    events: Sequence[Event], *, group_by: GroupBy, group: str, progress: Progress | None
+    events: Sequence[Event],
+    *,
+    group_by: GroupBy,
+    group: str,
+    progress: Progress | None,
+    statuses: Statuses = DEFAULT_STATUSES,
 ) -> Event:
     """One ``digest`` event carrying ``events`` (outbox order) and the group's progress."""
     if not events:
         raise ValueError("a digest needs at least one event")
     ids = [event.id for event in events]
     projects = {event.project_id for event in events}
-    lines = latest_per_run(events)
+    lines = latest_per_run(events, statuses)
     labels = {RUN_GROUP_LABEL: group} if group_by == "run_group" and group else {}
     return Event(
         type=DIGEST,
