@@ -204,9 +204,9 @@ async def test_official_sdk_walks_calls_and_reads_logs() -> None:
             req.RunUuid, req.Path = run_uuid, path
             return client.GetRunCalls(req).Calls
 
-        def log(job_id: str) -> str:
+        def log(job_id: str, path: str) -> str:
             req = models.GetRunJobLogRequest()
-            req.RunUuid, req.JobId, req.LogType = run_uuid, job_id, "stderr"
+            req.RunUuid, req.JobId, req.LogType, req.Path = run_uuid, job_id, "stderr", path
             content: str = client.GetRunJobLog(req).Content
             return content
 
@@ -215,9 +215,9 @@ async def test_official_sdk_walks_calls_and_reads_logs() -> None:
             failed = [c for c in await asyncio.to_thread(calls, path) if c.ErrorMessage != "{}"]
             if failed[0].RunType == "Task":
                 break
-            path = "/" + failed[0].CallName
+            path = "/" + failed[0].RunId  # Tencent's convention: the RunId, not the CallName
         assert json.loads(failed[0].ErrorMessage)[0]["message"].startswith("Job ")
-        assert "ERROR" in (await asyncio.to_thread(log, failed[0].JobId)).splitlines()[-1]
+        assert "ERROR" in (await asyncio.to_thread(log, failed[0].JobId, path)).splitlines()[-1]
 
 
 # --- the protocol -------------------------------------------------------------------------

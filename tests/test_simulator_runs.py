@@ -314,16 +314,21 @@ def test_get_run_status_refusals() -> None:
 
 
 def _walk_failure(sim: Simulator, run_uuid: str) -> tuple[dict[str, Any], list[str]]:
-    """The failed task, found the way a client would: follow failed workflows via Path."""
-    path, visited = "/", []
+    """The failed task, found the way a client would: follow failed sub-workflows and
+    scatters with ``Path = "/" + RunId`` (Tencent's convention); children carry that id as
+    ParentId."""
+    path, visited, parent = "/", [], run_uuid
     while True:
         visited.append(path)
         calls = sim.call("GetRunCalls", {"RunUuid": run_uuid, "Path": path})["Calls"]
+        assert {c["ParentId"] for c in calls} == {parent}
         failed = [c for c in calls if c["Status"] == "EXECUTOR_ERROR"]
         assert len(failed) == 1, calls
         if failed[0]["RunType"] == "Task":
             return failed[0], visited
-        path = "/" + failed[0]["CallName"]
+        assert failed[0]["RunType"] in ("Workflow", "Scatter")
+        parent = failed[0]["RunId"]
+        path = "/" + parent
 
 
 def test_failed_run_has_one_failed_task_reachable_through_paths_with_logs() -> None:
@@ -335,12 +340,13 @@ def test_failed_run_has_one_failed_task_reachable_through_paths_with_logs() -> N
     meta = sim.call("GetRunStatus", {"RunUuid": run_uuid})["Metadata"]
     failures = json.loads(meta["ErrorMessage"])
     assert failures[0]["message"] == "Workflow failed"
-    task, _visited = _walk_failure(sim, run_uuid)
+    task, visited = _walk_failure(sim, run_uuid)
     assert task["JobId"]
     assert task["Stderr"].endswith("stderr")
     assert json.loads(task["ErrorMessage"])[0]["message"] in failures[0]["causedBy"][0]["message"]
     stderr = sim.call(
-        "GetRunJobLog", {"RunUuid": run_uuid, "JobId": task["JobId"], "LogType": "stderr"}
+        "GetRunJobLog",
+        {"RunUuid": run_uuid, "JobId": task["JobId"], "LogType": "stderr", "Path": visited[-1]},
     )["Content"]
     assert stderr.rstrip().splitlines()[-1].split()[1] == "ERROR"
     stdout = sim.call(
@@ -356,17 +362,21 @@ def test_nested_failures_are_common_and_successful_runs_complete_every_call() ->
     ok = sim.submit_run(outcome="SUCCESS", durations=(0, 0, 1))
     clock.advance(2)
     depths = Counter(len(_walk_failure(sim, u)[1]) for u in failed)
-    assert depths[2] >= 4  # inside the sub-workflow, reached with a second Path
+    assert depths[3] >= 4  # a shard of the scatter inside the sub-workflow: a third Path
     calls = sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/"})["Calls"]
     assert {c["Status"] for c in calls} == {"COMPLETE"}
-    assert [c["ScatterIndex"] for c in calls if c["CallName"].endswith(".fastqc")] == ["0", "1"]
+    assert [c["RunType"] for c in calls] == ["Scatter", "Task", "Workflow", "Task"]
+    fastqc = next(c for c in calls if c["CallName"].endswith(".fastqc"))
+    shards = sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/" + fastqc["RunId"]})["Calls"]
+    assert [c["ScatterIndex"] for c in shards] == ["0", "1"]
+    assert {c["ParentId"] for c in shards} == {fastqc["RunId"]}
     sub = next(c for c in calls if c["RunType"] == "Workflow")
-    inner = sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/" + sub["CallName"]})["Calls"]
-    assert len(inner) == 4
-    assert all(c["RunId"] == sub["RunId"] for c in inner)
-    with pytest.raises(ApiError) as caught:
-        sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/nope"})
-    assert caught.value.code == "InvalidParameterValue"
+    inner = sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/" + sub["RunId"]})["Calls"]
+    assert [c["RunType"] for c in inner] == ["Scatter", "Task"]
+    assert all(c["ParentId"] == sub["RunId"] for c in inner)
+    deepest = sim.call("GetRunCalls", {"RunUuid": ok, "Path": "/" + inner[0]["RunId"]})["Calls"]
+    assert len(deepest) == 3
+    assert len({c["RunId"] for c in calls + inner + deepest}) == 4 + 2 + 3
 
 
 def test_job_log_refusals() -> None:

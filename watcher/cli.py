@@ -229,7 +229,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from watcher.simulator import SimulatorConfig, serve
 
-    config = SimulatorConfig(runs=args.runs, seed=args.seed, fault_rate=args.fault_rate)
+    try:
+        config = SimulatorConfig(
+            runs=args.runs,
+            seed=args.seed,
+            fault_rate=args.fault_rate,
+            runs_per_group=args.runs_per_group,
+            group_spread_seconds=args.group_spread,
+            list_lag_seconds=args.list_lag,
+            rtt_ms=args.rtt_ms,
+            jitter_ms=args.jitter_ms,
+            uplink_share=args.uplink_share,
+        )
+    except ValueError as exc:
+        raise Exit(EXIT_USAGE, f"simulate: {exc}") from None
 
     async def main(stop: asyncio.Event) -> int:
         await serve(
@@ -361,6 +374,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS")
     p.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
+    p.add_argument("--runs-per-group", type=int, default=50, metavar="N")
+    p.add_argument(
+        "--group-spread",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="runs of one group share durations and change within SECONDS of each other",
+    )
+    p.add_argument(
+        "--list-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="DescribeRuns shows runs as they were SECONDS ago",
+    )
+    p.add_argument(
+        "--rtt-ms", type=float, default=0.0, metavar="MS", help="simulated network round trip"
+    )
+    p.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS", help="± on the RTT")
+    p.add_argument(
+        "--uplink-share",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="part of the RTT before the server counts the request (0-1)",
+    )
     command("demo", cmd_demo, "simulator + daemon in one process; ends by itself")
     return parser
 

@@ -3,9 +3,14 @@
 On a transition into a failing status the :class:`~watcher.recorder.Recorder` asks
 :meth:`FailureEnricher.failure` for the event's ``data.failure``: ``{"task", "message",
 "stderr_tail"}``, the first failing call, its error and the end of its stderr. The walk
-starts at Path ``/``, descends into failing sub-workflows (``Path`` = parent path + ``/`` +
-``CallName``, as the Omics console nests them) and looks at every shard of a scatter; the
-failing task that ended first is the cause, later failures are usually consequences.
+starts at Path ``/`` and descends into failing sub-workflows and scatters the way Tencent
+documents it (tccli example "查询子作业详情"): ``Path = "/" + RunId`` of a call whose
+``RunType`` is ``Workflow`` or ``Scatter`` (its children carry that id as ``ParentId``), never
+the CallName; the GetRunJobLog of a task below the root gets the ``Path`` it was listed under.
+The failing task that ended first is the cause, later failures are usually consequences.
+A level that answers ``InvalidParameter*`` (a server that does not know that Path) is skipped:
+the walk keeps what it found (the container's own error) and goes on with the other branches;
+a GetRunJobLog refused with ``InvalidParameter*`` for its Path is asked once more without it.
 
 Invariants:
 
@@ -141,7 +146,7 @@ class _Candidate:
 
     @property
     def is_task(self) -> bool:
-        return bool(self.call.JobId) and (self.call.RunType or "Task") != "Workflow"
+        return bool(self.call.JobId) and (self.call.RunType or "Task") not in CONTAINER_TYPES
 
     def sort_key(self) -> tuple[int, float, int]:
         end = self.call.end_time
@@ -157,8 +162,17 @@ def _task_name(call: RunMetadata) -> str:
     return name
 
 
-def _child_path(parent: str, call: RunMetadata) -> str:
-    return parent.rstrip("/") + "/" + (call.CallName or "")
+# RunTypes whose calls are listed one level down, at ``Path = "/" + RunId``.
+CONTAINER_TYPES: frozenset[str] = frozenset({"Workflow", "Scatter"})
+
+
+def _child_path(call: RunMetadata) -> str:
+    """The Path listing the calls inside ``call`` (``""`` when it has no RunId to name)."""
+    return "/" + call.RunId if call.RunId else ""
+
+
+def _is_bad_path(exc: OmicsError) -> bool:
+    return exc.code.startswith("InvalidParameter")
 
 
 class _Findings:
@@ -268,13 +282,22 @@ class FailureEnricher:
         job_id = best.call.JobId
         if not best.is_task or not job_id:
             return
-        text = await self._client.get_run_job_log(
-            run_uuid, job_id, "stderr", project_id=project_id, path=best.path
-        )
+        try:
+            text = await self._client.get_run_job_log(
+                run_uuid, job_id, "stderr", project_id=project_id, path=best.path
+            )
+        except OmicsError as exc:
+            if best.path in ("", "/") or not _is_bad_path(exc):
+                raise
+            # Tencent's own example reads a sub-task's log by JobId alone.
+            text = await self._client.get_run_job_log(
+                run_uuid, job_id, "stderr", project_id=project_id, path=""
+            )
         found.stderr_tail = tail(text, self._tail_bytes)
 
     async def _find(self, run_uuid: str, project_id: str, found: _Findings) -> _Candidate | None:
-        """Breadth-first over failing sub-workflows; updates ``found`` as it learns."""
+        """Breadth-first over failing sub-workflows and scatters; updates ``found`` as it
+        learns. A deeper level refused as an invalid Path is skipped (logged)."""
         level = ["/"]
         seen = {"/"}
         tasks: list[_Candidate] = []
@@ -285,8 +308,14 @@ class FailureEnricher:
             for path in level:
                 if found.listings >= self._max_listings:
                     break
-                calls = await self._client.get_run_calls(run_uuid, project_id, path)
                 found.listings += 1
+                try:
+                    calls = await self._client.get_run_calls(run_uuid, project_id, path)
+                except OmicsError as exc:
+                    if depth == 0 or not _is_bad_path(exc):
+                        raise
+                    self._log.info("failure_path_refused", run_uuid=run_uuid, path=path)
+                    continue
                 if depth == 0 and not calls:
                     found.note = METADATA_FILE_NOTE
                 for call in calls:
@@ -298,8 +327,8 @@ class FailureEnricher:
                         tasks.append(candidate)
                     else:
                         workflows.append(candidate)
-                        child = _child_path(path, call)
-                        if call.CallName and child not in seen:
+                        child = _child_path(call)
+                        if child and child not in seen:
                             seen.add(child)
                             next_level.append(child)
                 self._record(found, tasks, workflows)

@@ -10,7 +10,10 @@ range, unsupported filter, too many filter values), ``UnknownParameter``,
 Project scoping: a blank or missing ``ProjectId`` means the region's default project (the
 first configured one); a run is found only within its own project.
 DescribeRuns lists newest runs first (creation order, descending), so paging is stable while
-no run is submitted.
+no run is submitted. It shows every run as it was ``list_lag()`` seconds ago (status, times,
+ErrorMessage, the Status filter, ``UpdateTime`` = the last change it shows); GetRunStatus,
+GetRunCalls and GetRunJobLog always answer the present.
+GetRunCalls and GetRunJobLog take ``Path`` as :mod:`watcher.simulator.calls` describes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from watcher.simulator.calls import Job, calls_at, failed_job, failures_json, job_log, jobs
+from watcher.simulator.calls import (
+    Job,
+    calls_at,
+    failed_job,
+    failures_json,
+    job_log,
+    jobs,
+    resolve_path,
+)
 from watcher.simulator.metadata import Statics, is_failure, run_item, run_metadata
 from watcher.simulator.protocol import ApiError
 from watcher.simulator.runs import Run, RunBook, Snapshot
@@ -80,9 +91,15 @@ class Actions:
     """Answers for one :class:`~watcher.simulator.runs.RunBook`."""
 
     def __init__(
-        self, *, book: RunBook, max_filter_values: Callable[[], int], polls: Counter[str]
+        self,
+        *,
+        book: RunBook,
+        max_filter_values: Callable[[], int],
+        polls: Counter[str],
+        list_lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._book = book
+        self._list_lag = list_lag
         self._life = book.lifecycles
         self._max_filter_values = max_filter_values
         self._polls = polls
@@ -182,6 +199,7 @@ class Actions:
         limit = _integer(params, "Limit", 10, 1, 100)
         offset = _integer(params, "Offset", 0, 0, 2**31 - 1)
         filters = self._filters(params)
+        now -= self._list_lag()  # the list's view of time
         status_values = [v for n, v in filters if n == "Status"]
         fields = {
             "RunGroupId": lambda r: r.run_group_id,
@@ -223,11 +241,14 @@ class Actions:
         run = self._run(params, now)
         job_id = _string(params, "JobId", required=True)
         log_type = _string(params, "LogType", required=True)
-        _string(params, "Path")
+        path = _string(params, "Path")
         if log_type not in ("stdout", "stderr"):
             raise ApiError(INVALID_VALUE, "`LogType` must be stdout or stderr.")
         snap = self.snapshot(run, now)
-        job = next((j for j in self.jobs(run, snap) if j.job_id == job_id), None)
+        all_jobs = self.jobs(run, snap)
+        if resolve_path(run, all_jobs, path) is None:
+            raise ApiError(INVALID_VALUE, f"The path {path!r} does not exist in this run.")
+        job = next((j for j in all_jobs if j.job_id == job_id), None)
         if job is None:
             raise ApiError(NOT_FOUND, f"The job {job_id} does not exist in this run.")
         return {"Content": job_log(run, job, log_type)}

@@ -1,20 +1,24 @@
 """The task tree of a simulated run: GetRunCalls answers, failures JSON, job logs.
 
-Every run executes the same five steps, one after the other, across its RUNNING time::
+Every run executes the same five steps, one after the other, across its RUNNING time. Levels
+follow Tencent's published convention (tccli example "查询子作业详情"): ``Path`` ``/`` lists the
+root; the calls inside a sub-workflow or a scatter are listed with ``Path = "/" + RunId`` of
+that call (``RunType`` ``Workflow`` or ``Scatter``), and carry that id as ``ParentId``::
 
-    /                                   (Path of the root workflow's calls)
-      <wf>.fastqc                Task      scatter 2   step 0
-      <wf>.align                 Task                  step 1
-      <wf>.variant_calling       Workflow              steps 2-3, its calls at
-                                                       Path "/<wf>.variant_calling":
-          variant_calling.haplotype_caller  Task  scatter 3   step 2
-          variant_calling.merge_vcfs        Task              step 3
-      <wf>.report                Task                  step 4
+    /                                 ParentId = the run's UUID
+      <wf>.fastqc              Scatter   step 0    -> /<its RunId>: shards 0-1 (Task)
+      <wf>.align               Task      step 1
+      <wf>.variant_calling     Workflow  steps 2-3 -> /<its RunId>:
+          variant_calling.haplotype_caller  Scatter  step 2 -> /<its RunId>: shards 0-2
+          variant_calling.merge_vcfs        Task     step 3
+      <wf>.report              Task      step 4
 
-A call is listed once its step started (as Cromwell does). A run that fails or is canceled
-stops at a seeded step ``L`` (the nested, scattered haplotype_caller most often): its steps are
-spread over ``L + 1`` equal slices of RUNNING time, one shard of step ``L`` fails (or all its
-shards are canceled). Everything is recomputed from the run's snapshot; nothing is stored.
+Any other Path (a CallName, a task's RunId, a container not started yet, nested segments)
+names nothing: ``InvalidParameterValue``. A call is listed once its step started (as
+Cromwell does). A run that fails or is canceled stops at a seeded step ``L`` (the nested,
+scattered haplotype_caller most often): its steps are spread over ``L + 1`` equal slices of
+RUNNING time, one shard of step ``L`` fails (or all its shards are canceled). Everything is
+recomputed from the run's snapshot; nothing is stored.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from watcher.simulator.runs import FINISHING, Run, Snapshot
 
 COMPLETE = "COMPLETE"
 RUNNING = "RUNNING"
+WORKFLOW = "Workflow"
+SCATTER = "Scatter"
 STEPS = 5
 SUB = "variant_calling"
 
@@ -104,9 +110,18 @@ def job_id(run: Run, call: CallDef, shard: int) -> str:
     return "job-" + digest.hexdigest()
 
 
-def subworkflow_id(run: Run) -> str:
-    digest = hashlib.blake2b(f"{run.run_uuid}/{SUB}".encode(), digest_size=16).digest()
+def _uuid_of(label: str) -> str:
+    digest = hashlib.blake2b(label.encode(), digest_size=16).digest()
     return str(uuid.UUID(bytes=digest, version=4))
+
+
+def subworkflow_id(run: Run | str) -> str:
+    """The RunId of the run's sub-workflow (given the run or its UUID)."""
+    return _uuid_of(f"{run if isinstance(run, str) else run.run_uuid}/{SUB}")
+
+
+def scatter_id(run: Run, call: CallDef) -> str:
+    return _uuid_of(f"{run.run_uuid}/{call.short}/scatter")
 
 
 def jobs(run: Run, snap: Snapshot, running_start: float, running_seconds: float) -> list[Job]:
@@ -169,7 +184,7 @@ def _work_dir(run: Run, job: Job) -> str:
     return base + (f"shard-{job.shard}/" if job.shard >= 0 else "")
 
 
-def _task_metadata(run: Run, job: Job, owner: str) -> dict[str, Any]:
+def _task_metadata(run: Run, job: Job, parent: str) -> dict[str, Any]:
     wf = SUB if job.call.nested else workflow_name(run)
     sample = run.user_defined_id
     work_dir = _work_dir(run, job)
@@ -183,10 +198,10 @@ def _task_metadata(run: Run, job: Job, owner: str) -> dict[str, Any]:
         "Input": json.dumps({f"{wf}.{job.call.short}.sample": sample}),
         "JobId": job.job_id,
         "Output": json.dumps(output) if job.status == COMPLETE else "{}",
-        "ParentId": run.run_uuid,
+        "ParentId": parent,
         "PostProcess": False,
         "Preprocess": False,
-        "RunId": owner,
+        "RunId": _uuid_of(f"{run.run_uuid}/{job.call.short}/{job.shard}/task"),
         "RunType": "Task",
         "Runtime": json.dumps(
             {
@@ -206,10 +221,9 @@ def _task_metadata(run: Run, job: Job, owner: str) -> dict[str, Any]:
     }
 
 
-def _subworkflow_metadata(run: Run, inner: list[Job]) -> dict[str, Any] | None:
+def _aggregate(inner: list[Job]) -> tuple[str, float | None, Job | None]:
+    """Status, EndTime and failed job of a container whose jobs are ``inner`` (some started)."""
     started = [j for j in inner if j.status]
-    if not started:
-        return None
     failed = failed_job(inner)
     others = [j.status for j in started if j.status not in (COMPLETE, RUNNING)]
     if failed is not None:
@@ -220,20 +234,43 @@ def _subworkflow_metadata(run: Run, inner: list[Job]) -> dict[str, Any] | None:
         status = others[0] if others else COMPLETE
     ends = [j.end for j in started]
     end = None if status == RUNNING or None in ends else max(e for e in ends if e is not None)
+    return status, end, failed
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A sub-workflow or a scatter: listed at the level above, its calls at ``"/" + run_id``."""
+
+    run_id: str
+    parent_id: str
+    run_type: str  # "Workflow" or "Scatter"
+    call_name: str
+    work_dir: str
+    jobs: tuple[Job, ...]  # every job below it (started or not)
+
+
+def _container_metadata(run: Run, box: Container) -> dict[str, Any]:
+    started = [j for j in box.jobs if j.status]
+    status, end, failed = _aggregate(list(box.jobs))
+    if box.run_type == WORKFLOW:
+        error = failures_json(run, failed)
+    else:
+        error = json.dumps([task_failure(run, failed)]) if failed is not None else "{}"
+    short = box.call_name.rsplit(".", 1)[-1]
     return {
         "CallCached": False,
-        "CallName": f"{workflow_name(run)}.{SUB}",
+        "CallName": box.call_name,
         "Command": "",
         "EndTime": rfc3339(end),
-        "ErrorMessage": failures_json(run, failed),
-        "Input": json.dumps({f"{SUB}.sample": run.user_defined_id}),
+        "ErrorMessage": error,
+        "Input": json.dumps({f"{short}.sample": run.user_defined_id}),
         "JobId": "",
         "Output": "{}",
-        "ParentId": run.run_uuid,
+        "ParentId": box.parent_id,
         "PostProcess": False,
         "Preprocess": False,
-        "RunId": subworkflow_id(run),
-        "RunType": "Workflow",
+        "RunId": box.run_id,
+        "RunType": box.run_type,
         "Runtime": "{}",
         "ScatterIndex": "",
         "StartTime": rfc3339(started[0].start),
@@ -241,35 +278,81 @@ def _subworkflow_metadata(run: Run, inner: list[Job]) -> dict[str, Any] | None:
         "Stderr": "",
         "Stdout": "",
         "SubmitTime": rfc3339(started[0].start),
-        "WorkDir": f"{BUCKET}/runs/{run.run_uuid}/call-{SUB}/",
+        "WorkDir": box.work_dir,
         "Meta": "",
     }
 
 
-def subworkflow_path(run: Run) -> str:
-    return f"/{workflow_name(run)}.{SUB}"
+def _level(run: Run, all_jobs: list[Job], parent: str, nested: bool) -> list[Job | Container]:
+    """The entries of one level, in step order: tasks, scatters and the sub-workflow."""
+    out: list[Job | Container] = []
+    base = f"{BUCKET}/runs/{run.run_uuid}/"
+    prefix = SUB if nested else workflow_name(run)
+    if nested:
+        base += f"call-{SUB}/{SUB}/{subworkflow_id(run)}/"
+    for call in CALLS:
+        mine = tuple(j for j in all_jobs if j.call is call)
+        if call.nested and not nested:
+            if not out or not (isinstance(out[-1], Container) and out[-1].run_type == WORKFLOW):
+                inner = tuple(j for j in all_jobs if j.call.nested)
+                name, work_dir = f"{workflow_name(run)}.{SUB}", f"{base}call-{SUB}/"
+                out.append(Container(subworkflow_id(run), parent, WORKFLOW, name, work_dir, inner))
+        elif call.nested == nested and call.shards:
+            run_id = scatter_id(run, call)
+            name = f"{prefix}.{call.short}"
+            out.append(Container(run_id, parent, SCATTER, name, f"{base}call-{call.short}/", mine))
+        elif call.nested == nested:
+            out.extend(mine)
+    return out
+
+
+def _containers(run: Run, all_jobs: list[Job]) -> dict[str, Container]:
+    """Every container that has started (so is listed at its level), by RunId."""
+    found: dict[str, Container] = {}
+    for entry in _level(run, all_jobs, run.run_uuid, False):
+        if isinstance(entry, Container) and any(j.status for j in entry.jobs):
+            found[entry.run_id] = entry
+    if subworkflow_id(run) in found:
+        for entry in _level(run, all_jobs, subworkflow_id(run), True):
+            if isinstance(entry, Container) and any(j.status for j in entry.jobs):
+                found[entry.run_id] = entry
+    return found
+
+
+def _listing(run: Run, entries: list[Job | Container], parent: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        if isinstance(entry, Container):
+            if any(j.status for j in entry.jobs):
+                out.append(_container_metadata(run, entry))
+        elif entry.status:
+            out.append(_task_metadata(run, entry, parent))
+    return out
+
+
+def resolve_path(run: Run, all_jobs: list[Job], path: str) -> str | None:
+    """The RunId a Path names (the run's own UUID for ``/`` or ``""``); ``None`` when it names
+    no started sub-workflow or scatter of this run (a task's RunId names nothing either)."""
+    key = path.strip()
+    if key in ("", "/"):
+        return run.run_uuid
+    if not key.startswith("/") or "/" in key[1:]:
+        return None
+    return key[1:] if key[1:] in _containers(run, all_jobs) else None
 
 
 def calls_at(run: Run, all_jobs: list[Job], path: str) -> list[dict[str, Any]] | None:
-    """GetRunCalls' ``Calls`` for ``path``; ``None`` when the path names nothing."""
-    path = "/" + path.strip("/") if path.strip("/") else "/"
-    if path == "/":
-        out: list[dict[str, Any]] = []
-        sub_done = False
-        for job in all_jobs:
-            if job.call.nested:
-                if not sub_done:
-                    sub = _subworkflow_metadata(run, [j for j in all_jobs if j.call.nested])
-                    if sub is not None:
-                        out.append(sub)
-                    sub_done = True
-            elif job.status:
-                out.append(_task_metadata(run, job, run.run_uuid))
-        return out
-    if path == subworkflow_path(run):
-        owner = subworkflow_id(run)
-        return [_task_metadata(run, j, owner) for j in all_jobs if j.call.nested and j.status]
-    return None
+    """GetRunCalls' ``Calls`` for ``path`` (``/`` or ``"/" + RunId`` of a Workflow or Scatter
+    listed at the level above); ``None`` when the path names nothing."""
+    target = resolve_path(run, all_jobs, path)
+    if target is None:
+        return None
+    if target == run.run_uuid:
+        return _listing(run, _level(run, all_jobs, target, False), target)
+    box = _containers(run, all_jobs)[target]
+    if box.run_type == WORKFLOW:
+        return _listing(run, _level(run, all_jobs, target, True), target)
+    return _listing(run, list(box.jobs), target)
 
 
 def _log_lines(run: Run, job: Job, log_type: str) -> Iterator[str]:

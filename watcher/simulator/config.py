@@ -133,6 +133,16 @@ class SimulatorConfig:
     region: str = "ap-guangzhou"
     # Per-second request histogram: how many seconds of history to keep per action.
     histogram_seconds: int = 3600
+    # Bursts (see runs.py): when set, the runs of one generated group share their phase
+    # durations and each moves within this many seconds of the others (queue, start, end).
+    group_spread_seconds: float | None = None
+    # DescribeRuns shows each run as it was this many seconds ago (GetRunStatus: as it is).
+    list_lag_seconds: float = 0.0
+    # Simulated network (see network.py): round trip and its jitter, per API request; the
+    # uplink takes ``uplink_share`` of it, and the rate limit counts after the uplink.
+    rtt_ms: float = 0.0
+    jitter_ms: float = 0.0
+    uplink_share: float = 0.5
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -173,6 +183,7 @@ class SimulatorConfig:
         flaps = self.flap_statuses
         if len(flaps) < 2 or any(flaps[i] == flaps[i - 1] for i in range(len(flaps))):
             problems.append("flap_statuses needs >= 2 entries, no two neighbours equal (cyclic)")
+        problems.extend(_burst_problems(self))
         if (self.secret_id is None) != (self.secret_key is None):
             problems.append("secret_id and secret_key go together")
         try:
@@ -184,3 +195,24 @@ class SimulatorConfig:
 
     def limit_for(self, action: str) -> int:
         return self.rate_limits.get(action, self.rate_limit)
+
+
+def network_problems(rtt_ms: float, jitter_ms: float, uplink_share: float) -> list[str]:
+    """What is wrong with a network setting (empty when it is fine)."""
+    problems = []
+    if rtt_ms < 0 or jitter_ms < 0:
+        problems.append("rtt_ms and jitter_ms must be >= 0")
+    if jitter_ms > rtt_ms:
+        problems.append("jitter_ms must not exceed rtt_ms (a delay is never negative)")
+    if not 0.0 <= uplink_share <= 1.0:
+        problems.append("uplink_share must be within [0, 1]")
+    return problems
+
+
+def _burst_problems(config: SimulatorConfig) -> list[str]:
+    problems = network_problems(config.rtt_ms, config.jitter_ms, config.uplink_share)
+    if config.group_spread_seconds is not None and config.group_spread_seconds < 0:
+        problems.append("group_spread_seconds must be >= 0")
+    if config.list_lag_seconds < 0:
+        problems.append("list_lag_seconds must be >= 0")
+    return problems

@@ -13,6 +13,13 @@ Invariants:
 - Consecutive statuses differ, so every schedule entry after the first is a transition.
 - Flapping runs change status at ``t_run + P * (k + u_k)`` for change ``k`` with
   ``u_k`` in [0.25, 0.75): gaps lie in (P/2, 3P/2), so the status at a time is O(1) to find.
+
+Bursts: real work is a run group of many samples submitted together. With
+``group_spread_seconds = S`` (or :meth:`RunBook.submit_group`) the runs of one group share
+phase durations ``(q, i, r)`` (drawn once per group) and each run is shifted by its own seeded
+``j`` in ``[0, S)``: run durations ``(q + j, i, r)``. So all of them are QUEUED at once, and
+each later change (INITIALIZING, RUNNING, the outcome) happens to the whole group within ``S``
+seconds; outcomes stay per run (some fail). Such runs store their durations (3 floats).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ CHAIN: tuple[str, ...] = (QUEUED, INITIALIZING, RUNNING)
 # Slots of 16 bits in a run's hash, one per independent draw.
 _U_KIND, _U_OUTCOME, _U_QUEUED, _U_INIT, _U_RUNNING, _U_DETOUR, _U_FAIL, _U_FLAP = range(8)
 _MASK64 = (1 << 64) - 1
+_K_SPREAD = 1 << 40  # the _mix index of a run's shift inside its group (never a flap index)
 
 
 def _frac(h: int, slot: int) -> float:
@@ -291,7 +299,32 @@ class RunBook:
             self._groups[number] = found
         return found
 
+    def group_durations(self, key: str) -> tuple[float, float, float]:
+        """The phase durations every run of group ``key`` shares (seeded, from the ranges)."""
+        cfg = self._config
+        d = seeded_digest(cfg.seed, f"group-durations:{key}", 6)
+        u = [int.from_bytes(d[k : k + 2], "big") / 65536.0 for k in (0, 2, 4)]
+        return (
+            _span(cfg.queued_seconds, u[0]),
+            _span(cfg.initializing_seconds, u[1]),
+            _span(cfg.running_seconds, u[2]),
+        )
+
+    @staticmethod
+    def shifted(run: Run, base: tuple[float, float, float], spread: float) -> None:
+        """Give ``run`` the group's durations, shifted by its own draw in ``[0, spread)``."""
+        q, i, r = base
+        run.durations = (q + spread * _mix(run.h, _K_SPREAD), i, r)
+
     def _generated(self, index: int, *, mono: float, wall: float) -> Run:
+        run = self._plain(index, mono=mono, wall=wall)
+        spread = self._config.group_spread_seconds
+        if spread is not None:
+            number = index // self._config.runs_per_group
+            self.shifted(run, self.group_durations(str(number)), spread)
+        return run
+
+    def _plain(self, index: int, *, mono: float, wall: float) -> Run:
         digest = seeded_digest(self._config.seed, f"run:{index}", 32)
         project_id, group_id, app_id = self.group(index // self._config.runs_per_group)
         return Run(
@@ -332,7 +365,7 @@ class RunBook:
         if durations is not None and (len(durations) != 3 or min(durations) < 0):
             raise ValueError("durations must be three non-negative numbers")
         # Index n draws what generated run n would: a submitted run is "one more run".
-        base = self._generated(len(self.runs), mono=mono, wall=wall)
+        base = self._plain(len(self.runs), mono=mono, wall=wall)
         if run_uuid is not None:
             base.run_uuid = str(uuid.UUID(run_uuid))
         if project_id is not None:
@@ -345,6 +378,46 @@ class RunBook:
         base.kind, base.outcome, base.durations = kind, outcome, durations
         self._add(base)
         return base
+
+    def submit_group(
+        self,
+        count: int,
+        *,
+        mono: float,
+        wall: float,
+        spread_seconds: float,
+        durations: tuple[float, float, float] | None = None,
+        run_group_id: str | None = None,
+        project_id: str | None = None,
+        application_id: str | None = None,
+        kind: str | None = None,
+        outcome: str | None = None,
+    ) -> list[Run]:
+        """``count`` runs of one new (or given) group, created now, moving within
+        ``spread_seconds`` of each other; unset fields are drawn from the seed (the
+        outcome per run, so some fail with the default mix)."""
+        if count < 1 or spread_seconds < 0:
+            raise ValueError("count must be >= 1 and spread_seconds >= 0")
+        first = self._plain(len(self.runs), mono=mono, wall=wall)
+        group = run_group_id or (
+            "rg-" + seeded_digest(self._config.seed, f"rg-burst:{len(self.runs)}", 4).hex()
+        )
+        base = durations or self.group_durations(group)
+        out = []
+        for _ in range(count):
+            run = self.submit(
+                mono=mono,
+                wall=wall,
+                project_id=project_id or first.project_id,
+                run_group_id=group,
+                application_id=application_id or first.application_id,
+                kind=kind,
+                outcome=outcome,
+                durations=base,
+            )
+            self.shifted(run, base, spread_seconds)
+            out.append(run)
+        return out
 
 
 __all__ = [

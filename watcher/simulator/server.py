@@ -58,6 +58,38 @@ def _submit(sim: Simulator, body: dict[str, Any]) -> Any:
     return web.json_response({"run_uuid": run_uuid}, status=201)
 
 
+def _group(sim: Simulator, body: dict[str, Any]) -> Any:
+    durations = body.get("durations")
+    if durations is not None:
+        if not isinstance(durations, list) or len(durations) != 3:
+            raise ValueError("durations must be [queued, initializing, running] seconds")
+        durations = (float(durations[0]), float(durations[1]), float(durations[2]))
+    count = body.get("count")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ValueError("count must be an integer")
+    keys = ("run_group_id", "project_id", "application_id", "kind", "outcome")
+    fields = {k: _opt_str(body, k) for k in keys}
+    spread = _number(body, "spread_seconds", required=False) or 0.0
+    uuids = sim.submit_group(count, spread_seconds=spread, durations=durations, **fields)
+    group = sim.group_of(uuids[0])
+    return web.json_response({"run_group_id": group, "run_uuids": uuids}, status=201)
+
+
+def _list_lag(sim: Simulator, body: dict[str, Any]) -> Any:
+    sim.set_list_lag(_number(body, "seconds") or 0.0)
+    return {"list_lag_seconds": sim.stats(timeline=False)["list_lag_seconds"]}
+
+
+def _network(sim: Simulator, body: dict[str, Any]) -> Any:
+    share = _number(body, "uplink_share", required=False)
+    sim.set_network(
+        rtt_ms=_number(body, "rtt_ms") or 0.0,
+        jitter_ms=_number(body, "jitter_ms", required=False) or 0.0,
+        uplink_share=0.5 if share is None else share,
+    )
+    return {"network": sim.stats(timeline=False)["network"]}
+
+
 def _rate_limit(sim: Simulator, body: dict[str, Any]) -> Any:
     sim.set_rate_limit(int(_number(body, "limit") or 0), action=_opt_str(body, "action"))
     return {"rate_limits": sim.stats(timeline=False)["rate_limits"]}
@@ -121,6 +153,9 @@ def _reset(sim: Simulator, body: dict[str, Any]) -> Any:
 
 HOOKS: dict[str, _Hook] = {
     "/_sim/runs": _submit,
+    "/_sim/groups": _group,
+    "/_sim/list-lag": _list_lag,
+    "/_sim/network": _network,
     "/_sim/rate-limit": _rate_limit,
     "/_sim/faults": _faults,
     "/_sim/clock": _clock,
@@ -154,9 +189,12 @@ def _hook_handler(
 def build_app(sim: Simulator) -> web.Application:
     async def api(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        uplink, downlink = sim.network_delays()
+        if uplink > 0:  # the request is still on its way: the server counts it on arrival
+            await asyncio.sleep(uplink)
         reply = sim.handle(request.headers, host=request.headers.get("Host", ""), body=body)
-        if reply.delay > 0:
-            await asyncio.sleep(reply.delay)
+        if reply.delay + downlink > 0:  # a slow answer, then the way back
+            await asyncio.sleep(reply.delay + downlink)
         if reply.drop:
             if request.transport is not None:
                 request.transport.abort()

@@ -42,6 +42,7 @@ from watcher.simulator.config import (
     SimulatorConfig,
 )
 from watcher.simulator.faults import BAD_GATEWAY_HTML, FaultInjector, spoil
+from watcher.simulator.network import Network, NetworkSettings
 from watcher.simulator.protocol import ApiError, Reply, encode, failure, request_ids, success
 from watcher.simulator.ratelimit import ActionLimiter
 from watcher.simulator.runs import RunBook, Snapshot, Transition
@@ -87,8 +88,16 @@ class Simulator:
             rate=config.fault_rate, kinds=config.fault_kinds, seed=config.seed
         )
         self._polls: Counter[str] = Counter()
+        self._list_lag = config.list_lag_seconds
+        self._network = Network(
+            NetworkSettings(config.rtt_ms, config.jitter_ms, config.uplink_share),
+            seed=config.seed,
+        )
         self._actions = Actions(
-            book=self._book, max_filter_values=lambda: self._max_filter_values, polls=self._polls
+            book=self._book,
+            max_filter_values=lambda: self._max_filter_values,
+            polls=self._polls,
+            list_lag=lambda: self._list_lag,
         )
         self._limiters: dict[str, ActionLimiter] = {}
         self._errors: Counter[str] = Counter()
@@ -249,6 +258,52 @@ class Simulator:
         )
         return run.run_uuid
 
+    def submit_group(
+        self,
+        count: int,
+        *,
+        spread_seconds: float = 0.0,
+        durations: tuple[float, float, float] | None = None,
+        run_group_id: str | None = None,
+        project_id: str | None = None,
+        application_id: str | None = None,
+        kind: str | None = None,
+        outcome: str | None = None,
+    ) -> list[str]:
+        """``count`` runs of one run group, created now, whose every status change happens
+        within ``spread_seconds`` of each other (durations shared, each run shifted by a
+        seeded draw). Outcomes are drawn per run unless given. Their UUIDs."""
+        runs = self._book.submit_group(
+            count,
+            mono=self._mono(),
+            wall=self._wall(),
+            spread_seconds=spread_seconds,
+            durations=durations,
+            run_group_id=run_group_id,
+            project_id=project_id,
+            application_id=application_id,
+            kind=kind,
+            outcome=outcome,
+        )
+        return [r.run_uuid for r in runs]
+
+    def set_list_lag(self, seconds: float) -> None:
+        """DescribeRuns shows runs as they were ``seconds`` ago from now on."""
+        if seconds < 0:
+            raise ValueError("the list lag must be >= 0 seconds")
+        self._list_lag = seconds
+
+    def set_network(
+        self, *, rtt_ms: float = 0.0, jitter_ms: float = 0.0, uplink_share: float = 0.5
+    ) -> None:
+        """Delay every later API request: round trip ``rtt_ms`` ± ``jitter_ms``, the uplink
+        taking ``uplink_share`` of it (see :mod:`watcher.simulator.network`)."""
+        self._network.settings = NetworkSettings(rtt_ms, jitter_ms, uplink_share)
+
+    def network_delays(self) -> tuple[float, float]:
+        """``(uplink, downlink)`` seconds for the next API request (called by the HTTP layer)."""
+        return self._network.delays()
+
     def set_rate_limit(self, limit: int, *, action: str | None = None) -> None:
         """Requests per sliding second for ``action`` (all actions when ``None``)."""
         if limit < 0:
@@ -334,6 +389,10 @@ class Simulator:
         run = self._book.by_uuid[run_uuid]
         return self._book.lifecycles.snapshot(run, self._mono() - run.created_mono)
 
+    def group_of(self, run_uuid: str) -> str:
+        """The run's RunGroupId."""
+        return self._book.by_uuid[run_uuid].run_group_id
+
     def status(self, run_uuid: str) -> str:
         return self.snapshot(run_uuid).status
 
@@ -366,6 +425,8 @@ class Simulator:
             "fault_rate": self._faults.rate,
             "fault_kinds": list(self._faults.kinds),
             "clock_offset": self._clock_offset,
+            "list_lag_seconds": self._list_lag,
+            "network": self._network.settings.as_dict(),
             "polls": dict(self._polls),
             "histogram": {a: lim.histogram() for a, lim in limiters.items()},
         }
