@@ -146,14 +146,13 @@ async def phase(
             policies={"hook": Policy(max_in_flight=in_flight)},
             logger=logger,
         )
-        stop = asyncio.Event()
         if name == "backlog":
             started = time.perf_counter()
             for index in range(events):
                 record(store, index)
             print(f"[backlog] recorded {events} events in {time.perf_counter() - started:.2f} s")
             cpu = time.process_time()
-            task = asyncio.create_task(dispatcher.run(stop))
+            task = asyncio.create_task(dispatcher.run())
             result = await wait_for(session, base, events)
             cpu = time.process_time() - cpu
             times = [item[0] for item in result["items"]]
@@ -164,7 +163,7 @@ async def phase(
                 f"(dispatcher process CPU {cpu:.2f} s, {1000 * cpu / events:.2f} ms/delivery)"
             )
         else:
-            task = asyncio.create_task(dispatcher.run(stop))
+            task = asyncio.create_task(dispatcher.run())
             interval = 1.0 / rate
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -184,8 +183,7 @@ async def phase(
                 f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms, "
                 f"mean {statistics.fmean(latencies):.1f} ms"
             )
-        stop.set()
-        await dispatcher.drain(asyncio.get_running_loop().time() + 5)
+        await dispatcher.stop(asyncio.get_running_loop().time() + 5)
         await task
         pending, _ = store.outbox_stats(now=datetime.now(UTC))
         print(f"[{name}] outbox pending afterwards: {pending}")

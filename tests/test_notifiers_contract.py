@@ -36,7 +36,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import TypeAdapter
 from standardwebhooks.webhooks import Webhook
 
-from watcher.delivery.dispatcher import attempt
+from watcher.delivery.retry import attempt
 from watcher.events import Event
 from watcher.notifiers.base import Notifier, Permanent, Retryable
 from watcher.notifiers.registry import KINDS, NotifierSettings, build_notifier

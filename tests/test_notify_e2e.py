@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import pytest
 from notify_receiver import Hit, WebhookReceiver
+from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Daemon,
     Processes,
@@ -131,6 +132,21 @@ def outbox_pending(daemon: Daemon) -> int | None:
         if line.startswith("omics_watcher_outbox_pending "):
             return int(float(line.split()[1]))
     raise AssertionError("/metrics has no omics_watcher_outbox_pending")
+
+
+def delivery_seconds_count(daemon: Daemon, notifier: str) -> float:
+    """How many rows ``omics_watcher_delivery_seconds`` observed for ``notifier``."""
+    reply = daemon.probe("/metrics")
+    assert reply is not None
+    assert reply.status == 200
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            if (
+                sample.name == "omics_watcher_delivery_seconds_count"
+                and sample.labels.get("notifier") == notifier
+            ):
+                return sample.value
+    raise AssertionError(f"/metrics has no omics_watcher_delivery_seconds for {notifier}")
 
 
 def recorded_events(daemon: Daemon) -> list[dict[str, Any]]:
@@ -332,9 +348,11 @@ def test_every_terminal_status_arrives_through_a_receiver_outage(
     daemon = launch(procs, config, port, env, "daemon.log")
 
     truth = wait_all_delivered(daemon, sim, receiver, timeout=OUTAGE_SECONDS + 90)
-    stats = check_deliveries(receiver, truth, recorded_events(daemon), repeats_allowed=False)
+    recorded = recorded_events(daemon)
+    stats = check_deliveries(receiver, truth, recorded, repeats_allowed=False)
     timing = check_outage_bridged(receiver)
     assert dead_letters(daemon) == []
+    assert delivery_seconds_count(daemon, "ops") == len(recorded)  # each delivered row, once
     assert stop(daemon.proc, timeout=15) == 0
     assert_no_secret_logged(daemon.log)
     print(f"outage e2e: {stats} {timing} in {time.monotonic() - started:.1f} s")
