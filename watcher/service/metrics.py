@@ -17,6 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Recording to delivery: milliseconds when the destination is up, up to hours through retries.
+DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,13 @@ class Metrics:
             ["notifier", "outcome"],
             registry=r,
         )
+        self.delivery_seconds = Histogram(
+            "omics_watcher_delivery_seconds",
+            "From an event's recording to its successful delivery, per delivered row.",
+            ["notifier"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
         self.polling_paused = Gauge(
             "omics_watcher_polling_paused",
             "1 while polling is paused because credentials or permissions fail.",
@@ -108,3 +117,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DeliveryMetrics:
+    """The dispatcher's observer: every row's outcome, and how long a delivered one took."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def delivery(self, *, notifier: str, outcome: str, latency: float | None) -> None:
+        self._metrics.deliveries.labels(notifier=notifier, outcome=outcome).inc()
+        if outcome == "delivered" and latency is not None:
+            self._metrics.delivery_seconds.labels(notifier=notifier).observe(max(latency, 0.0))
