@@ -10,6 +10,10 @@ failing test never leaves a simulator or daemon behind.
 - :func:`start_daemon` runs ``omics-watcher run -c FILE`` with JSON logs to a file;
 - :func:`run_cli` runs one short command and returns its ``CompletedProcess``;
 - :func:`http` is a tiny proxy-free HTTP client for probes, metrics and the ``/_sim`` hooks.
+
+Plain helpers for the in-process tests live here too (fixtures are in ``conftest.py``):
+:func:`now`, :class:`FakeClock` (wall and monotonic time that move only when told) and
+:func:`make_client` (the real :class:`OmicsClient` against a simulator's endpoint).
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
+
+import aiohttp
+
+from watcher.omics.client import OmicsClient
+from watcher.omics.credentials import Credential, CredentialProvider, StaticProvider
+from watcher.omics.limiter import Limiter, PacingLimiter
 
 T = TypeVar("T")
 
@@ -77,7 +88,6 @@ def wait_for(
 ) -> T:
     """Call ``probe`` until it returns something other than ``None``/``False``; bounded."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = probe()
         if last is not None and last is not False:
@@ -493,3 +503,83 @@ def list_runs(config: Path, *, env: Mapping[str, str]) -> list[dict[str, Any]]:
     rows = json.loads(done.stdout)
     assert isinstance(rows, list)
     return rows
+
+
+# -- in-process helpers ---------------------------------------------------------------------
+
+
+def now() -> datetime:
+    """The wall clock as the daemon reads it (aware, UTC)."""
+    return datetime.now(UTC)
+
+
+FAKE_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """Wall and monotonic clocks that move only when told, together.
+
+    Call it for the wall time as a ``datetime`` (what :class:`~watcher.store.Store` takes);
+    :meth:`wall` and :meth:`monotonic` are the float clocks the simulator takes.
+    """
+
+    def __init__(self, start: datetime = FAKE_START, *, monotonic_start: float = 500.0) -> None:
+        self.start = start
+        self.monotonic_start = monotonic_start
+        self.elapsed = 0.0
+
+    @property
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.elapsed)
+
+    @property
+    def epoch(self) -> float:
+        """The wall clock's start as a Unix time."""
+        return self.start.timestamp()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def wall(self) -> float:
+        return self.epoch + self.elapsed
+
+    def monotonic(self) -> float:
+        return self.monotonic_start + self.elapsed
+
+    def advance(self, seconds: float) -> datetime:
+        self.elapsed += seconds
+        return self.now
+
+
+class OmicsServer(Protocol):
+    """Where an Omics API answers and the key it accepts (either kind of simulator)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def secret_id(self) -> str: ...
+
+    @property
+    def secret_key(self) -> str: ...
+
+
+def make_client(
+    server: OmicsServer,
+    session: aiohttp.ClientSession,
+    *,
+    limiters: Mapping[str, Limiter] | None = None,
+    secret_key: str | None = None,
+    credentials: CredentialProvider | None = None,
+    timeout: float = 5.0,
+) -> OmicsClient:
+    """The real client against ``server``; one 20/s limiter for every action unless given."""
+    key = secret_key or server.secret_key
+    return OmicsClient(
+        session=session,
+        endpoint=server.endpoint,
+        region="ap-guangzhou",
+        credentials=credentials or StaticProvider(Credential(server.secret_id, key), name="t"),
+        limiters=limiters if limiters is not None else {"default": PacingLimiter(20)},
+        timeout=timeout,
+    )
