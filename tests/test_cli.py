@@ -81,8 +81,9 @@ def problem_lines(err: str) -> list[str]:
 
 def iso_utc(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    assert moment.utcoffset() is not None
-    assert moment.utcoffset().total_seconds() == 0
+    offset = moment.utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
     return moment
 
 

@@ -376,6 +376,7 @@ def test_admin_api_and_runs_tracked_while_running_are_polled_within_2s(
     assert listed[new]["labels"] == {"team": "genomics"}
     assert set(sim.runs) <= set(listed)
 
+    bad: bytes | dict[str, Any]
     for bad in (
         b"not json",
         b"[]",

@@ -25,6 +25,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from watcher.store import Store
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the Kubernetes manifests")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -568,14 +570,14 @@ def test_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def test_healthcheck_command_against_the_daemons_server() -> None:
+async def test_healthcheck_command_against_the_daemons_server(store: Store) -> None:
     import watcher.service.metrics as metrics_mod
     import watcher.service.server as server_mod
 
     alive = True
     health = server_mod.Health(alive=lambda: alive)
     app = server_mod.build_app(
-        store=object(),
+        store=store,
         metrics=metrics_mod.Metrics(),
         health=health,
         admin_token=None,

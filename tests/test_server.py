@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,12 +59,6 @@ class Harness:
     health: Health
     metrics: Metrics
     wakeups: list[int] = field(default_factory=list)
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db") as opened:
-        yield opened
 
 
 def state_snapshot(store: Store) -> StateSnapshot:

@@ -10,37 +10,23 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support import FAKE_START, FakeClock
 
 from watcher.events import STUCK, Event, RunState
 from watcher.store import StateError, Store, TrackRequest
+from watcher.store.db import Database
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
+from watcher.store.store import DEFAULT_BUSY_TIMEOUT
 from watcher.transitions import detect, not_found_event, stuck_event
 
 TERMINAL = frozenset({"SUCCESS", "FAILED"})
-T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+T0 = FAKE_START  # where the ``clock`` fixture starts
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_B = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -50,6 +36,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(db_path: Path, clock: FakeClock) -> Iterator[Store]:
+    """This file's store runs on the fake clock (``clock`` starts at ``T0``)."""
     with Store.open(db_path, clock=clock) as opened:
         yield opened
 
@@ -94,11 +81,16 @@ def test_creates_schema_and_reopens_idempotently(db_path: Path, clock: FakeClock
         assert run.tracked_at == T0
 
 
-def test_connection_settings(store: Store) -> None:
-    conn = store._db._conn
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+def test_connection_settings(db_path: Path) -> None:
+    # The connection every Store.open makes (the pragmas are per connection, so they are
+    # read through the same public connection layer rather than a second raw connection).
+    db = Database.connect(db_path, busy_timeout=DEFAULT_BUSY_TIMEOUT)
+    try:
+        assert db.query("PRAGMA foreign_keys") == [(1,)]
+        assert db.query("PRAGMA synchronous") == [(1,)]  # NORMAL
+        assert db.query("PRAGMA busy_timeout")[0][0] >= 5000
+    finally:
+        db.close()
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:
@@ -125,11 +117,17 @@ def test_corrupted_file_is_refused(db_path: Path) -> None:
 
 
 def test_lock_held_too_long_is_a_state_error(db_path: Path) -> None:
-    with Store.open(db_path) as daemon, Store.open(db_path, busy_timeout=0.1) as cli:
-        with daemon._db.write():
+    with Store.open(db_path, busy_timeout=0.1) as cli:
+        # Another process (the daemon) in the middle of a write transaction.
+        daemon = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            daemon.execute("BEGIN IMMEDIATE")
             with pytest.raises(StateError, match="locked"):
                 cli.track([TrackRequest(RUN_A)])
             assert cli.list_runs() == []  # readers are not blocked by the writer
+            daemon.execute("COMMIT")
+        finally:
+            daemon.close()
         assert cli.track([TrackRequest(RUN_A)]).added == [RUN_A]
 
 

@@ -7,12 +7,12 @@ the simulator, with the :class:`StuckChecker` beside them as the daemon runs it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
+from support import now
 
 from watcher.config import ConfigError, Settings, StuckSettings, load_settings
 from watcher.events import STUCK, Event, RunState
@@ -30,10 +30,6 @@ from watcher.stuck import StuckChecker, StuckLimits
 from watcher.transitions import detect
 
 TERMINAL = frozenset(Settings().polling.terminal)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- limits and configuration -------------------------------------------------------------------
@@ -220,12 +216,6 @@ async def test_off_when_no_limit(tmp_path: Path) -> None:
 
 
 # -- hung runs against the simulator ------------------------------------------------------------
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def watch(
