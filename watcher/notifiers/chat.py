@@ -19,8 +19,9 @@ from pydantic import SecretStr
 from watcher.events import Event
 from watcher.notifiers.common import Deps, NotifierBase, SecretUrl, json_bytes
 from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import ApiError, ApiErrorReader, Scrubber, post, url_secrets
+from watcher.notifiers.http import ApiError, ApiErrorReader, post
 from watcher.notifiers.render import Message, Renderer
+from watcher.secrets import Scrubber, secret_parts, url_secrets
 
 
 class ChatSettings(NotifierBase):
@@ -64,7 +65,9 @@ class JsonChatNotifier(Generic[C]):
         self._url = settings.url.get_secret_value()
         self._secret = secret.get_secret_value() if secret else None
         self._deps = deps
-        self._scrub = Scrubber([*url_secrets(self._url), *([self._secret] if self._secret else [])])
+        self._scrub = Scrubber(
+            [*url_secrets(self._url), *(secret_parts(self._secret) if self._secret else [])]
+        )
         self._renderer = Renderer(
             notifier=self.name,
             logger=deps.logger,

@@ -27,8 +27,8 @@ from watcher.events import Event
 from watcher.notifiers.base import Permanent, Retryable
 from watcher.notifiers.common import Deps, Kind, NotifierBase
 from watcher.notifiers.fitting import fit
-from watcher.notifiers.http import Scrubber
 from watcher.notifiers.render import Message, Renderer, plain_text
+from watcher.secrets import Scrubber, secret_parts
 from watcher.statuses import Severity
 
 FIELD_MAX = 32 * 1024  # characters per long field (error, stderr, custom body)
@@ -133,7 +133,7 @@ class EmailNotifier:
         self._settings = settings
         self._deps = deps
         self._password = settings.password.get_secret_value() if settings.password else None
-        self._scrub = Scrubber([self._password] if self._password else [])
+        self._scrub = Scrubber(secret_parts(self._password) if self._password else [])
         self._port = settings.port or DEFAULT_PORTS[settings.security]
         self._tls: ssl.SSLContext | None = None
         if settings.security != "none":

@@ -12,69 +12,30 @@
 
 Network errors are retryable. Timeouts are not decided here: the dispatcher bounds each attempt.
 
-Invariant: reasons name the destination by scheme and host only (:func:`redact_url`) and pass
-any text that came back from the server through the notifier's :class:`Scrubber`, so neither
-a URL's token nor a signing secret can reach a log line or an exception message.
+Invariant: reasons name the destination by scheme and host only
+(:func:`watcher.secrets.url_origin`) and pass any text that came back from the server through
+the notifier's :class:`~watcher.secrets.Scrubber` (the rules of :mod:`watcher.secrets`), so
+neither a URL's token nor a signing secret can reach a log line or an exception message.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from watcher import __version__
 from watcher.notifiers.base import Permanent, Retryable
+from watcher.secrets import url_origin
 
 USER_AGENT = f"omics-watcher/{__version__}"
 _MAX_RESPONSE = 64 * 1024
 _SNIPPET = 200
-
-
-def redact_url(url: str) -> str:
-    """``https://host[:port]``: everything after the authority may be a credential."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return "<invalid url>"
-    if not parsed.scheme or not parsed.host:
-        return "<invalid url>"
-    port = "" if parsed.explicit_port is None else f":{parsed.explicit_port}"
-    return f"{parsed.scheme}://{parsed.host}{port}"
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may be credentials: query values, user info, long path parts."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return [url]
-    found = [value for value in parsed.query.values() if value]
-    found += [part for part in (parsed.user, parsed.password) if part]
-    # Slack (T/B/X), Discord (id/token), Feishu (hook token) and Teams put the secret in the
-    # path; short words such as "services" or "send" are harmless to leave.
-    found += [part for part in parsed.path.split("/") if len(part) >= 8]
-    return found
-
-
-class Scrubber:
-    """Replaces known secret strings by ``***`` in any text about to be logged or raised."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is removed whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +144,7 @@ async def post(
     api_error: ApiErrorReader | None = None,
 ) -> None:
     """POST ``body`` once and classify the answer; redirects are not followed."""
-    where = redact_url(url)
+    where = url_origin(url)
     sent_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **headers}
     try:
         async with session.post(

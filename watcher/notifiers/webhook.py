@@ -21,8 +21,9 @@ from pydantic import Field, SecretStr, field_validator
 
 from watcher.events import Event
 from watcher.notifiers.common import Deps, HttpUrl, Kind, NotifierBase
-from watcher.notifiers.http import Scrubber, post, url_secrets
+from watcher.notifiers.http import post
 from watcher.notifiers.render import Renderer
+from watcher.secrets import Scrubber, secret_parts, url_secrets
 
 _RESERVED = frozenset(
     {
@@ -101,8 +102,11 @@ class WebhookNotifier:
         self._keys = [decode_secret(part) for part in raw_secrets]
         self._headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
         self._scrub = Scrubber(
-            [*url_secrets(self._url), *raw_secrets, *self._headers.values()]
-            + [part.removeprefix("whsec_") for part in raw_secrets]
+            [
+                *url_secrets(self._url),
+                *(secret_parts(settings.secret.get_secret_value()) if settings.secret else []),
+                *self._headers.values(),
+            ]
         )
         self._renderer = (
             Renderer(

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from watcher.secrets import Scrubber
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -24,39 +26,22 @@ _LEVELS = {
 
 
 class SecretMasker:
-    """A structlog processor replacing known secret strings by ``***``."""
+    """A structlog processor masking known secrets with :class:`watcher.secrets.Scrubber`."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets: list[str] = []
-        self.add(secrets)
+        self._scrub = Scrubber(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Mask these too (a reloaded configuration may bring new secrets)."""
-        # Very short values would mask ordinary words; real secrets are long.
-        known = set(self._secrets) | {s for s in secrets if len(s) >= 6}
-        self._secrets = sorted(known, key=len, reverse=True)
-
-    def _mask(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, "***")
-            return value
-        if isinstance(value, dict):
-            return {k: self._mask(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._mask(v) for v in value]
-        if isinstance(value, BaseException):
-            return self._mask(repr(value))
-        return value
+        self._scrub = self._scrub.adding(secrets)
 
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self._secrets:
+        if not self._scrub:
             return event_dict
         for key, value in list(event_dict.items()):
-            event_dict[key] = self._mask(value)
+            event_dict[key] = self._scrub.mask(value)
         return event_dict
 
 
