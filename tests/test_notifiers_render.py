@@ -143,6 +143,7 @@ async def test_renderers_ask_the_configured_vocabulary() -> None:
         slack_hook = build_notifier(
             settings, session=session, logger=structlog.get_logger(), statuses=statuses
         )
+        assert isinstance(slack_hook, slack.SlackNotifier)
         for index, (status, (severity, emoji)) in enumerate(cases.items()):
             changed = event(status=status, failure=None, terminal=True)
             changed = Event(
