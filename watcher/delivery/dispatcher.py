@@ -55,6 +55,7 @@ from watcher.delivery.pacing import Pacer, Slot
 from watcher.delivery.retry import attempt, honoured, retry_delay
 from watcher.events import Event
 from watcher.notifiers.base import Notifier, NotifyError, Permanent, Rate, Retryable
+from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.models import Delivery
 
 DEFAULT_POLL_INTERVAL = 1.0
@@ -146,10 +147,13 @@ class Dispatcher:
         scan_limit: int = DEFAULT_SCAN_LIMIT,
         uniform: Callable[[], float] = random.random,
         progress: Callable[[str], Progress | None] | None = None,
+        statuses: Statuses = DEFAULT_STATUSES,
     ) -> None:
-        """``progress`` tells a digest where its run group stands (``group_progress``)."""
+        """``progress`` tells a digest where its run group stands (``group_progress``);
+        ``statuses`` how a digest counts its runs (succeeded, failed ...)."""
         self._store = store
         self._progress = progress
+        self._statuses = statuses
         self._clock = clock
         self._logger = logger
         self._metrics = metrics
@@ -363,6 +367,7 @@ class Dispatcher:
                 group_by=policy.group_by,
                 group=send.group,
                 progress=progress,
+                statuses=self._statuses,
             )
         except Exception as exc:  # a bug must not kill the worker or lose the rows
             raise Retryable(f"internal error building a digest: {type(exc).__name__}") from None
