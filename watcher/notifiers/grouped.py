@@ -16,6 +16,10 @@ runs by short id, one fact per kind of outcome. ``Message.compact_facts`` holds 
 versions of those facts, which :func:`~watcher.notifiers.fitting.fit` tries in turn before it
 cuts anything else.
 
+How each status counts (failed, succeeded, other, running) is asked of the
+:class:`~watcher.statuses.Statuses` passed in, the same vocabulary the single-event messages
+and enrichment use.
+
 Invariants: at every level every run is counted (the title and each fact's label carry exact
 counts), and a list is only ever shortened with an explicit ``+K more``, never silently. At
 most :data:`MAX_FACTS` facts, so no destination's field limit (Slack: 10) drops one. Pure:

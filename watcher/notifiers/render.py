@@ -11,6 +11,9 @@ default (logging ``notify_template_failed``) when a template fails for one event
 result fit a destination is :mod:`watcher.notifiers.fitting`'s job. Digests and run-group
 roll-ups are rendered by :mod:`watcher.notifiers.grouped`, without user templates.
 
+What a status means (✅ ❌ ⚠️ 🔄, whether failure details are shown) comes from the
+:class:`~watcher.statuses.Statuses` the notifier was built with.
+
 Pure apart from the logger given to :class:`Renderer`: no I/O, no clock.
 """
 
