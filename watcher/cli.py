@@ -51,7 +51,7 @@ def _open_store(settings: Any) -> Any:
 
 
 def _configure_logging(settings: Any) -> Any:
-    from watcher.app import secret_values
+    from watcher.secrets import secret_values
     from watcher.service.logs import configure
 
     return configure(
@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from watcher.config import redacted
+    from watcher.secrets import redacted
 
     settings = _settings(args)
     json.dump(redacted(settings), sys.stdout, indent=2, ensure_ascii=False)
@@ -199,8 +199,9 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from watcher.app import run_daemon, secret_values
+    from watcher.app import run_daemon
     from watcher.config import load_settings
+    from watcher.secrets import secret_values
 
     settings = _settings(args)
     masker = _configure_logging(settings)

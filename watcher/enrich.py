@@ -1,6 +1,8 @@
 """Failure enrichment: why a run failed, told with GetRunCalls and GetRunJobLog.
 
-On a transition into a failing status the :class:`~watcher.recorder.Recorder` asks
+On a transition into a failing status (as the injected :class:`~watcher.statuses.Statuses`
+says: terminal and a failure, so never ``SUCCEEDED`` or ``PREEMPTED``) the
+:class:`~watcher.recorder.Recorder` asks
 :meth:`FailureEnricher.failure` for the event's ``data.failure``: ``{"task", "message",
 "stderr_tail"}``, the first failing call, its error and the end of its stderr. The walk
 starts at Path ``/`` and descends into failing sub-workflows and scatters the way Tencent
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,12 +41,7 @@ import structlog
 
 from watcher.omics.errors import OmicsError
 from watcher.omics.models import RunMetadata, parse_json_text
-
-# Terminal statuses that are not failures: everything else terminal is (``PREEMPTED`` too).
-NOT_FAILING: frozenset[str] = frozenset({"SUCCESS", "COMPLETE", "CANCELED", "CANCELLED"})
-# Call statuses that mean "this task failed" whatever the run-level vocabulary is
-# (Cromwell's own call states are ``Failed``; compared case-insensitively).
-CALL_FAILING: frozenset[str] = frozenset({"FAILED", "ERROR"})
+from watcher.statuses import Statuses
 
 DEFAULT_TIMEOUT_SECONDS = 20.0
 DEFAULT_TAIL_BYTES = 4096
@@ -57,11 +54,6 @@ METADATA_FILE_NOTE = (
     "fetched with GetRunMetadataFile (Key nextflow.log); the download URL that call returns "
     "is short-lived, so none is included here."
 )
-
-
-def failing_statuses(terminal: Iterable[str]) -> frozenset[str]:
-    """The failing statuses among ``terminal``: all but success and cancellation."""
-    return frozenset(s for s in terminal if s.upper() not in NOT_FAILING)
 
 
 class CallsSource(Protocol):
@@ -199,7 +191,7 @@ class FailureEnricher:
         self,
         *,
         client: CallsSource,
-        failing: Iterable[str],
+        statuses: Statuses,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         max_depth: int = DEFAULT_MAX_DEPTH,
@@ -208,8 +200,7 @@ class FailureEnricher:
         if timeout <= 0 or tail_bytes < 0 or max_depth < 1 or max_listings < 1:
             raise ValueError("timeout > 0, tail_bytes >= 0, max_depth >= 1, max_listings >= 1")
         self._client = client
-        self._failing = frozenset(failing)
-        self._call_failing = frozenset(s.upper() for s in self._failing) | CALL_FAILING
+        self._statuses = statuses
         self._timeout = timeout
         self._tail_bytes = tail_bytes
         self._max_depth = max_depth
@@ -218,8 +209,8 @@ class FailureEnricher:
 
     @property
     def failing(self) -> frozenset[str]:
-        """Run statuses whose transition gets enriched."""
-        return self._failing
+        """Run statuses whose transition gets enriched (the vocabulary's failing ones)."""
+        return self._statuses.failing
 
     async def failure(
         self, run_uuid: str, project_id: str, metadata: Mapping[str, Any]
@@ -273,7 +264,7 @@ class FailureEnricher:
         )
 
     def _is_failing(self, call: RunMetadata) -> bool:
-        return call.Status.upper() in self._call_failing
+        return self._statuses.is_failed_call(call.Status)
 
     async def _walk(self, run_uuid: str, project_id: str, found: _Findings) -> None:
         best = await self._find(run_uuid, project_id, found)

@@ -44,9 +44,9 @@ from watcher.events import (
     isoformat_z,
     stable_event_id,
 )
-from watcher.notifiers.grouped import category_of
 from watcher.notifiers.render import failure_of
 from watcher.sink import EventSink
+from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.groups import GroupMember
 
 DEFAULT_INTERVAL = 1.0
@@ -93,6 +93,7 @@ class RollupTracker:
         clock: Callable[[], datetime],
         interval: float = DEFAULT_INTERVAL,
         since_seconds: float = DEFAULT_SINCE_SECONDS,
+        statuses: Statuses = DEFAULT_STATUSES,
     ) -> None:
         """``targets``: the notifiers that want roll-ups (``rollup = true``), read each time."""
         self._store = store
@@ -101,6 +102,7 @@ class RollupTracker:
         self._clock = clock
         self._interval = interval
         self._since = since_seconds
+        self._statuses = statuses
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._log = structlog.get_logger("watcher.rollup")
@@ -158,7 +160,9 @@ class RollupTracker:
         if self._store.has_event(event_id):
             return None
         members = self._store.group_members(group)
-        progress = Progress.of((m.status, m.terminal, m.stopped) for m in members)
+        progress = Progress.of(
+            ((m.status, m.terminal, m.stopped) for m in members), statuses=self._statuses
+        )
         if not progress.complete:
             return None
         event = self._event(event_id, group, members, progress)
@@ -186,7 +190,7 @@ class RollupTracker:
                 "stopped": member.stopped,
                 "failure": None,
             }
-            failed = category_of(member.status, terminal=member.terminal) == "failed"
+            failed = self._statuses.category(member.status, terminal=member.terminal) == "failed"
             if failed and not member.stopped and lookups < MAX_FAILURE_LOOKUPS:
                 lookups += 1
                 run["failure"] = self._failure(member.run_uuid)
