@@ -1,41 +1,47 @@
 """Composition root: builds every component for ``run`` and runs them in one TaskGroup.
 
-Resources are opened in an :class:`~contextlib.AsyncExitStack` (state file, HTTP session,
-HTTP server) and closed in reverse order. Long-lived tasks (scheduler, dispatcher, HTTP
-server, reload watcher) share one :class:`asyncio.TaskGroup`: if one dies, all stop and
-the process exits non-zero so systemd or Kubernetes restarts it.
+``run_daemon`` reads as four phases (uvicorn's shape; kopf's spawn apart from run):
 
-Shutdown order on ``stop``: readiness turns 503, the scheduler stops taking new polls and
-lets in-flight ones finish, then the dispatcher gets what is left of the grace period to
-deliver; anything undelivered stays in the outbox for the next start.
+- :func:`build`: settings become option dataclasses (:mod:`watcher.options`) and every part
+  is made: state file, HTTP session, Omics client, the live notifier set, dispatcher, the
+  one :class:`~watcher.sink.EventSink` every producer writes through, pollers, server;
+- :func:`startup`: listen, load the registry, open the sd_notify channel;
+- :meth:`Serving.spawn`: the long-lived tasks in one :class:`asyncio.TaskGroup` (if one
+  dies, all stop and the process exits non-zero so systemd or Kubernetes restarts it);
+- :meth:`Serving.shutdown`: :attr:`Serving.SHUTDOWN`, an ordered list of named steps:
+  readiness 503 → polling stops and in-flight polls finish → the roll-up's last check →
+  the dispatcher drains within the grace period → the server stops. Anything undelivered
+  stays in the outbox for the next start.
+
+Resources are opened in an :class:`~contextlib.AsyncExitStack` and closed in reverse order.
+SIGHUP (:class:`Reloader`) replaces the notifier set held by :class:`LiveNotifiers` as one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import structlog
-from pydantic import AnyUrl, BaseModel, SecretStr
+from pydantic import SecretStr
 
 from watcher import __version__
 from watcher.config import Settings
 from watcher.delivery.digest import group_progress
 from watcher.delivery.dispatcher import Dispatcher, Policy
-from watcher.enrich import FailureEnricher, failing_statuses
+from watcher.enrich import FailureEnricher
 from watcher.events import Event
 from watcher.notifiers.base import Notifier
 from watcher.notifiers.common import NotifierBase
 from watcher.notifiers.log import LogSettings
 from watcher.notifiers.registry import build_notifier
-from watcher.omics.client import OmicsClient
+from watcher.omics.client import OmicsClient, RequestObserver
 from watcher.omics.credentials import (
     CredentialProvider,
     CredentialsError,
@@ -43,14 +49,22 @@ from watcher.omics.credentials import (
     static_provider,
 )
 from watcher.omics.limiter import PacingLimiter
-from watcher.options import stuck_limits
-from watcher.polling.discovery import build_discovery
-from watcher.polling.per_run import Scheduler, SchedulerOptions
-from watcher.polling.strategy import build_poller
+from watcher.options import (
+    delivery_policy,
+    discovery_options,
+    scheduler_options,
+    server_options,
+    status_vocabulary,
+    strategy_options,
+    stuck_limits,
+)
+from watcher.polling.discovery import Discovery, build_discovery
+from watcher.polling.per_run import Scheduler
+from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
 from watcher.routing import RouteSettings, select
-from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import Health, HttpServer, build_app
 from watcher.sink import EventSink
@@ -62,36 +76,6 @@ STATUS_ACTION = "GetRunStatus"
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every secret string in the configuration, for the log masker."""
-    found: list[str] = []
-
-    def walk(value: Any, key: str = "") -> None:
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif isinstance(value, AnyUrl) or (key == "url" and isinstance(value, str)):
-            # A plain URL may still carry a password or a token in its query string.
-            found.extend(_url_secrets(str(value)))
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name), name)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-
-    walk(settings)
-    return [s for s in found if s]
-
-
-def _url_secrets(url: str) -> list[str]:
-    parts = urlsplit(url)
-    values = [v for _, v in parse_qsl(parts.query)]
-    return [v for v in [parts.password or "", *values] if v]
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -134,8 +118,9 @@ def credential_provider(
         raise
 
 
-def build_limiters(settings: Settings, metrics: Metrics | None = None) -> dict[str, PacingLimiter]:
-    """One limiter per action: Tencent's 20/s budget is counted per action."""
+def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
+    """One limiter per action (Tencent counts its 20/s budget per action); GetRunCalls and
+    GetRunJobLog share one. The client labels each request's timings with its own action."""
     polling = settings.polling
     calls = PacingLimiter(polling.calls_rate_per_second)
     limiters = {
@@ -145,12 +130,6 @@ def build_limiters(settings: Settings, metrics: Metrics | None = None) -> dict[s
         "GetRunJobLog": calls,
         "default": PacingLimiter(polling.calls_rate_per_second),
     }
-    if metrics is not None:
-        for action, limiter in limiters.items():
-            limiter.observe(
-                latency=metrics.api_request_seconds.labels(action=action).observe,
-                waited=metrics.limiter_wait_seconds.labels(action=action).inc,
-            )
     return limiters
 
 
@@ -170,6 +149,7 @@ def build_client(
     session: aiohttp.ClientSession,
     environ: Mapping[str, str],
     limiters: Mapping[str, PacingLimiter],
+    observer: RequestObserver | None = None,
 ) -> OmicsClient:
     tc = settings.tencentcloud
     return OmicsClient(
@@ -180,6 +160,7 @@ def build_client(
         limiters=limiters,
         timeout=settings.polling.request_timeout_seconds,
         language=tc.language,
+        observer=observer,
     )
 
 
@@ -216,16 +197,6 @@ def _state_snapshot(store: Store) -> Callable[[], StateSnapshot]:
     return snapshot
 
 
-class _DeliveryMetrics:
-    """Adapts the dispatcher's observer hook to the Prometheus counters."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def delivery(self, *, notifier: str, outcome: str, latency: float | None) -> None:
-        self._metrics.deliveries.labels(notifier=notifier, outcome=outcome).inc()
-
-
 def notifier_settings(settings: Settings) -> list[NotifierBase]:
     """The configured notifiers; with none, an implied ``log`` notifier."""
     if settings.notifiers:
@@ -246,18 +217,368 @@ class NotifierSet:
     def build(cls, settings: Settings, *, session: aiohttp.ClientSession) -> NotifierSet:
         logger = structlog.get_logger("watcher.notify")
         configured = notifier_settings(settings)
+        statuses = status_vocabulary(settings)
         return cls(
             notifiers={
-                n.name: build_notifier(n, session=session, logger=logger.bind(notifier=n.name))
+                n.name: build_notifier(
+                    n, session=session, logger=logger.bind(notifier=n.name), statuses=statuses
+                )
                 for n in configured
             },
-            policies={n.name: Policy.from_settings(n) for n in configured},
+            policies={n.name: delivery_policy(n) for n in configured},
             routes=list(settings.routes),
             rollups=frozenset(n.name for n in configured if n.rollup),
         )
 
     def route(self, event: Event) -> list[str]:
         return select(event, self.routes, self.notifiers)
+
+
+class LiveNotifiers:
+    """The notifier set in force: what routing reads at each event and SIGHUP replaces.
+
+    One holder instead of a variable rebound in a closure, so every reader (the event
+    sink's routes, the roll-up targets) sees a reload at its next event.
+    """
+
+    def __init__(self, current: NotifierSet) -> None:
+        self._current = current
+
+    @property
+    def current(self) -> NotifierSet:
+        return self._current
+
+    def route(self, event: Event) -> list[str]:
+        return self._current.route(event)
+
+    def rollup_targets(self) -> frozenset[str]:
+        return self._current.rollups
+
+    def replace(self, fresh: NotifierSet) -> None:
+        self._current = fresh
+
+
+@dataclass
+class Daemon:
+    """Every part of one ``run``, built by :func:`build`; nothing runs yet."""
+
+    settings: Settings
+    store: Store
+    session: aiohttp.ClientSession
+    metrics: Metrics
+    health: Health
+    notifiers: LiveNotifiers
+    dispatcher: Dispatcher
+    rollups: RollupTracker
+    stuck: StuckChecker
+    poller: Poller
+    discovery: Discovery
+    server: HttpServer
+    log: Any
+
+
+async def build(
+    settings: Settings,
+    *,
+    stack: contextlib.AsyncExitStack,
+    environ: Mapping[str, str],
+    wiring: Wiring,
+) -> Daemon:
+    """Open the state file and the HTTP session (closed by ``stack``) and build every part.
+
+    Raises ``StateError`` and ``CredentialsError``; nothing is polled or served yet.
+    """
+    log = structlog.get_logger("watcher.app")
+    metrics = Metrics()
+    store = stack.enter_context(Store.open(settings.state.path))
+    session = await stack.enter_async_context(http_session())
+    limiters = build_limiters(settings)
+    client = _observed_client(
+        settings, session=session, environ=environ, limiters=limiters, metrics=metrics
+    )
+    notifiers = LiveNotifiers(NotifierSet.build(settings, session=session))
+    forget_removed_notifiers(store, notifiers.current, log)
+    statuses = status_vocabulary(settings)
+    dispatcher = Dispatcher(
+        store=store,
+        notifiers=notifiers.current.notifiers,
+        policies=notifiers.current.policies,
+        logger=structlog.get_logger("watcher.dispatch"),
+        metrics=DeliveryMetrics(metrics),
+        progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
+        statuses=statuses,
+    )
+    # One sink for every producer: routed by the live notifier set, announced to the
+    # roll-up tracker, the caller's hook and the dispatcher, counted in the metrics.
+    sink = EventSink(
+        store=store, route=notifiers.route, metrics=metrics, on_recorded=dispatcher.notify
+    )
+    rollups = RollupTracker(
+        store=store,
+        sink=sink,
+        targets=notifiers.rollup_targets,
+        clock=utc_now,
+        statuses=statuses,
+    )
+    sink.subscribe(rollups.observe)
+    sink.subscribe(wiring.on_event)
+    recorder = Recorder(
+        store=store,
+        sink=sink,
+        terminal=settings.polling.terminal,
+        wall_clock=utc_now,
+        enricher=FailureEnricher(client=client, statuses=statuses),
+    )
+    poller = _build_poller(
+        settings, store=store, client=client, recorder=recorder, limiters=limiters, metrics=metrics
+    )
+    health = Health()
+    return Daemon(
+        settings=settings,
+        store=store,
+        session=session,
+        metrics=metrics,
+        health=health,
+        notifiers=notifiers,
+        dispatcher=dispatcher,
+        rollups=rollups,
+        stuck=StuckChecker(
+            store=store, sink=sink, limits=stuck_limits(settings.stuck), wall_clock=utc_now
+        ),
+        poller=poller,
+        discovery=build_discovery(
+            discovery_options(settings), store=store, source=client, on_tracked=poller.refresh
+        ),
+        server=_build_server(settings, store=store, metrics=metrics, health=health, poller=poller),
+        log=log,
+    )
+
+
+def _observed_client(
+    settings: Settings,
+    *,
+    session: aiohttp.ClientSession,
+    environ: Mapping[str, str],
+    limiters: Mapping[str, PacingLimiter],
+    metrics: Metrics,
+) -> OmicsClient:
+    """The Omics client, its request timings and clock skew exported as metrics."""
+    client = build_client(
+        settings,
+        session=session,
+        environ=environ,
+        limiters=limiters,
+        observer=ApiRequestMetrics(metrics, actions=[a for a in limiters if a != "default"]),
+    )
+    # The client's estimate after SignatureExpire answers, read at scrape time.
+    metrics.clock_skew_seconds.set_function(lambda: client.clock_skew_seconds)
+    return client
+
+
+def _build_poller(
+    settings: Settings,
+    *,
+    store: Store,
+    client: OmicsClient,
+    recorder: Recorder,
+    limiters: Mapping[str, PacingLimiter],
+    metrics: Metrics,
+) -> Poller:
+    """The [polling] strategy (per-run, batch, auto) around the per-run scheduler."""
+    status_limiter = limiters[STATUS_ACTION]
+    scheduler = Scheduler(
+        store=store,
+        source=client,
+        recorder=recorder,
+        options=scheduler_options(settings),
+        backlog=lambda: status_limiter.waiting,
+        metrics=metrics,
+        wall_clock=utc_now,
+    )
+    return build_poller(
+        strategy_options(settings),
+        scheduler=scheduler,
+        store=store,
+        source=client,
+        recorder=recorder,
+        limiters=limiters,
+        metrics=metrics,
+        wall_clock=utc_now,
+    )
+
+
+def _build_server(
+    settings: Settings, *, store: Store, metrics: Metrics, health: Health, poller: Poller
+) -> HttpServer:
+    """Probes, metrics and the admin API (runs it tracks are polled at once)."""
+    options = server_options(settings)
+    metrics.watch_state(_state_snapshot(store))
+    return HttpServer(
+        build_app(
+            store=store,
+            metrics=metrics,
+            health=health,
+            admin_token=options.admin_token,
+            default_project_id=options.default_project_id,
+            on_tracked=poller.refresh,
+        )
+    )
+
+
+async def startup(
+    daemon: Daemon, *, stack: contextlib.AsyncExitStack, environ: Mapping[str, str]
+) -> tuple[int, SdNotifier]:
+    """Listen (``ServerStartError`` if the port is taken), load the registry, greet systemd.
+
+    Returns the port listened on and the sd_notify channel (READY comes after the first
+    poll cycle, see :meth:`Serving.become_ready`).
+    """
+    options = server_options(daemon.settings)
+    port = await daemon.server.start(options.host, options.port)
+    stack.push_async_callback(daemon.server.stop)
+    tracked = daemon.poller.load()
+    daemon.log.info("daemon_started", listen=f"{options.host}:{port}", tracked=tracked)
+    sd = stack.enter_context(SdNotifier(environ=environ))
+    return port, sd
+
+
+class Reloader:
+    """SIGHUP: re-read the settings and replace the notifier set as one, or keep the old one.
+
+    The sd_notify protocol sees RELOADING then READY around each attempt; a settings file
+    that fails to load or build is logged (``reload_failed``) and changes nothing.
+    """
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        *,
+        signal: asyncio.Event,
+        load: Callable[[], Settings],
+        sd: SdNotifier,
+    ) -> None:
+        self._daemon = daemon
+        self._signal = signal
+        self._load = load
+        self._sd = sd
+
+    async def run(self) -> None:
+        while True:
+            await self._signal.wait()
+            self._signal.clear()
+            self._sd.reloading()
+            self.reload_once()
+            self._sd.ready()
+
+    def reload_once(self) -> None:
+        daemon = self._daemon
+        try:
+            fresh = NotifierSet.build(self._load(), session=daemon.session)
+        except Exception as exc:  # a bad edit must not take the daemon down
+            daemon.log.error("reload_failed", error=str(exc), hint="keeping the old notifiers")
+            return
+        daemon.notifiers.replace(fresh)
+        daemon.dispatcher.replace_notifiers(fresh.notifiers, fresh.policies)
+        forget_removed_notifiers(daemon.store, fresh, daemon.log)
+        daemon.log.info("reloaded", notifiers=sorted(fresh.notifiers))
+
+
+class Serving:
+    """The long-lived tasks of one daemon in one TaskGroup, and their ordered shutdown.
+
+    Tasks that own work in flight (polling, roll-ups, delivery, the HTTP server) each get
+    their own stop signal, given in :attr:`SHUTDOWN` order; the rest (readiness, reload,
+    watchdog, stuck checks, discovery) hold nothing that must finish and are cancelled.
+    """
+
+    def __init__(self, daemon: Daemon, *, sd: SdNotifier, port: int, wiring: Wiring) -> None:
+        self._daemon = daemon
+        self._sd = sd
+        self._port = port
+        self._wiring = wiring
+        self._polling_stop = asyncio.Event()
+        self._rollup_stop = asyncio.Event()
+        self._server_stop = asyncio.Event()
+        self._main: dict[str, asyncio.Task[None]] = {}
+        self._helpers: list[asyncio.Task[None]] = []
+        self._deadline = 0.0
+        self.abandoned = 0
+
+    def spawn(
+        self, group: asyncio.TaskGroup, *, stop: asyncio.Event, reloader: Reloader | None
+    ) -> None:
+        """Start every task in ``group``; none of them waits for another to start."""
+        d = self._daemon
+        self._main = {
+            "server": group.create_task(d.server.run(self._server_stop)),
+            "polling": group.create_task(d.poller.run(self._polling_stop)),
+            "rollups": group.create_task(d.rollups.run(self._rollup_stop)),
+            "delivery": group.create_task(d.dispatcher.run()),
+        }
+        helpers: list[Coroutine[Any, Any, None]] = [self.become_ready()]
+        if reloader is not None:
+            helpers.append(reloader.run())
+        helpers.append(self._sd.watchdog_loop(healthy=d.health.alive))
+        if d.stuck.enabled:
+            helpers.append(d.stuck.run(stop))
+        if d.settings.watch:
+            helpers.append(d.discovery.run(stop))
+        self._helpers = [group.create_task(h) for h in helpers]
+
+    async def become_ready(self) -> None:
+        """Ready (``/readyz`` 200, sd_notify READY) once every run was polled once."""
+        poller = self._daemon.poller
+        await poller.first_cycle_done.wait()
+        self._daemon.health.ready = True
+        self._sd.ready(f"watching {poller.tracked} runs")
+        self._wiring.on_ready(self._port)
+
+    async def shutdown(self) -> int:
+        """Run :attr:`SHUTDOWN` in order; return the sends abandoned at the deadline."""
+        self._deadline = asyncio.get_running_loop().time() + self._grace
+        for _name, step in self.SHUTDOWN:
+            await step(self)
+        return self.abandoned
+
+    @property
+    def _grace(self) -> float:
+        return self._daemon.settings.daemon.shutdown_grace_seconds
+
+    async def _stop_readiness(self) -> None:
+        """``/readyz`` 503 and STOPPING=1 first, so no balancer sends us new work."""
+        self._daemon.health.draining = True
+        self._sd.stopping("draining")
+        self._daemon.log.info("daemon_stopping", grace_seconds=self._grace)
+        for helper in self._helpers:
+            helper.cancel()
+
+    async def _stop_polling(self) -> None:
+        """No new polls; in-flight ones finish (bounded by the pollers' drain time)."""
+        self._polling_stop.set()
+        await self._main["polling"]
+
+    async def _stop_rollups(self) -> None:
+        """The last roll-up check records what the last polls completed."""
+        self._rollup_stop.set()
+        await self._main["rollups"]
+
+    async def _stop_delivery(self) -> None:
+        """The dispatcher delivers until the grace deadline; the rest stays in the outbox."""
+        self.abandoned = await self._daemon.dispatcher.stop(self._deadline)
+        await self._main["delivery"]
+
+    async def _stop_server(self) -> None:
+        """Probes and metrics answer until the very end."""
+        self._server_stop.set()
+        await self._main["server"]
+
+    SHUTDOWN: tuple[tuple[str, Callable[[Serving], Awaitable[None]]], ...] = (
+        ("readiness", _stop_readiness),
+        ("polling", _stop_polling),
+        ("rollups", _stop_rollups),
+        ("delivery", _stop_delivery),
+        ("server", _stop_server),
+    )
 
 
 async def run_daemon(
@@ -269,163 +590,29 @@ async def run_daemon(
     environ: Mapping[str, str],
     wiring: Wiring | None = None,
 ) -> int:
-    """``omics-watcher run``: poll, record, deliver and serve until ``stop`` is set.
+    """``omics-watcher run``: build → startup → serve until ``stop`` → shutdown.
 
     Raises ``StateError`` (state file), ``ServerStartError`` (port) and
     ``CredentialsError`` before anything is polled; the CLI maps them to exit codes.
     """
     wiring = wiring or Wiring()
-    log = structlog.get_logger("watcher.app")
-    loop = asyncio.get_running_loop()
-    grace = settings.daemon.shutdown_grace_seconds
-    metrics = Metrics()
-    health = Health()
     async with contextlib.AsyncExitStack() as stack:
-        store = stack.enter_context(Store.open(settings.state.path))
-        session = await stack.enter_async_context(http_session())
-        limiters = build_limiters(settings, metrics)
-        client = build_client(settings, session=session, environ=environ, limiters=limiters)
-        # The client's estimate after SignatureExpire answers, read at scrape time.
-        metrics.clock_skew_seconds.set_function(lambda: client.clock_skew_seconds)
-        current = NotifierSet.build(settings, session=session)
-        _forget_removed_notifiers(store, current, log)
-        dispatcher = Dispatcher(
-            store=store,
-            notifiers=current.notifiers,
-            policies=current.policies,
-            logger=structlog.get_logger("watcher.dispatch"),
-            metrics=_DeliveryMetrics(metrics),
-            progress=lambda run_group: group_progress(store, run_group),
-        )
-        sink = EventSink(
-            store=store,
-            route=lambda event: current.route(event),
-            metrics=metrics,
-            on_recorded=dispatcher.notify,
-        )
-        rollups = RollupTracker(
-            store=store, sink=sink, targets=lambda: current.rollups, clock=utc_now
-        )
-        sink.subscribe(rollups.observe)
-        sink.subscribe(wiring.on_event)
-        status_limiter = limiters[STATUS_ACTION]
-        recorder = Recorder(
-            store=store,
-            sink=sink,
-            terminal=settings.polling.terminal,
-            wall_clock=utc_now,
-            enricher=FailureEnricher(
-                client=client, failing=failing_statuses(settings.polling.terminal)
-            ),
-        )
-        stuck = StuckChecker(
-            store=store, sink=sink, limits=stuck_limits(settings.stuck), wall_clock=utc_now
-        )
-        scheduler = Scheduler(
-            store=store,
-            source=client,
-            recorder=recorder,
-            options=SchedulerOptions(
-                interval_seconds=settings.polling.interval_seconds,
-                rate_per_second=settings.polling.rate_per_second,
-                request_timeout_seconds=settings.polling.request_timeout_seconds,
-                terminal=settings.polling.terminal,
-                default_project_id=settings.tencentcloud.project_id,
-                drain_seconds=min(settings.polling.request_timeout_seconds + 1, grace / 2),
-            ),
-            backlog=lambda: status_limiter.waiting,
-            metrics=metrics,
-            wall_clock=utc_now,
-        )
-        # [polling] strategy (per-run, batch, auto) around the scheduler; [[watch]] discovery.
-        poller = build_poller(
-            settings,
-            scheduler=scheduler,
-            store=store,
-            source=client,
-            recorder=recorder,
-            limiters=limiters,
-            metrics=metrics,
-            wall_clock=utc_now,
-        )
-        discovery = build_discovery(settings, store=store, source=client, on_tracked=poller.refresh)
-        metrics.watch_state(_state_snapshot(store))
-        token = settings.server.admin_token
-        server = HttpServer(
-            build_app(
-                store=store,
-                metrics=metrics,
-                health=health,
-                admin_token=token.get_secret_value() if token else None,
-                default_project_id=settings.tencentcloud.project_id,
-                on_tracked=poller.refresh,
-            )
-        )
-        port = await server.start(settings.server.host, settings.server.port)
-        stack.push_async_callback(server.stop)
-        tracked = poller.load()
-        log.info("daemon_started", listen=f"{settings.server.host}:{port}", tracked=tracked)
-        sd = stack.enter_context(SdNotifier(environ=environ))
-
-        async def become_ready() -> None:
-            await poller.first_cycle_done.wait()
-            health.ready = True
-            sd.ready(f"watching {poller.tracked} runs")
-            wiring.on_ready(port)
-
-        async def reloader() -> None:
-            nonlocal current
-            while reload is not None and reload_settings is not None:
-                await reload.wait()
-                reload.clear()
-                sd.reloading()
-                try:
-                    fresh = reload_settings()
-                    replacement = NotifierSet.build(fresh, session=session)
-                except Exception as exc:  # a bad edit must not take the daemon down
-                    log.error("reload_failed", error=str(exc), hint="keeping the old notifiers")
-                else:
-                    current = replacement
-                    dispatcher.replace_notifiers(current.notifiers, current.policies)
-                    _forget_removed_notifiers(store, current, log)
-                    log.info("reloaded", notifiers=sorted(current.notifiers))
-                sd.ready()
-
-        server_stop, dispatch_stop, rollup_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        daemon = await build(settings, stack=stack, environ=environ, wiring=wiring)
+        port, sd = await startup(daemon, stack=stack, environ=environ)
+        serving = Serving(daemon, sd=sd, port=port, wiring=wiring)
+        reloader = None
+        if reload is not None and reload_settings is not None:
+            reloader = Reloader(daemon, signal=reload, load=reload_settings, sd=sd)
         async with asyncio.TaskGroup() as group:
-            group.create_task(server.run(server_stop))
-            polling = group.create_task(poller.run(stop))
-            rolling = group.create_task(rollups.run(rollup_stop))
-            delivering = group.create_task(dispatcher.run(dispatch_stop))
-            helpers = [
-                group.create_task(become_ready()),
-                group.create_task(reloader()),
-                group.create_task(sd.watchdog_loop(healthy=health.alive)),
-            ]
-            if stuck.enabled:
-                helpers.append(group.create_task(stuck.run(stop)))
-            if settings.watch:
-                helpers.append(group.create_task(discovery.run(stop)))
+            serving.spawn(group, stop=stop, reloader=reloader)
             await stop.wait()
-            deadline = loop.time() + grace
-            health.draining = True
-            sd.stopping("draining")
-            log.info("daemon_stopping", grace_seconds=grace)
-            for helper in helpers:
-                helper.cancel()
-            await polling  # bounded: the scheduler gives in-flight polls drain_seconds
-            rollup_stop.set()  # its last check records what the last polls completed
-            await rolling
-            dispatch_stop.set()
-            abandoned = await dispatcher.drain(deadline)
-            await delivering
-            server_stop.set()
-        pending, _ = store.outbox_stats(now=utc_now())
-        log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
+            abandoned = await serving.shutdown()
+        pending, _ = daemon.store.outbox_stats(now=utc_now())
+        daemon.log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
     return 0
 
 
-def _forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:
+def forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:
     """Rows for notifiers no longer configured can never be sent: dead-letter them, loudly."""
     dropped = store.reassign_pending(known_notifiers=set(current.notifiers))
     if dropped:
@@ -474,14 +661,19 @@ async def send_test_notification(settings: Settings, name: str, *, stop: asyncio
     Returns 0 once delivered, 1 when the notifier refused it or retries ran out (the reason
     is logged as ``test_notify_failed``).
     """
-    from watcher.delivery.dispatcher import send_now
+    from watcher.delivery.retry import send_now
     from watcher.notifiers.base import NotifyError
 
     log = structlog.get_logger("watcher.test_notify")
     chosen = next(n for n in notifier_settings(settings) if n.name == name)
     loop = asyncio.get_running_loop()
     async with http_session() as session:
-        notifier = build_notifier(chosen, session=session, logger=log.bind(notifier=name))
+        notifier = build_notifier(
+            chosen,
+            session=session,
+            logger=log.bind(notifier=name),
+            statuses=status_vocabulary(settings),
+        )
         event = sample_event(utc_now())
         sending = asyncio.ensure_future(
             send_now(
