@@ -501,18 +501,19 @@ def test_outbox_lifecycle(store: Store, clock: FakeClock) -> None:
     assert len(store.events()) == 2  # delivery does not touch the history
 
 
-def test_reassign_pending_dead_letters_removed_notifiers(store: Store) -> None:
+def test_dead_letter_removed_notifiers(store: Store) -> None:
     store.track([TrackRequest(RUN_A)])
     observe(store, RUN_A, "RUNNING", T0, notifiers=("ops", "old", "older"))
     ids = {d.notifier: d.id for d in store.pending_deliveries()}
-    assert store.reassign_pending(known_notifiers={"ops"}) == sorted([ids["old"], ids["older"]])
+    dropped = store.dead_letter_removed_notifiers(known_notifiers={"ops"})
+    assert dropped == sorted([ids["old"], ids["older"]])
     assert [d.notifier for d in store.pending_deliveries()] == ["ops"]
     dead = {d.notifier: d.last_error for d in store.dead_letters()}
     assert dead == {
         "old": "notifier 'old' is no longer configured",
         "older": "notifier 'older' is no longer configured",
     }
-    assert store.reassign_pending(known_notifiers={"ops"}) == []
+    assert store.dead_letter_removed_notifiers(known_notifiers={"ops"}) == []
 
 
 # --- durability ----------------------------------------------------------------------------

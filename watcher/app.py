@@ -614,7 +614,7 @@ async def run_daemon(
 
 def forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:
     """Rows for notifiers no longer configured can never be sent: dead-letter them, loudly."""
-    dropped = store.reassign_pending(known_notifiers=set(current.notifiers))
+    dropped = store.dead_letter_removed_notifiers(known_notifiers=set(current.notifiers))
     if dropped:
         log.warning("deliveries_dead_lettered", count=len(dropped), reason="notifier removed")
 

@@ -7,7 +7,8 @@ event order, so a dispatcher can keep per-(run, notifier) order.
 
 Invariants:
 - Only ``pending`` rows change; marking a row that is already dead or gone is a no-op, so a
-  dispatcher racing a reload (:meth:`OutboxMixin.reassign_pending`) cannot resurrect a row.
+  dispatcher racing a reload (:meth:`OutboxMixin.dead_letter_removed_notifiers`) cannot
+  resurrect a row.
 - Error texts are stored as given, cut to :data:`MAX_ERROR_CHARS`. Callers redact them: the
   store cannot know what a secret looks like.
 """
@@ -118,7 +119,7 @@ class OutboxMixin(StoreBase):
             return 0, 0.0
         return int(count), max(0.0, to_ts(now) - float(oldest))
 
-    def reassign_pending(self, *, known_notifiers: set[str]) -> list[int]:
+    def dead_letter_removed_notifiers(self, *, known_notifiers: set[str]) -> list[int]:
         """Dead-letter pending rows of notifiers that are no longer configured (after a reload).
 
         Returns the ids of the rows given up, with the reason stored as their last error.
