@@ -335,11 +335,10 @@ class Dispatcher:
     async def _deliver(self, worker: _Worker, send: Send, slot: Slot) -> None:
         """One bounded attempt at one send, then :meth:`_settle` its rows together."""
         loop = asyncio.get_running_loop()
-        log = worker.logger.bind(group=send.group, events=len(send.rows))
+        event: Event | None = None
         failure: NotifyError | None = None
         try:
             event = self._message(worker, send)
-            log = self._message_log(worker, send, event)
             await attempt(worker.notifier, event, time_limit=worker.policy.timeout)
         except (Retryable, Permanent) as exc:
             failure = exc
@@ -348,7 +347,7 @@ class Dispatcher:
         if isinstance(failure, Retryable) and failure.retry_after:
             # The destination speaks for all of its traffic: hold every send back.
             worker.pacer.pause(loop.time() + honoured(failure.retry_after))
-        self._settle(worker, send, failure, log)
+        self._settle(worker, send, failure, self._message_log(worker, send, event))
 
     def _message(self, worker: _Worker, send: Send) -> Event:
         """The event a send carries: its row's own, or a digest of its rows."""
@@ -373,11 +372,17 @@ class Dispatcher:
             raise Retryable(f"internal error building a digest: {type(exc).__name__}") from None
 
     @staticmethod
-    def _message_log(worker: _Worker, send: Send, event: Event) -> FilteringBoundLogger:
-        log = worker.logger.bind(run_uuid=event.run_uuid, event_id=event.id)
+    def _message_log(worker: _Worker, send: Send, event: Event | None) -> FilteringBoundLogger:
+        """The send's logger: its message (``None``: a digest that could not be built)."""
+        if event is None:
+            return worker.logger.bind(group=send.group, events=len(send.rows))
         if len(send.rows) == 1:
-            return log.bind(delivery_id=send.rows[0].id)
-        return log.bind(group=send.group, events=len(send.rows))
+            return worker.logger.bind(
+                run_uuid=event.run_uuid, event_id=event.id, delivery_id=send.rows[0].id
+            )
+        return worker.logger.bind(
+            run_uuid=event.run_uuid, event_id=event.id, group=send.group, events=len(send.rows)
+        )
 
     def _settle(
         self, worker: _Worker, send: Send, failure: NotifyError | None, log: FilteringBoundLogger
