@@ -19,6 +19,7 @@ from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunsFilter
+from watcher.options import watch_options
 from watcher.polling.discovery import Discovery, watch_key
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
@@ -144,7 +145,7 @@ def discovery(
     return Discovery(
         store=store,
         source=client,
-        watches=watches,
+        watches=[watch_options(w) for w in watches],
         terminal=TERMINAL,
         on_tracked=on_tracked,
         rng=random.Random(3),

@@ -8,7 +8,11 @@ that uses it. The composition root (:mod:`watcher.app`) calls the functions here
 
 from __future__ import annotations
 
-from watcher.config import Settings, StuckSettings
+from watcher.config import Settings, StuckSettings, WatchSettings
+from watcher.polling.batch import BatchOptions
+from watcher.polling.discovery import DiscoveryOptions, WatchOptions
+from watcher.polling.per_run import SchedulerOptions
+from watcher.polling.strategy import StrategyOptions
 from watcher.service.server import ServerOptions
 from watcher.stuck import StuckLimits
 
@@ -31,5 +35,73 @@ def server_options(settings: Settings) -> ServerOptions:
         host=settings.server.host,
         port=settings.server.port,
         admin_token=token.get_secret_value() if token else None,
+        default_project_id=settings.tencentcloud.project_id,
+    )
+
+
+# Pollers and discovery (helper A): per-run scheduler, batch poller, strategy, [[watch]].
+
+
+def poll_drain_seconds(settings: Settings) -> float:
+    """How long in-flight polls may finish at stop: a request's timeout, within the grace."""
+    grace = settings.daemon.shutdown_grace_seconds
+    return min(settings.polling.request_timeout_seconds + 1, grace / 2)
+
+
+def scheduler_options(settings: Settings) -> SchedulerOptions:
+    """``[polling]`` for the per-run scheduler; runs without a project use the default."""
+    polling = settings.polling
+    return SchedulerOptions(
+        interval_seconds=polling.interval_seconds,
+        rate_per_second=polling.rate_per_second,
+        request_timeout_seconds=polling.request_timeout_seconds,
+        terminal=polling.terminal,
+        default_project_id=settings.tencentcloud.project_id,
+        drain_seconds=poll_drain_seconds(settings),
+    )
+
+
+def batch_options(settings: Settings) -> BatchOptions:
+    """``[polling]`` for the DescribeRuns batch poller."""
+    polling = settings.polling
+    return BatchOptions(
+        interval_seconds=polling.interval_seconds,
+        terminal=polling.terminal,
+        batch_size=polling.batch_size,
+        describe_rate_per_second=polling.describe_rate_per_second,
+        status_rate_per_second=polling.rate_per_second,
+        request_timeout_seconds=polling.request_timeout_seconds,
+        default_project_id=settings.tencentcloud.project_id,
+        drain_seconds=poll_drain_seconds(settings),
+    )
+
+
+def strategy_options(settings: Settings) -> StrategyOptions:
+    """``[polling] strategy`` and the budget ``auto`` weighs."""
+    polling = settings.polling
+    return StrategyOptions(
+        mode=polling.strategy,
+        rate_per_second=polling.rate_per_second,
+        interval_seconds=polling.interval_seconds,
+        batch=batch_options(settings),
+    )
+
+
+def watch_options(settings: WatchSettings) -> WatchOptions:
+    """One ``[[watch]]`` table."""
+    return WatchOptions(
+        project_id=settings.project_id,
+        filters={name: tuple(values) for name, values in settings.filters.items()},
+        labels=dict(settings.labels),
+        interval_seconds=settings.interval_seconds,
+        notify_existing=settings.notify_existing,
+    )
+
+
+def discovery_options(settings: Settings) -> DiscoveryOptions:
+    """Every ``[[watch]]`` table, with the terminal statuses and the default project."""
+    return DiscoveryOptions(
+        watches=tuple(watch_options(entry) for entry in settings.watch),
+        terminal=settings.polling.terminal,
         default_project_id=settings.tencentcloud.project_id,
     )

@@ -48,6 +48,7 @@ class BadRequest(OmicsError):
 
 
 _AUTH_PREFIXES = ("AuthFailure", "UnauthorizedOperation", "OperationDenied")
+_PERMISSION_HEADS = ("UnauthorizedOperation", "OperationDenied")
 _BAD_REQUEST_PREFIXES = (
     "InvalidParameter",
     "MissingParameter",
@@ -77,3 +78,13 @@ def classify(code: str, message: str = "", *, request_id: str | None = None) -> 
         # know: retry later. An unknown code must never end the watch of a run.
         cls = Transient
     return cls(code, message, request_id=request_id)
+
+
+def is_permission_refusal(code: str) -> bool:
+    """True for the auth codes that mean "this identity may not call this action" (as opposed
+    to credentials that are wrong, expired or signed with a skewed clock).
+
+    The batch poller gives up DescribeRuns on such a code (per-run polling needs only
+    GetRunStatus); discovery says so once instead of retrying as if credentials were wrong.
+    """
+    return code == "AuthFailure.UnauthorizedOperation" or code.split(".", 1)[0] in _PERMISSION_HEADS

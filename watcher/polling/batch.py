@@ -17,15 +17,16 @@ How a cycle goes:
 - Each DescribeRuns passes the DescribeRuns limiter; at most ``MAX_BACKLOG`` requests wait
   for it, so a run tracked meanwhile still makes the next batch (picked up within ~2 s).
 - A returned status equal to the registry's is a quiet poll. A different one queues one
-  GetRunStatus for the run (never two at once), whose answer goes through
-  :func:`~watcher.polling.record_status`, compare-and-set against the registry: an event is
-  recorded only when GetRunStatus itself shows a status different from the registry's, so
+  GetRunStatus for the run (never two at once): a follow-up, the same
+  :class:`~watcher.polling.run_poll.RunPoll` the per-run scheduler uses, recorded
+  compare-and-set against the registry (:func:`~watcher.polling.common.record_status`):
+  an event is recorded only when GetRunStatus itself shows a status different from the registry's, so
   a stale or early DescribeRuns answer can cost a request but never invent a transition.
   A run missing from the answer gets one GetRunStatus too, which tells ``RunNotExist``
   (``run.not_found``) from a run DescribeRuns merely did not list.
 
 Failures: throttling puts the batch back at the front (the client's limiter slows down);
-credential failures pause all polling (:class:`~watcher.polling.AuthPause`); transient
+credential failures pause all polling (:class:`~watcher.polling.common.AuthPause`); transient
 failures leave the batch at the back (it is retried next cycle) and back the project off
 only while every request fails. A refused filter (``InvalidParameter*``) halves that
 project's batch size and retries. A one-value filter refused for a project while
@@ -34,6 +35,10 @@ runs get a GetRunStatus each per cycle. When DescribeRuns is refused for permiss
 refuses even a one-value filter before it ever worked, the poller logs one
 ``batch_polling_unavailable`` line, sets :attr:`BatchPoller.refused` and returns, and the
 caller polls per run instead (:mod:`watcher.polling.strategy`).
+
+A follow-up fails as a per-run poll does (the same classifier,
+:func:`~watcher.polling.run_poll.action_for`): throttled or paused, it stays first in line;
+failed, it backs off; crashed on a bug of ours, its run waits ``crash_retry_seconds``.
 
 Invariants: the store is the truth (statuses are read from it at load and refresh, written
 only by the recorder); no status is recorded that GetRunStatus did not return; every run
@@ -45,76 +50,37 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol, Unpack
 
-import structlog
-
-from watcher.omics.errors import (
-    AuthError,
-    BadRequest,
-    ClockSkew,
-    OmicsError,
-    RunNotFound,
-    Throttled,
-)
+from watcher.omics.errors import OmicsError, is_permission_refusal
 from watcher.omics.models import RunsFilter
 from watcher.polling.common import (
-    BAD_REQUEST_BACKOFF_SECONDS,
+    DESCRIBE_LIMIT,
     MAX_BACKLOG,
-    REFRESH_SECONDS,
-    AuthPause,
-    Metadata,
-    RegistryFeed,
+    RunLister,
+    RunSummaryLike,
     StatusSource,
     backoff_delay,
-    drain,
     max_in_flight,
-    record_status,
-    task_failed,
 )
-from watcher.recorder import Recorder
-from watcher.service.metrics import Metrics
-from watcher.store import ActiveRun, StateError, Store
+from watcher.polling.loop import Collaborators, PollingLoop
+from watcher.polling.run_poll import (
+    Action,
+    PolledRun,
+    RunPollOptions,
+    action_for,
+    pause_reason,
+)
+from watcher.store import ActiveRun
 
-MAX_BATCH = 100  # DescribeRuns' largest Limit: one page answers the whole filter
-_PERMISSION_HEADS = ("UnauthorizedOperation", "OperationDenied")
-
-
-def is_permission_refusal(code: str) -> bool:
-    """True for the codes that mean "this identity may not call this action"."""
-    return code == "AuthFailure.UnauthorizedOperation" or code.split(".", 1)[0] in _PERMISSION_HEADS
-
-
-class RunSummaryLike(Protocol):
-    """The parts of a DescribeRuns item the poller compares."""
-
-    @property
-    def RunUuid(self) -> str: ...
-
-    @property
-    def Status(self) -> str: ...
-
-    @property
-    def RunGroupId(self) -> str | None: ...
+MAX_BATCH = DESCRIBE_LIMIT  # one DescribeRuns page answers the whole filter
 
 
-class BatchSource(StatusSource, Protocol):
+class BatchSource(StatusSource, RunLister, Protocol):
     """What the poller calls: GetRunStatus and one DescribeRuns page (the Omics client)."""
-
-    async def describe_runs(
-        self,
-        *,
-        project_id: str = "",
-        filters: Sequence[RunsFilter] = (),
-        limit: int = MAX_BATCH,
-        offset: int = 0,
-    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,22 +93,11 @@ class BatchOptions:
     request_timeout_seconds: float = 10.0
     default_project_id: str = ""
     drain_seconds: float = 5.0  # at stop, how long in-flight requests may still take
+    crash_retry_seconds: float = 60.0  # a follow-up that died of a bug is retried after this
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be within 1..{MAX_BATCH}")
-
-
-@dataclass(slots=True)
-class _Run:
-    """Poller-side state of one run: small, because there may be 100,000 of them."""
-
-    project: str  # the ProjectId requests name (the configured default filled in)
-    status: str | None
-    checked: float  # monotonic time of the last DescribeRuns that included it
-    token: int = 0  # the queue entry that is current for this run; others are stale
-    errors: int = 0  # consecutive failed GetRunStatus follow-ups
-    retry_at: float = 0.0  # no follow-up before this monotonic time
 
 
 @dataclass(slots=True)
@@ -155,40 +110,36 @@ class _Project:
     direct: bool = False  # DescribeRuns refuses this project: GetRunStatus for each run
 
 
-class BatchPoller:
+class BatchPoller(PollingLoop):
     """Polls tracked runs in DescribeRuns batches; see the module docstring."""
 
     def __init__(
         self,
         *,
-        store: Store,
         source: BatchSource,
-        recorder: Recorder,
         options: BatchOptions,
         describe_backlog: Callable[[], int] = lambda: 0,
         status_backlog: Callable[[], int] = lambda: 0,
-        metrics: Metrics | None = None,
-        wall_clock: Callable[[], datetime],
-        rng: random.Random | None = None,
+        **parts: Unpack[Collaborators],  # store, recorder, wall_clock; metrics, rng
     ) -> None:
-        self._store = store
+        super().__init__(
+            source=source,
+            logger="watcher.batch",
+            run_poll=RunPollOptions(
+                interval_seconds=options.interval_seconds,
+                crash_retry_seconds=options.crash_retry_seconds,
+                # Counted apart from the DescribeRuns checks, which count every run in a batch.
+                metric_prefix="follow_up_",
+            ),
+            drain_seconds=options.drain_seconds,
+            **parts,
+        )
         self._source = source
-        self._recorder = recorder
         self._opt = options
         self._describe_backlog = describe_backlog
         self._status_backlog = status_backlog
-        self._metrics = metrics or Metrics()
-        self._wall = wall_clock
-        self._rng = rng or random.Random()
-        self._log = structlog.get_logger("watcher.batch")
-        self._runs: dict[str, _Run] = {}
         self._projects: dict[str, _Project] = {}
         self._tokens = itertools.count(1)
-        self._feed = RegistryFeed(store)
-        self._loaded = False
-        self._wake = asyncio.Event()
-        self._state_error: StateError | None = None  # from a poll task: stops the loop
-        self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
         self._describing: set[asyncio.Task[None]] = set()
         self._following: set[asyncio.Task[None]] = set()
         self._unstarted_describes = 0  # tasks created that have not reached the limiter yet
@@ -201,20 +152,15 @@ class BatchPoller:
         self._max_follows = max_in_flight(
             options.status_rate_per_second, options.request_timeout_seconds
         )
-        self._first_wave = 0
-        self.first_cycle_done = asyncio.Event()
         self.refused: str | None = None  # why DescribeRuns cannot be used, once it is known
         self._described = False  # some DescribeRuns call succeeded: it works, in principle
 
     # -- registry -------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return time.monotonic()
-
     def _project_of(self, active: ActiveRun) -> str:
         return active.project_id or self._opt.default_project_id
 
-    def _enqueue(self, run_uuid: str, run: _Run, *, front: bool) -> None:
+    def _enqueue(self, run_uuid: str, run: PolledRun, *, front: bool) -> None:
         project = self._projects.get(run.project)
         if project is None:
             project = self._projects[run.project] = _Project(run.project, self._opt.batch_size)
@@ -244,7 +190,7 @@ class BatchPoller:
             checked = -math.inf
             if active.last_polled_at is not None:
                 checked = now - (wall_now - active.last_polled_at)
-            run = _Run(self._project_of(active), active.status, checked)
+            run = PolledRun(self._project_of(active), active.status, checked)
             self._runs[active.run_uuid] = run
             self._enqueue(active.run_uuid, run, front=False)
         batches = sum(math.ceil(len(p.queue) / p.size) for p in self._projects.values())
@@ -262,22 +208,14 @@ class BatchPoller:
             project = self._project_of(active)
             known = self._runs.get(active.run_uuid)
             if known is None:
-                run = _Run(project, active.status, -math.inf)  # first in its project's queue
+                run = PolledRun(project, active.status)  # first in its project's queue
                 self._runs[active.run_uuid] = run
                 self._enqueue(active.run_uuid, run, front=True)
             elif known.project != project:  # re-tracked with a corrected project
                 known.project = project
                 self._enqueue(active.run_uuid, known, front=True)
         if added:
-            self._wake.set()
-
-    @property
-    def tracked(self) -> int:
-        return len(self._runs)
-
-    @property
-    def paused(self) -> bool:
-        return self._pause.paused
+            self._naps.wake()
 
     def batch_size(self, project_id: str) -> int:
         """The batch size in force for ``project_id`` (after any adaptation)."""
@@ -286,40 +224,16 @@ class BatchPoller:
 
     # -- main loop ------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set or DescribeRuns proves unusable, then drain."""
-        if not self._loaded:
-            self.load()
-        next_refresh = self._now() + REFRESH_SECONDS
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set() and self.refused is None:
-                if self._state_error is not None:
-                    raise self._state_error
-                now = self._now()
-                if now >= next_refresh:
-                    self.refresh()
-                    next_refresh = now + REFRESH_SECONDS
-                wait = next_refresh - now
-                if self._pause.until > now:
-                    wait = min(wait, self._pause.until - now)
-                else:
-                    wait = min(wait, self._launch_follow_ups(), self._launch_batches(now))
-                await self._sleep(wait, stopper)
-        finally:
-            stopper.cancel()
-            await drain(self._describing | self._following, self._opt.drain_seconds)
-            self._feed.flush()
+    async def _work(self, now: float, stop: asyncio.Event) -> float | None:
+        return min(self._launch_follow_ups(), self._launch_batches(now))
 
-    async def _sleep(self, seconds: float, stopper: asyncio.Future[Any]) -> None:
-        self._wake.clear()
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({waker, stopper}, timeout=max(0.0, seconds))
-        finally:
-            waker.cancel()
+    def _tasks(self) -> Iterable[asyncio.Task[None]]:
+        return self._describing | self._following
 
-    def _head(self, project: _Project) -> _Run | None:
+    def _finished(self) -> bool:
+        return self.refused is not None  # the strategy polls per run from here on
+
+    def _head(self, project: _Project) -> PolledRun | None:
         queue = project.queue
         while queue:
             token, run_uuid = queue[0]
@@ -376,8 +290,8 @@ class BatchPoller:
 
     def _describe_done(self, task: asyncio.Task[None]) -> None:
         self._describing.discard(task)
-        self._wake.set()
-        self._keep_state_error(task_failed(task, log=self._log, event="batch_poll_crashed"))
+        self._naps.wake()
+        self._task_done(task, event="batch_poll_crashed")
 
     def _launch_follow_ups(self) -> float:
         """Start queued GetRunStatus follow-ups that fit the backlog; seconds until next try."""
@@ -398,12 +312,7 @@ class BatchPoller:
 
     def _follow_done(self, task: asyncio.Task[None]) -> None:
         self._following.discard(task)
-        self._keep_state_error(task_failed(task, log=self._log, event="poll_crashed"))
-
-    def _keep_state_error(self, failed: StateError | None) -> None:
-        if failed is not None and self._state_error is None:
-            self._state_error = failed
-            self._wake.set()
+        self._task_done(task, event="poll_crashed")
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -417,24 +326,8 @@ class BatchPoller:
                 filters=[RunsFilter("RunUuid", uuids)],
                 limit=len(uuids),
             )
-        except Throttled:
-            outcome = "throttled"
-            self._metrics.throttled.inc()
-            self._put_back(project, batch)
-        except AuthError as exc:
-            outcome = "auth"
-            if is_permission_refusal(exc.code):
-                self._refuse(exc)
-            else:
-                clock = isinstance(exc, ClockSkew)
-                self._pause.pause(f"clock skew: {exc.code}" if clock else exc.code)
-                self._put_back(project, batch)
-        except BadRequest as exc:
-            outcome = "bad_request"
-            self._shrink(project, batch, exc)
         except OmicsError as exc:
-            outcome = "transient"
-            self._project_failed(project, exc)
+            outcome = self._describe_failed(project, batch, exc).value
         else:
             self._pause.resume()
             self._described = True
@@ -444,10 +337,27 @@ class BatchPoller:
         finally:
             if outcome:
                 self._metrics.polls.labels(outcome=outcome).inc(len(uuids))
-            if self._first_wave > 0:
-                self._first_wave -= 1
-                if self._first_wave == 0:
-                    self.first_cycle_done.set()
+            self._answered()
+
+    def _describe_failed(
+        self, project: _Project, batch: list[tuple[str, float]], exc: OmicsError
+    ) -> Action:
+        action = action_for(exc)
+        if action is Action.RETRY_NOW:
+            self._metrics.throttled.inc()
+            self._put_back(project, batch)
+        elif action is Action.PAUSE:
+            if is_permission_refusal(exc.code):
+                self._refuse(exc)
+            else:
+                self._pause.pause(pause_reason(exc))
+                self._put_back(project, batch)
+        elif action is Action.BAD_REQUEST:
+            self._shrink(project, batch, exc)
+        else:  # BACK_OFF (DescribeRuns names no single run: a NOT_FOUND is no answer either)
+            action = Action.BACK_OFF
+            self._project_failed(project, exc)
+        return action
 
     def _compare(self, uuids: list[str], summaries: Sequence[RunSummaryLike]) -> None:
         requested = set(uuids)
@@ -551,11 +461,11 @@ class BatchPoller:
             hint="DescribeRuns was refused, so each run is polled with GetRunStatus instead; "
             "allow DescribeRuns for these credentials and restart to poll in batches",
         )
-        self._wake.set()
+        self._naps.wake()
 
     # -- one follow-up --------------------------------------------------------------------
 
-    def _follow_up(self, run_uuid: str, run: _Run) -> None:
+    def _follow_up(self, run_uuid: str, run: PolledRun) -> None:
         if run_uuid in self._follow_pending or run.retry_at > self._now():
             return
         self._follow_pending.add(run_uuid)
@@ -566,83 +476,23 @@ class BatchPoller:
             self._follow_queue.appendleft(run_uuid)
         else:
             self._follow_queue.append(run_uuid)
-        self._wake.set()
+        self._naps.wake()
 
-    async def _follow(self, run_uuid: str, run: _Run) -> None:
+    async def _follow(self, run_uuid: str, run: PolledRun) -> None:
         self._unstarted_follows -= 1
         again = False
-        outcome = ""
         try:
-            metadata = await self._source.get_run_status(run_uuid, run.project)
-        except RunNotFound:
-            outcome = "not_found"
-            self._runs.pop(run_uuid, None)
-            await self._recorder.not_found(run_uuid, run.project, run.status)
-        except Throttled:
-            outcome = "throttled"
-            self._metrics.throttled.inc()
-            again = True
-        except AuthError as exc:
-            outcome = "auth"
-            clock = isinstance(exc, ClockSkew)
-            self._pause.pause(f"clock skew: {exc.code}" if clock else exc.code)
-            again = True
-        except BadRequest as exc:
-            outcome = "bad_request"
-            self._log.error("poll_bad_request", run_uuid=run_uuid, code=exc.code, error=exc.message)
-            run.retry_at = self._now() + BAD_REQUEST_BACKOFF_SECONDS
-        except OmicsError as exc:
-            outcome = "transient"
-            self._follow_failed(run_uuid, run, exc)
-        else:
-            self._pause.resume()
-            run.errors = 0
-            run.retry_at = 0.0
-            outcome = "changed" if metadata.Status != run.status else "ok"
-            await self._observe(run_uuid, run, metadata)
+            polled = await self._one.poll(run_uuid, run)
+            if run_uuid in self._runs:  # not gone (not found, terminal, untracked)
+                if polled.again_now:
+                    again = True
+                elif polled.retry_in:
+                    run.retry_at = self._now() + polled.retry_in  # failed or crashed
+                else:
+                    run.retry_at = 0.0
         finally:
-            # Labelled apart from the DescribeRuns checks, which count every run in a batch.
-            self._metrics.polls.labels(outcome=f"follow_up_{outcome}").inc()
-            if again and run_uuid in self._runs:
+            if again:
                 self._follow_queue.appendleft(run_uuid)  # still pending: first in line
-                self._wake.set()
+                self._naps.wake()
             else:
                 self._follow_pending.discard(run_uuid)
-
-    def _follow_failed(self, run_uuid: str, run: _Run, exc: OmicsError) -> None:
-        run.errors += 1
-        delay = backoff_delay(run.errors, base=max(self._opt.interval_seconds, 1.0), rng=self._rng)
-        run.retry_at = self._now() + delay
-        log = self._log.warning if run.errors in (1, 5, 20) else self._log.debug
-        log(
-            "poll_failed",
-            run_uuid=run_uuid,
-            code=exc.code,
-            errors=run.errors,
-            retry_in=round(delay, 1),
-        )
-        self._store.record_error(
-            run_uuid,
-            consecutive_errors=run.errors,
-            next_poll_after=self._wall() + timedelta(seconds=delay),
-        )
-
-    async def _observe(self, run_uuid: str, run: _Run, metadata: Metadata) -> None:
-        if metadata.Status == run.status:
-            # DescribeRuns saw another status than GetRunStatus does now (it changed back,
-            # or the listing lags): nothing happened as far as the registry is concerned.
-            self._feed.polled(run_uuid, self._wall())
-            return
-        outcome = await record_status(
-            self._recorder,
-            run_uuid=run_uuid,
-            project_id=run.project,
-            previous=run.status,
-            metadata=metadata,
-        )
-        if not outcome.active:
-            self._runs.pop(run_uuid, None)
-        else:
-            # Superseded (another process recorded first): the registry's status is the one
-            # the next batch compares with.
-            run.status = outcome.status

@@ -2,7 +2,10 @@
 
 The per-run :class:`~watcher.polling.per_run.Scheduler` and the DescribeRuns
 :class:`~watcher.polling.batch.BatchPoller` decide differently *whom* to ask and *how*, but must
-agree on everything else, so those parts live here once:
+agree on everything else. The building blocks live here (the loop that assembles them is
+:mod:`watcher.polling.loop`, one poll of one run :mod:`watcher.polling.run_poll`):
+
+- :class:`StatusSource`, :class:`RunLister`: the two Omics calls pollers make.
 
 - :class:`RegistryFeed`: the poller's view of the registry. A snapshot, then the cheap
   ``changes_since`` feed (runs tracked or untracked by other processes), and a buffer of
@@ -10,6 +13,7 @@ agree on everything else, so those parts live here once:
 - :class:`AuthPause`: credential and permission failures pause all polling, with one log
   line when the pause starts and one when it ends, probing again after growing pauses.
 - :func:`backoff_delay`: exponential backoff with jitter for a failing run or batch.
+- :class:`Naps`: the pollers' one sleep: until a deadline, a wake-up or stop.
 - :func:`record_status`: hand a changed status to the :class:`~watcher.recorder.Recorder`
   and read back what the registry holds afterwards (another process may have recorded
   first: then the registry is believed, never the poller's memory).
@@ -26,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from watcher.omics.models import RunsFilter
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
 from watcher.store import ActiveRun, StateError, Store
@@ -41,6 +46,7 @@ MAX_BACKOFF_SECONDS = 600.0
 BAD_REQUEST_BACKOFF_SECONDS = 900.0
 FIRST_AUTH_PAUSE_SECONDS = 15.0
 MAX_AUTH_PAUSE_SECONDS = 300.0
+DESCRIBE_LIMIT = 100  # DescribeRuns' largest Limit (and its largest RunUuid filter)
 
 
 class Metadata(Protocol):
@@ -55,6 +61,32 @@ class Metadata(Protocol):
 
 class StatusSource(Protocol):
     async def get_run_status(self, run_uuid: str, project_id: str = "") -> Metadata: ...
+
+
+class RunSummaryLike(Protocol):
+    """The parts of a DescribeRuns item the batch poller and discovery read."""
+
+    @property
+    def RunUuid(self) -> str: ...
+
+    @property
+    def Status(self) -> str: ...
+
+    @property
+    def RunGroupId(self) -> str | None: ...
+
+
+class RunLister(Protocol):
+    """One DescribeRuns page (the Omics client)."""
+
+    async def describe_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        limit: int = DESCRIBE_LIMIT,
+        offset: int = 0,
+    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
 
 
 def max_in_flight(rate_per_second: float, request_timeout_seconds: float) -> int:
@@ -140,8 +172,47 @@ class AuthPause:
         self.until = 0.0
 
 
+class Naps:
+    """A poller loop's sleep: until ``seconds`` pass, :meth:`wake` is called or stop is set.
+
+    A wake-up outside a nap is moot: the loop re-checks everything before it naps again.
+    One future and one timer per nap, no task: naps happen tens of times a second, and on
+    small VMs every avoidable wake-up of the process costs about a quarter of a millisecond
+    of CPU.
+    """
+
+    def __init__(self) -> None:
+        self._nap: asyncio.Future[None] | None = None  # set while the loop sleeps
+
+    def watch(self, stop: asyncio.Event) -> asyncio.Future[Any]:
+        """A future done when ``stop`` is set, which ends the current nap; cancel it at exit."""
+        stopper = asyncio.ensure_future(stop.wait())
+        stopper.add_done_callback(lambda _: self.wake())
+        return stopper
+
+    async def sleep(self, seconds: float, stopper: asyncio.Future[Any]) -> None:
+        if stopper.done():
+            return
+        loop = asyncio.get_running_loop()
+        nap = self._nap = loop.create_future()
+        timer = loop.call_later(max(0.0, seconds), _end_nap, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._nap = None
+
+    def wake(self) -> None:
+        _end_nap(self._nap)
+
+
+def _end_nap(nap: asyncio.Future[None] | None) -> None:
+    if nap is not None and not nap.done():
+        nap.set_result(None)
+
+
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class RecordResult:
     """What the registry holds after :func:`record_status`.
 
     ``active``: the run is still to be polled (tracked, not terminal, not stopped);
@@ -161,7 +232,7 @@ async def record_status(
     project_id: str,
     previous: str | None,
     metadata: Metadata,
-) -> Outcome:
+) -> RecordResult:
     """Record ``previous -> metadata.Status`` (the caller saw them differ)."""
     recorded = await recorder.status_changed(
         run_uuid, project_id, previous, metadata.Status, metadata.raw
@@ -169,9 +240,11 @@ async def record_status(
     if recorded.event is None:
         stored = recorded.stored
         if stored is None or stored.terminal or stored.stopped:
-            return Outcome(active=False, status=None, superseded=True)
-        return Outcome(active=True, status=stored.status, superseded=True)
-    return Outcome(active=not recorded.event.terminal, status=metadata.Status, superseded=False)
+            return RecordResult(active=False, status=None, superseded=True)
+        return RecordResult(active=True, status=stored.status, superseded=True)
+    return RecordResult(
+        active=not recorded.event.terminal, status=metadata.Status, superseded=False
+    )
 
 
 async def drain(tasks: Iterable[asyncio.Task[None]], grace: float) -> None:

@@ -32,34 +32,24 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from watcher.config import Settings, WatchSettings
-from watcher.omics.errors import AuthError, BadRequest, OmicsError
+from watcher.omics.errors import AuthError, BadRequest, OmicsError, is_permission_refusal
 from watcher.omics.models import RunsFilter
-from watcher.polling.batch import RunSummaryLike, is_permission_refusal
-from watcher.polling.common import BAD_REQUEST_BACKOFF_SECONDS, backoff_delay
+from watcher.polling.common import (
+    BAD_REQUEST_BACKOFF_SECONDS,
+    DESCRIBE_LIMIT,
+    RunLister,
+    backoff_delay,
+)
 from watcher.store import DiscoveredRun, Store
 
-PAGE_SIZE = 100
+PAGE_SIZE = DESCRIBE_LIMIT
 FULL_PASS_EVERY = 10
-
-
-class RunLister(Protocol):
-    """One DescribeRuns page (the Omics client)."""
-
-    async def describe_runs(
-        self,
-        *,
-        project_id: str = "",
-        filters: Sequence[RunsFilter] = (),
-        limit: int = PAGE_SIZE,
-        offset: int = 0,
-    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
 
 
 def watch_key(project_id: str, filters: Sequence[RunsFilter]) -> str:
@@ -68,10 +58,28 @@ def watch_key(project_id: str, filters: Sequence[RunsFilter]) -> str:
     return json.dumps([project_id, spec], sort_keys=True, separators=(",", ":"))
 
 
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    """One ``[[watch]]`` entry: where to look, what to label the runs found, how often."""
+
+    project_id: str = ""  # empty: the configured default project
+    filters: Mapping[str, Sequence[str]] = field(default_factory=dict)  # DescribeRuns filters
+    labels: Mapping[str, str] = field(default_factory=dict)
+    interval_seconds: float = 60.0
+    notify_existing: bool = False  # report what the first pass finds instead of a baseline
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryOptions:
+    watches: Sequence[WatchOptions]
+    terminal: frozenset[str]
+    default_project_id: str = ""
+
+
 @dataclass(slots=True)
 class _Watch:
     index: int
-    settings: WatchSettings
+    settings: WatchOptions
     project_id: str  # the ProjectId requests name, and the runs are tracked with
     filters: list[RunsFilter]
     key: str
@@ -88,7 +96,7 @@ class Discovery:
         *,
         store: Store,
         source: RunLister,
-        watches: Sequence[WatchSettings],
+        watches: Sequence[WatchOptions],
         terminal: frozenset[str],
         default_project_id: str = "",
         on_tracked: Callable[[], None] = lambda: None,
@@ -219,16 +227,20 @@ class Discovery:
 
 
 def build_discovery(
-    settings: Settings, *, store: Store, source: RunLister, on_tracked: Callable[[], None]
+    options: DiscoveryOptions,
+    *,
+    store: Store,
+    source: RunLister,
+    on_tracked: Callable[[], None],
 ) -> Discovery:
     """Discovery for the configured ``[[watch]]`` entries (its ``run`` returns at once if
     there are none)."""
     return Discovery(
         store=store,
         source=source,
-        watches=settings.watch,
-        terminal=settings.polling.terminal,
-        default_project_id=settings.tencentcloud.project_id,
+        watches=options.watches,
+        terminal=options.terminal,
+        default_project_id=options.default_project_id,
         on_tracked=on_tracked,
     )
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
 import structlog
 
-from watcher.config import Settings
 from watcher.omics.limiter import PacingLimiter
 from watcher.polling.batch import BatchOptions, BatchPoller, BatchSource
 from watcher.recorder import Recorder
@@ -43,6 +43,16 @@ Mode = Literal["per-run", "batch", "auto"]
 AUTO_CHECK_SECONDS = 10.0
 AUTO_UP = 0.5  # share of the GetRunStatus budget per-run would need before auto batches
 AUTO_DOWN = 0.25  # ... and below which auto goes back to per-run
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyOptions:
+    """``[polling] strategy`` and what ``auto`` weighs; ``batch``: the batch poller's options."""
+
+    mode: Mode
+    rate_per_second: float  # the GetRunStatus budget
+    interval_seconds: float
+    batch: BatchOptions
 
 
 class Poller(Protocol):
@@ -203,7 +213,7 @@ class PollingStrategy:
 
 
 def build_poller(
-    settings: Settings,
+    options: StrategyOptions,
     *,
     scheduler: Poller,
     store: Store,
@@ -215,18 +225,6 @@ def build_poller(
     rng: random.Random | None = None,
 ) -> PollingStrategy:
     """The daemon's poller for ``[polling] strategy``, around the already built scheduler."""
-    polling = settings.polling
-    grace = settings.daemon.shutdown_grace_seconds
-    options = BatchOptions(
-        interval_seconds=polling.interval_seconds,
-        terminal=polling.terminal,
-        batch_size=polling.batch_size,
-        describe_rate_per_second=polling.describe_rate_per_second,
-        status_rate_per_second=polling.rate_per_second,
-        request_timeout_seconds=polling.request_timeout_seconds,
-        default_project_id=settings.tencentcloud.project_id,
-        drain_seconds=min(polling.request_timeout_seconds + 1, grace / 2),
-    )
     describe = limiters.get("DescribeRuns")
     status = limiters.get("GetRunStatus")
 
@@ -235,7 +233,7 @@ def build_poller(
             store=store,
             source=source,
             recorder=recorder,
-            options=options,
+            options=options.batch,
             describe_backlog=(lambda: describe.waiting) if describe else (lambda: 0),
             status_backlog=(lambda: status.waiting) if status else (lambda: 0),
             metrics=metrics,
@@ -244,9 +242,9 @@ def build_poller(
         )
 
     return PollingStrategy(
-        mode=polling.strategy,
+        mode=options.mode,
         scheduler=scheduler,
         make_batch=make_batch,
-        rate_per_second=polling.rate_per_second,
-        interval_seconds=polling.interval_seconds,
+        rate_per_second=options.rate_per_second,
+        interval_seconds=options.interval_seconds,
     )
