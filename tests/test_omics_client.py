@@ -37,6 +37,7 @@ from watcher.omics.errors import (
     Transient,
 )
 from watcher.omics.models import RunsFilter
+from watcher.simulator import Simulator, SimulatorConfig
 
 SECRET_ID = "AKIDtestSECRETID0000000000000000"
 SECRET_KEY = "sk-very-secret-key-0123456789abcdef"
@@ -769,36 +770,26 @@ async def test_call_returns_the_response_object(
 # --- against the simulator -----------------------------------------------------------------
 
 
-async def test_against_the_simulator(session: aiohttp.ClientSession) -> None:
-    from watcher.omics.limiter import PacingLimiter
-    from watcher.simulator.config import SimulatorConfig
-    from watcher.simulator.running import running_simulator
-
-    async with running_simulator(SimulatorConfig(runs=23, seed=3, rate_limit=1000)) as sim:
-        client = OmicsClient(
-            session=session,
-            endpoint=sim.endpoint,
-            region="ap-guangzhou",
-            credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="sim"),
-            limiters={"default": PacingLimiter(500)},
-            timeout=5,
-        )
-        for run_uuid in sim.run_uuids[:3]:
-            meta = await client.get_run_status(run_uuid)
-            assert meta.Status == sim.status(run_uuid)
-            assert meta.raw["Status"] == meta.Status
-        found = [run async for run in client.iter_runs(page_size=10)]
-        assert sorted(run.RunUuid for run in found) == sorted(sim.run_uuids)
-        running = [RunsFilter("Status", ["QUEUED", "INITIALIZING", "RUNNING"])]
-        total, page = await client.describe_runs(filters=running, limit=100)
-        assert total == len(page)
-        assert all(run.Status in ("QUEUED", "INITIALIZING", "RUNNING") for run in page)
-        with pytest.raises(RunNotFound) as caught:
-            await client.get_run_status("00000000-0000-4000-8000-000000000000")
-        assert caught.value.code == "ResourceNotFound.RunNotExist"
-        assert caught.value.request_id
-        assert_no_secret(caught.value, sim.secret_key)
-        stats = sim.stats(timeline=False)
+@pytest.mark.parametrize(
+    "simulator", [SimulatorConfig(runs=23, seed=3, rate_limit=1000)], indirect=True
+)
+async def test_against_the_simulator(simulator: Simulator, client: OmicsClient) -> None:
+    for run_uuid in simulator.run_uuids[:3]:
+        meta = await client.get_run_status(run_uuid)
+        assert meta.Status == simulator.status(run_uuid)
+        assert meta.raw["Status"] == meta.Status
+    found = [run async for run in client.iter_runs(page_size=10)]
+    assert sorted(run.RunUuid for run in found) == sorted(simulator.run_uuids)
+    running = [RunsFilter("Status", ["QUEUED", "INITIALIZING", "RUNNING"])]
+    total, page = await client.describe_runs(filters=running, limit=100)
+    assert total == len(page)
+    assert all(run.Status in ("QUEUED", "INITIALIZING", "RUNNING") for run in page)
+    with pytest.raises(RunNotFound) as caught:
+        await client.get_run_status("00000000-0000-4000-8000-000000000000")
+    assert caught.value.code == "ResourceNotFound.RunNotExist"
+    assert caught.value.request_id
+    assert_no_secret(caught.value, simulator.secret_key)
+    stats = simulator.stats(timeline=False)
     assert stats["signature_failures"] == 0
     assert stats["auth_failures"] == 0
     assert stats["throttled_total"] == 0
