@@ -196,12 +196,6 @@ async def fake() -> AsyncIterator[tuple[FakeOmics, str]]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 def limiter() -> RecordingLimiter:
     return RecordingLimiter()
 
