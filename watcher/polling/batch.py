@@ -20,8 +20,9 @@ How a cycle goes:
   GetRunStatus for the run (never two at once): a follow-up, the same
   :class:`~watcher.polling.run_poll.RunPoll` the per-run scheduler uses, recorded
   compare-and-set against the registry (:func:`~watcher.polling.common.record_status`):
-  an event is recorded only when GetRunStatus itself shows a status different from the registry's, so
-  a stale or early DescribeRuns answer can cost a request but never invent a transition.
+  an event is recorded only when GetRunStatus itself shows a status different from the
+  registry's, so a stale or early DescribeRuns answer can cost a request but never invent a
+  transition.
   A run missing from the answer gets one GetRunStatus too, which tells ``RunNotExist``
   (``run.not_found``) from a run DescribeRuns merely did not list.
 
