@@ -8,6 +8,8 @@ that uses it. The composition root (:mod:`watcher.app`) calls the functions here
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from watcher.config import Settings, StuckSettings, WatchSettings
 from watcher.polling.batch import BatchOptions
 from watcher.polling.discovery import DiscoveryOptions, WatchOptions
@@ -48,31 +50,42 @@ def poll_drain_seconds(settings: Settings) -> float:
     return min(settings.polling.request_timeout_seconds + 1, grace / 2)
 
 
-def scheduler_options(settings: Settings) -> SchedulerOptions:
-    """``[polling]`` for the per-run scheduler; runs without a project use the default."""
+class _PollerCommon(TypedDict):
+    """The ``[polling]`` keys both pollers read alike."""
+
+    interval_seconds: float
+    terminal: frozenset[str]
+    request_timeout_seconds: float
+    default_project_id: str  # for runs tracked without one
+    drain_seconds: float
+
+
+def _poller_common(settings: Settings) -> _PollerCommon:
     polling = settings.polling
-    return SchedulerOptions(
+    return _PollerCommon(
         interval_seconds=polling.interval_seconds,
-        rate_per_second=polling.rate_per_second,
-        request_timeout_seconds=polling.request_timeout_seconds,
         terminal=polling.terminal,
+        request_timeout_seconds=polling.request_timeout_seconds,
         default_project_id=settings.tencentcloud.project_id,
         drain_seconds=poll_drain_seconds(settings),
     )
 
 
+def scheduler_options(settings: Settings) -> SchedulerOptions:
+    """``[polling]`` for the per-run scheduler."""
+    return SchedulerOptions(
+        rate_per_second=settings.polling.rate_per_second, **_poller_common(settings)
+    )
+
+
 def batch_options(settings: Settings) -> BatchOptions:
-    """``[polling]`` for the DescribeRuns batch poller."""
+    """``[polling]`` for the DescribeRuns batch poller (GetRunStatus for its follow-ups)."""
     polling = settings.polling
     return BatchOptions(
-        interval_seconds=polling.interval_seconds,
-        terminal=polling.terminal,
         batch_size=polling.batch_size,
         describe_rate_per_second=polling.describe_rate_per_second,
         status_rate_per_second=polling.rate_per_second,
-        request_timeout_seconds=polling.request_timeout_seconds,
-        default_project_id=settings.tencentcloud.project_id,
-        drain_seconds=poll_drain_seconds(settings),
+        **_poller_common(settings),
     )
 
 
