@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from watcher.app import build_limiters
 from watcher.config import Settings
+from watcher.connect import build_limiters
 from watcher.enrich import FailureEnricher, error_text, failing_statuses, tail
 from watcher.events import Event
 from watcher.notifiers.render import message_for, plain_text

@@ -43,7 +43,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import WATCHER, clean_env, http, run_cli
 
-from watcher.app import sample_event
 from watcher.cli import main as cli_main
 from watcher.config import ConfigError, Settings, load_settings
 from watcher.notifiers.render import Renderer, message_for, template_context
@@ -53,6 +52,7 @@ from watcher.notifiers.templates import (
     compile_template,
     render_template,
 )
+from watcher.sample_notify import sample_event
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store

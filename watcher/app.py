@@ -21,36 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
-from pydantic import SecretStr
 
-from watcher import __version__
 from watcher.config import Settings
+from watcher.connect import STATUS_ACTION, build_client, build_limiters, http_session
 from watcher.delivery.digest import group_progress
-from watcher.delivery.dispatcher import Dispatcher, Policy
+from watcher.delivery.dispatcher import Dispatcher
 from watcher.enrich import FailureEnricher
 from watcher.events import Event
-from watcher.notifiers.base import Notifier
-from watcher.notifiers.common import NotifierBase
-from watcher.notifiers.log import LogSettings
-from watcher.notifiers.registry import build_notifier
-from watcher.omics.client import OmicsClient, RequestObserver
-from watcher.omics.credentials import (
-    CredentialProvider,
-    CredentialsError,
-    default_profile_paths,
-    static_provider,
-)
+from watcher.notifier_set import LiveNotifiers, NotifierSet, forget_removed_notifiers
+from watcher.omics.client import OmicsClient
 from watcher.omics.limiter import PacingLimiter
 from watcher.options import (
-    delivery_policy,
     discovery_options,
     scheduler_options,
     server_options,
@@ -63,7 +51,6 @@ from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
-from watcher.routing import RouteSettings, select
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import Health, HttpServer, build_app
@@ -71,109 +58,9 @@ from watcher.sink import EventSink
 from watcher.store import Store
 from watcher.stuck import StuckChecker
 
-STATUS_ACTION = "GetRunStatus"
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def credential_provider(
-    settings: Settings, *, environ: Mapping[str, str], session: aiohttp.ClientSession
-) -> CredentialProvider:
-    """The configured credential source; ``auto`` = static chain, then TKE OIDC if set up."""
-    from watcher.omics.cloud_credentials import CvmRoleProvider, TkeOidcProvider
-
-    tc = settings.tencentcloud
-    source = tc.credential_source
-    if source == "cvm-role":
-        return CvmRoleProvider(session=session)
-    if source == "tke-oidc":
-        tke = TkeOidcProvider.from_environ(environ, session=session)
-        if tke is None:
-            raise CredentialsError("credential_source = tke-oidc but TKE_* variables are not set")
-        return tke
-    home = Path(environ.get("HOME") or Path.home())
-    try:
-        return static_provider(
-            secret_id=_secret(tc.secret_id),
-            secret_key=_secret(tc.secret_key),
-            token=_secret(tc.token),
-            environ=environ,
-            profile_paths=default_profile_paths(home),
-        )
-    except CredentialsError as exc:
-        if source == "auto":
-            tke = TkeOidcProvider.from_environ(environ, session=session)
-            if tke is not None:
-                return tke
-            raise CredentialsError(
-                f"{exc}; TKE OIDC (TKE_* variables). On a CVM instance with a role, "
-                'set [tencentcloud] credential_source = "cvm-role"'
-            ) from None
-        raise
-
-
-def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
-    """One limiter per action (Tencent counts its 20/s budget per action); GetRunCalls and
-    GetRunJobLog share one. The client labels each request's timings with its own action."""
-    polling = settings.polling
-    calls = PacingLimiter(polling.calls_rate_per_second)
-    limiters = {
-        STATUS_ACTION: PacingLimiter(polling.rate_per_second),
-        "DescribeRuns": PacingLimiter(polling.describe_rate_per_second),
-        "GetRunCalls": calls,
-        "GetRunJobLog": calls,
-        "default": PacingLimiter(polling.calls_rate_per_second),
-    }
-    return limiters
-
-
-@contextlib.asynccontextmanager
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The one shared client session: TLS verification on, bounded connection pool."""
-    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(
-        connector=connector, headers={"User-Agent": f"omics-watcher/{__version__}"}
-    ) as session:
-        yield session
-
-
-def build_client(
-    settings: Settings,
-    *,
-    session: aiohttp.ClientSession,
-    environ: Mapping[str, str],
-    limiters: Mapping[str, PacingLimiter],
-    observer: RequestObserver | None = None,
-) -> OmicsClient:
-    tc = settings.tencentcloud
-    return OmicsClient(
-        session=session,
-        endpoint=tc.endpoint,
-        region=tc.region,
-        credentials=credential_provider(settings, environ=environ, session=session),
-        limiters=limiters,
-        timeout=settings.polling.request_timeout_seconds,
-        language=tc.language,
-        observer=observer,
-    )
-
-
-async def one_status(
-    settings: Settings, run_uuid: str, project_id: str, *, environ: Mapping[str, str]
-) -> dict[str, Any]:
-    """``omics-watcher status``: one GetRunStatus, the Metadata object as returned."""
-    async with http_session() as session:
-        client = build_client(
-            settings, session=session, environ=environ, limiters=build_limiters(settings)
-        )
-        metadata = await client.get_run_status(run_uuid, project_id)
-        return dict(metadata.raw)
 
 
 @dataclass
@@ -195,67 +82,6 @@ def _state_snapshot(store: Store) -> Callable[[], StateSnapshot]:
         )
 
     return snapshot
-
-
-def notifier_settings(settings: Settings) -> list[NotifierBase]:
-    """The configured notifiers; with none, an implied ``log`` notifier."""
-    if settings.notifiers:
-        return list(settings.notifiers)
-    return [LogSettings(name="log", type="log")]
-
-
-@dataclass
-class NotifierSet:
-    """Notifiers, their delivery policies and the routes: what SIGHUP replaces as one."""
-
-    notifiers: dict[str, Notifier]
-    policies: dict[str, Policy]
-    routes: list[RouteSettings]
-    rollups: frozenset[str] = frozenset()  # notifiers with rollup = true
-
-    @classmethod
-    def build(cls, settings: Settings, *, session: aiohttp.ClientSession) -> NotifierSet:
-        logger = structlog.get_logger("watcher.notify")
-        configured = notifier_settings(settings)
-        statuses = status_vocabulary(settings)
-        return cls(
-            notifiers={
-                n.name: build_notifier(
-                    n, session=session, logger=logger.bind(notifier=n.name), statuses=statuses
-                )
-                for n in configured
-            },
-            policies={n.name: delivery_policy(n) for n in configured},
-            routes=list(settings.routes),
-            rollups=frozenset(n.name for n in configured if n.rollup),
-        )
-
-    def route(self, event: Event) -> list[str]:
-        return select(event, self.routes, self.notifiers)
-
-
-class LiveNotifiers:
-    """The notifier set in force: what routing reads at each event and SIGHUP replaces.
-
-    One holder instead of a variable rebound in a closure, so every reader (the event
-    sink's routes, the roll-up targets) sees a reload at its next event.
-    """
-
-    def __init__(self, current: NotifierSet) -> None:
-        self._current = current
-
-    @property
-    def current(self) -> NotifierSet:
-        return self._current
-
-    def route(self, event: Event) -> list[str]:
-        return self._current.route(event)
-
-    def rollup_targets(self) -> frozenset[str]:
-        return self._current.rollups
-
-    def replace(self, fresh: NotifierSet) -> None:
-        self._current = fresh
 
 
 @dataclass
@@ -609,90 +435,4 @@ async def run_daemon(
             abandoned = await serving.shutdown()
         pending, _ = daemon.store.outbox_stats(now=utc_now())
         daemon.log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
-    return 0
-
-
-def forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:
-    """Rows for notifiers no longer configured can never be sent: dead-letter them, loudly."""
-    dropped = store.dead_letter_removed_notifiers(known_notifiers=set(current.notifiers))
-    if dropped:
-        log.warning("deliveries_dead_lettered", count=len(dropped), reason="notifier removed")
-
-
-def sample_event(now: datetime) -> Event:
-    """A realistic failed-run event for ``test-notify``: every field a template may use."""
-    from watcher.events import isoformat_z, new_event_id
-
-    run_uuid = "84232c68-a016-4668-b2e3-168a175d6f29"
-    return Event(
-        type="run.status_changed",
-        id=new_event_id(now),
-        timestamp=now,
-        data={
-            "run_uuid": run_uuid,
-            "project_id": "prj-peaceful-pink-bird-631828",
-            "previous_status": "RUNNING",
-            "status": "EXECUTOR_ERROR",
-            "terminal": True,
-            "observed_at": isoformat_z(now),
-            "labels": {"source": "omics-watcher test-notify"},
-            "metadata": {
-                "RunId": run_uuid,
-                "RunType": "Workflow",
-                "CallName": "main_workflow",
-                "Status": "EXECUTOR_ERROR",
-                "SubmitTime": "2026-11-27T10:00:00+08:00",
-                "StartTime": "2026-11-27T10:00:05+08:00",
-                "EndTime": "2026-11-27T11:42:10+08:00",
-                "ErrorMessage": '[{"message": "Task main_workflow.align:0:1 failed"}]',
-            },
-            "failure": {
-                "task": "main_workflow.align",
-                "message": "Task main_workflow.align:0:1 failed: exit code 137",
-                "stderr_tail": "bwa mem: out of memory\nKilled",
-            },
-        },
-    )
-
-
-async def send_test_notification(settings: Settings, name: str, *, stop: asyncio.Event) -> int:
-    """``omics-watcher test-notify NAME``: one sample event through one notifier, with retries.
-
-    Returns 0 once delivered, 1 when the notifier refused it or retries ran out (the reason
-    is logged as ``test_notify_failed``).
-    """
-    from watcher.delivery.retry import send_now
-    from watcher.notifiers.base import NotifyError
-
-    log = structlog.get_logger("watcher.test_notify")
-    chosen = next(n for n in notifier_settings(settings) if n.name == name)
-    loop = asyncio.get_running_loop()
-    async with http_session() as session:
-        notifier = build_notifier(
-            chosen,
-            session=session,
-            logger=log.bind(notifier=name),
-            statuses=status_vocabulary(settings),
-        )
-        event = sample_event(utc_now())
-        sending = asyncio.ensure_future(
-            send_now(
-                notifier,
-                event,
-                deadline=loop.time() + 60,
-                time_limit=chosen.timeout_seconds,
-            )
-        )
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not sending.done():
-            sending.cancel()
-            return 1
-        try:
-            attempts = sending.result()
-        except NotifyError as exc:
-            log.error("test_notify_failed", notifier=name, reason=str(exc))
-            return 1
-    log.info("test_notify_delivered", notifier=name, event_id=event.id, attempts=attempts)
     return 0

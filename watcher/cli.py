@@ -161,7 +161,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from watcher.app import one_status
+    from watcher.connect import one_status
 
     settings = _settings(args)
     if not _UUID.fullmatch(args.run_uuid):
@@ -188,7 +188,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_test_notify(args: argparse.Namespace) -> int:
-    from watcher.app import send_test_notification
+    from watcher.sample_notify import send_test_notification
 
     settings = _settings(args)
     _configure_logging(settings)
