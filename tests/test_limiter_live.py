@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
+from support import make_client
 
+from watcher.config import Settings
+from watcher.connect import build_limiters
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import OmicsError, Throttled
 from watcher.omics.limiter import PacingLimiter
+from watcher.service.metrics import ApiRequestMetrics, Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def client_for(
     sim: Simulator, session: aiohttp.ClientSession, limiter: PacingLimiter
 ) -> OmicsClient:
-    return OmicsClient(
-        session=session,
-        endpoint=sim.endpoint,
-        region="ap-guangzhou",
-        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="test"),
-        limiters={"default": limiter},
-        timeout=5,
-    )
+    return make_client(sim, session, limiters={"default": limiter})
 
 
 async def hammer(
@@ -89,3 +78,39 @@ async def test_a_throttling_server_makes_the_client_slow_down_not_hammer(
         # them refused; this one backs off so that most of what it sends is admitted.
         assert outcomes["throttled"] < outcomes["ok"]
         assert outcomes["ok"] + outcomes["throttled"] < 8 * 20 * 0.75
+
+
+async def test_actions_sharing_a_limiter_are_each_timed_under_their_own_name(
+    session: aiohttp.ClientSession,
+) -> None:
+    # GetRunCalls and GetRunJobLog share the daemon's calls budget (one limiter, 2/s here so
+    # the second request surely waits): each request's latency and wait carry its own action.
+    settings = Settings(polling={"calls_rate_per_second": 2})
+    limiters = build_limiters(settings)
+    assert limiters["GetRunCalls"] is limiters["GetRunJobLog"]
+    metrics = Metrics()
+    async with running_simulator(SimulatorConfig(runs=0)) as sim:
+        run_uuid = sim.submit_run(outcome="EXECUTOR_ERROR", durations=(0.05, 0.05, 0.1))
+        client = OmicsClient(
+            session=session,
+            endpoint=sim.endpoint,
+            region="ap-guangzhou",
+            credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="test"),
+            limiters=limiters,
+            timeout=5,
+            observer=ApiRequestMetrics(metrics, actions=["GetRunCalls", "GetRunJobLog"]),
+        )
+        while sim.status(run_uuid) != "EXECUTOR_ERROR":
+            await asyncio.sleep(0.05)
+        calls = await client.get_run_calls(run_uuid)
+        job_id = next(call.JobId for call in calls if call.JobId)
+        await client.get_run_job_log(run_uuid, job_id)
+
+    def sample(name: str, action: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"action": action})
+
+    assert sample("omics_watcher_api_request_seconds_count", "GetRunCalls") == 1
+    assert sample("omics_watcher_api_request_seconds_count", "GetRunJobLog") == 1
+    assert (sample("omics_watcher_limiter_wait_seconds_total", "GetRunCalls") or 0) < 0.2
+    assert (sample("omics_watcher_limiter_wait_seconds_total", "GetRunJobLog") or 0) > 0.2
+    assert sample("omics_watcher_api_request_seconds_count", "default") is None

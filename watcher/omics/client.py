@@ -4,7 +4,8 @@ Invariants:
 
 - Every HTTP attempt is signed afresh (TC3, over the exact bytes sent, ``Host`` = the endpoint's
   netloc) inside its action's limiter slot; the slot covers the POST *and* reading the body,
-  because the limiter counts completion times.
+  because the limiter counts completion times. The wait for that slot and the time it is held
+  go to the :class:`RequestObserver` under the request's own action (a limiter may be shared).
 - Every outcome goes through :func:`interpret_answer`, the one place that turns HTTP status,
   body bytes or a transport exception into a ``Response`` dict or an :class:`OmicsError`.
 - Recovery inside :meth:`OmicsClient.call` is bounded, at most once each:
@@ -15,7 +16,8 @@ Invariants:
   belongs to the scheduler.
 - No secret key, token, ``Authorization`` value or signature ever goes into an exception or a
   log line: transport errors are re-raised ``from None`` (aiohttp keeps request headers on its
-  exceptions) and server messages are scrubbed of the credential before they are used.
+  exceptions) and server messages are scrubbed of the credential before they are used (with
+  :class:`watcher.secrets.Scrubber`, the rules every other place uses).
 - The client owns no session and no global state; it never sleeps.
 """
 
@@ -25,7 +27,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,6 +46,7 @@ from watcher.omics.errors import (
 from watcher.omics.limiter import Limiter
 from watcher.omics.models import RunMetadata, RunsFilter, RunSummary
 from watcher.omics.signing import sign
+from watcher.secrets import Scrubber
 
 API_VERSION = "2022-11-28"
 SERVICE = "omics"
@@ -56,13 +59,6 @@ _M = TypeVar("_M", RunMetadata, RunSummary)
 def _describe_body(content_type: str, payload: bytes) -> str:
     # Shape only, never the text: an error page from a proxy may echo our request headers.
     return f"{content_type or 'no content type'}, {len(payload)} bytes"
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, "***")
-    return text
 
 
 def interpret_answer(
@@ -111,7 +107,8 @@ def interpret_answer(
             "MalformedResponse", "Response.Error without a Code", request_id=request_id
         )
     message = error.get("Message")
-    text = _scrub(message, secrets) if isinstance(message, str) else ""
+    # Built only here, on the error path: a successful answer costs no scrubber.
+    text = Scrubber(secrets)(message) if isinstance(message, str) else ""
     return classify(error["Code"], text, request_id=request_id)
 
 
@@ -122,6 +119,26 @@ def _server_time(date_header: str | None) -> float | None:
         return parsedate_to_datetime(date_header).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
+
+
+class RequestObserver(Protocol):
+    """Where each request's limiter wait and duration go, labelled with its own action.
+
+    Not the limiter's business: one limiter may pace several actions (GetRunCalls and
+    GetRunJobLog share a budget), and only the client knows which action a request is.
+    """
+
+    def waited(self, action: str, seconds: float) -> None: ...
+
+    def completed(self, action: str, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def waited(self, action: str, seconds: float) -> None:
+        pass
+
+    def completed(self, action: str, seconds: float) -> None:
+        pass
 
 
 class _Answer:
@@ -151,6 +168,8 @@ class OmicsClient:
         timeout: float,
         clock: Callable[[], float] = time.time,
         language: str | None = None,
+        observer: RequestObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -166,6 +185,8 @@ class OmicsClient:
         self._limiters = dict(limiters)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock
+        self._observer = observer or _Unobserved()
+        self._monotonic = monotonic
         self._offset = 0.0
         self._log = structlog.get_logger("watcher.omics.client")
         base = {
@@ -254,7 +275,10 @@ class OmicsClient:
         status, reason, content_type, payload = 0, "", "", b""
         date_header: str | None = None
         failure: BaseException | None = None
+        asked = self._monotonic()
         async with limiter.slot():
+            granted = self._monotonic()
+            self._observer.waited(action, granted - asked)
             # Signed inside the slot so the timestamp is as fresh as the send.
             timestamp = int(self._clock() + self._offset)
             headers = dict(self._base_headers)
@@ -285,6 +309,8 @@ class OmicsClient:
                     date_header = resp.headers.get("Date")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure = exc
+            finally:  # cancelled or not, the request held its permit this long
+                self._observer.completed(action, self._monotonic() - granted)
         authorization = headers["Authorization"]
         secrets = (
             credential.secret_key,

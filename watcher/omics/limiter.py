@@ -17,6 +17,16 @@ pauses for a second; the rate then climbs back linearly, because other tools may
 the account's budget and would be throttled again by an instant return to full speed.
 
 Waiters are served first come, first served. Time comes from an injected monotonic clock.
+The limiter knows nothing of actions or metrics: one limiter may pace several actions (the
+GetRunCalls and GetRunJobLog budget), so the client times each request and labels it.
+
+Why not ``aiolimiter``: ``AsyncLimiter(1, 1 / rate)`` does grant at exactly ``1 / rate``
+spacing, which is rule 1, but it cannot carry the rest. Its leak rate is fixed in
+``__init__`` (setting ``max_rate`` or ``time_period`` later changes nothing), so the throttle
+response would need a new bucket, which starts empty and grants at once; a newcomer can take a
+token ahead of a woken waiter, so the limiter's own lock is needed for first come, first
+served anyway, and under that lock the bucket only ever computes ``last grant + 1 / rate``;
+and it reads ``loop.time()`` rather than the injected clock the window rule and the tests use.
 """
 
 from __future__ import annotations
@@ -77,22 +87,8 @@ class PacingLimiter:
         self._last_throttle = -math.inf
         self._rate_changed_at = clock()
         self._lock = asyncio.Lock()
-        self.granted = 0
         self.waiting = 0  # callers queued for a permit right now
         self.throttle_events = 0
-        self.wait_seconds = 0.0
-        self._on_latency: Callable[[float], None] | None = None
-        self._on_wait: Callable[[float], None] | None = None
-
-    def observe(
-        self,
-        *,
-        latency: Callable[[float], None] | None = None,
-        waited: Callable[[float], None] | None = None,
-    ) -> None:
-        """Report each request's duration (grant to release) and each wait for a permit."""
-        self._on_latency = latency
-        self._on_wait = waited
 
     @property
     def rate(self) -> float:
@@ -121,7 +117,7 @@ class PacingLimiter:
         return at
 
     async def acquire(self) -> _Grant:
-        started = self._clock()
+        """Wait for a permit; first come, first served."""
         self.waiting += 1
         try:
             async with self._lock:
@@ -134,18 +130,13 @@ class PacingLimiter:
                 grant = _Grant(now, math.inf)
                 self._grants.append(grant)
                 self._last_grant = now
-                self.granted += 1
         finally:
             self.waiting -= 1
-        self.wait_seconds += now - started
-        if self._on_wait is not None:
-            self._on_wait(now - started)
         return grant
 
     def release(self, grant: _Grant) -> None:
+        """The request is complete (response body read): its window starts now."""
         grant.busy_until = self._clock()
-        if self._on_latency is not None:
-            self._on_latency(grant.busy_until - grant.granted_at)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

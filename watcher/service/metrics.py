@@ -9,7 +9,7 @@ Label values are run statuses, outcomes and notifier names: never secrets, never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -117,6 +117,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ApiRequestMetrics:
+    """The Omics client's request observer: wait and duration under each request's own action.
+
+    ``actions`` get their series at zero from the start, as the limiters' actions always had.
+    """
+
+    def __init__(self, metrics: Metrics, *, actions: Iterable[str] = ()) -> None:
+        self._metrics = metrics
+        self._waits: dict[str, Callable[[float], None]] = {}
+        self._durations: dict[str, Callable[[float], None]] = {}
+        for action in actions:
+            self._bind(action)
+
+    def _bind(self, action: str) -> None:
+        self._waits[action] = self._metrics.limiter_wait_seconds.labels(action=action).inc
+        self._durations[action] = self._metrics.api_request_seconds.labels(action=action).observe
+
+    def waited(self, action: str, seconds: float) -> None:
+        if action not in self._waits:
+            self._bind(action)
+        self._waits[action](seconds)
+
+    def completed(self, action: str, seconds: float) -> None:
+        if action not in self._durations:
+            self._bind(action)
+        self._durations[action](seconds)
 
 
 class DeliveryMetrics:
