@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import ConfigError, load_settings, redacted
+from watcher.config import ConfigError, load_settings
+from watcher.secrets import redacted, secret_values
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -60,6 +61,17 @@ url = "https://example.org/a"
     assert settings.polling.rate_per_second == 15.0
     assert str(settings.notifiers[0].url) == "https://example.org/b"  # type: ignore[attr-defined]
     assert settings.polling.terminal == frozenset({"DONE"})
+
+
+def test_section_names_match_in_any_case_and_the_environment_still_overrides(
+    tmp_path: Path,
+) -> None:
+    # Accepted before through pydantic-settings' case-insensitive init source, which then
+    # ignored the environment's override of such a section; now both layers meet.
+    path = write(tmp_path, "[POLLING]\nrate_per_second = 3\n[polling]\ninterval_seconds = 7\n")
+    assert load_settings(path, environ={}).polling.rate_per_second == 3.0
+    settings = load_settings(path, environ={"OMICS_WATCHER_POLLING__RATE_PER_SECOND": "9"})
+    assert (settings.polling.rate_per_second, settings.polling.interval_seconds) == (9.0, 7.0)
 
 
 def test_secret_files_are_read_and_never_shown(tmp_path: Path) -> None:
@@ -160,8 +172,6 @@ def test_route_problems_are_reported_with_other_problems(tmp_path: Path) -> None
 
 
 def test_keys_inside_urls_are_redacted_and_masked_in_logs(tmp_path: Path) -> None:
-    from watcher.app import secret_values
-
     path = write(
         tmp_path,
         '[[notifiers]]\nname = "a"\ntype = "webhook"\n'

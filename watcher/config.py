@@ -7,9 +7,16 @@ from the environment (``OMICS_WATCHER_POLLING__RATE_PER_SECOND=15``; list items 
 contents of that file as ``X`` before validation (Kubernetes Secret mounts, systemd
 ``LoadCredential=``), so secret values need not sit in the TOML file.
 
+The three layers are merged here, in plain code, and validated by pydantic once; not with
+pydantic-settings' sources, which cannot do this syntax: its environment source cannot address
+a list item by index (``NOTIFIERS__0__URL`` fails as "Input should be a valid list"), its
+secrets source reads a directory of files named after fields rather than ``X_file`` keys
+anywhere in the tree, and its TOML source skips a missing ``-c`` file without a word.
+
 Invariants: validation failures become :class:`ConfigError` with one ``key.path: problem``
 line each (the CLI exits 2); secret values never appear in those lines or in
-:func:`redacted` output. Loading reads files and the given environment only.
+:func:`watcher.secrets.redacted` output (the one walker over these models that knows every
+secret). Loading reads files and the given environment only.
 """
 
 from __future__ import annotations
@@ -20,10 +27,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import (
-    AnyUrl,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,23 +37,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.notifiers.registry import NotifierSettings
 from watcher.routing import RouteSettings
+from watcher.statuses import DEFAULT_TERMINAL
 
 ENV_PREFIX = "OMICS_WATCHER_"
 DEFAULT_FILE = "omics-watcher.toml"
-DEFAULT_TERMINAL = (
-    "SUCCESS",
-    "COMPLETE",
-    "EXECUTOR_ERROR",
-    "SYSTEM_ERROR",
-    "COMPLETE_ERROR",
-    "CANCELED",
-    "FAILED",
-    "PREEMPTED",
-)
 
 
 class ConfigError(Exception):
@@ -166,10 +161,10 @@ class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Settings(BaseSettings):
-    """The whole configuration; immutable once loaded."""
+class Settings(BaseModel):
+    """The whole configuration; immutable once loaded (:func:`load_settings` builds it)."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     tencentcloud: TencentCloudSettings = TencentCloudSettings()
     polling: PollingSettings = PollingSettings()
@@ -195,20 +190,6 @@ class Settings(BaseSettings):
                 if name not in seen:
                     raise _KeyedError(f"routes[{index}].notifiers", f"unknown notifier {name!r}")
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings() merges file, environment and *_file secrets itself (list items by
-        # index, which pydantic-settings' env source cannot do) and passes the result as init
-        # values: nothing is read behind its back.
-        return (init_settings,)
 
 
 class _KeyedError(ValueError):
@@ -337,6 +318,15 @@ def _loc_to_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
     return ".".join(parts)
 
 
+def _lower_sections(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Section names match in any case (``[Polling]``), as the environment's do."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.lower()
+        out[name] = _merge(out[name], value, name) if name in out else value
+    return out
+
+
 def load_settings(
     config_path: str | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -353,7 +343,7 @@ def load_settings(
             raise ConfigError([f"config: cannot read {path}: {exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
-    merged = _merge(raw, _env_layer(environ))
+    merged = _merge(_lower_sections(raw), _env_layer(environ))
     problems: list[str] = []
     merged = _resolve_files(merged, "", problems)
     if problems:
@@ -400,47 +390,3 @@ def _raw_cross_problems(raw: Mapping[str, Any]) -> list[str]:
             if isinstance(name, str) and name not in names:
                 problems.append(f"routes[{index}].notifiers: unknown notifier {name!r}")
     return problems
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password and query values masked (keys in URLs are secrets)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    if parts.username:
-        netloc = (
-            f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
-        )
-    query = "&".join(
-        f"{key}=***" if value else key
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, every secret replaced by ``"***"``.
-
-    URLs keep their scheme, host and path; passwords and query values (where services put
-    their keys) are masked.
-    """
-
-    def walk(value: Any, key: str = "") -> Any:
-        if isinstance(value, SecretStr):
-            return "***"
-        if isinstance(value, AnyUrl) or (key == "url" and isinstance(value, str)):
-            return redact_url(str(value))
-        if isinstance(value, BaseModel):
-            return {k: walk(getattr(value, k), k) for k in type(value).model_fields}
-        if isinstance(value, dict):
-            return {str(k): walk(v) for k, v in value.items()}
-        if isinstance(value, list | tuple | frozenset):
-            return [walk(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    result = walk(settings)
-    assert isinstance(result, dict)
-    return result
