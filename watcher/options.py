@@ -11,11 +11,16 @@ from __future__ import annotations
 from typing import TypedDict
 
 from watcher.config import Settings, StuckSettings, WatchSettings
+from watcher.delivery.digest import DigestPolicy
+from watcher.delivery.dispatcher import Policy
+from watcher.notifiers.common import DigestSettings, NotifierBase
+from watcher.notifiers.registry import rates_for
 from watcher.polling.batch import BatchOptions
 from watcher.polling.discovery import DiscoveryOptions, WatchOptions
 from watcher.polling.per_run import SchedulerOptions
 from watcher.polling.strategy import StrategyOptions
 from watcher.service.server import ServerOptions
+from watcher.statuses import Statuses, StatusOptions
 from watcher.stuck import StuckLimits
 
 # Event producers and the HTTP server (helper D): stuck limits, server options.
@@ -38,6 +43,41 @@ def server_options(settings: Settings) -> ServerOptions:
         port=settings.server.port,
         admin_token=token.get_secret_value() if token else None,
         default_project_id=settings.tencentcloud.project_id,
+    )
+
+
+# Status vocabulary (helper C): what each run status means, for every component.
+
+
+def status_options(settings: Settings) -> StatusOptions:
+    """``[polling] terminal_statuses``; the known success/failure/warning names are built in."""
+    return StatusOptions(terminal=settings.polling.terminal)
+
+
+def status_vocabulary(settings: Settings) -> Statuses:
+    """The one :class:`~watcher.statuses.Statuses` the composition root hands to every part."""
+    return Statuses(status_options(settings))
+
+
+# Delivery (helper B): how the dispatcher runs each notifier's deliveries.
+
+
+def delivery_policy(settings: NotifierBase) -> Policy:
+    """A ``[[notifiers]]`` table's age limit, timeout, pace (its own or its kind's), digest."""
+    return Policy(
+        max_age=settings.max_age_seconds,
+        timeout=settings.timeout_seconds,
+        rates=rates_for(settings),
+        digest=digest_policy(settings.digest),
+    )
+
+
+def digest_policy(settings: DigestSettings | None) -> DigestPolicy | None:
+    """``digest = {...}`` on a notifier; ``None`` (one message per event) when absent."""
+    if settings is None:
+        return None
+    return DigestPolicy(
+        window=settings.window_seconds, group_by=settings.group_by, max_items=settings.max_items
     )
 
 
