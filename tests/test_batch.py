@@ -12,14 +12,15 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import structlog
+from support import now
 
 from watcher.events import Event
 from watcher.omics.client import OmicsClient
@@ -36,16 +37,6 @@ from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 class Rig:
@@ -224,12 +215,6 @@ async def aged_simulator(config: SimulatorConfig, age: float = 600.0) -> AsyncIt
     ) as sim:
         shift[0] = age  # the runs' creation now lies ``age`` seconds back on both clocks
         yield sim
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db") as opened:
-        yield opened
 
 
 async def test_batch_sees_every_transition_with_far_fewer_requests(

@@ -16,7 +16,7 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,13 +44,14 @@ from watcher.events import (
 )
 from watcher.notifiers.base import Notifier, Rate
 from watcher.notifiers.common import json_bytes
-from watcher.notifiers.grouped import RunLine, category_of, listing
+from watcher.notifiers.grouped import RunLine, listing
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.notifiers.render import message_for
 from watcher.rollup import RollupTracker, rollup_id
-from watcher.service.metrics import Metrics
+from watcher.service.metrics import DeliveryMetrics, Metrics
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.sink import EventSink
+from watcher.statuses import DEFAULT_STATUSES, Statuses, StatusOptions
 from watcher.store import Delivery, Store, TrackRequest
 from watcher.transitions import detect
 
@@ -388,12 +389,6 @@ class Clock:
         return datetime.now(UTC)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db") as opened:
-        yield opened
-
-
 def record_events(store: Store, events: list[Event], notifiers: list[str]) -> None:
     for event in events:
         assert store.record_event(event, notifiers=notifiers)
@@ -430,10 +425,9 @@ async def test_96_finishing_runs_reach_a_rate_limited_receiver_as_digests_despit
     )
     group = runs(96)
     outcome = {run: ("EXECUTOR_ERROR" if i % 9 == 0 else "SUCCESS") for i, run in enumerate(group)}
-    stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         target = dispatcher(store, {"wecom": wecom_notifier(wecom.url, session, Clock())}, policy)
-        task = asyncio.create_task(target.run(stop))
+        task = asyncio.create_task(target.run())
         # Every run reports RUNNING, then finishes: 192 events within about 3 s.
         for wave in range(6):
             chunk = group[wave * 16 : (wave + 1) * 16]
@@ -444,8 +438,7 @@ async def test_96_finishing_runs_reach_a_rate_limited_receiver_as_digests_despit
             target.notify()
             await asyncio.sleep(0.5)
         await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=30)
-        stop.set()
-        await target.drain(asyncio.get_running_loop().time() + 1)
+        await target.stop(asyncio.get_running_loop().time() + 1)
         await task
     assert wecom.refused == 0  # never a 45009: the pace kept the limit
     assert len(wecom.failed) == 1
@@ -456,7 +449,7 @@ async def test_96_finishing_runs_reach_a_rate_limited_receiver_as_digests_despit
     assert any(set(failed.final) <= set(r) for r in retried)
     assert not seen.more
     for run in group:
-        assert seen.final[run[:8]] == category_of(outcome[run], terminal=True), run
+        assert seen.final[run[:8]] == DEFAULT_STATUSES.category(outcome[run], terminal=True), run
     assert len(wecom.accepted) < 96  # digests, not one message per event
     assert store.dead_letters() == []
 
@@ -465,15 +458,95 @@ async def test_a_group_of_one_is_sent_as_the_event_itself(wecom: WeCom, store: S
     policy = Policy(digest=DigestPolicy(window=0.0))
     event = status_event(runs(1)[0], "SUCCESS")
     record_events(store, [event], ["wecom"])
-    stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         target = dispatcher(store, {"wecom": wecom_notifier(wecom.url, session, Clock())}, policy)
-        task = asyncio.create_task(target.run(stop))
+        task = asyncio.create_task(target.run())
         await until(lambda: len(wecom.accepted) == 1, timeout=5)
-        stop.set()
+        await target.stop(asyncio.get_running_loop().time() + 5)
         await task
     assert wecom.accepted[0].startswith("### ✅ SUCCESS · run ")
     assert f"event {event.id}" in wecom.accepted[0]
+
+
+async def test_every_row_of_a_delivered_digest_counts_in_the_delivery_histogram(
+    wecom: WeCom, store: Store
+) -> None:
+    """One message, five rows: five observations of ``omics_watcher_delivery_seconds``."""
+    events = [status_event(r, "SUCCESS") for r in runs(5)]
+    record_events(store, events, ["wecom"])
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as session:
+        target = Dispatcher(
+            store=store,
+            notifiers={"wecom": wecom_notifier(wecom.url, session, Clock())},
+            policies={"wecom": Policy(digest=DigestPolicy(window=0.0, max_items=10))},
+            logger=structlog.get_logger(),
+            metrics=DeliveryMetrics(metrics),
+            poll_interval=0.1,
+        )
+        task = asyncio.create_task(target.run())
+        await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
+        await target.stop(asyncio.get_running_loop().time() + 5)
+        await task
+    assert len(wecom.accepted) == 1
+    assert wecom.accepted[0].startswith("### 📦")
+    labels = {"notifier": "wecom"}
+    count = metrics.registry.get_sample_value("omics_watcher_delivery_seconds_count", labels)
+    assert count == 5
+
+
+async def test_a_digest_counts_its_runs_by_the_vocabulary_the_dispatcher_was_given(
+    store: Store,
+) -> None:
+    """The digest's ``counts`` come from the injected :class:`Statuses`, not the defaults."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finished = [status_event(r, "DONE") for r in runs(3)]
+    finished = [
+        Event(type=e.type, id=e.id, timestamp=e.timestamp, data={**e.data, "terminal": True})
+        for e in finished
+    ]
+    record_events(store, finished, ["hook"])
+    done = frozenset({"DONE"})
+    done_is_success = Statuses(StatusOptions(terminal=done, success=done))
+    try:
+        async with aiohttp.ClientSession() as session:
+            hook = build_notifier(
+                TypeAdapter(NotifierSettings).validate_python(
+                    {"name": "hook", "type": "webhook", "url": url, "secret": SECRET}
+                ),
+                session=session,
+                logger=structlog.get_logger(),
+            )
+            target = Dispatcher(
+                store=store,
+                notifiers={"hook": hook},
+                policies={"hook": Policy(digest=DigestPolicy(window=0.0))},
+                logger=structlog.get_logger(),
+                poll_interval=0.1,
+                statuses=done_is_success,
+            )
+            task = asyncio.create_task(target.run())
+            await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
+            await target.stop(asyncio.get_running_loop().time() + 5)
+            await task
+    finally:
+        await runner.cleanup()
+    (digest,) = bodies
+    assert digest["type"] == DIGEST
+    counts = digest["data"]["counts"]
+    assert (counts["succeeded"], counts["other"]) == (3, 0)  # the defaults would say (0, 3)
 
 
 async def test_a_stop_in_mid_send_leaves_the_whole_digest_pending_for_the_next_start(
@@ -510,19 +583,16 @@ async def test_a_stop_in_mid_send_leaves_the_whole_digest_pending_for_the_next_s
                 logger=structlog.get_logger(),
             )
             first = dispatcher(store, {"hook": hook}, policy)
-            stop = asyncio.Event()
-            task = asyncio.create_task(first.run(stop))
+            task = asyncio.create_task(first.run())
             await asyncio.sleep(0.5)  # the digest is in flight, unanswered
-            stop.set()
-            assert await first.drain(asyncio.get_running_loop().time() + 0.2) == 1
+            assert await first.stop(asyncio.get_running_loop().time() + 0.2) == 1
             await task
             assert store.outbox_stats(now=Clock()())[0] == 5  # nothing acknowledged
             release.set()
             second = dispatcher(store, {"hook": hook}, policy)
-            stop = asyncio.Event()
-            task = asyncio.create_task(second.run(stop))
+            task = asyncio.create_task(second.run())
             await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
-            stop.set()
+            await second.stop(asyncio.get_running_loop().time() + 5)
             await task
     finally:
         await runner.cleanup()
@@ -559,11 +629,10 @@ async def test_webhook_receivers_get_a_signed_digest_event_with_every_event(
                 logger=structlog.get_logger(),
             )
             policy = Policy(digest=DigestPolicy(window=0.2, max_items=20))
-            stop = asyncio.Event()
             target = dispatcher(store, {"hook": hook}, policy)
-            task = asyncio.create_task(target.run(stop))
+            task = asyncio.create_task(target.run())
             await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
-            stop.set()
+            await target.stop(asyncio.get_running_loop().time() + 5)
             await task
     finally:
         await runner.cleanup()
@@ -745,7 +814,8 @@ async def test_96_runs_of_one_group_reach_wecom_at_20_per_minute_as_digests(
             assert await daemon == 0
         elapsed = loop.time() - started
         final = {
-            uuid_[:8]: category_of(sim.status(uuid_), terminal=True) for uuid_ in sim.run_uuids
+            uuid_[:8]: DEFAULT_STATUSES.category(sim.status(uuid_), terminal=True)
+            for uuid_ in sim.run_uuids
         }
     assert wecom.refused == 0  # no 45009: never more than 20 in any minute
     assert len(wecom.failed) == 1  # the 500, retried with all of its runs

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
-import pytest
 import structlog
+from support import make_client, now
 
 from watcher.config import WatchSettings
 from watcher.events import Event
 from watcher.omics.client import OmicsClient
-from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunsFilter
 from watcher.options import watch_options
@@ -32,10 +31,6 @@ TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_B = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 RUN_C = "0f8fad5b-d9cb-469f-a165-70867728950e"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -118,25 +113,13 @@ def test_watch_key_ignores_order() -> None:
 # --- against the simulator ------------------------------------------------------------------
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def client_for(sim: Simulator, session: aiohttp.ClientSession) -> OmicsClient:
-    return OmicsClient(
-        session=session,
-        endpoint=sim.endpoint,
-        region="ap-guangzhou",
-        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="t"),
-        limiters={
-            "GetRunStatus": PacingLimiter(20),
-            "DescribeRuns": PacingLimiter(20),
-            "default": PacingLimiter(5),
-        },
-        timeout=5,
-    )
+    limiters = {
+        "GetRunStatus": PacingLimiter(20),
+        "DescribeRuns": PacingLimiter(20),
+        "default": PacingLimiter(5),
+    }
+    return make_client(sim, session, limiters=limiters)
 
 
 def discovery(

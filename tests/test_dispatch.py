@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,18 +23,15 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from watcher.delivery.dispatcher import (
-    Dispatcher,
-    Outcome,
-    Pacer,
-    Policy,
-    backoff,
-    retry_delay,
-    send_now,
-)
+from watcher.delivery.digest import DigestPolicy
+from watcher.delivery.dispatcher import DeliveryObserver, DeliveryOutcome, Dispatcher, Policy
+from watcher.delivery.pacing import Pacer
+from watcher.delivery.retry import backoff, retry_delay, send_now
 from watcher.events import Event, new_event_id
 from watcher.notifiers.base import Notifier, Permanent, Rate, Retryable
 from watcher.notifiers.registry import NotifierSettings, build_notifier
+from watcher.options import delivery_policy
+from watcher.service.metrics import DeliveryMetrics, Metrics
 from watcher.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -113,9 +111,9 @@ class Clock:
 
 @dataclass
 class Observer:
-    seen: list[tuple[str, Outcome]] = field(default_factory=list)
+    seen: list[tuple[str, DeliveryOutcome]] = field(default_factory=list)
 
-    def delivery(self, *, notifier: str, outcome: Outcome, latency: float | None) -> None:
+    def delivery(self, *, notifier: str, outcome: DeliveryOutcome, latency: float | None) -> None:
         self.seen.append((notifier, outcome))
 
 
@@ -127,12 +125,6 @@ def clock() -> Clock:
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
     with Store.open(tmp_path / "state.db", clock=clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
         yield opened
 
 
@@ -172,7 +164,7 @@ def dispatcher(
     policies: dict[str, Policy] | None = None,
     uniform: float = 0.5,
     poll_interval: float = 0.1,
-    metrics: Observer | None = None,
+    metrics: DeliveryObserver | None = None,
 ) -> Dispatcher:
     return Dispatcher(
         store=store,
@@ -197,16 +189,14 @@ class Running:
 
     def __init__(self, target: Dispatcher) -> None:
         self.target = target
-        self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Dispatcher:
-        self.task = asyncio.create_task(self.target.run(self.stop))
+        self.task = asyncio.create_task(self.target.run())
         return self.target
 
     async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await self.target.drain(asyncio.get_running_loop().time() + 0.5)
+        await self.target.stop(asyncio.get_running_loop().time() + 0.5)
         assert self.task is not None
         await self.task
 
@@ -477,13 +467,11 @@ async def test_drain_cancels_hung_sends_and_keeps_their_rows(
     receiver.behaviours["a"] = hang
     record(store, clock, "run-1", 1, ["a"])
     target = dispatcher(store, {"a": webhook("a", receiver, session, clock)}, clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(target.run(stop))
+    task = asyncio.create_task(target.run())
     await until(lambda: len(hanging) == 1)
     loop = asyncio.get_running_loop()
-    stop.set()
     started = loop.time()
-    assert await target.drain(loop.time() + 0.3) == 1
+    assert await target.stop(loop.time() + 0.3) == 1
     await task
     assert 0.25 <= loop.time() - started < 2.0
     (row,) = store.pending_deliveries("a")
@@ -496,13 +484,49 @@ async def test_stop_sends_what_is_due_then_returns(
     target = dispatcher(
         store, {"a": webhook("a", receiver, session, clock)}, clock, poll_interval=30
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(target.run(stop))
+    task = asyncio.create_task(target.run())
     await asyncio.sleep(0.1)
     record(store, clock, "run-1", 1, ["a"])  # no notify(): only the final look finds it
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    loop = asyncio.get_running_loop()
+    assert await target.stop(loop.time() + 5) == 0
+    await asyncio.wait_for(task, 1)
     assert len(receiver.delivered("a")) == 1
+
+
+async def test_delivery_latency_is_exported_per_notifier_from_the_recording(
+    receiver: Receiver, store: Store, clock: Clock, session: aiohttp.ClientSession
+) -> None:
+    """``omics_watcher_delivery_seconds{notifier}``: one observation per delivered row."""
+    refused: set[str] = set()
+
+    async def refuse_once(event_id: str) -> web.Response:
+        if event_id in refused:
+            return web.Response(status=200)
+        refused.add(event_id)
+        return web.Response(status=503)
+
+    receiver.behaviours["b"] = refuse_once  # each row of b waits a backoff (≥ 0.75 s) first
+    record(store, clock, "run-1", 2, ["a", "b"])
+    record(store, clock, "run-2", 1, ["a"])
+    metrics = Metrics()
+    notifiers = {name: webhook(name, receiver, session, clock) for name in ("a", "b")}
+    async with Running(dispatcher(store, notifiers, clock, metrics=DeliveryMetrics(metrics))):
+        await until(lambda: len(receiver.delivered("a")) == 3 == len(receiver.delivered("b")) + 1)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("omics_watcher_delivery_seconds_count", notifier="a") == 3
+    assert sample("omics_watcher_delivery_seconds_count", notifier="b") == 2
+    assert sample("omics_watcher_deliveries_total", notifier="b", outcome="retry") == 2
+    # Counted from the recording, not from the successful attempt: b's rows waited retries
+    # (the second row of run-1 also waited for the first).
+    latency_b = sample("omics_watcher_delivery_seconds_sum", notifier="b")
+    assert latency_b is not None
+    assert latency_b >= 0.7 + 1.4
+    latency_a = sample("omics_watcher_delivery_seconds_sum", notifier="a")
+    assert latency_a is not None
+    assert 0 < latency_a < latency_b
 
 
 # ---- send_now (test-notify) and the pure parts ---------------------------------------------
@@ -562,7 +586,7 @@ def test_backoff_doubles_with_equal_jitter_and_caps() -> None:
     for draw in (0.0, 1.0):
         elapsed = 0.0
         for attempt in range(1, 10):
-            elapsed += backoff(attempt, uniform=lambda d=draw: d)
+            elapsed += backoff(attempt, uniform=functools.partial(float, draw))
             if elapsed >= 10:
                 break
         assert elapsed <= 16.0
@@ -584,7 +608,7 @@ def test_pacer_windows_count_from_finished_requests() -> None:
     assert pacer.delay(1.5) == pytest.approx(3.5)
 
 
-def test_policy_from_settings() -> None:
+def test_delivery_policy_from_notifier_settings() -> None:
     raw: dict[str, Any] = {
         "name": "w",
         "type": "wecom",
@@ -592,5 +616,8 @@ def test_policy_from_settings() -> None:
         "timeout_seconds": 3,
         "max_age_seconds": 60,
     }
-    policy = Policy.from_settings(TypeAdapter(NotifierSettings).validate_python(raw))
+    policy = delivery_policy(TypeAdapter(NotifierSettings).validate_python(raw))
     assert policy == Policy(max_age=60, timeout=3, rates=(Rate(20, 60.0, burst=5),))
+    raw["digest"] = {"window_seconds": 5, "group_by": "project", "max_items": 7}
+    policy = delivery_policy(TypeAdapter(NotifierSettings).validate_python(raw))
+    assert policy.digest == DigestPolicy(window=5, group_by="project", max_items=7)

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import support
+from support import now
 
 from watcher.config import Settings
 from watcher.connect import build_limiters
-from watcher.enrich import FailureEnricher, error_text, failing_statuses, tail
+from watcher.enrich import FailureEnricher, error_text, tail
 from watcher.events import Event
 from watcher.notifiers.render import message_for, plain_text
 from watcher.omics.client import OmicsClient
-from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunMetadata
 from watcher.polling.per_run import Scheduler, SchedulerOptions
@@ -31,22 +31,21 @@ from watcher.recorder import Recorded, Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.simulator.calls import plan_of
 from watcher.sink import EventSink
+from watcher.statuses import Statuses, StatusOptions
 from watcher.store import Store, TrackRequest
 
 TERMINAL = frozenset(Settings().polling.terminal)
-FAILING = failing_statuses(TERMINAL)
+STATUSES = Statuses(StatusOptions(terminal=TERMINAL))
+FAILING = STATUSES.failing
 ERROR_LINE = "java.lang.OutOfMemoryError: Java heap space"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- pure helpers ---------------------------------------------------------------------------
 
 
-def test_failing_statuses_are_terminal_minus_success_and_cancel() -> None:
-    assert {"EXECUTOR_ERROR", "SYSTEM_ERROR", "COMPLETE_ERROR", "FAILED", "PREEMPTED"} == FAILING
+def test_failing_statuses_are_the_terminal_failures() -> None:
+    # PREEMPTED is a warning (watcher.statuses says why): not enriched, as it is not shown ❌.
+    assert {"EXECUTOR_ERROR", "SYSTEM_ERROR", "COMPLETE_ERROR", "FAILED"} == FAILING
 
 
 @pytest.mark.parametrize(
@@ -88,12 +87,6 @@ def test_tail_keeps_whole_lines_within_the_budget() -> None:
 # -- against the simulator --------------------------------------------------------------------
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def make_client(
     sim: Simulator,
     session: aiohttp.ClientSession,
@@ -101,14 +94,10 @@ def make_client(
     limiters: Mapping[str, PacingLimiter] | None = None,
     timeout: float = 5.0,
 ) -> OmicsClient:
-    return OmicsClient(
-        session=session,
-        endpoint=sim.endpoint,
-        region="ap-guangzhou",
-        credentials=StaticProvider(Credential(sim.secret_id, sim.secret_key), name="t"),
-        limiters=limiters if limiters is not None else build_limiters(Settings()),
-        timeout=timeout,
-    )
+    """The shared client builder with the daemon's default limiters unless given."""
+    if limiters is None:
+        limiters = build_limiters(Settings())
+    return support.make_client(sim, session, limiters=limiters, timeout=timeout)
 
 
 def failing_runs(sim: Simulator, count: int, *, running: float = 1.0) -> list[str]:
@@ -135,6 +124,7 @@ async def run_daemon_pieces(
     runs: list[str],
     *,
     deadline: float = 20.0,
+    terminal: frozenset[str] = TERMINAL,
 ) -> None:
     """Scheduler + recorder + client until every run reached a terminal status."""
     scheduler = Scheduler(
@@ -145,7 +135,7 @@ async def run_daemon_pieces(
             interval_seconds=0.3,
             rate_per_second=20,
             request_timeout_seconds=5,
-            terminal=TERMINAL,
+            terminal=terminal,
             drain_seconds=1,
         ),
         wall_clock=now,
@@ -187,12 +177,17 @@ class TimedRecorder(Recorder):
 
 
 def make_recorder(
-    store: Store, enricher: FailureEnricher | None, sink: list[Event], durations: list[float]
+    store: Store,
+    enricher: FailureEnricher | None,
+    sink: list[Event],
+    durations: list[float],
+    *,
+    terminal: frozenset[str] = TERMINAL,
 ) -> Recorder:
     recorder = TimedRecorder(
         store=store,
         sink=EventSink(store=store, route=lambda event: ["hook"], on_event=[sink.append]),
-        terminal=TERMINAL,
+        terminal=terminal,
         wall_clock=now,
         enricher=enricher,
     )
@@ -208,7 +203,7 @@ async def test_failed_runs_carry_task_message_and_stderr_tail(
         store = Store.open(tmp_path / "state.db")
         store.track([TrackRequest(u) for u in runs])
         client = make_client(sim, session)
-        enricher = FailureEnricher(client=client, failing=FAILING)
+        enricher = FailureEnricher(client=client, statuses=STATUSES)
         events: list[Event] = []
         durations: list[float] = []
         recorder = make_recorder(store, enricher, events, durations)
@@ -260,7 +255,7 @@ async def test_enrichment_failing_still_records_promptly(
         store = Store.open(tmp_path / "state.db")
         store.track([TrackRequest(u) for u in runs])
         client = make_client(sim, session)
-        enricher = FailureEnricher(client=client, failing=FAILING)
+        enricher = FailureEnricher(client=client, statuses=STATUSES)
         events: list[Event] = []
         durations: list[float] = []
         recorder = make_recorder(store, enricher, events, durations)
@@ -292,7 +287,7 @@ async def test_slow_calls_limiter_is_cut_by_the_timeout(
         calls = PacingLimiter(1 / 30)
         limiters.update({"GetRunCalls": calls, "GetRunJobLog": calls})
         client = make_client(sim, session, limiters=limiters)
-        enricher = FailureEnricher(client=client, failing=FAILING, timeout=0.5)
+        enricher = FailureEnricher(client=client, statuses=STATUSES, timeout=0.5)
         events: list[Event] = []
         durations: list[float] = []
         recorder = make_recorder(store, enricher, events, durations)
@@ -318,7 +313,7 @@ async def test_enricher_direct_and_no_calls_note(session: aiohttp.ClientSession)
         client = make_client(sim, session)
         metadata = (await client.get_run_status(run_uuid)).raw
         assert metadata["Status"] == "EXECUTOR_ERROR"
-        enricher = FailureEnricher(client=client, failing=FAILING, tail_bytes=60)
+        enricher = FailureEnricher(client=client, statuses=STATUSES, tail_bytes=60)
         failure = await enricher.failure(run_uuid, "", metadata)
         suffix, _ = expected_task(sim, run_uuid)
         assert failure["task"].endswith(suffix)
@@ -341,7 +336,7 @@ async def test_enricher_direct_and_no_calls_note(session: aiohttp.ClientSession)
         ) -> str:
             raise AssertionError("no job to read")
 
-    failure = await FailureEnricher(client=NoCalls(), failing=FAILING).failure(
+    failure = await FailureEnricher(client=NoCalls(), statuses=STATUSES).failure(
         "r", "", {"ErrorMessage": "nextflow exited with 1"}
     )
     assert failure["task"] == ""
@@ -373,7 +368,7 @@ class Exploding:
 
 async def test_unexpected_errors_never_reach_the_recorder(tmp_path: Path) -> None:
     source = Exploding()
-    enricher = FailureEnricher(client=source, failing=FAILING)
+    enricher = FailureEnricher(client=source, statuses=STATUSES)
     store = Store.open(tmp_path / "state.db")
     store.track([TrackRequest("11111111-1111-4111-8111-111111111111")])
     events: list[Event] = []
@@ -477,3 +472,173 @@ async def test_the_daemon_posts_failure_details_and_stuck_alerts(tmp_path: Path)
             assert len(stuck_pairs) == len(set(stuck_pairs))
     finally:
         await runner.cleanup()
+
+
+# -- one vocabulary: what is enriched is what renders as a failure ----------------------------
+
+
+async def test_enrichment_and_rendering_agree_on_every_terminal_status(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """SUCCEEDED/COMPLETED configured as terminal: no failure lookup, rendered ✅.
+
+    PREEMPTED: a warning both ways (no lookup, ⚠️, "other" in digests); EXECUTOR_ERROR: a
+    failure both ways (looked up, ❌ with the failing task).
+    """
+    terminal = TERMINAL | {"SUCCEEDED", "COMPLETED"}
+    statuses = Statuses(StatusOptions(terminal=terminal))
+    expected = {
+        "SUCCEEDED": ("success", "✅", "succeeded"),
+        "COMPLETED": ("success", "✅", "succeeded"),
+        "PREEMPTED": ("warning", "⚠️", "other"),
+        "EXECUTOR_ERROR": ("failure", "❌", "failed"),
+    }
+    async with running_simulator(SimulatorConfig(runs=0, seed=11)) as sim:
+        runs = {
+            sim.submit_run(kind="finishing", outcome=outcome, durations=(0.1, 0.1, 0.5)): outcome
+            for outcome in expected
+        }
+        store = Store.open(tmp_path / "state.db")
+        store.track([TrackRequest(u) for u in runs])
+        client = make_client(sim, session)
+        enricher = FailureEnricher(client=client, statuses=statuses)
+        events: list[Event] = []
+        recorder = make_recorder(store, enricher, events, [], terminal=terminal)
+        await run_daemon_pieces(store, client, recorder, list(runs), terminal=terminal)
+
+        for run_uuid, outcome in runs.items():
+            (final,) = [e for e in store.events(run_uuid=run_uuid) if e.status == outcome]
+            severity, emoji, category = expected[outcome]
+            assert final.terminal
+            assert statuses.is_failing(outcome) is (severity == "failure")
+            message = message_for(final, statuses)
+            assert (message.severity, message.title.split()[0]) == (severity, emoji), outcome
+            assert statuses.category(outcome, terminal=True) == category
+            if severity == "failure":
+                assert final.data["failure"]["task"], final.data
+                assert message.failure is not None
+            else:
+                assert final.data["failure"] is None, outcome
+                assert message.failure is None
+        stats = sim.stats(timeline=False)
+        # One failing run: its calls were listed and one stderr fetched, nothing for the rest.
+        assert stats["requests"]["GetRunJobLog"] == 1
+        listed = stats["requests"]["GetRunCalls"]
+        assert 1 <= listed <= 4, listed  # the failing run's walk only (root + sub-workflow)
+        store.close()
+
+
+# -- Tencent's Path convention ("/" + RunId of a Workflow or Scatter call) ---------------------
+
+
+async def failed_and_settled(sim: Simulator, count: int) -> list[str]:
+    """``count`` runs failed by now (seed 0 with 12 runs: every step fails at least once)."""
+    runs = failing_runs(sim, count, running=0.3)
+    await asyncio.sleep(1.0)
+    assert all(sim.status(u) == "EXECUTOR_ERROR" for u in runs)
+    return runs
+
+
+async def test_paths_by_run_id_reach_sub_workflows_and_scatter_shards(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=0)) as sim:
+        runs = await failed_and_settled(sim, 12)
+        client = make_client(sim, session)
+        enricher = FailureEnricher(client=client, statuses=STATUSES)
+        reached: set[str] = set()
+        for run_uuid in runs:
+            metadata = (await client.get_run_status(run_uuid)).raw
+            failure = await enricher.failure(run_uuid, "", metadata)
+            suffix, _ = expected_task(sim, run_uuid)
+            assert failure["task"].endswith(suffix), (failure, suffix)
+            assert "exited with return code 137" in failure["message"]
+            assert failure["stderr_tail"].splitlines()[-1].endswith(ERROR_LINE)
+            plan = plan_of(sim.snapshot(run_uuid))
+            assert plan.fail_call is not None
+            reached.add(plan.fail_call.short)
+        # A shard of the scatter inside the sub-workflow (three levels), a task of the
+        # sub-workflow, a shard of a root scatter and root tasks: all explained.
+        assert reached == {"haplotype_caller", "merge_vcfs", "fastqc", "align", "report"}
+        stats = sim.stats(timeline=False)
+        # Every Path it sent named something (GetRunJobLog's too): no refusal, no retry.
+        assert "InvalidParameterValue" not in stats["errors"]
+        assert stats["requests"]["GetRunJobLog"] == len(runs)
+
+
+class RefusedPaths:
+    """The real client, but the Paths below the root are ones the server does not know
+    (``calls``) or GetRunJobLog gets a Path it refuses (``log``): the simulator itself answers
+    ``InvalidParameterValue``, as a server with another convention would."""
+
+    def __init__(self, client: OmicsClient, *, calls: bool, log: bool) -> None:
+        self._client, self._calls, self._log = client, calls, log
+        self.log_paths: list[str] = []
+
+    async def get_run_calls(
+        self, run_uuid: str, project_id: str = "", path: str = "/"
+    ) -> list[RunMetadata]:
+        if self._calls and path != "/":
+            path = "/by-name" + path
+        return await self._client.get_run_calls(run_uuid, project_id, path)
+
+    async def get_run_job_log(
+        self,
+        run_uuid: str,
+        job_id: str,
+        log_type: str = "stderr",
+        project_id: str = "",
+        path: str = "",
+    ) -> str:
+        self.log_paths.append(path)
+        if self._log and path not in ("", "/"):
+            path = "/by-name" + path
+        return await self._client.get_run_job_log(run_uuid, job_id, log_type, project_id, path)
+
+
+async def test_a_level_refused_as_invalid_path_keeps_what_was_found(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=0)) as sim:
+        runs = await failed_and_settled(sim, 12)
+        client = make_client(sim, session)
+        source = RefusedPaths(client, calls=True, log=False)
+        enricher = FailureEnricher(client=source, statuses=STATUSES)
+        for run_uuid in runs:
+            metadata = (await client.get_run_status(run_uuid)).raw
+            failure = await enricher.failure(run_uuid, "", metadata)
+            plan = plan_of(sim.snapshot(run_uuid))
+            assert plan.fail_call is not None
+            # The reason is always there: from the failing container when its level is
+            # refused, from the task itself at the root.
+            assert "exited with return code 137" in failure["message"]
+            if plan.fail_call.nested or plan.fail_call.shards:
+                container = "variant_calling" if plan.fail_call.nested else "fastqc"
+                assert failure["task"].endswith("." + container), failure
+                assert failure["stderr_tail"] == ""
+            else:
+                assert failure["task"].endswith("." + plan.fail_call.short)
+                assert failure["stderr_tail"].endswith(ERROR_LINE)
+        assert sim.stats(timeline=False)["errors"]["InvalidParameterValue"] >= 1
+
+
+async def test_a_job_log_path_refused_is_asked_again_without_it(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=0)) as sim:
+        runs = await failed_and_settled(sim, 12)
+        client = make_client(sim, session)
+        source = RefusedPaths(client, calls=False, log=True)
+        enricher = FailureEnricher(client=source, statuses=STATUSES)
+        for run_uuid in runs:
+            metadata = (await client.get_run_status(run_uuid)).raw
+            failure = await enricher.failure(run_uuid, "", metadata)
+            suffix, _ = expected_task(sim, run_uuid)
+            assert failure["task"].endswith(suffix)
+            assert failure["stderr_tail"].endswith(ERROR_LINE)
+        # Sub-tasks were asked with their level's Path ("/" + RunId), then without it.
+        deeper = [p for p in source.log_paths if p not in ("", "/")]
+        assert deeper
+        assert all(p.startswith("/") and len(p) == 37 for p in deeper)
+        assert source.log_paths.count("") == len(deeper)
+        assert sim.stats(timeline=False)["errors"]["InvalidParameterValue"] == len(deeper)

@@ -10,21 +10,15 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from watcher.notifiers.base import Permanent, Rate, Retryable
-from watcher.notifiers.http import (
-    ApiError,
-    Scrubber,
-    classify_http,
-    parse_retry_after,
-    redact_url,
-    url_secrets,
-)
+from watcher.notifiers.http import ApiError, classify_http, parse_retry_after
 from watcher.notifiers.registry import KINDS, NotifierSettings, rates_for
+from watcher.secrets import Scrubber, url_origin, url_secrets
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 WHERE = "https://hooks.example.org"
 
 
-def classify(status: int, body: bytes = b"", **headers: str) -> None:
+def classify(status: int, body: bytes = b"", /, **headers: str) -> None:
     classify_http(status, headers, body, where=WHERE, now=NOW)
 
 
@@ -105,10 +99,10 @@ def test_reasons_are_scrubbed_and_bounded() -> None:
     assert len(caught.value.reason) < 300
 
 
-def test_redact_url_keeps_scheme_and_host_only() -> None:
+def test_url_origin_keeps_scheme_and_host_only() -> None:
     url = "https://user:pw@qyapi.weixin.qq.com:8443/cgi-bin/webhook/send?key=abcd-1234"
-    assert redact_url(url) == "https://qyapi.weixin.qq.com:8443"
-    assert redact_url("not a url") == "<invalid url>"
+    assert url_origin(url) == "https://qyapi.weixin.qq.com:8443"
+    assert url_origin("not a url") == "<invalid url>"
     secrets = url_secrets("https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/XXXXXXXXXXXX")
     assert {"T0AAAAAAA", "B0BBBBBBB", "XXXXXXXXXXXX"} <= set(secrets)
     assert "abcd-1234" in url_secrets(url)

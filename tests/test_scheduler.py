@@ -4,52 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
+from support import make_client, now
 
 from watcher.events import Event
 from watcher.omics.client import OmicsClient
-from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
-from watcher.simulator import Simulator, SimulatorConfig, running_simulator
+from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-def make_client(
-    sim: Simulator, session: aiohttp.ClientSession, *, secret_key: str | None = None
-) -> OmicsClient:
-    limiter = PacingLimiter(20)
-    client = OmicsClient(
-        session=session,
-        endpoint=sim.endpoint,
-        region="ap-guangzhou",
-        credentials=StaticProvider(
-            Credential(sim.secret_id, secret_key or sim.secret_key), name="t"
-        ),
-        limiters={"default": limiter},
-        timeout=5,
-    )
-    return client
 
 
 def client_limiter(client: OmicsClient) -> PacingLimiter:

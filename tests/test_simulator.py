@@ -12,7 +12,6 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -86,12 +85,6 @@ async def call(
 def error_code(response: dict[str, Any]) -> str | None:
     error = response.get("Error")
     return None if error is None else str(error["Code"])
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 # --- the official SDK as a client ---------------------------------------------------------

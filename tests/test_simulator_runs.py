@@ -11,34 +11,22 @@ import itertools
 import json
 import tracemalloc
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support import FakeClock
 
 from watcher.simulator import ApiError, Simulator, SimulatorConfig
 
 TERMINAL = {"SUCCESS", "EXECUTOR_ERROR", "CANCELED"}
 
 
-class FakeClock:
-    """Monotonic and wall clocks that move only when told, together."""
-
-    def __init__(self) -> None:
-        self.mono = 500.0
-        self.epoch = 1_800_000_000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def wall(self) -> float:
-        return self.epoch + (self.mono - 500.0)
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
+START = datetime.fromtimestamp(1_800_000_000, UTC)
 
 
 def make(config: SimulatorConfig) -> tuple[Simulator, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(START)
     return Simulator(config, monotonic=clock.monotonic, wall=clock.wall), clock
 
 
