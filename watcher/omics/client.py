@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -357,32 +357,6 @@ class OmicsClient:
             raise _malformed(response, "DescribeRuns answer without an integer TotalCount")
         items = _items(response, "Runs")
         return total, [_parse(RunSummary, item, response, "Runs[]") for item in items]
-
-    async def iter_runs(
-        self,
-        *,
-        project_id: str = "",
-        filters: Sequence[RunsFilter] = (),
-        page_size: int = MAX_PAGE,
-    ) -> AsyncIterator[RunSummary]:
-        """Every run matching ``filters``, page after page; each RunUuid at most once.
-
-        Offset paging over a changing list can show a run twice or skip one that moved; the
-        duplicate is dropped here, a skipped run turns up on the next pass.
-        """
-        offset = 0
-        seen: set[str] = set()
-        while True:
-            total, page = await self.describe_runs(
-                project_id=project_id, filters=filters, limit=page_size, offset=offset
-            )
-            for run in page:
-                if run.RunUuid not in seen:
-                    seen.add(run.RunUuid)
-                    yield run
-            offset += len(page)
-            if not page or offset >= total:
-                return
 
     async def get_run_calls(
         self, run_uuid: str, project_id: str = "", path: str = "/"
