@@ -30,6 +30,7 @@ import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from watcher.simulator.config import (
     FINISHING,
@@ -49,6 +50,25 @@ CHAIN: tuple[str, ...] = (QUEUED, INITIALIZING, RUNNING)
 _U_KIND, _U_OUTCOME, _U_QUEUED, _U_INIT, _U_RUNNING, _U_DETOUR, _U_FAIL, _U_FLAP = range(8)
 _MASK64 = (1 << 64) - 1
 _K_SPREAD = 1 << 40  # the _mix index of a run's shift inside its group (never a flap index)
+
+
+class GroupFields(TypedDict, total=False):
+    """What a submitted group of runs may be given; what is unset (or ``None``) is drawn
+    from the seed."""
+
+    durations: tuple[float, float, float] | None
+    run_group_id: str | None
+    project_id: str | None
+    application_id: str | None
+    kind: str | None
+    outcome: str | None
+
+
+class RunFields(GroupFields, total=False):
+    """What one submitted run may be given, beyond :class:`GroupFields`."""
+
+    run_uuid: str | None
+    user_defined_id: str | None
 
 
 def _frac(h: int, slot: int) -> float:
@@ -345,37 +365,25 @@ class RunBook:
         self.by_uuid[run.run_uuid] = run
         self.by_group.setdefault(run.run_group_id, []).append(run)
 
-    def submit(
-        self,
-        *,
-        mono: float,
-        wall: float,
-        run_uuid: str | None = None,
-        project_id: str | None = None,
-        run_group_id: str | None = None,
-        application_id: str | None = None,
-        user_defined_id: str | None = None,
-        kind: str | None = None,
-        outcome: str | None = None,
-        durations: tuple[float, float, float] | None = None,
-    ) -> Run:
+    def submit(self, *, mono: float, wall: float, **fields: Unpack[RunFields]) -> Run:
         """Create a run now. Unset fields are drawn from the seed like generated runs'."""
+        kind, durations = fields.get("kind"), fields.get("durations")
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
         if durations is not None and (len(durations) != 3 or min(durations) < 0):
             raise ValueError("durations must be three non-negative numbers")
         # Index n draws what generated run n would: a submitted run is "one more run".
         base = self._plain(len(self.runs), mono=mono, wall=wall)
-        if run_uuid is not None:
+        if (run_uuid := fields.get("run_uuid")) is not None:
             base.run_uuid = str(uuid.UUID(run_uuid))
-        if project_id is not None:
+        if (project_id := fields.get("project_id")) is not None:
             base.project_id = project_id
-        if run_group_id is not None:
+        if (run_group_id := fields.get("run_group_id")) is not None:
             base.run_group_id = run_group_id
-        if application_id is not None:
+        if (application_id := fields.get("application_id")) is not None:
             base.application_id = application_id
-        base.user_defined = user_defined_id
-        base.kind, base.outcome, base.durations = kind, outcome, durations
+        base.user_defined = fields.get("user_defined_id")
+        base.kind, base.outcome, base.durations = kind, fields.get("outcome"), durations
         self._add(base)
         return base
 
@@ -386,12 +394,7 @@ class RunBook:
         mono: float,
         wall: float,
         spread_seconds: float,
-        durations: tuple[float, float, float] | None = None,
-        run_group_id: str | None = None,
-        project_id: str | None = None,
-        application_id: str | None = None,
-        kind: str | None = None,
-        outcome: str | None = None,
+        **fields: Unpack[GroupFields],
     ) -> list[Run]:
         """``count`` runs of one new (or given) group, created now, moving within
         ``spread_seconds`` of each other; unset fields are drawn from the seed (the
@@ -399,22 +402,20 @@ class RunBook:
         if count < 1 or spread_seconds < 0:
             raise ValueError("count must be >= 1 and spread_seconds >= 0")
         first = self._plain(len(self.runs), mono=mono, wall=wall)
-        group = run_group_id or (
+        group = fields.get("run_group_id") or (
             "rg-" + seeded_digest(self._config.seed, f"rg-burst:{len(self.runs)}", 4).hex()
         )
-        base = durations or self.group_durations(group)
+        base = fields.get("durations") or self.group_durations(group)
+        shared: GroupFields = {
+            **fields,
+            "project_id": fields.get("project_id") or first.project_id,
+            "run_group_id": group,
+            "application_id": fields.get("application_id") or first.application_id,
+            "durations": base,
+        }
         out = []
         for _ in range(count):
-            run = self.submit(
-                mono=mono,
-                wall=wall,
-                project_id=project_id or first.project_id,
-                run_group_id=group,
-                application_id=application_id or first.application_id,
-                kind=kind,
-                outcome=outcome,
-                durations=base,
-            )
+            run = self.submit(mono=mono, wall=wall, **shared)
             self.shifted(run, base, spread_seconds)
             out.append(run)
         return out
@@ -429,9 +430,11 @@ __all__ = [
     "INITIALIZING",
     "QUEUED",
     "RUNNING",
+    "GroupFields",
     "Lifecycles",
     "Run",
     "RunBook",
+    "RunFields",
     "Snapshot",
     "Transition",
 ]

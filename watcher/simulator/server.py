@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from watcher.simulator.runs import GroupFields
+
 if TYPE_CHECKING:
     from watcher.simulator.simulator import Simulator
 
@@ -38,39 +40,39 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _submit(sim: Simulator, body: dict[str, Any]) -> Any:
+def _group_fields(body: dict[str, Any]) -> GroupFields:
     durations = body.get("durations")
     if durations is not None:
         if not isinstance(durations, list) or len(durations) != 3:
             raise ValueError("durations must be [queued, initializing, running] seconds")
         durations = (float(durations[0]), float(durations[1]), float(durations[2]))
-    keys = (
-        "run_uuid",
-        "project_id",
-        "run_group_id",
-        "application_id",
-        "user_defined_id",
-        "kind",
-        "outcome",
+    return GroupFields(
+        durations=durations,
+        run_group_id=_opt_str(body, "run_group_id"),
+        project_id=_opt_str(body, "project_id"),
+        application_id=_opt_str(body, "application_id"),
+        kind=_opt_str(body, "kind"),
+        outcome=_opt_str(body, "outcome"),
     )
-    fields = {k: _opt_str(body, k) for k in keys}
-    run_uuid = sim.submit_run(durations=durations, **fields)
+
+
+def _submit(sim: Simulator, body: dict[str, Any]) -> Any:
+    fields = _group_fields(body)
+    run_uuid = sim.submit_run(
+        run_uuid=_opt_str(body, "run_uuid"),
+        user_defined_id=_opt_str(body, "user_defined_id"),
+        **fields,
+    )
     return web.json_response({"run_uuid": run_uuid}, status=201)
 
 
 def _group(sim: Simulator, body: dict[str, Any]) -> Any:
-    durations = body.get("durations")
-    if durations is not None:
-        if not isinstance(durations, list) or len(durations) != 3:
-            raise ValueError("durations must be [queued, initializing, running] seconds")
-        durations = (float(durations[0]), float(durations[1]), float(durations[2]))
+    fields = _group_fields(body)
     count = body.get("count")
     if isinstance(count, bool) or not isinstance(count, int):
         raise ValueError("count must be an integer")
-    keys = ("run_group_id", "project_id", "application_id", "kind", "outcome")
-    fields = {k: _opt_str(body, k) for k in keys}
     spread = _number(body, "spread_seconds", required=False) or 0.0
-    uuids = sim.submit_group(count, spread_seconds=spread, durations=durations, **fields)
+    uuids = sim.submit_group(count, spread_seconds=spread, **fields)
     group = sim.group_of(uuids[0])
     return web.json_response({"run_group_id": group, "run_uuids": uuids}, status=201)
 

@@ -22,7 +22,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from watcher.simulator.actions import INVALID, MISSING, Actions
 from watcher.simulator.auth import (
@@ -45,7 +45,7 @@ from watcher.simulator.faults import BAD_GATEWAY_HTML, FaultInjector, spoil
 from watcher.simulator.network import Network, NetworkSettings
 from watcher.simulator.protocol import ApiError, Reply, encode, failure, request_ids, success
 from watcher.simulator.ratelimit import ActionLimiter
-from watcher.simulator.runs import RunBook, Snapshot, Transition
+from watcher.simulator.runs import GroupFields, RunBook, RunFields, Snapshot, Transition
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -231,59 +231,18 @@ class Simulator:
 
     # -- admin hooks -----------------------------------------------------------------------
 
-    def submit_run(
-        self,
-        *,
-        run_uuid: str | None = None,
-        project_id: str | None = None,
-        run_group_id: str | None = None,
-        application_id: str | None = None,
-        user_defined_id: str | None = None,
-        kind: str | None = None,
-        outcome: str | None = None,
-        durations: tuple[float, float, float] | None = None,
-    ) -> str:
+    def submit_run(self, **fields: Unpack[RunFields]) -> str:
         """Create a run now (QUEUED); unset fields are drawn from the seed. Its UUID."""
-        run = self._book.submit(
-            mono=self._mono(),
-            wall=self._wall(),
-            run_uuid=run_uuid,
-            project_id=project_id,
-            run_group_id=run_group_id,
-            application_id=application_id,
-            user_defined_id=user_defined_id,
-            kind=kind,
-            outcome=outcome,
-            durations=durations,
-        )
-        return run.run_uuid
+        return self._book.submit(mono=self._mono(), wall=self._wall(), **fields).run_uuid
 
     def submit_group(
-        self,
-        count: int,
-        *,
-        spread_seconds: float = 0.0,
-        durations: tuple[float, float, float] | None = None,
-        run_group_id: str | None = None,
-        project_id: str | None = None,
-        application_id: str | None = None,
-        kind: str | None = None,
-        outcome: str | None = None,
+        self, count: int, *, spread_seconds: float = 0.0, **fields: Unpack[GroupFields]
     ) -> list[str]:
         """``count`` runs of one run group, created now, whose every status change happens
         within ``spread_seconds`` of each other (durations shared, each run shifted by a
         seeded draw). Outcomes are drawn per run unless given. Their UUIDs."""
         runs = self._book.submit_group(
-            count,
-            mono=self._mono(),
-            wall=self._wall(),
-            spread_seconds=spread_seconds,
-            durations=durations,
-            run_group_id=run_group_id,
-            project_id=project_id,
-            application_id=application_id,
-            kind=kind,
-            outcome=outcome,
+            count, mono=self._mono(), wall=self._wall(), spread_seconds=spread_seconds, **fields
         )
         return [r.run_uuid for r in runs]
 
