@@ -11,9 +11,12 @@ import functools
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from typing import NotRequired, TypedDict, Unpack
 
 ALGORITHM = "TC3-HMAC-SHA256"
 SIGNED_HEADERS = "content-type;host"
+SERVICE = "omics"
+CONTENT_TYPE = "application/json"
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -31,7 +34,7 @@ def _day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
-def canonical_request(*, host: str, body: bytes, content_type: str = "application/json") -> str:
+def canonical_request(*, host: str, body: bytes, content_type: str = CONTENT_TYPE) -> str:
     payload_hash = hashlib.sha256(body).hexdigest()
     return (
         f"POST\n/\n\ncontent-type:{content_type}\nhost:{host}\n\n{SIGNED_HEADERS}\n{payload_hash}"
@@ -44,45 +47,41 @@ def string_to_sign(*, canonical: str, timestamp: int, service: str, date: str = 
     return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
 
 
-def signature(
-    *,
-    secret_key: str,
-    host: str,
-    body: bytes,
-    timestamp: int,
-    service: str = "omics",
-    content_type: str = "application/json",
-) -> str:
-    """The hex signature alone (what a server recomputes to verify a request)."""
+class Request(TypedDict):
+    """What is signed: one POST of ``body`` to ``host`` at ``timestamp``, with ``secret_key``."""
+
+    secret_key: str
+    host: str
+    body: bytes
+    timestamp: int
+    service: NotRequired[str]  # SERVICE unless given
+    content_type: NotRequired[str]  # CONTENT_TYPE unless given
+
+
+def _scope_and_signature(request: Request) -> tuple[str, str]:
+    timestamp, service = request["timestamp"], request.get("service", SERVICE)
     date = utc_date(timestamp)
-    canonical = canonical_request(host=host, body=body, content_type=content_type)
+    canonical = canonical_request(
+        host=request["host"],
+        body=request["body"],
+        content_type=request.get("content_type", CONTENT_TYPE),
+    )
     to_sign = string_to_sign(canonical=canonical, timestamp=timestamp, service=service, date=date)
-    k_date = _hmac(("TC3" + secret_key).encode("utf-8"), date)
+    k_date = _hmac(("TC3" + request["secret_key"]).encode("utf-8"), date)
     k_service = _hmac(k_date, service)
     k_signing = _hmac(k_service, "tc3_request")
-    return hmac.new(k_signing, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    sig = hmac.new(k_signing, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{date}/{service}/tc3_request", sig
 
 
-def sign(
-    *,
-    secret_id: str,
-    secret_key: str,
-    host: str,
-    body: bytes,
-    timestamp: int,
-    service: str = "omics",
-    content_type: str = "application/json",
-) -> str:
+def signature(**request: Unpack[Request]) -> str:
+    """The hex signature alone (what a server recomputes to verify a request)."""
+    return _scope_and_signature(request)[1]
+
+
+def sign(*, secret_id: str, **request: Unpack[Request]) -> str:
     """The ``Authorization`` header value for one POST of ``body`` to ``host``."""
-    sig = signature(
-        secret_key=secret_key,
-        host=host,
-        body=body,
-        timestamp=timestamp,
-        service=service,
-        content_type=content_type,
-    )
-    scope = f"{utc_date(timestamp)}/{service}/tc3_request"
+    scope, sig = _scope_and_signature(request)
     return (
         f"{ALGORITHM} Credential={secret_id}/{scope}, "
         f"SignedHeaders={SIGNED_HEADERS}, Signature={sig}"
