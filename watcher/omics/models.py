@@ -10,9 +10,10 @@ Invariants:
   one is missing, not a string or blank, the answer is malformed and :class:`Transient`
   ``MalformedResponse`` is raised, so the poll is retried later and never becomes a transition
   (a blank status would otherwise read as two status changes around a glitch).
-- JSON-in-string fields (Input, Output, Runtime, Meta, ErrorMessage) and RFC 3339 times are
-  parsed lazily, on property access, never at construction, so a poll costs no more than
-  reading the fields the caller uses.
+- Fields stay as the API's text. RFC 3339 times are parsed on property access (``end_time``,
+  ``update_time``), never at construction, and JSON kept inside strings (Input, Output,
+  Runtime, Meta, ErrorMessage) by :func:`parse_json_text` where it is read, so a poll costs no
+  more than reading the fields the caller uses.
 
 Cost: the well-formed case is a single pydantic-core validation (about 8 µs for a
 RunMetadata, measured; ``model_construct`` plus Python-side checks was slower), with a
@@ -132,7 +133,7 @@ class _ApiObject(BaseModel):
 class RunMetadata(_ApiObject):
     """One GetRunStatus ``Metadata`` object, or one GetRunCalls item (a task or sub-workflow).
 
-    Field names are Tencent's; snake_case properties give parsed views of them.
+    Field names are Tencent's; ``end_time`` is EndTime parsed.
     """
 
     _required: ClassVar[tuple[str, ...]] = ("Status",)
@@ -161,37 +162,8 @@ class RunMetadata(_ApiObject):
     Meta: str | None = None
 
     @property
-    def start_time(self) -> datetime | None:
-        return parse_time(self.StartTime)
-
-    @property
-    def submit_time(self) -> datetime | None:
-        return parse_time(self.SubmitTime)
-
-    @property
     def end_time(self) -> datetime | None:
         return parse_time(self.EndTime)
-
-    @property
-    def input_json(self) -> JsonText | None:
-        return parse_json_text(self.Input)
-
-    @property
-    def output_json(self) -> JsonText | None:
-        return parse_json_text(self.Output)
-
-    @property
-    def runtime_json(self) -> JsonText | None:
-        return parse_json_text(self.Runtime)
-
-    @property
-    def meta_json(self) -> JsonText | None:
-        return parse_json_text(self.Meta)
-
-    @property
-    def error_json(self) -> JsonText | None:
-        """ErrorMessage parsed: ``{}`` when fine, often a Cromwell failures array on errors."""
-        return parse_json_text(self.ErrorMessage)
 
 
 class RunExecutionTime(_ApiObject):
@@ -200,18 +172,6 @@ class RunExecutionTime(_ApiObject):
     SubmitTime: str | None = None
     StartTime: str | None = None
     EndTime: str | None = None
-
-    @property
-    def submit_time(self) -> datetime | None:
-        return parse_time(self.SubmitTime)
-
-    @property
-    def start_time(self) -> datetime | None:
-        return parse_time(self.StartTime)
-
-    @property
-    def end_time(self) -> datetime | None:
-        return parse_time(self.EndTime)
 
 
 class RunSummary(_ApiObject):
@@ -231,16 +191,8 @@ class RunSummary(_ApiObject):
     UpdateTime: str | None = None
 
     @property
-    def create_time(self) -> datetime | None:
-        return parse_time(self.CreateTime)
-
-    @property
     def update_time(self) -> datetime | None:
         return parse_time(self.UpdateTime)
-
-    @property
-    def error_json(self) -> JsonText | None:
-        return parse_json_text(self.ErrorMessage)
 
 
 @dataclass(frozen=True, slots=True)
