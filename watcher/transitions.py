@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from watcher.events import (
     NOT_FOUND,
@@ -92,22 +92,24 @@ def detect(
     )
 
 
+def _run_event(kind: str, run: RunLike, now: datetime, new_id: IdFactory, **fields: Any) -> Event:
+    """An event about ``run`` at ``now``: its identifiers, ``fields``, then its labels."""
+    data = {
+        "run_uuid": run.run_uuid,
+        "project_id": run.project_id,
+        **fields,
+        "labels": dict(run.labels),
+    }
+    return Event(type=kind, id=new_id(now), timestamp=now, data=data)
+
+
 def not_found_event(run: RunLike, *, now: datetime, new_id: IdFactory = new_event_id) -> Event:
     """``run.not_found``: the API says the run does not exist; polling it stops.
 
     ``last_status`` is the last status seen (``None`` if the run was never found at all).
     """
-    return Event(
-        type=NOT_FOUND,
-        id=new_id(now),
-        timestamp=now,
-        data={
-            "run_uuid": run.run_uuid,
-            "project_id": run.project_id,
-            "last_status": run.status,
-            "observed_at": isoformat_z(now),
-            "labels": dict(run.labels),
-        },
+    return _run_event(
+        NOT_FOUND, run, now, new_id, last_status=run.status, observed_at=isoformat_z(now)
     )
 
 
@@ -120,16 +122,12 @@ def stuck_event(
     """
     if run.status is None:
         raise ValueError("a run without a status cannot be stuck")
-    return Event(
-        type=STUCK,
-        id=new_id(now),
-        timestamp=now,
-        data={
-            "run_uuid": run.run_uuid,
-            "project_id": run.project_id,
-            "status": run.status,
-            "since": isoformat_z(since),
-            "stuck_seconds": max(0, int((now - since).total_seconds())),
-            "labels": dict(run.labels),
-        },
+    return _run_event(
+        STUCK,
+        run,
+        now,
+        new_id,
+        status=run.status,
+        since=isoformat_z(since),
+        stuck_seconds=max(0, int((now - since).total_seconds())),
     )
