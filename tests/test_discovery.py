@@ -6,7 +6,6 @@ import asyncio
 import random
 import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -68,7 +67,7 @@ def test_track_discovered_inserts_only_runs_never_seen(tmp_path: Path) -> None:
     with Store.open(tmp_path / "state.db") as store:
         store.track([TrackRequest(RUN_A, "prj-user", {"owner": "me"}), TrackRequest(RUN_B)])
         store.untrack([RUN_B])
-        cursor = store.change_cursor()
+        cursor, _ = store.snapshot()
         found = [
             DiscoveredRun(RUN_A, "prj-w", "RUNNING", {"team": "w"}),
             DiscoveredRun(RUN_B, "prj-w", "RUNNING", {"team": "w"}),
@@ -163,8 +162,8 @@ async def poll_once(store: Store, client: OmicsClient) -> list[Event]:
 
 
 def outbox_runs(store: Store) -> list[str]:
-    due = store.due_deliveries(now=now() + timedelta(days=1), limit=10_000)
-    return sorted(d.event.run_uuid for d in due)
+    pending = store.pending_deliveries(limit=10_000)
+    return sorted(d.event.run_uuid for d in pending)
 
 
 def mixed(runs: int, **extra: object) -> SimulatorConfig:

@@ -48,24 +48,6 @@ def _cut(error: str) -> str:
 
 
 class OutboxMixin(StoreBase):
-    def due_deliveries(
-        self, *, now: datetime, limit: int, notifier: str | None = None
-    ) -> list[Delivery]:
-        """Pending deliveries whose ``next_attempt_at <= now``, oldest (lowest id) first."""
-        if notifier is None:
-            rows = self._db.query(
-                _SELECT + "WHERE o.state = 'pending' AND o.next_attempt_at <= ? "
-                "ORDER BY o.id LIMIT ?",
-                (to_ts(now), max(0, limit)),
-            )
-        else:
-            rows = self._db.query(
-                _SELECT + "WHERE o.state = 'pending' AND o.notifier = ? "
-                "AND o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
-                (notifier, to_ts(now), max(0, limit)),
-            )
-        return [_delivery(row) for row in rows]
-
     def pending_deliveries(self, notifier: str | None = None, limit: int = 100) -> list[Delivery]:
         """Pending deliveries in outbox order whether due or not (to keep per-run order)."""
         if notifier is None:

@@ -192,10 +192,6 @@ class RegistryMixin(StoreBase):
             runs = [_active_run(row) for row in conn.execute(_SELECT_ACTIVE)]
         return cursor, runs
 
-    def change_cursor(self) -> int:
-        """The current value of the change counter."""
-        return int(self._db.query("SELECT value FROM counters WHERE name = 'change_seq'")[0][0])
-
     def changes_since(self, cursor: int) -> tuple[int, list[ActiveRun], list[str]]:
         """Registry changes after ``cursor``: ``(new cursor, (re)activated runs, untracked)``.
 
@@ -246,14 +242,6 @@ class RegistryMixin(StoreBase):
         """The run's labels (also for an untracked run); ``{}`` if unknown."""
         rows = self._db.query("SELECT labels FROM runs WHERE run_uuid = ?", (run_uuid,))
         return load_labels(rows[0][0]) if rows else {}
-
-    def metadata_of(self, run_uuid: str) -> dict[str, Any] | None:
-        """The RunMetadata of the last successful observation, as returned by the API."""
-        rows = self._db.query("SELECT metadata FROM runs WHERE run_uuid = ?", (run_uuid,))
-        if not rows or rows[0][0] is None:
-            return None
-        value: dict[str, Any] = json.loads(rows[0][0])
-        return value
 
     def count_by_status(self) -> dict[str | None, int]:
         """Tracked runs per last seen status (``None``: not polled yet)."""
