@@ -81,8 +81,7 @@ async def test_throttling_halves_the_rate_once_per_burst_then_recovers() -> None
     await drive(limiter, clock, 10, 0.001)
     for _ in range(15):  # fifteen throttled answers to one burst
         limiter.throttled()
-    assert limiter.throttle_events == 1
-    assert limiter.rate == pytest.approx(10, abs=0.1)
+    assert limiter.rate == pytest.approx(10, abs=0.1)  # halved once, not fifteen times
     before = clock.now
     await drive(limiter, clock, 1, 0.001)
     assert clock.now - before >= 1.0  # paused for the server's window to clear

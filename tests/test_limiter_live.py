@@ -72,7 +72,6 @@ async def test_a_throttling_server_makes_the_client_slow_down_not_hammer(
         limiter = PacingLimiter(20)
         client = client_for(sim, session, limiter)
         outcomes = await hammer(client, sim.run_uuids, callers=50, seconds=8)
-        assert limiter.throttle_events >= 1
         assert limiter.rate < 20
         # A client that ignored throttling would send ~160 requests in 8 s and have most of
         # them refused; this one backs off so that most of what it sends is admitted.

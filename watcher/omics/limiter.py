@@ -88,7 +88,6 @@ class PacingLimiter:
         self._rate_changed_at = clock()
         self._lock = asyncio.Lock()
         self.waiting = 0  # callers queued for a permit right now
-        self.throttle_events = 0
 
     @property
     def rate(self) -> float:
@@ -153,7 +152,6 @@ class PacingLimiter:
         if now - self._last_throttle < WINDOW_SECONDS:
             return  # answers to one burst are one signal, not many
         self._last_throttle = now
-        self.throttle_events += 1
         self._recover_rate(now)
         self._rate = max(self._min_rate, self._rate / 2)
         self._paused_until = now + WINDOW_SECONDS
