@@ -170,9 +170,6 @@ class Sim:
     def timeline(self) -> list[dict[str, Any]]:
         return http_json(f"{self.endpoint}/_sim/timeline", timeout=120)  # type: ignore[no-any-return]
 
-    def reset(self) -> None:
-        http_json(f"{self.endpoint}/_sim/stats/reset", method="POST", body={})
-
     def arrivals(self, since: float = 0.0) -> tuple[list[float], list[int]]:
         data = http_json(f"{self.endpoint}/_bench/arrivals?since={since!r}", timeout=120)
         return data["t"], data["i"]
