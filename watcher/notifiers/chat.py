@@ -17,10 +17,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import SecretStr
 
 from watcher.events import Event
-from watcher.notifiers.common import Deps, NotifierBase, SecretUrl, json_bytes
+from watcher.notifiers.common import Deps, NotifierBase, SecretUrl, json_bytes, renderer
 from watcher.notifiers.fitting import fit
 from watcher.notifiers.http import ApiError, ApiErrorReader, post
-from watcher.notifiers.render import Message, Renderer
+from watcher.notifiers.render import Message
 from watcher.secrets import Scrubber, secret_parts, url_secrets
 
 
@@ -68,13 +68,7 @@ class JsonChatNotifier(Generic[C]):
         self._scrub = Scrubber(
             [*url_secrets(self._url), *(secret_parts(self._secret) if self._secret else [])]
         )
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-            statuses=deps.statuses,
-        )
+        self._renderer = renderer(settings, deps)
 
     def build(self, message: Message) -> dict[str, Any]:
         """The body for ``message``; may exceed the limits, :meth:`fits` says."""

@@ -21,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
 from watcher.notifiers.base import Notifier, Rate
+from watcher.notifiers.render import Renderer
 from watcher.notifiers.templates import check_template
 from watcher.statuses import DEFAULT_STATUSES, Statuses
 
@@ -104,6 +105,19 @@ class Kind(Generic[S]):
     settings: type[S]
     build: Callable[[S, Deps], Notifier]
     rates: tuple[Rate, ...] = ()
+
+
+def renderer(settings: NotifierBase, deps: Deps, *, html: bool = False) -> Renderer:
+    """The message maker of the notifier ``settings`` configure: its templates, the
+    daemon's status vocabulary, warnings to the notifier's logger."""
+    return Renderer(
+        notifier=settings.name,
+        logger=deps.logger,
+        title_template=settings.title_template,
+        body_template=settings.body_template,
+        html=html,
+        statuses=deps.statuses,
+    )
 
 
 def json_bytes(payload: Any) -> bytes:

@@ -64,10 +64,7 @@ def markdown(message: Message, *, mentions: list[str]) -> str:
         parts.append("\n".join(f"- {k}: {v}" for k, v in message.facts))
         failure = message.failure
         if failure:
-            if failure.task:
-                parts.append(f"**Failed task:** {failure.task}")
-            if failure.message:
-                parts.append(f"**Error:** {failure.message}")
+            parts += failure.lines("**Failed task:** {}", "**Error:** {}")
             if failure.stderr_tail:
                 parts.append("\n".join(f"> {line}" for line in failure.stderr_tail.splitlines()))
         if message.note:

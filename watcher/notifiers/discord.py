@@ -48,10 +48,7 @@ def payload(message: Message, *, username: str | None = None) -> dict[str, Any]:
         parts = [f"**{message.summary}**"]
         failure = message.failure
         if failure:
-            if failure.task:
-                parts.append(f"**Failed task:** `{failure.task}`")
-            if failure.message:
-                parts.append(f"**Error:** {failure.message}")
+            parts += failure.lines("**Failed task:** `{}`", "**Error:** {}")
             if failure.stderr_tail:
                 parts.append(_code(failure.stderr_tail))
         if message.note:

@@ -25,9 +25,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from watcher.events import Event
 from watcher.notifiers.base import Permanent, Retryable
-from watcher.notifiers.common import Deps, Kind, NotifierBase
+from watcher.notifiers.common import Deps, Kind, NotifierBase, renderer
 from watcher.notifiers.fitting import fit
-from watcher.notifiers.render import Message, Renderer, plain_text
+from watcher.notifiers.render import Message, plain_text
 from watcher.secrets import Scrubber, secret_parts
 from watcher.statuses import Severity
 
@@ -106,13 +106,11 @@ def html_body(message: Message) -> str:
             parts.append(f"<table>{rows}</table>")
         failure = message.failure
         if failure:
-            if failure.task:
-                parts.append(f"<p><strong>Failed task:</strong> <code>{e(failure.task)}</code></p>")
-            if failure.message:
-                parts.append(
-                    f'<p><strong>Error:</strong> <span style="color:{colour}">'
-                    f"{e(failure.message)}</span></p>"
-                )
+            parts += failure.lines(
+                "<p><strong>Failed task:</strong> <code>{}</code></p>",
+                f'<p><strong>Error:</strong> <span style="color:{colour}">{{}}</span></p>',
+                e,
+            )
             if failure.stderr_tail:
                 parts.append(
                     '<pre style="background:#f6f6f6;padding:8px;white-space:pre-wrap">'
@@ -140,14 +138,7 @@ class EmailNotifier:
             self._tls = ssl.create_default_context()
             if settings.tls_ca:
                 self._tls.load_verify_locations(cadata=settings.tls_ca)
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-            html=True,
-            statuses=deps.statuses,
-        )
+        self._renderer = renderer(settings, deps, html=True)
 
     def message(self, event: Event) -> EmailMessage:
         message = fit(

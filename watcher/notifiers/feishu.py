@@ -77,11 +77,7 @@ def card(message: Message) -> dict[str, Any]:
         failure = message.failure
         if failure:
             elements.append({"tag": "hr"})
-            lines = []
-            if failure.task:
-                lines.append(f"**Failed task:** {failure.task}")
-            if failure.message:
-                lines.append(f"**Error:** {failure.message}")
+            lines = failure.lines("**Failed task:** {}", "**Error:** {}")
             if lines:
                 elements.append(_md("\n".join(lines)))
             if failure.stderr_tail:

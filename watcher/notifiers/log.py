@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 from watcher.events import Event
-from watcher.notifiers.common import Deps, Kind, NotifierBase
-from watcher.notifiers.render import Renderer, clip, first_line
+from watcher.notifiers.common import Deps, Kind, NotifierBase, renderer
+from watcher.notifiers.render import clip, first_line
 
 
 class LogSettings(NotifierBase):
@@ -24,13 +24,7 @@ class LogNotifier:
     def __init__(self, settings: LogSettings, deps: Deps) -> None:
         self.name = settings.name
         self._logger = deps.logger
-        self._renderer = Renderer(
-            notifier=self.name,
-            logger=deps.logger,
-            title_template=settings.title_template,
-            body_template=settings.body_template,
-            statuses=deps.statuses,
-        )
+        self._renderer = renderer(settings, deps)
 
     async def send(self, event: Event) -> None:
         message = self._renderer.render(event)

@@ -20,7 +20,7 @@ Pure apart from the logger given to :class:`Renderer`: no I/O, no clock.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +51,17 @@ class Failure:
 
     def __bool__(self) -> bool:
         return bool(self.task or self.message or self.stderr_tail)
+
+    def lines(self, task: str, error: str, escape: Callable[[str], str] = str) -> list[str]:
+        """The "failed task" and "error" lines in a destination's markup: ``task`` and
+        ``error`` are formats for the (``escape``d) value, ``"**Error:** {}"``; an empty
+        field has no line."""
+        out = []
+        if self.task:
+            out.append(task.format(escape(self.task)))
+        if self.message:
+            out.append(error.format(escape(self.message)))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +267,7 @@ def plain_text(message: Message) -> str:
     lines += [f"{label}: {value}" for label, value in message.facts]
     if message.failure:
         lines.append("")
-        if message.failure.task:
-            lines.append(f"Failed task: {message.failure.task}")
-        if message.failure.message:
-            lines.append(f"Error: {message.failure.message}")
+        lines += message.failure.lines("Failed task: {}", "Error: {}")
         if message.failure.stderr_tail:
             lines += ["", "stderr (tail):", message.failure.stderr_tail]
     if message.note:

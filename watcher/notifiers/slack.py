@@ -53,11 +53,7 @@ def payload(message: Message) -> dict[str, Any]:
             blocks.append({"type": "section", "fields": fields})
         failure = message.failure
         if failure:
-            lines = []
-            if failure.task:
-                lines.append(f"*Failed task:* `{escape(failure.task)}`")
-            if failure.message:
-                lines.append(f"*Error:* {escape(failure.message)}")
+            lines = failure.lines("*Failed task:* `{}`", "*Error:* {}", escape)
             if lines:
                 blocks.append(_section("\n".join(lines)))
             if failure.stderr_tail:

@@ -50,10 +50,9 @@ def markdown(message: Message, *, mentions: list[str]) -> str:
         lines += [f"> {k}: {v}" for k, v in message.facts]
         failure = message.failure
         if failure:
-            if failure.task:
-                lines.append(f"**Failed task:** `{failure.task}`")
-            if failure.message:
-                lines.append(f'**Error:** <font color="warning">{failure.message}</font>')
+            lines += failure.lines(
+                "**Failed task:** `{}`", '**Error:** <font color="warning">{}</font>'
+            )
             if failure.stderr_tail:
                 lines += [f"> {line}" for line in failure.stderr_tail.splitlines()]
         if message.note:
