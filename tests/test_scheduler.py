@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support import make_client, now
+from support import OmicsServer, make_client, now
 
 from watcher.events import Event
-from watcher.omics.client import OmicsClient
 from watcher.omics.limiter import PacingLimiter
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
@@ -23,23 +22,20 @@ from watcher.store import Store, TrackRequest
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 
 
-def client_limiter(client: OmicsClient) -> PacingLimiter:
-    """The limiter the client queues GetRunStatus on (the scheduler watches its backlog)."""
-    limiter = client._limiters["default"]
-    assert isinstance(limiter, PacingLimiter)
-    return limiter
-
-
 def make_scheduler(
     store: Store,
-    client: OmicsClient,
+    server: OmicsServer,
+    session: aiohttp.ClientSession,
     *,
+    secret_key: str | None = None,
     interval: float = 1.0,
     events: list[Event] | None = None,
     route: Callable[[Event], list[str]] = lambda e: [],
 ) -> Scheduler:
+    """The scheduler with the real client; it watches the backlog of the client's limiter."""
     sink = events if events is not None else []
-    limiter = client_limiter(client)
+    limiter = PacingLimiter(20)
+    client = make_client(server, session, limiters={"default": limiter}, secret_key=secret_key)
     recorder = Recorder(
         store=store,
         sink=EventSink(store=store, route=route, on_event=[sink.append]),
@@ -92,7 +88,7 @@ async def test_every_transition_reported_once_and_final_statuses_match(
         with Store.open(tmp_path / "state.db") as store:
             store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
             events: list[Event] = []
-            scheduler = make_scheduler(store, make_client(sim, session), events=events)
+            scheduler = make_scheduler(store, sim, session, events=events)
             await run_until(
                 scheduler,
                 lambda: all(r.terminal for r in store.list_runs()),
@@ -131,7 +127,7 @@ async def test_over_budget_every_run_is_polled_in_turn(
     async with running_simulator(config) as sim:
         with Store.open(tmp_path / "state.db") as store:
             store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
-            scheduler = make_scheduler(store, make_client(sim, session))
+            scheduler = make_scheduler(store, sim, session)
             await run_until(scheduler, lambda: False, limit=9)
             polls = sim.stats(timeline=False)["polls"]
             counts = [polls.get(u, 0) for u in sim.run_uuids]
@@ -147,7 +143,7 @@ async def test_run_tracked_while_running_is_polled_within_two_seconds(
         late = sim.run_uuids[-1]
         with Store.open(tmp_path / "state.db") as store:
             store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids[:-1])
-            scheduler = make_scheduler(store, make_client(sim, session), interval=1.0)
+            scheduler = make_scheduler(store, sim, session, interval=1.0)
             stop = asyncio.Event()
             task = asyncio.create_task(scheduler.run(stop))
             # Once every run was polled, all are overdue again (199 runs, 1 s interval, 20/s).
@@ -175,7 +171,7 @@ async def test_unknown_run_yields_one_not_found_and_is_dropped(
         with Store.open(tmp_path / "state.db") as store:
             store.track([TrackRequest(ghost, sim.project_id)])
             events: list[Event] = []
-            scheduler = make_scheduler(store, make_client(sim, session), events=events)
+            scheduler = make_scheduler(store, sim, session, events=events)
             await run_until(scheduler, lambda: bool(events), limit=10)
             await run_until(scheduler, lambda: False, limit=2)
             assert [e.type for e in events] == ["run.not_found"]
@@ -191,8 +187,7 @@ async def test_bad_credentials_pause_polling_instead_of_hammering(
     async with running_simulator(SimulatorConfig(runs=30, seed=2, kinds={"forever": 1.0})) as sim:
         with Store.open(tmp_path / "state.db") as store:
             store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
-            client = make_client(sim, session, secret_key="wrong-key")
-            scheduler = make_scheduler(store, client)
+            scheduler = make_scheduler(store, sim, session, secret_key="wrong-key")
             await run_until(scheduler, lambda: False, limit=4)
             assert scheduler.paused
             stats = sim.stats(timeline=False)
