@@ -5,9 +5,10 @@ group folded into one message by a notifier with ``digest = {...}``) and a run g
 roll-up (``rollup = true``), writes the exact JSON body each chat notifier posts
 (``<kind>-<case>.json``), the webhook body (the event itself), the email's text and HTML parts
 (``email-<case>.txt`` / ``.html``), and ``README.md``, which shows them all. The digest and
-the roll-up are made by the same code the daemon runs (``watcher.delivery.digest.digest_event``, and
-``watcher.rollup.RollupTracker`` over an in-memory state file). No secrets are configured, so
-the DingTalk/Feishu signing fields are absent; see those modules for their form.
+the roll-up are made by the same code the daemon runs (``watcher.delivery.digest.digest_event``,
+and ``watcher.rollup.RollupTracker`` over an in-memory state file, its runs recorded through
+``watcher.sink.EventSink``). No secrets are configured, so the DingTalk/Feishu signing fields
+are absent; see those modules for their form.
 
 Usage (from the repository root)::
 
@@ -32,6 +33,7 @@ from watcher.delivery.digest import Progress, digest_event
 from watcher.events import RUN_GROUP_LABEL, Event, RunState, isoformat_z
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.rollup import RollupTracker
+from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
 from watcher.transitions import detect
 
@@ -93,7 +95,7 @@ CASES = {
 
 
 GROUP = "rg-wgs-batch-17"
-PROJECT = BASE["project_id"]
+PROJECT = str(BASE["project_id"])
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 OOM = {
     "task": "germline.align_reads (shard 3)",
@@ -147,6 +149,7 @@ def digest_case() -> Event:
 def rollup_case() -> Event:
     """The roll-up RollupTracker records once all 40 runs of the group finished."""
     with Store.open(":memory:", clock=lambda: WHEN) as store:
+        sink = EventSink(store=store, route=lambda event: ["example"])
         runs = group_runs(40)
         labels = {RUN_GROUP_LABEL: GROUP, "team": "genomics"}
         store.track(TrackRequest(run, PROJECT, labels) for run in runs)
@@ -164,10 +167,10 @@ def rollup_case() -> Event:
                 event = Event(
                     event.type, event.id, event.timestamp, {**event.data, "failure": failure}
                 )
-            store.record_observation(after, event, notifiers=["example"])
+            assert sink.emit(event, observed=after)
         tracker = RollupTracker(
             store=store,
-            route=lambda event: ["example"],
+            sink=sink,
             targets=lambda: {"example"},
             clock=lambda: WHEN,
         )
