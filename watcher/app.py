@@ -47,6 +47,7 @@ from watcher.options import (
     stuck_limits,
 )
 from watcher.polling.discovery import Discovery, build_discovery
+from watcher.polling.loop import Collaborators
 from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
@@ -212,24 +213,15 @@ def _build_poller(
 ) -> Poller:
     """The [polling] strategy (per-run, batch, auto) around the per-run scheduler."""
     status_limiter = limiters[STATUS_ACTION]
+    parts = Collaborators(store=store, recorder=recorder, metrics=metrics, wall_clock=utc_now)
     scheduler = Scheduler(
-        store=store,
         source=client,
-        recorder=recorder,
         options=scheduler_options(settings),
         backlog=lambda: status_limiter.waiting,
-        metrics=metrics,
-        wall_clock=utc_now,
+        **parts,
     )
     return build_poller(
-        strategy_options(settings),
-        scheduler=scheduler,
-        store=store,
-        source=client,
-        recorder=recorder,
-        limiters=limiters,
-        metrics=metrics,
-        wall_clock=utc_now,
+        strategy_options(settings), scheduler=scheduler, source=client, limiters=limiters, **parts
     )
 
 

@@ -25,19 +25,15 @@ new one) nor repeat one (the second writer finds the status already moved).
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Unpack
 
 import structlog
 
 from watcher.omics.limiter import PacingLimiter
 from watcher.polling.batch import BatchOptions, BatchPoller, BatchSource
-from watcher.recorder import Recorder
-from watcher.service.metrics import Metrics
-from watcher.store import Store
+from watcher.polling.loop import Collaborators
 
 Mode = Literal["per-run", "batch", "auto"]
 AUTO_CHECK_SECONDS = 10.0
@@ -216,13 +212,9 @@ def build_poller(
     options: StrategyOptions,
     *,
     scheduler: Poller,
-    store: Store,
     source: BatchSource,
-    recorder: Recorder,
     limiters: Mapping[str, PacingLimiter],
-    metrics: Metrics,
-    wall_clock: Callable[[], datetime],
-    rng: random.Random | None = None,
+    **parts: Unpack[Collaborators],
 ) -> PollingStrategy:
     """The daemon's poller for ``[polling] strategy``, around the already built scheduler."""
     describe = limiters.get("DescribeRuns")
@@ -230,15 +222,11 @@ def build_poller(
 
     def make_batch() -> BatchPoller:
         return BatchPoller(
-            store=store,
             source=source,
-            recorder=recorder,
             options=options.batch,
             describe_backlog=(lambda: describe.waiting) if describe else (lambda: 0),
             status_backlog=(lambda: status.waiting) if status else (lambda: 0),
-            metrics=metrics,
-            wall_clock=wall_clock,
-            rng=rng,
+            **parts,
         )
 
     return PollingStrategy(
