@@ -253,7 +253,6 @@ def grouped_message(event: Event, statuses: Statuses) -> Message:
         else:
             title = f"📦 {scope}: {len(lines)} runs, {local}"
             summary = f"This digest: {len(events)} updates for {len(lines)} runs"
-        headline = "DIGEST"
         scope_facts: Facts = (("Project", project),) if project else ()
         note = ""
     else:
@@ -272,17 +271,14 @@ def grouped_message(event: Event, statuses: Statuses) -> Message:
             _int(seen.get("succeeded")), _int(seen.get("failed")), _int(seen.get("other")), 0
         )
         summary = f"all {total} runs of the group have finished"
-        headline = "RUN GROUP FINISHED"
         scope_facts = (("Project", project),) if project else ()
         omitted = _int(data.get("runs_omitted"))
         note = f"{omitted} more runs are counted above but not listed." if omitted else ""
     levels = [_facts(lines, scope_facts, level) for level in _LEVELS]
     return Message(
-        event_type=event.type,
         event_id=event.id,
         timestamp=event.to_dict()["timestamp"],
         severity=_severity(counts),
-        headline=headline,
         title=clip(title, 250),
         summary=summary,
         facts=levels[0],

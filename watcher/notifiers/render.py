@@ -68,11 +68,9 @@ class Failure:
 class Message:
     """Destination-neutral content of one notification."""
 
-    event_type: str
     event_id: str
     timestamp: str
     severity: Severity
-    headline: str  # "SUCCESS", "STUCK in RUNNING", "NOT FOUND", or the unknown type
     title: str  # emoji, headline, short run id, project
     summary: str  # the status line: "RUNNING → SUCCESS"
     facts: tuple[tuple[str, str], ...] = ()
@@ -246,11 +244,9 @@ def message_for(event: Event, statuses: Statuses = DEFAULT_STATUSES) -> Message:
         facts.append(("Observed", observed))
     emoji = "⏰" if event.type == STUCK else "❓" if event.type == NOT_FOUND else _EMOJI[severity]
     return Message(
-        event_type=event.type,
         event_id=event.id,
         timestamp=event.to_dict()["timestamp"],
         severity=severity,
-        headline=headline,
         title=_title(emoji, headline, run_uuid, project),
         summary=summary,
         facts=tuple(facts),
