@@ -20,7 +20,7 @@ from support import now
 
 from watcher.config import Settings
 from watcher.connect import build_limiters
-from watcher.enrich import FailureEnricher, error_text, tail
+from watcher.enrich import EnrichLimits, FailureEnricher, error_text, tail
 from watcher.events import Event
 from watcher.notifiers.render import message_for, plain_text
 from watcher.omics.client import OmicsClient
@@ -287,7 +287,9 @@ async def test_slow_calls_limiter_is_cut_by_the_timeout(
         calls = PacingLimiter(1 / 30)
         limiters.update({"GetRunCalls": calls, "GetRunJobLog": calls})
         client = make_client(sim, session, limiters=limiters)
-        enricher = FailureEnricher(client=client, statuses=STATUSES, timeout=0.5)
+        enricher = FailureEnricher(
+            client=client, statuses=STATUSES, limits=EnrichLimits(timeout=0.5)
+        )
         events: list[Event] = []
         durations: list[float] = []
         recorder = make_recorder(store, enricher, events, durations)
@@ -313,7 +315,9 @@ async def test_enricher_direct_and_no_calls_note(session: aiohttp.ClientSession)
         client = make_client(sim, session)
         metadata = (await client.get_run_status(run_uuid)).raw
         assert metadata["Status"] == "EXECUTOR_ERROR"
-        enricher = FailureEnricher(client=client, statuses=STATUSES, tail_bytes=60)
+        enricher = FailureEnricher(
+            client=client, statuses=STATUSES, limits=EnrichLimits(tail_bytes=60)
+        )
         failure = await enricher.failure(run_uuid, "", metadata)
         suffix, _ = expected_task(sim, run_uuid)
         assert failure["task"].endswith(suffix)

@@ -184,27 +184,30 @@ class _Findings:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class EnrichLimits:
+    """How far enriching one failure goes: seconds in all, stderr bytes kept, GetRunCalls
+    depth and listings."""
+
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    tail_bytes: int = DEFAULT_TAIL_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_listings: int = DEFAULT_MAX_LISTINGS
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.tail_bytes < 0 or self.max_depth < 1 or self.max_listings < 1:
+            raise ValueError("timeout > 0, tail_bytes >= 0, max_depth >= 1, max_listings >= 1")
+
+
 class FailureEnricher:
     """Finds the first failing call of a failed run; see the module docstring."""
 
     def __init__(
-        self,
-        *,
-        client: CallsSource,
-        statuses: Statuses,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
-        tail_bytes: int = DEFAULT_TAIL_BYTES,
-        max_depth: int = DEFAULT_MAX_DEPTH,
-        max_listings: int = DEFAULT_MAX_LISTINGS,
+        self, *, client: CallsSource, statuses: Statuses, limits: EnrichLimits | None = None
     ) -> None:
-        if timeout <= 0 or tail_bytes < 0 or max_depth < 1 or max_listings < 1:
-            raise ValueError("timeout > 0, tail_bytes >= 0, max_depth >= 1, max_listings >= 1")
         self._client = client
         self._statuses = statuses
-        self._timeout = timeout
-        self._tail_bytes = tail_bytes
-        self._max_depth = max_depth
-        self._max_listings = max_listings
+        self._limits = limits or EnrichLimits()
         self._log = structlog.get_logger("watcher.enrich")
 
     @property
@@ -225,7 +228,7 @@ class FailureEnricher:
         found = _Findings(error_text(raw_error if isinstance(raw_error, str) else None))
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._limits.timeout):
                 await self._walk(run_uuid, project_id, found)
         except TimeoutError:
             self._incomplete(run_uuid, found, started, reason="timeout")
@@ -284,7 +287,7 @@ class FailureEnricher:
             text = await self._client.get_run_job_log(
                 run_uuid, job_id, "stderr", project_id=project_id, path=""
             )
-        found.stderr_tail = tail(text, self._tail_bytes)
+        found.stderr_tail = tail(text, self._limits.tail_bytes)
 
     async def _find(self, run_uuid: str, project_id: str, found: _Findings) -> _Candidate | None:
         """Breadth-first over failing sub-workflows and scatters; updates ``found`` as it
@@ -294,10 +297,10 @@ class FailureEnricher:
         tasks: list[_Candidate] = []
         workflows: list[_Candidate] = []
         order = 0
-        for depth in range(self._max_depth):
+        for depth in range(self._limits.max_depth):
             next_level: list[str] = []
             for path in level:
-                if found.listings >= self._max_listings:
+                if found.listings >= self._limits.max_listings:
                     break
                 found.listings += 1
                 try:
