@@ -22,12 +22,15 @@ from watcher.store.models import (
     TrackRequest,
     TrackResult,
 )
+from watcher.store.registry import RunFilter, RunPage
 from watcher.store.store import Store
 
 __all__ = [
     "ActiveRun",
     "Delivery",
     "DiscoveredRun",
+    "RunFilter",
+    "RunPage",
     "StateError",
     "Store",
     "TrackRequest",

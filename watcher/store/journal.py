@@ -54,28 +54,43 @@ def append_event(
 
 class JournalMixin(StoreBase):
     def event_log(
-        self, *, limit: int = 100, run_uuid: str | None = None, before_seq: int | None = None
+        self,
+        *,
+        limit: int = 100,
+        run_uuid: str | None = None,
+        before_seq: int | None = None,
+        event_type: str | None = None,
     ) -> list[tuple[int, Event]]:
-        """``(seq, event)`` newest first; pass the last ``seq`` as ``before_seq`` to page on."""
+        """``(seq, event)`` newest first; pass the last ``seq`` as ``before_seq`` to page on.
+
+        ``run_uuid`` reads the ``events_by_run`` index; ``event_type`` filters as it reads.
+        """
         before = _NO_LIMIT if before_seq is None else before_seq
-        if run_uuid is None:
-            rows = self._db.query(
-                "SELECT seq, body FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                (before, max(0, limit)),
-            )
-        else:
-            rows = self._db.query(
-                "SELECT seq, body FROM events WHERE run_uuid = ? AND seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (run_uuid, before, max(0, limit)),
-            )
+        # Literal fragments, one per filter given; every value is bound.
+        sql = "SELECT seq, body FROM events WHERE seq < ?"
+        params: list[object] = [before]
+        if run_uuid is not None:
+            sql += " AND run_uuid = ?"
+            params.append(run_uuid)
+        if event_type is not None:
+            sql += " AND type = ?"
+            params.append(event_type)
+        rows = self._db.query(sql + " ORDER BY seq DESC LIMIT ?", [*params, max(0, limit)])
         return [(int(seq), Event.from_json(body)) for seq, body in rows]
 
     def events(
-        self, *, limit: int = 100, run_uuid: str | None = None, before_seq: int | None = None
+        self,
+        *,
+        limit: int = 100,
+        run_uuid: str | None = None,
+        before_seq: int | None = None,
+        event_type: str | None = None,
     ) -> list[Event]:
-        """Events newest first (see :meth:`event_log` for paging)."""
-        return [e for _, e in self.event_log(limit=limit, run_uuid=run_uuid, before_seq=before_seq)]
+        """Events newest first (see :meth:`event_log` for paging and filters)."""
+        found = self.event_log(
+            limit=limit, run_uuid=run_uuid, before_seq=before_seq, event_type=event_type
+        )
+        return [e for _, e in found]
 
     def prune_events(self, *, before: datetime) -> int:
         """Delete events recorded before ``before`` that have no outbox row; returns how many."""

@@ -8,13 +8,21 @@ Invariants:
   stamps the touched rows with a fresh value of the ``change_seq`` counter, bumped once per
   transaction. Readers see the counter and the rows in one snapshot, so a cursor never skips
   a change: :meth:`changes_since` is an indexed range scan, usually empty.
+- Nothing here reads the whole registry in one go: :meth:`page_runs` is a keyset page on the
+  rowid (opaque cursor), :meth:`snapshot` reads the ``runs_active`` partial index (startup
+  costs what the active runs cost, not the history), and :meth:`count_by_status` reads the
+  trigger-maintained ``run_counts`` table.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +46,77 @@ _SELECT_ACTIVE = (
     "SELECT run_uuid, project_id, status, last_polled_at, next_poll_after FROM runs "
     "WHERE tracked = 1 AND terminal = 0 AND stopped = 0"
 )
+
+
+# Pages of the registry (``list``, ``GET /v1/runs``): keyset pagination on the rowid, which
+# never changes for a run (a re-track keeps the row), so a page walk returns every run that
+# stays tracked exactly once however the registry changes meanwhile. The WHERE clause is put
+# together from the literal fragments below, one per filter given; values are always bound.
+_PAGE_SELECT = (
+    "SELECT rowid, run_uuid, project_id, status, terminal, labels, tracked_at, last_polled_at, "
+    "status_since, stopped, consecutive_errors, next_poll_after FROM runs "
+    "WHERE tracked = 1 AND rowid > ?"
+)
+_PAGE_STATUS = " AND status = ?"
+_PAGE_ACTIVE = " AND terminal = 0 AND stopped = 0"
+_PAGE_LABEL = " AND EXISTS (SELECT 1 FROM json_each(runs.labels) WHERE key = ? AND value = ?)"
+_PAGE_ORDER = " ORDER BY rowid LIMIT ?"
+_CURSOR_PREFIX = "r1:"
+_CURSOR_BODY = re.compile(r"r1:[0-9]{1,19}")
+
+
+def encode_cursor(rowid: int) -> str:
+    """An opaque page cursor: callers hand it back, never build or read it."""
+    raw = f"{_CURSOR_PREFIX}{rowid}".encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The rowid a cursor from :func:`encode_cursor` stands for; ``ValueError`` if it is not one."""
+    if not cursor or len(cursor) > 40 or not cursor.isascii():
+        raise ValueError("cursor: not a cursor this server returned")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("cursor: not a cursor this server returned") from None
+    if not _CURSOR_BODY.fullmatch(text):
+        raise ValueError("cursor: not a cursor this server returned")
+    return int(text[len(_CURSOR_PREFIX) :])
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which tracked runs a page shows; every condition given must hold.
+
+    ``status``: the last seen status, exactly; ``labels``: each key has exactly that value;
+    ``active``: not terminal and not stopped (the runs being polled).
+    """
+
+    status: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    active: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of the registry; ``next_cursor`` is ``None`` on the last page."""
+
+    runs: list[TrackedRun]
+    next_cursor: str | None
+
+
+def _page_query(where: RunFilter, after: int, limit: int) -> tuple[str, list[Any]]:
+    sql = _PAGE_SELECT
+    params: list[Any] = [after]
+    if where.status is not None:
+        sql += _PAGE_STATUS
+        params.append(where.status)
+    if where.active:
+        sql += _PAGE_ACTIVE
+    for key, value in where.labels.items():
+        sql += _PAGE_LABEL
+        params.extend((key, value))
+    return sql + _PAGE_ORDER, [*params, limit]
 
 
 def _tracked_run(row: tuple[Any, ...]) -> TrackedRun:
@@ -177,9 +256,49 @@ class RegistryMixin(StoreBase):
         return _tracked_run(rows[0]) if rows else None
 
     def list_runs(self) -> list[TrackedRun]:
-        """Every tracked run, in the order they were tracked."""
-        rows = self._db.query(_SELECT_TRACKED + "ORDER BY tracked_at, rowid")
-        return [_tracked_run(row) for row in rows]
+        """Every tracked run, in the order they were first tracked (tests, small registries:
+        anything that may meet a large registry pages with :meth:`iter_runs`)."""
+        return list(self.iter_runs())
+
+    def page_runs(
+        self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
+    ) -> RunPage:
+        """Up to ``limit`` tracked runs matching ``where``, after ``cursor``, first tracked first.
+
+        Raises ``ValueError`` (naming ``cursor``) for a cursor this store did not hand out.
+        One indexed range read of at most ``limit + 1`` rows (a label filter reads on until it
+        has them).
+        """
+        if limit < 1:
+            raise ValueError("limit: must be at least 1")
+        after = 0 if cursor is None else decode_cursor(cursor)
+        sql, params = _page_query(where or RunFilter(), after, limit + 1)
+        rows = self._db.query(sql, params)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        runs = [_tracked_run(row[1:]) for row in rows]
+        return RunPage(runs, encode_cursor(int(rows[-1][0])) if more else None)
+
+    def iter_runs(
+        self, where: RunFilter | None = None, *, page: int = 1000
+    ) -> Iterator[TrackedRun]:
+        """Every tracked run matching ``where``, read page by page (bounded memory)."""
+        cursor: str | None = None
+        while True:
+            found = self.page_runs(limit=page, cursor=cursor, where=where)
+            yield from found.runs
+            if found.next_cursor is None:
+                return
+            cursor = found.next_cursor
+
+    def tracked_among(self, run_uuids: Iterable[str]) -> set[str]:
+        """Which of ``run_uuids`` are tracked (an indexed lookup per id, not a registry scan)."""
+        rows = self._db.query(
+            "SELECT run_uuid FROM runs WHERE tracked = 1 "
+            "AND run_uuid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(run_uuids)),),
+        )
+        return {row[0] for row in rows}
 
     def active_runs(self) -> list[ActiveRun]:
         """Runs to poll: tracked, not terminal, not stopped."""
@@ -244,9 +363,13 @@ class RegistryMixin(StoreBase):
         return load_labels(rows[0][0]) if rows else {}
 
     def count_by_status(self) -> dict[str | None, int]:
-        """Tracked runs per last seen status (``None``: not polled yet)."""
-        rows = self._db.query("SELECT status, count(*) FROM runs WHERE tracked = 1 GROUP BY status")
-        return {status: int(count) for status, count in rows}
+        """Tracked runs per last seen status (``None``: not polled yet).
+
+        Read from ``run_counts``, which triggers keep in step with ``runs`` in every write
+        transaction: a few rows whatever the size of the registry.
+        """
+        rows = self._db.query("SELECT status, runs FROM run_counts WHERE runs > 0")
+        return {(status if status != "" else None): int(count) for status, count in rows}
 
     def stuck_candidates(
         self, *, now: datetime, after_seconds: float, per_status: Mapping[str, float] | None = None

@@ -24,6 +24,10 @@ Tables (times are unix seconds, REAL):
   project and filters) whose first discovery pass completed, so a restart does not treat
   the project's existing runs as news again. Rows of ``runs`` are never deleted: discovery
   tracks only runs without a row, which is what keeps untracked runs untracked.
+- ``run_counts`` (bounded reads): tracked runs per last seen status (``''``: not polled
+  yet), kept by triggers on ``runs`` so every writer (daemon, CLI, pruning) updates it in its
+  own transaction. Partial indexes ``runs_active`` and ``runs_tracked_by_status`` serve the
+  active-run snapshot and the filtered pages of the registry.
 """
 
 from __future__ import annotations
@@ -102,7 +106,45 @@ _V2 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Bounded reads (issue 13): runs per status kept by triggers in every writer's transaction, so
+# /metrics reads a handful of rows, never the whole registry; partial indexes so the active
+# runs (startup, stuck checks) and the pages of `list` / `GET /v1/runs` by status are read
+# without scanning the history. The counts are filled once from the existing rows here.
+_RUN_COUNTS = (
+    """
+    CREATE TABLE run_counts (
+        status TEXT PRIMARY KEY,
+        runs   INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    INSERT INTO run_counts (status, runs)
+    SELECT coalesce(status, ''), count(*) FROM runs WHERE tracked = 1 GROUP BY 1
+    """,
+    """
+    CREATE TRIGGER runs_count_insert AFTER INSERT ON runs WHEN NEW.tracked = 1 BEGIN
+        INSERT INTO run_counts (status, runs) VALUES (coalesce(NEW.status, ''), 1)
+            ON CONFLICT (status) DO UPDATE SET runs = runs + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER runs_count_delete AFTER DELETE ON runs WHEN OLD.tracked = 1 BEGIN
+        UPDATE run_counts SET runs = runs - 1 WHERE status = coalesce(OLD.status, '');
+    END
+    """,
+    """
+    CREATE TRIGGER runs_count_update AFTER UPDATE OF status, tracked ON runs
+    WHEN OLD.tracked IS NOT NEW.tracked OR OLD.status IS NOT NEW.status BEGIN
+        UPDATE run_counts SET runs = runs - OLD.tracked WHERE status = coalesce(OLD.status, '');
+        INSERT INTO run_counts (status, runs) VALUES (coalesce(NEW.status, ''), NEW.tracked)
+            ON CONFLICT (status) DO UPDATE SET runs = runs + NEW.tracked;
+    END
+    """,
+    "CREATE INDEX runs_active ON runs (stopped) WHERE tracked = 1 AND terminal = 0 AND stopped = 0",
+    "CREATE INDEX runs_tracked_by_status ON runs (status) WHERE tracked = 1",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
