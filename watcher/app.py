@@ -57,6 +57,7 @@ from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import Health, HttpServer, build_app
 from watcher.sink import EventSink
 from watcher.store import Store
+from watcher.store.lock import claim_state
 from watcher.stuck import StuckChecker
 
 
@@ -113,10 +114,13 @@ async def build(
 ) -> Daemon:
     """Open the state file and the HTTP session (closed by ``stack``) and build every part.
 
-    Raises ``StateError`` and ``CredentialsError``; nothing is polled or served yet.
+    Raises ``StateInUse`` (another daemon holds the state), ``StateError`` and
+    ``CredentialsError``; nothing is polled or served yet.
     """
     log = structlog.get_logger("watcher.app")
     metrics = Metrics()
+    # One daemon per state: claimed before the file is opened, released after it closes.
+    stack.enter_context(claim_state(str(settings.state.path)))
     store = stack.enter_context(Store.open(settings.state.path))
     session = await stack.enter_async_context(http_session())
     limiters = build_limiters(settings)

@@ -318,8 +318,11 @@ def _exit_for(exc: Exception) -> Exit:
     from watcher.omics.errors import OmicsError
     from watcher.service.server import ServerStartError
     from watcher.store import StateError
+    from watcher.store.lock import StateInUse
 
     for leaf in _leaves(exc):
+        if isinstance(leaf, StateInUse):
+            return Exit(EXIT_STARTUP, str(leaf))  # interface.md's exact line, no prefix
         if isinstance(leaf, StateError):
             return Exit(EXIT_STARTUP, f"state error: {leaf}")
         if isinstance(leaf, ServerStartError):
