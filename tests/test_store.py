@@ -400,16 +400,22 @@ def test_stuck_once_per_status(store: Store, clock: FakeClock) -> None:
     observe(store, RUN_A, "QUEUED", T0)
     observe(store, RUN_B, "RUNNING", T0)
     now = clock.advance(3600)
-    assert store.stuck_candidates(now=now, after_seconds=0) == []
-    candidates = store.stuck_candidates(now=now, after_seconds=7200, per_status={"QUEUED": 1800})
+    # An hour old, but no poll saw them since: not seen stuck.
+    assert store.stuck_candidates(after_seconds=1800) == []
+    store.record_polls([(RUN_A, now)])
+    assert store.stuck_candidates(after_seconds=0) == []
+    assert store.stuck_candidates(after_seconds=3601) == []
+    candidates = store.stuck_candidates(after_seconds=1800)
     assert [r.run_uuid for r in candidates] == [RUN_A]
     run = candidates[0]
-    assert run.status_since is not None
-    event = stuck_event(run, since=run.status_since, now=now)
+    since = T0
+    assert run.status_since == since
+    event = stuck_event(run, since=since, now=now)
     assert store.record_event(event, notifiers=["ops"])
-    again = stuck_event(run, since=run.status_since, now=now)
+    again = stuck_event(run, since=since, now=now)
     assert not store.record_event(again, notifiers=["ops"])
-    assert store.stuck_candidates(now=now, after_seconds=1800) == [store.get_run(RUN_B)]
+    store.record_polls([(RUN_B, now)])
+    assert store.stuck_candidates(after_seconds=1800) == [store.get_run(RUN_B)]
     # The next transition re-arms it for the new status.
     observe(store, RUN_A, "RUNNING", now)
     later = clock.advance(3600)

@@ -173,9 +173,7 @@ async def build(
         notifiers=notifiers,
         dispatcher=dispatcher,
         rollups=rollups,
-        stuck=StuckChecker(
-            store=store, sink=sink, limits=stuck_limits(settings.stuck), wall_clock=utc_now
-        ),
+        stuck=StuckChecker(store=store, sink=sink, limits=stuck_limits(settings.stuck)),
         poller=poller,
         discovery=build_discovery(
             discovery_options(settings), store=store, source=client, on_tracked=poller.refresh

@@ -17,8 +17,15 @@ Invariants:
   labels; else ``per_status[status]``; else ``after_seconds``. 0 means "never stuck" at
   that level (``per_status = {QUEUED = 0}`` silences queue waits). With no positive limit
   anywhere the checker is off and :meth:`StuckChecker.run` returns at once.
-- Time in a status is counted from ``status_since``: when the watcher first saw that status
-  (it cannot know earlier), so a run tracked late is measured from its first poll.
+- Stuck means *seen* stuck: a run counts only when a poll found it still in the status at
+  least the limit after the watcher first saw it there (``last_polled_at - status_since``,
+  as :meth:`Store.stuck_candidates` reads them), never "now - status_since". With a poll
+  cycle longer than the limit, a status that lasted less than the limit was seen once and
+  had moved on by the next poll, so it is never reported; a hung run is reported by the
+  first poll that finds it still there. ``status_since`` is at or after the real entry and
+  ``last_polled_at`` at or before the real exit, so the time counted never exceeds the time
+  the run really spent in the status (a run tracked late is measured from its first poll).
+  The event is stamped with that poll's time; ``stuck_seconds`` is what was seen.
 - A pass that fails on the state file is logged (``stuck_check_failed``) and retried at the
   next interval; it never stops the daemon.
 - Each pass records at most ``max_per_pass`` events before yielding to the event loop, so
@@ -29,9 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 
@@ -88,7 +94,6 @@ class StuckChecker:
         store: Store,
         sink: EventSink,
         limits: StuckLimits,
-        wall_clock: Callable[[], datetime],
         interval: float | None = None,
         max_per_pass: int = DEFAULT_MAX_PER_PASS,
     ) -> None:
@@ -99,7 +104,6 @@ class StuckChecker:
         self._store = store
         self._sink = sink
         self._limits = limits
-        self._wall = wall_clock
         self._interval = interval if interval is not None else limits.interval()
         self._max_per_pass = max_per_pass
         self._log = structlog.get_logger("watcher.stuck")
@@ -112,17 +116,16 @@ class StuckChecker:
     def interval(self) -> float:
         return self._interval
 
-    def check(self, now: datetime | None = None) -> list[Event]:
+    def check(self) -> list[Event]:
         """One pass: record and return the new ``run.stuck`` events (at most max_per_pass)."""
         if not self._limits.enabled:
             return []
-        now = now or self._wall()
-        candidates = self._store.stuck_candidates(now=now, after_seconds=self._limits.smallest)
+        candidates = self._store.stuck_candidates(after_seconds=self._limits.smallest)
         recorded: list[Event] = []
         for run in candidates:
             if len(recorded) >= self._max_per_pass:
                 break
-            event = self._stuck(run, now)
+            event = self._stuck(run)
             if event is not None and self._sink.emit(event):
                 recorded.append(event)
                 self._log.warning(
@@ -133,13 +136,15 @@ class StuckChecker:
                 )
         return recorded
 
-    def _stuck(self, run: TrackedRun, now: datetime) -> Event | None:
-        if run.status is None or run.status_since is None:
+    def _stuck(self, run: TrackedRun) -> Event | None:
+        entered, seen = run.status_since, run.last_polled_at
+        if run.status is None or entered is None or seen is None:
             return None
         limit = self._limits.limit_for(run.status, run.labels)
-        if limit <= 0 or (now - run.status_since).total_seconds() < limit:
+        if limit <= 0 or (seen - entered).total_seconds() < limit:
             return None
-        return stuck_event(run, since=run.status_since, now=now)
+        # Stamped with the poll that saw it stuck: the observation, as for every event.
+        return stuck_event(run, since=entered, now=seen)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval`` seconds until ``stop`` is set; returns at once when off."""

@@ -371,26 +371,19 @@ class RegistryMixin(StoreBase):
         rows = self._db.query("SELECT status, runs FROM run_counts WHERE runs > 0")
         return {(status if status != "" else None): int(count) for status, count in rows}
 
-    def stuck_candidates(
-        self, *, now: datetime, after_seconds: float, per_status: Mapping[str, float] | None = None
-    ) -> list[TrackedRun]:
-        """Active runs whose status is older than its threshold and not yet reported stuck.
-
-        The threshold is ``per_status[status]`` if given, else ``after_seconds``; 0 means off.
+    def stuck_candidates(self, *, after_seconds: float) -> list[TrackedRun]:
+        """Active runs a poll saw still in their status ``after_seconds`` or more after the
+        watcher first saw that status (``last_polled_at - status_since``), not yet reported
+        stuck in it. Never "now - status_since": a poll cycle longer than the limit must not
+        turn a status that was short, and over before the next poll, into a stuck one.
         """
-        per_status = per_status or {}
-        thresholds = [t for t in (after_seconds, *per_status.values()) if t > 0]
-        if not thresholds:
+        if after_seconds <= 0:
             return []
-        now_ts = to_ts(now)
-        rows = self._db.query(
-            _SELECT_TRACKED + "AND terminal = 0 AND stopped = 0 AND status IS NOT NULL "
-            "AND status_since <= ? AND stuck_status IS NOT status",
-            (now_ts - min(thresholds),),
-        )
-        found = []
-        for row in rows:
-            limit = per_status.get(row[2], after_seconds)
-            if limit > 0 and now_ts - row[7] >= limit:
-                found.append(_tracked_run(row))
-        return found
+        return [
+            _tracked_run(row)
+            for row in self._db.query(
+                _SELECT_TRACKED + "AND terminal = 0 AND stopped = 0 AND status IS NOT NULL "
+                "AND last_polled_at - status_since >= ? AND stuck_status IS NOT status",
+                (after_seconds,),
+            )
+        ]
