@@ -372,7 +372,7 @@ def test_admin_api_and_runs_tracked_while_running_are_polled_within_2s(
     assert time.monotonic() - tracked_at <= 2.0
     reply = daemon.admin("POST", "/v1/runs", body={"run_uuid": new})
     assert reply.status == 200, reply.text
-    listed = {r["run_uuid"]: r for r in daemon.admin("GET", "/v1/runs").json()}
+    listed = {r["run_uuid"]: r for r in daemon.admin("GET", "/v1/runs?limit=1000").json()["runs"]}
     assert listed[new]["labels"] == {"team": "genomics"}
     assert set(sim.runs) <= set(listed)
 
@@ -393,7 +393,8 @@ def test_admin_api_and_runs_tracked_while_running_are_polled_within_2s(
     reply = daemon.admin("DELETE", f"/v1/runs/{new}")
     assert reply.status == 204, reply.text
     assert daemon.admin("DELETE", f"/v1/runs/{new}").status == 404
-    assert new not in {r["run_uuid"] for r in daemon.admin("GET", "/v1/runs").json()}
+    listed_after = daemon.admin("GET", "/v1/runs?limit=1000").json()["runs"]
+    assert new not in {r["run_uuid"] for r in listed_after}
     # The scheduler reads registry changes every second; a poll already due may still land.
     time.sleep(1.5)
     polls_after_delete = sim.stats()["polls"].get(new, 0)

@@ -266,8 +266,10 @@ async def test_track_list_untrack(h: Harness) -> None:
 
     resp = await h.client.get("/v1/runs", headers=AUTH)
     assert resp.status == 200
-    listed = await resp.json()
-    # Exactly what `omics-watcher list --json` prints.
+    page = await resp.json()
+    assert page["next_cursor"] is None
+    listed = page["runs"]
+    # The objects `omics-watcher list --json` prints.
     assert json.dumps(listed) == json.dumps([r.to_json_dict() for r in h.store.list_runs()])
     assert [r["run_uuid"] for r in listed] == [UUID_A, UUID_B]
     assert listed[1]["labels"] == {"k": "v"}
@@ -397,9 +399,9 @@ async def test_unknown_route_and_wrong_method_are_json(h: Harness) -> None:
 
 
 async def test_store_failure_is_500_without_traceback(h: Harness) -> None:
-    h.store.close()
+    h.store.close()  # the loop's connection (pages of /v1/runs read on a connection of their own)
     with structlog.testing.capture_logs() as logs:
-        resp = await h.client.get("/v1/runs", headers=AUTH)
+        resp = await h.client.get(f"/v1/runs/{UUID_A}", headers=AUTH)
     assert resp.status == 500
     assert await resp.json() == {"error": "internal error"}
     assert any(entry["event"] == "http_handler_failed" for entry in logs)

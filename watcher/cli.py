@@ -111,7 +111,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                 # Like POST /v1/runs: a new run gets the configured default project, an
                 # already tracked one keeps its own ("" leaves the stored project as it is),
                 # so adding a label never moves a run to another project.
-                tracked = {run.run_uuid for run in store.list_runs()}
+                tracked = store.tracked_among(good)
                 default = settings.tencentcloud.project_id
                 projects = {u: "" if u in tracked else default for u in good}
             result = store.track(TrackRequest(u, projects[u], labels) for u in good)
@@ -133,30 +133,67 @@ def cmd_untrack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_LIST_HEADER = ("RUN_UUID", "PROJECT", "STATUS", "TERMINAL", "LAST_POLLED", "LABELS")
+_LIST_PAGE = 1000  # runs read and printed at a time: memory stays flat however big the registry
+
+
+def _list_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One run as the text table's cells."""
+    return (
+        r["run_uuid"],
+        r["project_id"] or "-",
+        r["status"] or "-",
+        "yes" if r["terminal"] else "no",
+        r["last_polled_at"] or "-",
+        ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
+    )
+
+
+def _list_pages(store: Any, args: argparse.Namespace) -> Iterable[list[dict[str, Any]]]:
+    """The runs ``list`` shows, as JSON objects, one registry page at a time."""
+    from watcher.store import RunFilter
+
+    where = RunFilter(status=args.status, labels=_parse_labels(args.label), active=args.active)
+    left = args.limit if args.limit is not None else -1
+    cursor = None
+    while left != 0:
+        size = _LIST_PAGE if left < 0 else min(left, _LIST_PAGE)
+        page = store.page_runs(limit=size, cursor=cursor, where=where)
+        left -= len(page.runs) if left > 0 else 0
+        yield [run.to_json_dict() for run in page.runs]
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    """The registry, streamed page by page (text columns widen as longer cells come)."""
     settings = _settings(args)
+    if args.limit is not None and args.limit < 1:
+        raise Exit(EXIT_USAGE, "error: --limit must be at least 1")
+    if args.status is not None:
+        _text_arg("--status", args.status)
     with _open_store(settings) as store:
-        runs = store.list_runs()
-    rows = [run.to_json_dict() for run in runs]
-    if args.json:
-        json.dump(rows, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
-        return EXIT_OK
-    header = ("RUN_UUID", "PROJECT", "STATUS", "TERMINAL", "LAST_POLLED", "LABELS")
-    table = [header] + [
-        (
-            r["run_uuid"],
-            r["project_id"] or "-",
-            r["status"] or "-",
-            "yes" if r["terminal"] else "no",
-            r["last_polled_at"] or "-",
-            ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        pages = _list_pages(store, args)
+        if args.json:
+            # Byte for byte what json.dump of the whole array printed before paging.
+            sep = "["
+            for rows in pages:
+                for obj in rows:
+                    sys.stdout.write(sep + json.dumps(obj, ensure_ascii=False))
+                    sep = ", "
+            sys.stdout.write("[]\n" if sep == "[" else "]\n")
+            return EXIT_OK
+        widths = [len(h) for h in _LIST_HEADER]
+        header_done = False
+        for rows in pages:
+            table = [_list_cells(r) for r in rows]
+            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
+            if not header_done:
+                table.insert(0, _LIST_HEADER)
+                header_done = True
+            for row in table:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
@@ -365,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID")
     p = with_config(command("list", cmd_list, "show the registry of tracked runs"))
     p.add_argument("--json", action="store_true", help="one JSON array")
+    p.add_argument("--status", metavar="S", help="only runs whose last seen status is S")
+    p.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="only runs with it"
+    )
+    p.add_argument("--active", action="store_true", help="only runs not terminal (still polled)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N runs")
     p = with_config(command("status", cmd_status, "one GetRunStatus call; prints Metadata"))
     p.add_argument("--project-id")
     p.add_argument("run_uuid", metavar="RUN_UUID")

@@ -14,9 +14,12 @@ Invariants:
   time. The token is never logged, echoed or put in an error message.
 - Request bodies are capped at :data:`MAX_BODY_BYTES` (413 beyond).
 - Run UUIDs are accepted only in canonical 8-4-4-4-12 form and stored lower-case, like
-  ``omics-watcher track``; ``GET /v1/runs`` is the ``list --json`` array.
-- Store calls are short synchronous SQLite calls made on the event loop; the server holds no
-  state of its own besides the :class:`Health` flags it reads.
+  ``omics-watcher track``; ``GET /v1/runs`` is paged (``{"runs", "next_cursor"}``, the
+  objects of ``list --json``).
+- Reads that may take more than a few milliseconds (pages of the registry and of the event
+  log) run off the loop on their own connection (:mod:`watcher.service.reads`); the other
+  store calls, every write among them, are short synchronous calls on the loop. The server
+  holds no state of its own besides the :class:`Health` flags it reads.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from pydantic_core import PydanticCustomError
 
 from watcher.events import Event, isoformat_z
 from watcher.service.metrics import Metrics
-from watcher.store import Delivery, TrackedRun, TrackRequest, TrackResult
+from watcher.service.reads import OffLoopReads, json_body
+from watcher.store import Delivery, RunFilter, RunPage, TrackedRun, TrackRequest, TrackResult
+from watcher.store.registry import decode_cursor
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_LIMIT = 100
@@ -47,6 +52,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _LIMIT = re.compile(r"[0-9]{1,7}")
 _ADMIN_PREFIX = "/v1"
 _UUID_HINT = "must be a canonical UUID (8-4-4-4-12 hex digits)"
+_MAX_FILTER_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +78,17 @@ class AdminStore(Protocol):
 
     def get_run(self, run_uuid: str) -> TrackedRun | None: ...
 
-    def list_runs(self) -> list[TrackedRun]: ...
+    def page_runs(
+        self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
+    ) -> RunPage: ...
 
-    def events(self, *, limit: int) -> list[Event]: ...
+    def events(
+        self, *, limit: int, run_uuid: str | None = None, event_type: str | None = None
+    ) -> list[Event]: ...
+
+    def open_reader(self) -> AdminStore | None: ...
+
+    def close(self) -> None: ...
 
     def dead_letters(self, *, limit: int) -> list[Delivery]: ...
 
@@ -157,6 +171,45 @@ def _limit(request: web.Request) -> int:
     if not 1 <= value <= MAX_LIMIT:
         raise _bad_request(f"limit: must be an integer from 1 to {MAX_LIMIT}")
     return value
+
+
+def _text_param(request: web.Request, name: str) -> str | None:
+    """A free-text filter: absent, or 1 to 256 characters without control characters."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= _MAX_FILTER_CHARS or not raw.isprintable():
+        raise _bad_request(f"{name}: must be 1 to {_MAX_FILTER_CHARS} printable characters")
+    return raw
+
+
+def _runs_filter(request: web.Request) -> RunFilter:
+    """``status``, ``label`` (repeatable, all must hold) and ``active`` of ``GET /v1/runs``."""
+    labels: dict[str, str] = {}
+    for pair in request.query.getall("label", []):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or len(pair) > 2 * _MAX_FILTER_CHARS:
+            raise _bad_request("label: expected KEY=VALUE")
+        labels[key.strip()] = value
+    active = request.query.get("active", "false").lower()
+    if active not in ("true", "false"):
+        raise _bad_request("active: must be true or false")
+    return RunFilter(status=_text_param(request, "status"), labels=labels, active=active == "true")
+
+
+def _cursor(request: web.Request) -> str | None:
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
+    try:
+        decode_cursor(raw)
+    except ValueError:
+        raise _bad_request("cursor: not a cursor this server returned") from None
+    return raw
+
+
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _path_uuid(request: web.Request) -> str:
@@ -271,9 +324,18 @@ class _AdminApi:
         self._default_project_id = default_project_id
         self._on_tracked = on_tracked
         self._log = log
+        self.reads: OffLoopReads[AdminStore] = OffLoopReads(store, store.open_reader)
 
     async def list_runs(self, request: web.Request) -> web.Response:
-        return web.json_response([run.to_json_dict() for run in self._store.list_runs()])
+        """One page of the registry, read and rendered off the loop."""
+        limit, cursor, where = _limit(request), _cursor(request), _runs_filter(request)
+
+        def read(store: AdminStore) -> bytes:
+            page = store.page_runs(limit=limit, cursor=cursor, where=where)
+            runs = [run.to_json_dict() for run in page.runs]
+            return json_body({"runs": runs, "next_cursor": page.next_cursor})
+
+        return _json_bytes(await self.reads.run(read))
 
     async def get_run(self, request: web.Request) -> web.Response:
         run = self._store.get_run(_path_uuid(request))
@@ -329,8 +391,19 @@ class _AdminApi:
         return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.Response:
-        events = self._store.events(limit=_limit(request))
-        return web.json_response([event.to_dict() for event in events])
+        """The newest events (of one run, of one type), read and rendered off the loop."""
+        limit, event_type = _limit(request), _text_param(request, "type")
+        run_uuid = request.query.get("run_uuid")
+        if run_uuid is not None:
+            if not _UUID.fullmatch(run_uuid):
+                raise _bad_request(f"run_uuid: {_UUID_HINT}")
+            run_uuid = run_uuid.lower()
+
+        def read(store: AdminStore) -> bytes:
+            found = store.events(limit=limit, run_uuid=run_uuid, event_type=event_type)
+            return json_body([event.to_dict() for event in found])
+
+        return _json_bytes(await self.reads.run(read))
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         letters = self._store.dead_letters(limit=_limit(request))
@@ -367,6 +440,11 @@ def build_app(
     api = _AdminApi(
         store=store, default_project_id=default_project_id, on_tracked=on_tracked, log=log
     )
+
+    async def close_reads(app: web.Application) -> None:
+        await api.reads.close()
+
+    app.on_cleanup.append(close_reads)
     app.router.add_get("/v1/runs", api.list_runs)
     app.router.add_post("/v1/runs", api.track)
     app.router.add_get("/v1/runs/{run_uuid}", api.get_run)

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from watcher.store.db import Database, utc_now
+from watcher.store.db import MEMORY, Database, utc_now
 from watcher.store.discovery import DiscoveryMixin
 from watcher.store.groups import GroupsMixin
 from watcher.store.journal import JournalMixin
@@ -52,6 +52,14 @@ class Store(RegistryMixin, RecordingMixin, JournalMixin, OutboxMixin, DiscoveryM
     @property
     def path(self) -> str:
         return self._db.path
+
+    def open_reader(self) -> Store | None:
+        """A second connection to the same file, for reads made off the event loop: open and
+        use it in one worker thread (a connection stays in the thread that opened it).
+        ``None`` for an in-memory store, which no other connection can see."""
+        if self.path == MEMORY:
+            return None
+        return Store.open(self.path, clock=self._clock)
 
     def close(self) -> None:
         self._db.close()
