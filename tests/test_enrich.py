@@ -646,3 +646,76 @@ async def test_a_job_log_path_refused_is_asked_again_without_it(
         assert all(p.startswith("/") and len(p) == 37 for p in deeper)
         assert source.log_paths.count("") == len(deeper)
         assert sim.stats(timeline=False)["errors"]["InvalidParameterValue"] == len(deeper)
+
+
+# -- bursts: one queue of steps, oldest failure first ---------------------------------------
+
+
+async def test_step_queue_lets_the_smallest_key_in_first_and_survives_cancellation() -> None:
+    from watcher.enrich import StepQueue
+
+    queue = StepQueue(lanes=1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def step(name: str, key: tuple[float, ...]) -> None:
+        async with queue.turn(key):
+            order.append(name)
+            await gate.wait()
+
+    first = asyncio.create_task(step("holder", (9.0,)))
+    await asyncio.sleep(0)
+    late = asyncio.create_task(step("late run, root", (3.0, 0)))
+    early = asyncio.create_task(step("early run, deep", (1.0, 2)))
+    gone = asyncio.create_task(step("timed out", (0.5, 0)))
+    await asyncio.sleep(0)
+    assert queue.waiting == 3
+    gone.cancel()  # its walk hit the timeout while waiting
+    await asyncio.sleep(0)
+    assert queue.waiting == 2
+    gate.set()
+    await asyncio.gather(first, late, early)
+    assert order == ["holder", "early run, deep", "late run, root"]
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    # Nothing leaked: all lanes free again.
+    async with asyncio.timeout(1), queue.turn((0.0,)):
+        assert queue.waiting == 0
+
+
+async def test_fifty_failures_in_sixteen_seconds_all_carry_their_reason(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Must show (issue 12): one run group, 50 runs failing within 16 s, watched with the
+    daemon's own limiters (GetRunCalls and GetRunJobLog each at 20/s) and options: every
+    failure event carries the failing task, its message and its stderr tail. How fast they
+    arrive is measured by benchmarks/enrich_bench.py."""
+    from watcher.options import enrich_limits
+
+    async with running_simulator(SimulatorConfig(runs=0, seed=21)) as sim:
+        runs = sim.submit_group(
+            50, spread_seconds=16.0, durations=(0.5, 0.5, 1.0), outcome="EXECUTOR_ERROR"
+        )
+        store = Store.open(tmp_path / "state.db")
+        store.track([TrackRequest(u) for u in runs])
+        client = make_client(sim, session)
+        settings = Settings()
+        enricher = FailureEnricher(client=client, statuses=STATUSES, limits=enrich_limits(settings))
+        events: list[Event] = []
+        durations: list[float] = []
+        recorder = make_recorder(store, enricher, events, durations)
+        await run_daemon_pieces(store, client, recorder, runs, deadline=60.0)
+
+        failed = [e for e in events if e.status == "EXECUTOR_ERROR"]
+        assert sorted(e.run_uuid for e in failed) == sorted(runs)
+        for event in failed:
+            failure = event.data["failure"]
+            suffix, _ = expected_task(sim, event.run_uuid)
+            assert failure["task"].endswith(suffix), failure
+            assert "exited with return code 137" in failure["message"]
+            assert failure["stderr_tail"].splitlines()[-1].endswith(ERROR_LINE)
+        stats = sim.stats(timeline=False)
+        assert stats["requests"]["GetRunJobLog"] == len(runs)
+        assert not stats["throttled"].get("GetRunCalls")
+        assert not stats["throttled"].get("GetRunJobLog")
+        store.close()

@@ -40,6 +40,7 @@ from watcher.omics.client import OmicsClient
 from watcher.omics.limiter import PacingLimiter
 from watcher.options import (
     discovery_options,
+    enrich_limits,
     scheduler_options,
     server_options,
     status_vocabulary,
@@ -158,7 +159,7 @@ async def build(
         sink=sink,
         terminal=settings.polling.terminal,
         wall_clock=utc_now,
-        enricher=FailureEnricher(client=client, statuses=statuses),
+        enricher=FailureEnricher(client=client, statuses=statuses, limits=enrich_limits(settings)),
     )
     poller = _build_poller(
         settings, store=store, client=client, recorder=recorder, limiters=limiters, metrics=metrics

@@ -83,7 +83,9 @@ class PollingSettings(_Section):
     strategy: Literal["per-run", "batch", "auto"] = "per-run"
     terminal_statuses: tuple[str, ...] = DEFAULT_TERMINAL
     describe_rate_per_second: float = Field(20.0, gt=0, le=1000)
-    calls_rate_per_second: float = Field(5.0, gt=0, le=1000)
+    # GetRunCalls and GetRunJobLog: each action its own limiter at this rate (Tencent: 20/s each).
+    calls_rate_per_second: float = Field(20.0, gt=0, le=1000)
+    enrich_timeout_seconds: float = Field(10.0, gt=0, le=300)  # failure details hold an event
     batch_size: int = Field(100, ge=1, le=100)
 
     @property

@@ -70,15 +70,14 @@ def credential_provider(
 
 
 def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
-    """One limiter per action (Tencent counts its 20/s budget per action); GetRunCalls and
-    GetRunJobLog share one. The client labels each request's timings with its own action."""
+    """One limiter per action: Tencent counts its 20/s budget per action, so GetRunCalls and
+    GetRunJobLog each get their own at ``calls_rate_per_second``."""
     polling = settings.polling
-    calls = PacingLimiter(polling.calls_rate_per_second)
     limiters = {
         STATUS_ACTION: PacingLimiter(polling.rate_per_second),
         "DescribeRuns": PacingLimiter(polling.describe_rate_per_second),
-        "GetRunCalls": calls,
-        "GetRunJobLog": calls,
+        "GetRunCalls": PacingLimiter(polling.calls_rate_per_second),
+        "GetRunJobLog": PacingLimiter(polling.calls_rate_per_second),
         "default": PacingLimiter(polling.calls_rate_per_second),
     }
     return limiters

@@ -21,21 +21,33 @@ Invariants:
   whatever was found so far is returned, missing fields as ``""``. A failure to explain a
   failure must never hold back or lose the event.
 - Bounded: at most ``max_depth`` levels and ``max_listings`` GetRunCalls requests, one
-  GetRunJobLog request, all within ``timeout`` seconds. The requests go through the client's
-  GetRunCalls / GetRunJobLog limiters, never the GetRunStatus one, so status polling is
-  not slowed down by it.
+  GetRunJobLog request, all within ``timeout`` seconds (``[polling] enrich_timeout_seconds``),
+  counted from the detection: no event waits longer for its details. The requests go
+  through the client's GetRunCalls and GetRunJobLog limiters (one each, Tencent's budget is
+  per action), never the GetRunStatus one, so status polling is not slowed down by it.
+- Oldest failure first under a burst: every request of every walk waits in one shared
+  priority queue per action (:class:`StepQueue`) and at most ``lanes`` of them are handed to
+  the client (its limiter) at a time. The key is when the walk started, so a run detected
+  earlier finishes its walk (root, deeper levels, the log) before a later run's requests go
+  out; the limiter's own first-come-first-served line is never more than ``lanes`` long. A
+  burst beyond the budget then delays the last runs, not all of them, and those nearest
+  their deadline are served first. ``lanes`` (a few tenths of a second of the rate) is
+  enough to keep the budget busy at a round trip of ``lanes / rate`` seconds.
 - ``stderr_tail`` holds at most ``tail_bytes`` UTF-8 bytes and starts at a line boundary
   (unless a single last line is longer than the budget); ``message`` is one line.
-- No state between calls: one enricher serves every run concurrently.
+- One enricher serves every run concurrently; its only state is the two step queues.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -43,10 +55,11 @@ from watcher.omics.errors import OmicsError
 from watcher.omics.models import RunMetadata, parse_json_text
 from watcher.statuses import Statuses
 
-DEFAULT_TIMEOUT_SECONDS = 20.0
+DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_TAIL_BYTES = 4096
 DEFAULT_MAX_DEPTH = 4
 DEFAULT_MAX_LISTINGS = 12
+DEFAULT_LANES = 8
 MESSAGE_MAX_CHARS = 2000
 
 METADATA_FILE_NOTE = (
@@ -167,6 +180,15 @@ def _is_bad_path(exc: OmicsError) -> bool:
     return exc.code.startswith("InvalidParameter")
 
 
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """One run's walk: what to ask about, and when it started (its place in the queues)."""
+
+    run_uuid: str
+    project_id: str
+    started: float
+
+
 class _Findings:
     """What the walk has learned so far; read even when the walk is cut short."""
 
@@ -187,27 +209,110 @@ class _Findings:
 @dataclass(frozen=True, slots=True)
 class EnrichLimits:
     """How far enriching one failure goes: seconds in all, stderr bytes kept, GetRunCalls
-    depth and listings."""
+    depth and listings; and ``lanes``, the requests of each action handed to the client at
+    once (built by :func:`watcher.options.enrich_limits` from the configured budgets)."""
 
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     tail_bytes: int = DEFAULT_TAIL_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
     max_listings: int = DEFAULT_MAX_LISTINGS
+    lanes: int = DEFAULT_LANES
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.tail_bytes < 0 or self.max_depth < 1 or self.max_listings < 1:
             raise ValueError("timeout > 0, tail_bytes >= 0, max_depth >= 1, max_listings >= 1")
+        if self.lanes < 1:
+            raise ValueError("lanes >= 1")
+
+
+# The order enrichment requests are served in (see the module docstring); the others are
+# kept to measure against (benchmarks/enrich_bench.py): "level" serves the root listing of
+# every failed run before any deeper level, "arrival" is the limiter's own order.
+Order = Literal["oldest-run", "level", "arrival"]
+StepKey = tuple[float, ...]
+
+
+class StepQueue:
+    """At most ``lanes`` holders at once; waiters are let in smallest key first.
+
+    A waiter cancelled (its walk timed out) leaves the line; one cancelled just after it
+    was let in passes its turn on.
+    """
+
+    def __init__(self, lanes: int) -> None:
+        self._lanes = lanes
+        self._busy = 0
+        self._live = 0  # waiters not cancelled (the heap may hold cancelled ones)
+        self._waiting: list[tuple[StepKey, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return self._live
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: StepKey) -> AsyncIterator[None]:
+        if self._busy < self._lanes and not self._live:
+            self._busy += 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (key, next(self._order), turn))
+            self._live += 1
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # let in, but cancelled before it ran: pass it on
+                else:
+                    self._live -= 1
+                    turn.cancel()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        while self._waiting and self._busy < self._lanes:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                self._live -= 1
+                self._busy += 1
+                turn.set_result(None)
+
+
+class _Steps:
+    """The two step queues and the order they serve; shared by every walk."""
+
+    def __init__(self, lanes: int, order: Order) -> None:
+        self.calls = StepQueue(lanes)
+        self.logs = StepQueue(lanes)
+        self._key: Callable[[float, int], StepKey] = {
+            "oldest-run": lambda started, depth: (started, depth),
+            "level": lambda started, depth: (depth, started),
+            "arrival": lambda started, depth: (time.monotonic(),),
+        }[order]
+
+    def key(self, started: float, depth: int) -> StepKey:
+        return self._key(started, depth)
 
 
 class FailureEnricher:
     """Finds the first failing call of a failed run; see the module docstring."""
 
     def __init__(
-        self, *, client: CallsSource, statuses: Statuses, limits: EnrichLimits | None = None
+        self,
+        *,
+        client: CallsSource,
+        statuses: Statuses,
+        limits: EnrichLimits | None = None,
+        order: Order = "oldest-run",
     ) -> None:
         self._client = client
         self._statuses = statuses
         self._limits = limits or EnrichLimits()
+        self._steps = _Steps(self._limits.lanes, order)
         self._log = structlog.get_logger("watcher.enrich")
 
     @property
@@ -229,7 +334,7 @@ class FailureEnricher:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._limits.timeout):
-                await self._walk(run_uuid, project_id, found)
+                await self._walk(_Walk(run_uuid, project_id, started), found)
         except TimeoutError:
             self._incomplete(run_uuid, found, started, reason="timeout")
         except OmicsError as exc:
@@ -269,27 +374,33 @@ class FailureEnricher:
     def _is_failing(self, call: RunMetadata) -> bool:
         return self._statuses.is_failed_call(call.Status)
 
-    async def _walk(self, run_uuid: str, project_id: str, found: _Findings) -> None:
-        best = await self._find(run_uuid, project_id, found)
+    async def _walk(self, walk: _Walk, found: _Findings) -> None:
+        best = await self._find(walk, found)
         if best is None:
             return
         job_id = best.call.JobId
         if not best.is_task or not job_id:
             return
         try:
-            text = await self._client.get_run_job_log(
-                run_uuid, job_id, "stderr", project_id=project_id, path=best.path
-            )
+            text = await self._job_log(walk, job_id, best.path)
         except OmicsError as exc:
             if best.path in ("", "/") or not _is_bad_path(exc):
                 raise
             # Tencent's own example reads a sub-task's log by JobId alone.
-            text = await self._client.get_run_job_log(
-                run_uuid, job_id, "stderr", project_id=project_id, path=""
-            )
+            text = await self._job_log(walk, job_id, "")
         found.stderr_tail = tail(text, self._limits.tail_bytes)
 
-    async def _find(self, run_uuid: str, project_id: str, found: _Findings) -> _Candidate | None:
+    async def _job_log(self, walk: _Walk, job_id: str, path: str) -> str:
+        async with self._steps.logs.turn(self._steps.key(walk.started, self._limits.max_depth)):
+            return await self._client.get_run_job_log(
+                walk.run_uuid, job_id, "stderr", project_id=walk.project_id, path=path
+            )
+
+    async def _listing(self, walk: _Walk, path: str, depth: int) -> list[RunMetadata]:
+        async with self._steps.calls.turn(self._steps.key(walk.started, depth)):
+            return await self._client.get_run_calls(walk.run_uuid, walk.project_id, path)
+
+    async def _find(self, walk: _Walk, found: _Findings) -> _Candidate | None:
         """Breadth-first over failing sub-workflows and scatters; updates ``found`` as it
         learns. A deeper level refused as an invalid Path is skipped (logged)."""
         level = ["/"]
@@ -304,11 +415,11 @@ class FailureEnricher:
                     break
                 found.listings += 1
                 try:
-                    calls = await self._client.get_run_calls(run_uuid, project_id, path)
+                    calls = await self._listing(walk, path, depth)
                 except OmicsError as exc:
                     if depth == 0 or not _is_bad_path(exc):
                         raise
-                    self._log.info("failure_path_refused", run_uuid=run_uuid, path=path)
+                    self._log.info("failure_path_refused", run_uuid=walk.run_uuid, path=path)
                     continue
                 if depth == 0 and not calls:
                     found.note = METADATA_FILE_NOTE

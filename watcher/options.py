@@ -8,11 +8,13 @@ that uses it. The composition root (:mod:`watcher.app`) calls the functions here
 
 from __future__ import annotations
 
+import math
 from typing import TypedDict
 
 from watcher.config import Settings, StuckSettings, WatchSettings
 from watcher.delivery.digest import DigestPolicy
 from watcher.delivery.dispatcher import Policy
+from watcher.enrich import DEFAULT_LANES, EnrichLimits
 from watcher.notifiers.common import DigestSettings, NotifierBase
 from watcher.notifiers.registry import rates_for
 from watcher.polling.batch import BatchOptions
@@ -33,6 +35,14 @@ def stuck_limits(settings: StuckSettings) -> StuckLimits:
         key, _, value = selector.partition("=")
         labels[(key.strip(), value.strip())] = seconds
     return StuckLimits(settings.after_seconds, dict(settings.per_status), labels)
+
+
+def enrich_limits(settings: Settings) -> EnrichLimits:
+    """``[polling] enrich_timeout_seconds``, and as many requests of each enrichment action
+    in the client's hands at once as the ``calls_rate_per_second`` budget grants in 0.4 s."""
+    polling = settings.polling
+    lanes = max(DEFAULT_LANES, math.ceil(polling.calls_rate_per_second * 0.4))
+    return EnrichLimits(timeout=polling.enrich_timeout_seconds, lanes=lanes)
 
 
 def server_options(settings: Settings) -> ServerOptions:
