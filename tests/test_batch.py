@@ -23,15 +23,17 @@ import structlog
 from support import now
 
 from watcher.events import Event
+from watcher.notifiers.render import duration_of, failure_of, message_for, plain_text
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import BadRequest
 from watcher.omics.limiter import PacingLimiter
 from watcher.omics.models import RunsFilter, RunSummary
-from watcher.polling.batch import BatchOptions, BatchPoller
+from watcher.polling.batch import BatchOptions, BatchPoller, Order, StatusReference, order
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.polling.strategy import PollingStrategy, auto_prefers_batch
 from watcher.recorder import Recorder
+from watcher.service.metrics import Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
@@ -531,3 +533,144 @@ async def test_a_project_describe_runs_refuses_is_polled_run_by_run(
         loud = [e["event"] for e in logs if e["log_level"] in ("warning", "error")]
         assert loud.count("batch_project_direct") == 1
         assert "batch_polling_unavailable" not in loud
+
+
+# -- recorded from DescribeRuns: bursts, a lagging list, the ordering rule ---------------------
+
+
+@pytest.mark.parametrize(
+    ("listed", "update_time", "seen_at", "expected"),
+    [
+        (101.0, 100.0, None, Order.NEWER),  # a later second than the listed change recorded
+        (99.0, 100.0, None, Order.STALE),  # an earlier second: the list's view is older
+        (100.0, 100.0, None, Order.AMBIGUOUS),  # two changes within one second
+        (102.0, None, 100.5, Order.NEWER),  # at least the margin after GetRunStatus saw it
+        (98.0, None, 100.5, Order.STALE),  # began (by 99) before the margin before 100.5
+        (99.0, None, 100.5, Order.AMBIGUOUS),  # within the margin: ask GetRunStatus
+        (101.0, None, 100.5, Order.AMBIGUOUS),
+        (103.0, 100.0, 101.2, Order.NEWER),  # both known: newer than both
+        (101.0, 100.0, 101.2, Order.AMBIGUOUS),  # newer than one only
+        (99.0, 100.0, 90.0, Order.STALE),  # stale by either: stale
+        (None, 100.0, None, Order.AMBIGUOUS),  # no parsable UpdateTime
+        (100.0, None, None, Order.AMBIGUOUS),  # nothing known (baseline, another process)
+    ],
+)
+def test_order_of_a_listed_status(
+    listed: float | None, update_time: float | None, seen_at: float | None, expected: Order
+) -> None:
+    assert order(listed, StatusReference(update_time, seen_at)) is expected
+
+
+def check_never_false(store: Store, sim: Simulator, uuids: Sequence[str]) -> int:
+    """Each run's events are its true changes, in order, each recorded once, never before it
+    happened (statuses in between may be skipped); the final status is recorded. How many."""
+    by_run: dict[str, list[Event]] = {u: [] for u in uuids}
+    for event in recorded(store):
+        by_run[event.run_uuid].append(event)
+    total = 0
+    for run_uuid, events in by_run.items():
+        truth = sim.timeline(run_uuid)
+        previous: str | None = None
+        k = 0
+        for event in events:
+            assert event.previous_status == previous, (run_uuid, events)
+            observed = datetime.fromisoformat(event.data["observed_at"].replace("Z", "+00:00"))
+            while k < len(truth) and truth[k].status != event.status:
+                k += 1
+            assert k < len(truth), ("false, backward or repeated", run_uuid, events, truth)
+            assert truth[k].at <= observed.timestamp() + 0.01, (run_uuid, event, truth[k])
+            k += 1
+            previous = event.status
+        assert previous == sim.status(run_uuid), (run_uuid, events, truth)
+        total += len(events)
+    return total
+
+
+async def test_a_group_finishing_together_is_recorded_from_the_list(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    # 1,000 runs of one group move within 6 s of each other: every first observation and
+    # every change comes from DescribeRuns itself (10 calls a cycle), none waits for the
+    # GetRunStatus budget. benchmarks/burst_bench.py measures the latencies.
+    async with running_simulator(SimulatorConfig(runs=0, seed=3)) as sim:
+        uuids = sim.submit_group(1000, spread_seconds=6.0, durations=(0.5, 1.0, 1.5))
+        store.track(TrackRequest(u, sim.project_id) for u in uuids)
+        sim.reset_stats()
+        rig = Rig(sim, session, store, interval=1.0)
+        await run_for(rig.batch(), 45, lambda: all(r.terminal for r in store.list_runs()))
+        stats = sim.stats(timeline=False)
+    events = check_never_false(store, sim, uuids)
+    assert all(r.terminal and r.status == sim.status(r.run_uuid) for r in store.list_runs())
+    assert events >= 2000  # a first observation and a final status each, at least
+    assert stats["requests"].get("GetRunStatus", 0) <= 50  # only same-second ambiguities
+    assert stats["throttled_total"] == 0
+    ids = [e.id for e in store.events(limit=100_000)]
+    assert len(ids) == len(set(ids))
+
+
+async def test_a_lagging_list_never_moves_a_run_backwards(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    # DescribeRuns shows every run as it was 2 s ago. Per-run polling records the first
+    # seconds from GetRunStatus (ahead of the list), then batch takes over the registry:
+    # the list's older answers must be ignored, same-second ones confirmed, none repeated.
+    async with running_simulator(SimulatorConfig(runs=0, seed=5)) as sim:
+        sim.set_list_lag(2.0)
+        uuids = sim.submit_group(300, spread_seconds=4.0, durations=(0.4, 0.8, 3.0))
+        store.track(TrackRequest(u, sim.project_id) for u in uuids)
+        rig = Rig(sim, session, store, interval=1.0)
+        await run_for(rig.scheduler(), 2.0)
+        metrics = Metrics()
+        poller = BatchPoller(
+            store=store,
+            source=rig.client,
+            recorder=rig.recorder,
+            options=BatchOptions(interval_seconds=1.0, terminal=TERMINAL),
+            wall_clock=now,
+            metrics=metrics,
+        )
+        await run_for(poller, 45, lambda: all(r.terminal for r in store.list_runs()))
+    check_never_false(store, sim, uuids)
+
+    def polls(outcome: str) -> float:
+        value = metrics.registry.get_sample_value("omics_watcher_polls_total", {"outcome": outcome})
+        return value or 0.0
+
+    assert polls("stale") > 0  # the lag did show older statuses, and they were ignored
+    assert polls("changed") > 0  # and newer ones were recorded from the list
+
+
+async def test_a_listed_failure_keeps_the_metadata_shape_and_its_message(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=2)) as sim:
+        uuids = sim.submit_group(
+            5, spread_seconds=0.3, durations=(1.2, 1.2, 1.2), outcome="EXECUTOR_ERROR"
+        )
+        store.track(TrackRequest(u, sim.project_id) for u in uuids)
+        rig = Rig(sim, session, store)
+        sim.reset_stats()
+        await run_for(rig.batch(), 20, lambda: all(r.terminal for r in store.list_runs()))
+        # Recorded from the Run: GetRunStatus only for a change within the same second.
+        assert sim.stats(timeline=False)["requests"].get("GetRunStatus", 0) <= 5
+    failed = [e for e in recorded(store) if e.status == "EXECUTOR_ERROR"]
+    assert len(failed) == 5
+    for event in failed:
+        metadata = event.data["metadata"]
+        assert set(metadata) == {
+            "Status",
+            "ErrorMessage",
+            "SubmitTime",
+            "StartTime",
+            "EndTime",
+            "UpdateTime",
+        }
+        assert metadata["Status"] == "EXECUTOR_ERROR"
+        assert metadata["ErrorMessage"]
+        assert metadata["EndTime"]
+        text = plain_text(message_for(event))
+        failure = failure_of(event.data)
+        assert failure is not None
+        assert failure.message
+        assert failure.message.splitlines()[0][:40] in text
+        assert duration_of(event.data) is not None

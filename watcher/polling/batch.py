@@ -1,9 +1,10 @@
-"""The batch poller: many runs' statuses per DescribeRuns call, GetRunStatus only for changes.
+"""The batch poller: many runs' statuses per DescribeRuns call, recorded from the answer.
 
 At 20 GetRunStatus calls a second, 10,000 runs are each seen every 500 s. DescribeRuns with
-a ``RunUuid`` filter answers for up to 100 runs at once from its own budget, so this poller
-checks every run every few seconds and spends GetRunStatus only on runs whose status moved
-(the event still carries the full RunMetadata, which DescribeRuns does not return).
+a ``RunUuid`` filter answers for up to 100 runs at once from its own budget, and each of its
+``Run`` items carries ``Status``, ``ErrorMessage``, ``ExecutionTime`` and ``UpdateTime``: enough
+to record a transition (and a run's first observation) without asking GetRunStatus. So a run
+group of 1,000 samples finishing together costs 10 DescribeRuns, not 1,000 GetRunStatus.
 
 How a cycle goes:
 
@@ -16,15 +17,58 @@ How a cycle goes:
   runs, so nobody starves.
 - Each DescribeRuns passes the DescribeRuns limiter; at most ``MAX_BACKLOG`` requests wait
   for it, so a run tracked meanwhile still makes the next batch (picked up within ~2 s).
-- A returned status equal to the registry's is a quiet poll. A different one queues one
-  GetRunStatus for the run (never two at once): a follow-up, the same
-  :class:`~watcher.polling.run_poll.RunPoll` the per-run scheduler uses, recorded
-  compare-and-set against the registry (:func:`~watcher.polling.common.record_status`):
-  an event is recorded only when GetRunStatus itself shows a status different from the
-  registry's, so a stale or early DescribeRuns answer can cost a request but never invent a
-  transition.
-  A run missing from the answer gets one GetRunStatus too, which tells ``RunNotExist``
+- A listed status equal to the registry's is a quiet poll. A different one is ordered
+  against what the registry recorded (below): *newer* is recorded from the ``Run`` itself,
+  through the same :func:`~watcher.polling.common.record_status` (Recorder, EventSink,
+  compare-and-set on the previous status) as every other observation; *stale* is ignored;
+  *ambiguous* gets one GetRunStatus (a follow-up: the same
+  :class:`~watcher.polling.run_poll.RunPoll` the per-run scheduler uses), which records only
+  a status GetRunStatus itself shows. A run's first observation (no status yet) is recorded
+  from the list directly.
+- A run missing from the answer gets one GetRunStatus too, which tells ``RunNotExist``
   (``run.not_found``) from a run DescribeRuns merely did not list.
+- Failing statuses are recorded like any other; the recorder's failure enrichment
+  (GetRunCalls, GetRunJobLog) runs on them as it does for a GetRunStatus observation.
+
+The event's ``metadata`` for a listed observation is the RunMetadata fields a ``Run`` fills,
+under their RunMetadata names (:func:`listed_metadata`): ``Status``, ``ErrorMessage``,
+``SubmitTime``, ``StartTime``, ``EndTime`` (from ``ExecutionTime``), plus the Run's
+``UpdateTime``, which RunMetadata lacks. Renderers read the same keys from either shape.
+
+Ordering: a list may lag behind GetRunStatus
+--------------------------------------------
+A DescribeRuns answer can show a run as it was seconds ago (the simulator's
+``list_lag_seconds``). A run must never move backwards or repeat a status because of an
+older answer. A ``Run`` says when its status last changed (``UpdateTime``: whole seconds, the
+API's clock), so a listed status ``L`` that differs from the recorded ``R`` is compared with
+what is known about when ``R`` held (:class:`StatusReference`, kept per run and rebuilt from
+the registry at load):
+
+- ``R`` was recorded from a list (the stored metadata carries its ``UpdateTime`` ``u``):
+  ``L`` changed in a later second (``UpdateTime(L) > u``) → *newer*, record; in an earlier
+  second → *stale*: the list's view predates the change to ``R``; ignore; the same second →
+  *ambiguous*: two changes within one second cannot be ordered from whole seconds; confirm.
+- ``R`` was seen by GetRunStatus at our wall time ``s`` (the registry's ``status_since``
+  for a GetRunStatus-recorded status, or a later follow-up that found it unchanged):
+  ``UpdateTime(L) >= s + M`` → *newer*; ``UpdateTime(L) + 1 <= s - M`` → *stale* (``L``
+  began before a moment ``R`` held, and the list still shows no later change); otherwise
+  *ambiguous*. ``M`` (``CLOCK_MARGIN_SECONDS``, 1 s) covers the request's network time and
+  a small clock difference between this host and the API; the rule assumes the host clock is
+  NTP-synchronised within that margin.
+- Both known: stale if either says stale, newer only if both say newer, else ambiguous.
+  Neither known (a discovery baseline, or another process recorded the status) or no
+  parsable ``UpdateTime`` → *ambiguous*.
+
+Never ignored forever: a *stale* verdict that keeps coming back for ``STALE_CONFIRM_SECONDS``
+(30 s; a list lag is seconds) is confirmed with one GetRunStatus anyway, so a wrong clock or
+a wrong reference costs at most one request per run per 30 s, never a lost change. A
+GetRunStatus answer always wins: it is current.
+
+Switching strategies: per-run observations carry no ``UpdateTime``; what the poller needs is
+already in the registry: a status recorded from a list keeps its ``UpdateTime`` in the stored
+metadata, one recorded from GetRunStatus its ``status_since`` (the observation time, from
+which ``M`` is subtracted). :meth:`~watcher.store.Store.status_references` reads them at
+load, so per-run → batch, batch → per-run → batch and restarts order answers the same way.
 
 Failures: throttling puts the batch back at the front (the client's limiter slows down);
 credential failures pause all polling (:class:`~watcher.polling.common.AuthPause`); transient
@@ -39,16 +83,19 @@ caller polls per run instead (:mod:`watcher.polling.strategy`).
 
 A follow-up fails as a per-run poll does (the same classifier,
 :func:`~watcher.polling.run_poll.action_for`): throttled or paused, it stays first in line;
-failed, it backs off; crashed on a bug of ours, its run waits ``crash_retry_seconds``.
+failed, it backs off; crashed on a bug of ours, its run waits ``crash_retry_seconds`` (so
+does a listed record that crashed).
 
 Invariants: the store is the truth (statuses are read from it at load and refresh, written
-only by the recorder); no status is recorded that GetRunStatus did not return; every run
-in the registry is in exactly one project queue (stale entries are skipped by token).
+only by the recorder); one record or follow-up per run at a time; no status is recorded
+that neither a newer ``Run`` nor GetRunStatus showed; every run in the registry is in exactly
+one project queue (stale entries are skipped by token).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import math
 from collections import deque
@@ -57,15 +104,15 @@ from dataclasses import dataclass, field
 from typing import Protocol, Unpack
 
 from watcher.omics.errors import OmicsError, is_permission_refusal
-from watcher.omics.models import RunsFilter
+from watcher.omics.models import RunsFilter, parse_time
 from watcher.polling.common import (
     DESCRIBE_LIMIT,
     MAX_BACKLOG,
-    RunLister,
     RunSummaryLike,
     StatusSource,
     backoff_delay,
     max_in_flight,
+    record_status,
 )
 from watcher.polling.loop import Collaborators, PollingLoop
 from watcher.polling.run_poll import (
@@ -75,13 +122,129 @@ from watcher.polling.run_poll import (
     action_for,
     pause_reason,
 )
-from watcher.store import ActiveRun
+from watcher.store import ActiveRun, StateError
 
 MAX_BATCH = DESCRIBE_LIMIT  # one DescribeRuns page answers the whole filter
 
 
-class BatchSource(StatusSource, RunLister, Protocol):
+CLOCK_MARGIN_SECONDS = 1.0  # network time of a request plus host/API clock difference
+STALE_CONFIRM_SECONDS = 30.0  # a stale verdict this old is confirmed with GetRunStatus
+
+
+class ExecutionTimeLike(Protocol):
+    """``Run.ExecutionTime``."""
+
+    @property
+    def SubmitTime(self) -> str | None: ...
+
+    @property
+    def StartTime(self) -> str | None: ...
+
+    @property
+    def EndTime(self) -> str | None: ...
+
+
+class ListedRun(RunSummaryLike, Protocol):
+    """The parts of a DescribeRuns ``Run`` the poller records from."""
+
+    @property
+    def ErrorMessage(self) -> str | None: ...
+
+    @property
+    def ExecutionTime(self) -> ExecutionTimeLike | None: ...
+
+    @property
+    def UpdateTime(self) -> str | None: ...
+
+
+class BatchSource(StatusSource, Protocol):
     """What the poller calls: GetRunStatus and one DescribeRuns page (the Omics client)."""
+
+    async def describe_runs(
+        self,
+        *,
+        project_id: str = "",
+        filters: Sequence[RunsFilter] = (),
+        limit: int = DESCRIBE_LIMIT,
+        offset: int = 0,
+    ) -> tuple[int, Sequence[ListedRun]]: ...
+
+
+def listed_metadata(run: ListedRun) -> dict[str, str]:
+    """A batch-observed event's ``metadata``: the RunMetadata fields a ``Run`` fills.
+
+    Same names and conventions as GetRunStatus' RunMetadata (``""`` when unset), plus the
+    Run's ``UpdateTime`` (which RunMetadata lacks; the stuck checker and the ordering rule
+    read it back from the registry).
+    """
+    times = run.ExecutionTime
+    return {
+        "Status": run.Status,
+        "ErrorMessage": run.ErrorMessage or "",
+        "SubmitTime": (times.SubmitTime if times is not None else None) or "",
+        "StartTime": (times.StartTime if times is not None else None) or "",
+        "EndTime": (times.EndTime if times is not None else None) or "",
+        "UpdateTime": run.UpdateTime or "",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ListedStatus:
+    """A listed observation in the shape :func:`record_status` takes (``Status``, ``raw``)."""
+
+    Status: str
+    raw: dict[str, str]
+
+
+def update_seconds(run: ListedRun) -> float | None:
+    """The Run's ``UpdateTime`` as unix seconds; ``None`` when missing or unparsable."""
+    moment = parse_time(run.UpdateTime)
+    return None if moment is None else moment.timestamp()
+
+
+@dataclass(slots=True)
+class StatusReference:
+    """When the registry's status of one run is known to have held (module docstring)."""
+
+    update_time: float | None = None  # its UpdateTime (API clock, whole seconds), from a Run
+    seen_at: float | None = None  # our wall time of a GetRunStatus answer showing it
+    stale_since: float | None = None  # monotonic: a stale verdict first ignored then
+
+
+class Order(enum.Enum):
+    """A listed status that differs from the recorded one is..."""
+
+    NEWER = "newer"  # recorded from the Run
+    STALE = "stale"  # an older view than what is recorded: ignored
+    AMBIGUOUS = "ambiguous"  # confirmed with one GetRunStatus
+
+
+def order(
+    listed: float | None, ref: StatusReference, *, margin: float = CLOCK_MARGIN_SECONDS
+) -> Order:
+    """Order a listed status (changed at second ``listed``) against ``ref``. Pure."""
+    if listed is None:
+        return Order.AMBIGUOUS
+    verdicts = []
+    if ref.update_time is not None:
+        if listed > ref.update_time:
+            verdicts.append(Order.NEWER)
+        elif listed < ref.update_time:
+            verdicts.append(Order.STALE)
+        else:
+            verdicts.append(Order.AMBIGUOUS)
+    if ref.seen_at is not None:
+        if listed >= ref.seen_at + margin:
+            verdicts.append(Order.NEWER)
+        elif listed + 1 <= ref.seen_at - margin:
+            verdicts.append(Order.STALE)
+        else:
+            verdicts.append(Order.AMBIGUOUS)
+    if Order.STALE in verdicts:
+        return Order.STALE
+    if verdicts and all(v is Order.NEWER for v in verdicts):
+        return Order.NEWER
+    return Order.AMBIGUOUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +286,8 @@ class BatchPoller(PollingLoop):
         status_backlog: Callable[[], int] = lambda: 0,
         **parts: Unpack[Collaborators],  # store, recorder, wall_clock; metrics, rng
     ) -> None:
+        self._store = parts["store"]
+        self._recorder = parts["recorder"]
         super().__init__(
             source=source,
             logger="watcher.batch",
@@ -143,10 +308,12 @@ class BatchPoller(PollingLoop):
         self._tokens = itertools.count(1)
         self._describing: set[asyncio.Task[None]] = set()
         self._following: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[None]] = set()  # statuses recorded from a Run
+        self._refs: dict[str, StatusReference] = {}  # what each recorded status is ordered by
         self._unstarted_describes = 0  # tasks created that have not reached the limiter yet
         self._unstarted_follows = 0
         self._follow_queue: deque[str] = deque()
-        self._follow_pending: set[str] = set()  # queued or in flight
+        self._follow_pending: set[str] = set()  # follow-up queued or in flight, or recording
         self._max_describes = max_in_flight(
             options.describe_rate_per_second, options.request_timeout_seconds
         )
@@ -181,6 +348,7 @@ class BatchPoller(PollingLoop):
         self._unstarted_describes = self._unstarted_follows = 0
         self._loaded = True
         active_runs = self._feed.snapshot()
+        self._refs = self._references(None)
         now, wall_now = self._now(), self._wall().timestamp()
 
         def last_polled(active: ActiveRun) -> float:
@@ -205,6 +373,9 @@ class BatchPoller(PollingLoop):
         added, removed = self._feed.changes()
         for run_uuid in removed:
             self._runs.pop(run_uuid, None)
+            self._refs.pop(run_uuid, None)
+        if added:
+            self._refs.update(self._references([active.run_uuid for active in added]))
         for active in added:
             project = self._project_of(active)
             known = self._runs.get(active.run_uuid)
@@ -218,6 +389,14 @@ class BatchPoller(PollingLoop):
         if added:
             self._naps.wake()
 
+    def _references(self, run_uuids: list[str] | None) -> dict[str, StatusReference]:
+        """What the registry says about when each run's status held (all active: ``None``)."""
+        known = self._store.status_references(run_uuids)
+        return {
+            run_uuid: StatusReference(update_time=update_time, seen_at=seen_at)
+            for run_uuid, (update_time, seen_at) in known.items()
+        }
+
     def batch_size(self, project_id: str) -> int:
         """The batch size in force for ``project_id`` (after any adaptation)."""
         project = self._projects.get(project_id or self._opt.default_project_id)
@@ -229,7 +408,7 @@ class BatchPoller(PollingLoop):
         return min(self._launch_follow_ups(), self._launch_batches(now))
 
     def _tasks(self) -> Iterable[asyncio.Task[None]]:
-        return self._describing | self._following
+        return self._describing | self._following | self._recording
 
     def _finished(self) -> bool:
         return self.refused is not None  # the strategy polls per run from here on
@@ -360,11 +539,11 @@ class BatchPoller(PollingLoop):
             self._project_failed(project, exc)
         return action
 
-    def _compare(self, uuids: list[str], summaries: Sequence[RunSummaryLike]) -> None:
+    def _compare(self, uuids: list[str], summaries: Sequence[ListedRun]) -> None:
         requested = set(uuids)
         answered: set[str] = set()
         wall = self._wall()
-        quiet = changed = 0
+        counts = dict.fromkeys(("ok", "changed", "stale", "confirm", "pending", "missing"), 0)
         for summary in summaries:
             run_uuid = summary.RunUuid
             if run_uuid not in requested or run_uuid in answered:
@@ -373,26 +552,53 @@ class BatchPoller(PollingLoop):
             run = self._runs.get(run_uuid)
             if run is None:
                 continue  # untracked or finished while the request was out
-            if summary.Status == run.status:
-                quiet += 1
+            outcome = self._listed(run_uuid, run, summary)
+            counts[outcome] += 1
+            if outcome == "ok":
                 self._feed.polled(run_uuid, wall)
-            else:
-                changed += 1
-                self._follow_up(run_uuid, run)
-        missing = 0
         for run_uuid in requested - answered:
             run = self._runs.get(run_uuid)
             if run is not None:
                 # Not listed: GetRunStatus tells a run that is gone (RunNotExist) from one
                 # DescribeRuns merely did not show.
-                missing += 1
+                counts["missing"] += 1
                 self._follow_up(run_uuid, run)
-        if quiet:
-            self._metrics.polls.labels(outcome="ok").inc(quiet)
-        if changed:
-            self._metrics.polls.labels(outcome="changed").inc(changed)
-        if missing:
-            self._metrics.polls.labels(outcome="missing").inc(missing)
+        for outcome, count in counts.items():
+            if count:
+                self._metrics.polls.labels(outcome=outcome).inc(count)
+
+    def _listed(self, run_uuid: str, run: PolledRun, summary: ListedRun) -> str:
+        """Act on one listed run; the ``polls_total`` outcome."""
+        ref = self._refs.get(run_uuid)
+        if summary.Status == run.status:
+            if ref is not None:
+                ref.stale_since = None
+            return "ok"
+        if run_uuid in self._follow_pending or run.retry_at > self._now():
+            return "pending"  # a follow-up or a record is under way (or a crash cools down)
+        verdict = Order.NEWER if run.status is None else self._order(run_uuid, ref, summary)
+        if verdict is Order.NEWER:
+            self._record_listed(run_uuid, run, summary)
+            return "changed"
+        if verdict is Order.STALE:
+            return "stale"
+        self._follow_up(run_uuid, run)
+        return "confirm"
+
+    def _order(self, run_uuid: str, ref: StatusReference | None, summary: ListedRun) -> Order:
+        if ref is None:
+            ref = self._refs[run_uuid] = StatusReference()
+        verdict = order(update_seconds(summary), ref)
+        if verdict is not Order.STALE:
+            return verdict
+        now = self._now()
+        if ref.stale_since is None:
+            ref.stale_since = now
+        elif now - ref.stale_since >= STALE_CONFIRM_SECONDS:
+            # The list keeps contradicting the registry: never ignore it for good.
+            ref.stale_since = None
+            return Order.AMBIGUOUS
+        return Order.STALE
 
     def _put_back(self, project: _Project, batch: list[tuple[str, float]]) -> None:
         """The batch was not answered: its runs return to the front, as overdue as before."""
@@ -485,6 +691,16 @@ class BatchPoller(PollingLoop):
         try:
             polled = await self._one.poll(run_uuid, run)
             if run_uuid in self._runs:  # not gone (not found, terminal, untracked)
+                if polled.action is Action.ANSWERED:
+                    # GetRunStatus showed the registry's status now (or another process's,
+                    # when superseded: then nothing is known about when it held).
+                    ref = StatusReference()
+                    if not polled.superseded:
+                        ref.seen_at = self._wall().timestamp()
+                        known = self._refs.get(run_uuid)
+                        if known is not None and not polled.changed:
+                            ref.update_time = known.update_time  # still a bound: see order()
+                    self._refs[run_uuid] = ref
                 if polled.again_now:
                     again = True
                 elif polled.retry_in:
@@ -497,3 +713,42 @@ class BatchPoller(PollingLoop):
                 self._naps.wake()
             else:
                 self._follow_pending.discard(run_uuid)
+
+    # -- one status recorded from a Run ---------------------------------------------------
+
+    def _record_listed(self, run_uuid: str, run: PolledRun, summary: ListedRun) -> None:
+        self._follow_pending.add(run_uuid)  # no follow-up nor second record meanwhile
+        task = asyncio.create_task(self._record(run_uuid, run, summary), name=f"record:{run_uuid}")
+        self._recording.add(task)
+        task.add_done_callback(self._record_done)
+
+    def _record_done(self, task: asyncio.Task[None]) -> None:
+        self._recording.discard(task)
+        self._task_done(task, event="record_crashed")
+
+    async def _record(self, run_uuid: str, run: PolledRun, summary: ListedRun) -> None:
+        """Record the listed status (the recorder may enrich a failure first)."""
+        try:
+            recorded = await record_status(
+                self._recorder,
+                run_uuid=run_uuid,
+                project_id=run.project,
+                previous=run.status,
+                metadata=ListedStatus(summary.Status, listed_metadata(summary)),
+            )
+            if not recorded.active:
+                self._runs.pop(run_uuid, None)
+                self._refs.pop(run_uuid, None)
+            elif recorded.superseded:  # another process recorded first: believe the registry
+                run.status = recorded.status
+                self._refs[run_uuid] = StatusReference()
+            else:
+                run.status = recorded.status
+                self._refs[run_uuid] = StatusReference(update_time=update_seconds(summary))
+        except StateError:
+            raise
+        except Exception:
+            run.retry_at = self._now() + self._opt.crash_retry_seconds  # logged when done
+            raise
+        finally:
+            self._follow_pending.discard(run_uuid)

@@ -18,13 +18,22 @@ from watcher.store.groups import GroupsMixin
 from watcher.store.journal import JournalMixin
 from watcher.store.outbox import OutboxMixin
 from watcher.store.recording import RecordingMixin
+from watcher.store.references import ReferencesMixin
 from watcher.store.registry import RegistryMixin
 from watcher.store.schema import migrate
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 
 
-class Store(RegistryMixin, RecordingMixin, JournalMixin, OutboxMixin, DiscoveryMixin, GroupsMixin):
+class Store(
+    RegistryMixin,
+    RecordingMixin,
+    JournalMixin,
+    OutboxMixin,
+    DiscoveryMixin,
+    GroupsMixin,
+    ReferencesMixin,
+):
     """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
