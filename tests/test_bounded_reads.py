@@ -272,3 +272,24 @@ def test_list_filters_and_streams_json(
     assert len(text) == 6
     assert all(" FAILED " in line for line in text[1:])
     assert cli.main(["list", "-c", str(config), "--limit", "0"]) == 2
+
+
+def test_loop_side_reads_use_indexes(big: BigState) -> None:
+    """What the loop reads at startup, per scrape and per finished group is an index search,
+    never a scan of the whole registry (the plan, not a timing)."""
+    from watcher.store.groups import _GROUP_MEMBERS
+    from watcher.store.registry import _SELECT_ACTIVE
+
+    with Store.open(big.path) as store:
+        plans = {
+            "snapshot": _SELECT_ACTIVE,
+            "group_members": _GROUP_MEMBERS,
+            "counts": "SELECT status, runs FROM run_counts WHERE runs > 0",
+        }
+        for name, sql in plans.items():
+            params = ("g1",) if "?" in sql else ()
+            plan = " ".join(row[3] for row in store._db.query("EXPLAIN QUERY PLAN " + sql, params))
+            assert "SCAN runs" not in plan, (name, plan)
+        assert [m.run_uuid for m in store.group_members("g1")] == [
+            run_uuid(n) for n in range(50, 100)
+        ]

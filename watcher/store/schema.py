@@ -142,6 +142,10 @@ _RUN_COUNTS = (
     """,
     "CREATE INDEX runs_active ON runs (stopped) WHERE tracked = 1 AND terminal = 0 AND stopped = 0",
     "CREATE INDEX runs_tracked_by_status ON runs (status) WHERE tracked = 1",
+    # A group's members (digests, roll-ups) without a registry scan; the expression must stay
+    # the one watcher.store.groups spells for its queries to use it.
+    "CREATE INDEX runs_by_group ON runs (json_extract(labels, '$.\"run_group\"')) "
+    "WHERE tracked = 1",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS)
