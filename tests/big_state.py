@@ -29,7 +29,9 @@ from watcher.store.journal import append_event
 from watcher.store.schema import migrate
 from watcher.transitions import detect
 
-START = datetime(2026, 5, 1, tzinfo=UTC)
+# History ends 15 days before the file is built (run n starts 3n seconds after the first): a
+# default 30-day retention keeps all of it for a while (the benchmark rebuilds older files).
+HISTORY_DAYS = 25
 STEPS = ("SUBMITTED", "QUEUED", "INITIALIZING", "RUNNING", "RUNNING_2", "FINISHING")
 TERMINAL = frozenset({"SUCCESS", "FAILED"})
 BATCH = 5_000  # runs per transaction
@@ -74,6 +76,7 @@ def _statuses(n: int, per_run: int, runs: int, active: int) -> list[str]:
 
 def grow(path: Path, *, runs: int, events: int, active: int) -> BigState:
     """Create ``path`` with ``runs`` tracked runs and about ``events`` status-change events."""
+    start = datetime.now(UTC) - timedelta(days=HISTORY_DAYS)
     with Store.open(path) as store:
         for first in range(0, runs, 50_000):
             store.track(
@@ -88,7 +91,8 @@ def grow(path: Path, *, runs: int, events: int, active: int) -> BigState:
                 updates: list[tuple[object, ...]] = []
                 for n in range(first, min(runs, first + BATCH)):
                     per_run = events // runs + (1 if n < events % runs else 0)
-                    written += _record_run(conn, n, _statuses(n, per_run, runs, active), updates)
+                    statuses = _statuses(n, per_run, runs, active)
+                    written += _record_run(conn, n, statuses, start, updates)
                 conn.executemany(
                     "UPDATE runs SET status = ?, terminal = ?, status_since = ?, "
                     "last_polled_at = ? WHERE run_uuid = ?",
@@ -100,11 +104,15 @@ def grow(path: Path, *, runs: int, events: int, active: int) -> BigState:
 
 
 def _record_run(
-    conn: sqlite3.Connection, n: int, statuses: list[str], updates: list[tuple[object, ...]]
+    conn: sqlite3.Connection,
+    n: int,
+    statuses: list[str],
+    start: datetime,
+    updates: list[tuple[object, ...]],
 ) -> int:
     uid = run_uuid(n)
     prev: RunState | None = None
-    at = START + timedelta(seconds=n * 3)
+    at = start + timedelta(seconds=n * 3)
     for status in statuses:
         at += timedelta(minutes=7)
         cur = RunState(uid, "prj-big", status, at, labels_of(n), {"Status": status, "RunUuid": uid})
