@@ -162,8 +162,12 @@ class Processes:
         cwd: Path,
         log: Path,
         stdout_pipe: bool = False,
+        preexec_fn: Callable[[], Any] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``args``; stderr (and stdout unless piped) append to ``log``."""
+        """Start ``args``; stderr (and stdout unless piped) append to ``log``.
+
+        ``preexec_fn`` runs in the child before exec (e.g. to lower its descriptor limit).
+        """
         out = log.open("ab")
         self._files.append(out)
         proc = subprocess.Popen(
@@ -174,6 +178,7 @@ class Processes:
             stdout=subprocess.PIPE if stdout_pipe else out,
             stderr=out,
             bufsize=0,
+            preexec_fn=preexec_fn,
         )
         self._children.append(proc)
         return proc

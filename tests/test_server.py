@@ -23,8 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.events import RunState
 from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.service.connections import ConnectionLimits
 from watcher.service.server import (
     MAX_BODY_BYTES,
+    AppParts,
     Health,
     HttpServer,
     ServerStartError,
@@ -485,3 +487,197 @@ async def test_port_in_use_is_a_start_error(store: Store) -> None:
             await first.start("127.0.0.1", 0)
     finally:
         await first.stop()
+
+
+# -- stalled and hostile clients (issue 13: a server that stalled clients cannot take down) --
+
+MARKER = "MaRkEr-9f1c<script>"
+
+
+def admin_apps(store: Store) -> tuple[web.Application, web.Application]:
+    """The two halves of ``[server] admin_listen``: probes and metrics; the admin API."""
+
+    def app(parts: AppParts) -> web.Application:
+        return build_app(
+            store=store,
+            metrics=Metrics(),
+            health=Health(),
+            admin_token=TOKEN,
+            default_project_id=DEFAULT_PROJECT,
+            parts=parts,
+        )
+
+    return app("probes"), app("admin")
+
+
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def test_admin_listen_serves_the_admin_api_only_on_its_own_address(store: Store) -> None:
+    public, admin = admin_apps(store)
+    server = HttpServer(public, admin_app=admin, shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0, admin=("127.0.0.1", 0))
+    admin_port = server.admin_port
+    assert admin_port is not None
+    assert admin_port != port
+    try:
+        async with aiohttp.ClientSession() as session:
+            main, apart = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+            for path in ("/healthz", "/metrics"):
+                async with session.get(main + path) as resp:
+                    assert resp.status == 200, path
+            # Absent from the main listener, even with the right token.
+            for method, path in (("GET", "/v1/runs"), ("POST", "/v1/runs"), ("GET", "/v1")):
+                async with session.request(method, main + path, headers=AUTH, json={}) as resp:
+                    assert resp.status == 404, (method, path)
+                    assert await resp.json() == {"error": "Not Found"}
+            # Present on its own listener, with the usual bearer check.
+            async with session.get(apart + "/v1/runs", headers=AUTH) as resp:
+                assert resp.status == 200
+            async with session.get(apart + "/v1/runs") as resp:
+                assert resp.status == 401
+            body = {"run_uuid": UUID_A}
+            async with session.post(apart + "/v1/runs", headers=AUTH, json=body) as resp:
+                assert resp.status == 201
+            async with session.get(apart + "/metrics") as resp:
+                assert resp.status == 404
+    finally:
+        await server.stop()
+    assert store.get_run(UUID_A) is not None
+
+
+async def test_admin_address_needs_an_admin_app(store: Store) -> None:
+    server = HttpServer(probe_app(store, Health()))
+    with pytest.raises(ValueError, match="admin"):
+        await server.start("127.0.0.1", 0, admin=("127.0.0.1", 0))
+    assert server.port is None
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # Malformed requests aiohttp's parser refuses (its own answers quote the bytes).
+        f"GET / HTTP/1.1\r\nBad{MARKER} Header\r\n\r\n",
+        f"{MARKER} / HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET /\x01{MARKER} HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET / HTTP/9.{MARKER}\r\nHost: x\r\n\r\n",
+        f"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {MARKER}\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: x\r\nX-Long: {MARKER}{'a' * 9000}\r\n\r\n",
+        # Requests the app refuses.
+        f"GET /{MARKER} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        f"GET /v1/runs/{MARKER} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n",
+        f"GET /v1/events?limit={MARKER} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n",
+        f"GET /v1/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {MARKER}\r\n\r\n",
+    ],
+)
+async def test_error_bodies_never_echo_the_input(store: Store, request_bytes: str) -> None:
+    app = build_app(
+        store=store, metrics=Metrics(), health=Health(), admin_token=TOKEN, default_project_id=""
+    )
+    server = HttpServer(app, shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        answer = await raw_exchange(port, request_bytes.encode("latin-1"))
+    finally:
+        await server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert 400 <= status < 500, answer[:200]
+    assert b"application/json" in head
+    assert "error" in json.loads(body)
+    assert b"MaRkEr" not in answer
+    assert b"<script>" not in answer
+
+
+@pytest.mark.parametrize(
+    "body_json",
+    [
+        {"run_uuid": MARKER},
+        {"run_uuid": UUID_A, "labels": {"k": 7, MARKER: MARKER}},
+        {"run_uuid": UUID_A, MARKER: 1},
+    ],
+)
+async def test_validation_errors_name_fields_but_never_echo_values(
+    h: Harness, body_json: dict[str, Any]
+) -> None:
+    resp = await h.client.post("/v1/runs", headers=AUTH, json=body_json)
+    assert resp.status == 400
+    text = await resp.text()
+    assert "error" in json.loads(text)
+    assert "<script>" not in text
+
+
+async def test_a_full_server_makes_room_for_a_probe(store: Store) -> None:
+    limits = ConnectionLimits(max_connections=8, header_timeout=60.0)
+    server = HttpServer(probe_app(store, Health()), limits=limits, shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    stalled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(20):  # far more than the bound, each with half a request
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            await writer.drain()
+            stalled.append((reader, writer))
+        probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = await raw_exchange(port, probe)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+        # The oldest stalled connections were closed to make room; the newest are still open.
+        closed = 0
+        for reader, _ in stalled:
+            try:
+                data = await asyncio.wait_for(reader.read(), 0.3)
+            except TimeoutError:
+                continue
+            assert data == b""  # closed without an answer
+            closed += 1
+        assert closed >= 20 - 8
+        assert closed < 20
+    finally:
+        for _, writer in stalled:
+            writer.close()
+        await server.stop()
+
+
+async def test_a_request_head_must_arrive_within_the_header_timeout(store: Store) -> None:
+    limits = ConnectionLimits(header_timeout=0.3)
+    server = HttpServer(probe_app(store, Health()), limits=limits, shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        answer = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=10)
+        assert answer == b""  # closed without an answer
+        quiet = await raw_exchange(port, b"", timeout=10)  # connected, never sent a byte
+        assert quiet == b""
+    finally:
+        await server.stop()
+
+
+async def test_a_body_must_arrive_within_the_body_timeout(h: Harness) -> None:
+    limits = ConnectionLimits(body_timeout=0.3)
+    app = build_app(
+        store=h.store, metrics=Metrics(), health=Health(), admin_token=TOKEN, default_project_id=""
+    )
+    server = HttpServer(app, limits=limits, shutdown_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        head = (
+            "POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+        )
+        answer = await raw_exchange(port, head.encode() + b'{"run_uuid": ', timeout=10)
+    finally:
+        await server.stop()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"].startswith("request body")
+    assert h.store.get_run(UUID_A) is None

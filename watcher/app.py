@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp import web
 
 from watcher.config import Settings
 from watcher.connect import STATUS_ACTION, build_client, build_limiters, http_session
@@ -55,7 +56,7 @@ from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
-from watcher.service.server import Health, HttpServer, build_app
+from watcher.service.server import AppParts, Health, HttpServer, build_app
 from watcher.sink import EventSink
 from watcher.store import Store
 from watcher.store.lock import claim_state
@@ -234,16 +235,20 @@ def _build_server(
     """Probes, metrics and the admin API (runs it tracks are polled at once)."""
     options = server_options(settings)
     metrics.watch_state(_state_snapshot(store))
-    return HttpServer(
-        build_app(
+    split = options.admin_address is not None  # [server] admin_listen: the admin API apart
+
+    def app(parts: AppParts) -> web.Application:
+        return build_app(
             store=store,
             metrics=metrics,
             health=health,
             admin_token=options.admin_token,
             default_project_id=options.default_project_id,
             on_tracked=poller.refresh,
+            parts=parts,
         )
-    )
+
+    return HttpServer(app("probes" if split else "all"), admin_app=app("admin") if split else None)
 
 
 async def startup(
@@ -255,7 +260,7 @@ async def startup(
     poll cycle, see :meth:`Serving.become_ready`).
     """
     options = server_options(daemon.settings)
-    port = await daemon.server.start(options.host, options.port)
+    port = await daemon.server.start(options.host, options.port, admin=options.admin_address)
     stack.push_async_callback(daemon.server.stop)
     tracked = daemon.poller.load()
     daemon.log.info("daemon_started", listen=f"{options.host}:{port}", tracked=tracked)

@@ -99,15 +99,26 @@ class StateSettings(_Section):
 
 class ServerSettings(_Section):
     listen: str = "127.0.0.1:9477"
+    admin_listen: str | None = None  # the admin API's own HOST:PORT; None: on ``listen``
     admin_token: SecretStr | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "admin_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT with a port from 0 to 65535")
         return value
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """``admin_listen`` as (host, port) when it differs from ``listen``, else None."""
+        if self.admin_listen is None or self.admin_listen == self.listen:
+            return None
+        host, _, port = self.admin_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def host(self) -> str:

@@ -53,6 +53,7 @@ def server_options(settings: Settings) -> ServerOptions:
         port=settings.server.port,
         admin_token=token.get_secret_value() if token else None,
         default_project_id=settings.tencentcloud.project_id,
+        admin_address=settings.server.admin_address if token else None,
     )
 
 

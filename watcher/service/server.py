@@ -29,7 +29,7 @@ import hmac
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from aiohttp import web
@@ -38,6 +38,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from watcher.events import Event, isoformat_z
+from watcher.service.connections import (
+    ConnectionGuard,
+    ConnectionLimits,
+    Listener,
+    bind,
+    body_timeout_middleware,
+)
 from watcher.service.metrics import Metrics
 from watcher.service.reads import OffLoopReads, json_body
 from watcher.store import Delivery, RunFilter, RunPage, TrackedRun, TrackRequest, TrackResult
@@ -50,6 +57,9 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LIMIT = re.compile(r"[0-9]{1,7}")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,63}")  # a key an error message may repeat
+# What one aiohttp app serves: everything, or the two halves of a split (admin_listen).
+AppParts = Literal["all", "probes", "admin"]
 _ADMIN_PREFIX = "/v1"
 _UUID_HINT = "must be a canonical UUID (8-4-4-4-12 hex digits)"
 _MAX_FILTER_CHARS = 256
@@ -63,6 +73,9 @@ class ServerOptions:
     port: int = 9477
     admin_token: str | None = None  # None or "": no admin API (only probes and metrics)
     default_project_id: str = ""  # the project of a run tracked without one
+    # ``[server] admin_listen`` when it differs from ``listen``: the admin API's own address
+    # (and then absent from the main one). None: the admin API shares the main listener.
+    admin_address: tuple[str, int] | None = None
 
 
 class ServerStartError(Exception):
@@ -151,10 +164,13 @@ class TrackBody(BaseModel):
 
 
 def _describe(exc: ValidationError) -> str:
-    """One line naming each bad field, without echoing the input (which could be anything)."""
+    """One line naming each bad field, without echoing the input (which could be anything):
+    values never appear, and a key from the input (an unknown field, a label's name) only
+    when it is a short plain name, else as ``(key)``."""
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "body"
+        parts = [p if _PLAIN_KEY.fullmatch(str(p)) else "(key)" for p in error["loc"]]
+        where = ".".join(str(part) for part in parts) or "body"
         problems.append(f"{where}: {error['msg']}")
     return "; ".join(problems)
 
@@ -422,17 +438,26 @@ def build_app(
     admin_token: str | None,
     default_project_id: str,
     on_tracked: Callable[[], None] = lambda: None,
+    parts: AppParts = "all",
 ) -> web.Application:
-    """The aiohttp application; see the module docstring for its rules."""
+    """The aiohttp application; see the module docstring for its rules.
+
+    ``parts``: ``"all"`` serves probes, ``/metrics`` and the admin API on one listener;
+    with ``[server] admin_listen`` the main listener gets ``"probes"`` (no ``/v1`` routes
+    at all: 404) and the admin listener ``"admin"`` (the admin API only).
+    """
     log = structlog.get_logger("watcher.server")
     middlewares = [_error_middleware(log)]
-    if admin_token:
+    if admin_token and parts != "probes":
         middlewares.append(_auth_middleware(admin_token, log))
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
-    probes = _Probes(health=health, metrics=metrics)
-    app.router.add_get("/healthz", probes.healthz, allow_head=True)
-    app.router.add_get("/readyz", probes.readyz, allow_head=True)
-    app.router.add_get("/metrics", probes.metrics)
+    if parts != "admin":
+        probes = _Probes(health=health, metrics=metrics)
+        app.router.add_get("/healthz", probes.healthz, allow_head=True)
+        app.router.add_get("/readyz", probes.readyz, allow_head=True)
+        app.router.add_get("/metrics", probes.metrics)
+    if parts == "probes":
+        return app
     if not admin_token:
         app.router.add_route("*", _ADMIN_PREFIX, _admin_off)
         app.router.add_route("*", _ADMIN_PREFIX + "/{tail:.*}", _admin_off)
@@ -454,62 +479,122 @@ def build_app(
     return app
 
 
+@dataclass(slots=True)
+class _Served:
+    """One listener: an aiohttp runner and the accept loop feeding it."""
+
+    runner: web.AppRunner
+    listener: Listener
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.sockets[0].getsockname()[1])
+
+
+def _start_error(host: str, port: int, exc: OSError) -> ServerStartError:
+    shown = f"[{host}]" if ":" in host else host
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ServerStartError(f"cannot listen on {shown}:{port}: {reason}")
+
+
 class HttpServer:
-    """Binds an app to a TCP address, serves it, and stops it gracefully.
+    """Binds an app (and optionally the admin app) to TCP addresses, serves, stops gracefully.
 
     Call :meth:`start` early (so a taken port fails the startup), then run :meth:`run` as a
     long-lived task. Give :meth:`run` the event that marks the *end* of the drain so probes
     and ``/metrics`` keep answering while the rest of the daemon shuts down.
+
+    Every listener shares one :class:`~watcher.service.connections.ConnectionGuard`: open
+    connections are bounded (the oldest idle one makes room for a new one), request heads,
+    bodies and idle connections time out (:class:`ConnectionLimits`).
     """
 
-    def __init__(self, app: web.Application, *, shutdown_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        admin_app: web.Application | None = None,
+        limits: ConnectionLimits | None = None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
         self._app = app
+        self._admin_app = admin_app
+        self._limits = limits or ConnectionLimits()
         self._shutdown_timeout = shutdown_timeout
-        self._runner: web.AppRunner | None = None
+        self._served: list[_Served] = []
         self._log = structlog.get_logger("watcher.server")
 
     @property
     def port(self) -> int | None:
         """The bound port, ``None`` before :meth:`start`."""
-        if self._runner is None or not self._runner.addresses:
-            return None
-        return int(self._runner.addresses[0][1])
+        return self._served[0].port if self._served else None
 
-    async def start(self, host: str, port: int) -> int:
+    @property
+    def admin_port(self) -> int | None:
+        """The admin listener's port; ``None`` when the admin API shares the main one."""
+        return self._served[1].port if len(self._served) > 1 else None
+
+    async def start(self, host: str, port: int, *, admin: tuple[str, int] | None = None) -> int:
         """Listen on ``host:port`` (``port`` 0: any free port); returns the bound port.
 
-        ``host`` "" means every interface. Raises :class:`ServerStartError` when the address
-        cannot be bound.
+        ``admin``: the admin app's own ``(host, port)``, needed when an ``admin_app`` was
+        given. ``host`` "" means every interface. Raises :class:`ServerStartError` when an
+        address cannot be bound.
         """
-        if self._runner is not None:
+        if self._served:
             raise RuntimeError("HttpServer already started")
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, host or None, port)
+        if (admin is None) != (self._admin_app is None):
+            raise ValueError("an admin address goes with an admin app, and only with one")
+        limits = self._limits
+        guard = ConnectionGuard(limits.resolved_max(), log=self._log, log_every=limits.log_every)
+        targets = [(self._app, host, port)]
+        if self._admin_app is not None and admin is not None:
+            targets.append((self._admin_app, *admin))
         try:
-            await site.start()
+            for app, where, number in targets:
+                self._served.append(await self._listen(app, where, number, guard))
+        except BaseException:
+            await self.stop()
+            raise
+        names = ("http_listening", "http_admin_listening")[: len(self._served)]
+        for served, name in zip(self._served, names, strict=True):
+            self._log.info(name, host=served.host, port=served.port, max_connections=guard.limit)
+        return self._served[0].port
+
+    async def _listen(
+        self, app: web.Application, host: str, port: int, guard: ConnectionGuard
+    ) -> _Served:
+        limits = self._limits
+        app.middlewares.append(body_timeout_middleware(guard, limits.body_timeout))
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self._shutdown_timeout, **limits.handler_args()
+        )
+        await runner.setup()
+        try:
+            sockets = await bind(host, port, backlog=limits.backlog)
         except OSError as exc:
             await runner.cleanup()
-            shown = f"[{host}]" if ":" in host else host
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise ServerStartError(f"cannot listen on {shown}:{port}: {reason}") from exc
-        self._runner = runner
-        bound = self.port
-        if bound is None:  # pragma: no cover - a started TCPSite always has a socket
-            raise ServerStartError(f"cannot listen on {host}:{port}: no socket")
-        self._log.info("http_listening", host=host, port=bound)
-        return bound
+            raise _start_error(host, port, exc) from exc
+        if runner.server is None:  # pragma: no cover - setup() made it
+            raise RuntimeError("aiohttp runner has no server after setup()")
+        listener = Listener(sockets, runner.server, guard, limits)
+        listener.start()
+        return _Served(runner=runner, listener=listener, host=host)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        served, self._served = self._served, []
+        for one in served:
+            await one.listener.close()
+        for one in served:
+            await one.runner.cleanup()
+        if served:
             self._log.info("http_stopped")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set (or the task is cancelled), then :meth:`stop`."""
-        if self._runner is None:
+        if not self._served:
             raise RuntimeError("HttpServer.run() needs start() first")
         try:
             await stop.wait()
