@@ -59,7 +59,7 @@ def test_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> None:
         store.mark_discovery_done("k")
         assert store.discovery_done("k")
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2 == len(MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()
 
 

@@ -69,6 +69,8 @@ from support import (
     write_config,
 )
 
+from watcher.store.codec import decode_body
+
 TOKEN = "faults-admin-token-0123456789abcdef"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TERMINAL = frozenset(
@@ -136,7 +138,8 @@ def db_query(db: Path, sql: str, params: Sequence[Any] = ()) -> list[Any]:
 
 def db_events(db: Path) -> list[dict[str, Any]]:
     """The event log, oldest first, each body exactly as notifiers get it."""
-    return [json.loads(body) for (body,) in db_query(db, "SELECT body FROM events ORDER BY seq")]
+    rows = db_query(db, "SELECT body FROM events ORDER BY seq")
+    return [json.loads(decode_body(body)) for (body,) in rows]
 
 
 def db_registry(db: Path) -> dict[str, tuple[str | None, bool]]:

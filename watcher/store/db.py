@@ -147,6 +147,10 @@ class Database:
             conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout * 1000))}")
             # Reading the schema forces SQLite to parse the header: garbage fails here.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # Takes effect only on a new, empty file (before WAL writes its header): pages
+            # freed by retention can then go back to the file system (incremental_vacuum).
+            # Existing files keep their mode: a one-time VACUUM converts them (README).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")

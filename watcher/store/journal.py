@@ -4,20 +4,37 @@ Invariants:
 - :func:`append_event` is only called inside a write transaction that also carries the state
   change the event describes: the event, its deliveries and the new state commit together.
 - An event id is stored at most once (``UNIQUE``); appending a known id is a no-op.
-- ``body`` is ``Event.to_json()``: what is read back is byte-for-byte what notifiers get.
-- Pruning never removes an event that still has an outbox row (pending or dead letter).
+- ``body`` is ``Event.to_json()`` stored through :mod:`watcher.store.codec`: what is read back
+  is byte-for-byte what notifiers get.
+- :meth:`JournalMixin.prune_events` never removes an event that still has an outbox row.
+  Retention (:meth:`JournalMixin.prune_finished_runs`) removes a finished run with all its
+  events, whose outbox rows (pending or dead) go with them by ``ON DELETE CASCADE``; a run
+  that is not finished keeps everything. Each call is one short, bounded transaction.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from itertools import takewhile
 
 from watcher.events import Event
+from watcher.store.codec import decode_body, encode_body
 from watcher.store.db import StoreBase, to_ts
 
 _NO_LIMIT = 2**63 - 1  # above any seq: "no upper bound" without composing SQL
+
+
+@dataclass(frozen=True, slots=True)
+class PruneStep:
+    """What one bounded retention step deleted; ``more``: the step was full, call again."""
+
+    runs: int
+    events: int
+    more: bool
 
 
 def notifier_names(notifiers: Iterable[str]) -> list[str]:
@@ -44,7 +61,7 @@ def append_event(
     cursor = conn.execute(
         "INSERT INTO events (id, type, run_uuid, recorded_at, body) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO NOTHING",
-        (event.id, event.type, event.run_uuid, now, event.to_json()),
+        (event.id, event.type, event.run_uuid, now, encode_body(event.to_json())),
     )
     if cursor.rowcount != 1 or cursor.lastrowid is None:
         return None
@@ -76,7 +93,7 @@ class JournalMixin(StoreBase):
             sql += " AND type = ?"
             params.append(event_type)
         rows = self._db.query(sql + " ORDER BY seq DESC LIMIT ?", [*params, max(0, limit)])
-        return [(int(seq), Event.from_json(body)) for seq, body in rows]
+        return [(int(seq), Event.from_json(decode_body(body))) for seq, body in rows]
 
     def events(
         self,
@@ -101,3 +118,81 @@ class JournalMixin(StoreBase):
                 (to_ts(before),),
             )
             return cursor.rowcount
+
+    def prune_finished_runs(self, *, finished_before: datetime, limit: int) -> PruneStep:
+        """Delete up to ``limit`` runs finished before ``finished_before``, with their events.
+
+        Finished: terminal since ``status_since``, or stopped as not found since
+        ``stopped_at``. Their deliveries and dead letters go with the events (cascade).
+        """
+        cutoff = to_ts(finished_before)
+        with self._db.write() as conn:
+            uuids = [
+                uuid
+                for (uuid,) in conn.execute(
+                    "SELECT run_uuid FROM runs WHERE terminal = 1 AND status_since < ? LIMIT ?",
+                    (cutoff, limit),
+                )
+            ]
+            uuids += [
+                uuid
+                for (uuid,) in conn.execute(
+                    "SELECT run_uuid FROM runs WHERE stopped = 1 AND terminal = 0 "
+                    "AND stopped_at < ? LIMIT ?",
+                    (cutoff, max(0, limit - len(uuids))),
+                )
+            ]
+            if not uuids:
+                return PruneStep(runs=0, events=0, more=False)
+            events = conn.executemany(
+                "DELETE FROM events WHERE run_uuid = ?", [(uuid,) for uuid in uuids]
+            ).rowcount
+            conn.execute(
+                "DELETE FROM runs WHERE run_uuid IN (SELECT value FROM json_each(?))",
+                (json.dumps(uuids),),
+            )
+        return PruneStep(runs=len(uuids), events=events, more=len(uuids) >= limit)
+
+    def prune_orphan_events(
+        self, *, recorded_before: datetime, after_seq: int, limit: int
+    ) -> tuple[int, int | None]:
+        """Delete old events that belong to no registry run (digests, roll-ups, leftovers).
+
+        Scans at most ``limit`` events after ``after_seq`` in log order and stops at the first
+        one recorded at or after ``recorded_before``. Returns ``(deleted, next after_seq)``,
+        ``None`` when the scan reached recent events or the end of the log.
+        """
+        cutoff = to_ts(recorded_before)
+        with self._db.write() as conn:
+            rows = conn.execute(
+                "SELECT seq, recorded_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+            # Only the old prefix: the log is in recording order, so a recent event ends it.
+            old = [int(seq) for seq, _ in takewhile(lambda row: row[1] < cutoff, rows)]
+            deleted = 0
+            if old:
+                deleted = conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_uuid = events.run_uuid)",
+                    (json.dumps(old),),
+                ).rowcount
+        if len(old) < len(rows) or len(rows) < limit:
+            return deleted, None
+        return deleted, old[-1]
+
+    def release_free_pages(self, max_pages: int) -> int:
+        """Give up to ``max_pages`` free pages back to the file system; returns how many.
+
+        Only for files created with ``auto_vacuum = INCREMENTAL`` (0 otherwise): other files
+        keep their free pages, which SQLite reuses before it grows the file.
+        """
+        with self._db.write() as conn:
+            if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                return 0
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if free == 0:
+                return 0
+            # A PRAGMA argument cannot be bound; it is an int we computed.
+            conn.execute(f"PRAGMA incremental_vacuum({int(min(free, max_pages))})").fetchall()
+            return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])

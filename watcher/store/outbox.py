@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from watcher.events import Event
+from watcher.store.codec import decode_body
 from watcher.store.db import StoreBase, from_ts, to_ts
 from watcher.store.models import Delivery
 
@@ -34,7 +35,7 @@ _SELECT = (
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     return Delivery(
         id=int(row[0]),
-        event=Event.from_json(row[1]),
+        event=Event.from_json(decode_body(row[1])),
         notifier=row[2],
         attempts=int(row[3]),
         created_at=from_ts(row[4]),

@@ -13,6 +13,10 @@ Invariants:
 - Untracked or unknown runs are never written to.
 - ``run.stuck`` is recorded once per run and status: ``stuck_status`` remembers it and the
   next transition clears it.
+- What retention needs is kept here: ``status_since`` of a terminal status and ``stopped_at``
+  of a run stopped as not found say since when the run is finished. A run's RunMetadata is
+  kept while it is active (the batch poller orders answers by it) and dropped once it is
+  terminal: its events carry it, and a finished run is not polled again.
 """
 
 from __future__ import annotations
@@ -58,7 +62,14 @@ class RecordingMixin(StoreBase):
                 "UPDATE runs SET status = ?, terminal = ?, metadata = ?, status_since = ?, "
                 "last_polled_at = ?, consecutive_errors = 0, next_poll_after = NULL, "
                 "stuck_status = NULL WHERE run_uuid = ?",
-                (state.status, int(event.terminal), metadata, observed, observed, state.run_uuid),
+                (
+                    state.status,
+                    int(event.terminal),
+                    None if event.terminal else metadata,
+                    observed,
+                    observed,
+                    state.run_uuid,
+                ),
             )
             if append_event(conn, event, names, self._now()) is None:
                 # Same id twice means the caller re-used an event: refuse rather than commit
@@ -74,9 +85,9 @@ class RecordingMixin(StoreBase):
         names = notifier_names(notifiers)
         with self._db.write() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET stopped = 1, consecutive_errors = 0, next_poll_after = NULL "
-                "WHERE run_uuid = ? AND tracked = 1 AND stopped = 0",
-                (run_uuid,),
+                "UPDATE runs SET stopped = 1, stopped_at = ?, consecutive_errors = 0, "
+                "next_poll_after = NULL WHERE run_uuid = ? AND tracked = 1 AND stopped = 0",
+                (self._now(), run_uuid),
             )
             if cursor.rowcount != 1:
                 return False

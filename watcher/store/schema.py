@@ -28,6 +28,11 @@ Tables (times are unix seconds, REAL):
   yet), kept by triggers on ``runs`` so every writer (daemon, CLI, pruning) updates it in its
   own transaction. Partial indexes ``runs_active`` and ``runs_tracked_by_status`` serve the
   active-run snapshot and the filtered pages of the registry.
+- Retention: finished runs (``terminal`` since ``status_since``, or ``stopped`` since
+  ``stopped_at``) older than ``[state] retention_days`` are deleted with their events, and the
+  events' outbox rows by cascade (see :mod:`watcher.retention`). Event bodies written since
+  are compressed BLOBs (:mod:`watcher.store.codec`); older TEXT bodies stay readable as they
+  are. ``runs.metadata`` is dropped when a run becomes terminal (its events carry it).
 """
 
 from __future__ import annotations
@@ -148,7 +153,23 @@ _RUN_COUNTS = (
     "WHERE tracked = 1",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS)
+# Retention (issue 13): finished runs are deleted with their history once they have been
+# finished for `[state] retention_days`. A run is finished when terminal (since `status_since`)
+# or stopped as not found (since the new `stopped_at`, filled here from the run's last event).
+# Partial indexes find the oldest finished runs without reading the active or recent ones.
+_RETENTION = (
+    "ALTER TABLE runs ADD COLUMN stopped_at REAL",
+    """
+    UPDATE runs SET stopped_at = coalesce(
+        (SELECT max(e.recorded_at) FROM events e WHERE e.run_uuid = runs.run_uuid),
+        last_polled_at, tracked_at)
+    WHERE stopped = 1
+    """,
+    "CREATE INDEX runs_finished ON runs (status_since) WHERE terminal = 1",
+    "CREATE INDEX runs_stopped ON runs (stopped_at) WHERE stopped = 1 AND terminal = 0",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS, _RETENTION)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
