@@ -42,6 +42,7 @@ from watcher.omics.limiter import PacingLimiter
 from watcher.options import (
     discovery_options,
     enrich_limits,
+    retention_options,
     scheduler_options,
     server_options,
     status_vocabulary,
@@ -53,6 +54,7 @@ from watcher.polling.loop import Collaborators
 from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
+from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
@@ -105,6 +107,7 @@ class Daemon:
     discovery: Discovery
     server: HttpServer
     log: Any
+    pruner: Pruner
 
 
 async def build(
@@ -182,6 +185,7 @@ async def build(
         ),
         server=_build_server(settings, store=store, metrics=metrics, health=health, poller=poller),
         log=log,
+        pruner=Pruner(store=store, options=retention_options(settings)),
     )
 
 
@@ -314,7 +318,8 @@ class Serving:
 
     Tasks that own work in flight (polling, roll-ups, delivery, the HTTP server) each get
     their own stop signal, given in :attr:`SHUTDOWN` order; the rest (readiness, reload,
-    watchdog, stuck checks, discovery) hold nothing that must finish and are cancelled.
+    watchdog, stuck checks, discovery, retention) hold nothing that must finish and are
+    cancelled (a retention step in flight is one short transaction; it commits or rolls back).
     """
 
     def __init__(self, daemon: Daemon, *, sd: SdNotifier, port: int, wiring: Wiring) -> None:
@@ -349,6 +354,8 @@ class Serving:
             helpers.append(d.stuck.run(stop))
         if d.settings.watch:
             helpers.append(d.discovery.run(stop))
+        if d.pruner.enabled:
+            helpers.append(d.pruner.run(stop))
         self._helpers = [group.create_task(h) for h in helpers]
 
     async def become_ready(self) -> None:

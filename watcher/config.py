@@ -95,6 +95,8 @@ class PollingSettings(_Section):
 
 class StateSettings(_Section):
     path: Path = Path("omics-watcher.db")
+    # Finished runs leave the state (with their events) this long after they finished; 0: never.
+    retention_days: float = Field(30.0, ge=0, allow_inf_nan=False)
 
 
 class ServerSettings(_Section):

@@ -21,6 +21,7 @@ from watcher.polling.batch import BatchOptions
 from watcher.polling.discovery import DiscoveryOptions, WatchOptions
 from watcher.polling.per_run import SchedulerOptions
 from watcher.polling.strategy import StrategyOptions
+from watcher.retention import RetentionOptions
 from watcher.service.server import ServerOptions
 from watcher.statuses import Statuses, StatusOptions
 from watcher.stuck import StuckLimits
@@ -168,4 +169,16 @@ def discovery_options(settings: Settings) -> DiscoveryOptions:
         watches=tuple(watch_options(entry) for entry in settings.watch),
         terminal=settings.polling.terminal,
         default_project_id=settings.tencentcloud.project_id,
+    )
+
+
+# Retention (helper W5): how long finished runs stay, how often pruning passes run.
+
+
+def retention_options(settings: Settings) -> RetentionOptions:
+    """``[state] retention_days``: a pass every 5 minutes, or more often for a retention of
+    less than an hour (so a retention of seconds, as in tests, is applied within seconds)."""
+    seconds = settings.state.retention_days * 86400.0
+    return RetentionOptions(
+        retention_seconds=seconds, interval_seconds=min(300.0, max(0.5, seconds / 10))
     )
