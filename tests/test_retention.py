@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from support import (
     Processes,
@@ -29,6 +30,7 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
+    make_client,
     processes,
     run_cli,
     start_daemon,
@@ -39,7 +41,10 @@ from support import (
 )
 
 from watcher.events import Event, RunState, new_event_id
+from watcher.omics.limiter import PacingLimiter
+from watcher.polling.discovery import Discovery, WatchOptions
 from watcher.retention import Pruner, RetentionOptions
+from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 from watcher.store.codec import decode_body, encode_body
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
@@ -356,3 +361,33 @@ def test_daemon_prunes_finished_runs_and_keeps_the_active_ones(
     assert history[-1]["data"]["previous_status"] is None  # its first observation is kept
     assert any(r.get("event") == "pruned" for r in daemon.logs())
     assert stop(daemon.proc, timeout=30) == 0
+
+
+# -- discovery does not bring pruned runs back ---------------------------------------------
+
+
+async def test_discovery_skips_runs_finished_longer_ago_than_the_retention(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_simulator(SimulatorConfig(runs=0, seed=5)) as sim:
+        quick = {"durations": (0.1, 0.1, 0.1), "kind": "finishing", "outcome": "SUCCESS"}
+        finished = [sim.submit_run(**quick) for _ in range(3)]  # type: ignore[arg-type]
+        active = sim.submit_run(durations=(600.0, 600.0, 600.0), kind="finishing")
+        await asyncio.sleep(1.0)
+        client = make_client(sim, session, limiters={"default": PacingLimiter(20)})
+        watch = [WatchOptions(project_id=sim.project_id, notify_existing=True)]
+        with Store.open(tmp_path / "state.db") as store:
+            later = Discovery(
+                store=store,
+                source=client,
+                watches=watch,
+                terminal=frozenset({"SUCCESS"}),
+                retention_seconds=60.0,
+                wall_clock=lambda: time.time() + 3600,  # an hour on: the three are past it
+            )
+            assert await later.discover(0) == [active]
+        with Store.open(tmp_path / "keep.db") as store:
+            keep = Discovery(
+                store=store, source=client, watches=watch, terminal=frozenset({"SUCCESS"})
+            )
+            assert sorted(await keep.discover(0)) == sorted([*finished, active])

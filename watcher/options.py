@@ -169,6 +169,7 @@ def discovery_options(settings: Settings) -> DiscoveryOptions:
         watches=tuple(watch_options(entry) for entry in settings.watch),
         terminal=settings.polling.terminal,
         default_project_id=settings.tencentcloud.project_id,
+        retention_seconds=settings.state.retention_days * 86400.0,
     )
 
 

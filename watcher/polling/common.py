@@ -75,6 +75,9 @@ class RunSummaryLike(Protocol):
     @property
     def RunGroupId(self) -> str | None: ...
 
+    @property
+    def update_time(self) -> datetime | None: ...
+
 
 class RunLister(Protocol):
     """One DescribeRuns page (the Omics client)."""

@@ -8,8 +8,11 @@ registry like runs tracked with ``omics-watcher track``.
 Invariants:
 
 - A run is tracked by discovery at most once, ever: only runs without a registry row are
-  inserted, in one transaction per page, and rows are never deleted. So restarts never
-  track twice, and a run the user untracked stays untracked.
+  inserted, in one transaction per page, and rows are deleted only by retention. So restarts
+  never track twice, and a run the user untracked stays untracked. A run retention deleted
+  (finished longer ago than ``[state] retention_days``) is not tracked again: a listed run
+  that is terminal with an ``UpdateTime`` older than the retention is skipped, since it
+  was either pruned or would be at once.
 - An entry's *first* pass (persisted per entry, keyed by project and filters) records what
   it finds as a silent baseline unless ``notify_existing = true``: the project's history
   (finished runs especially) is not news, so no event and no notification; transitions
@@ -44,6 +47,7 @@ from watcher.polling.common import (
     BAD_REQUEST_BACKOFF_SECONDS,
     DESCRIBE_LIMIT,
     RunLister,
+    RunSummaryLike,
     backoff_delay,
 )
 from watcher.store import DiscoveredRun, Store
@@ -74,6 +78,7 @@ class DiscoveryOptions:
     watches: Sequence[WatchOptions]
     terminal: frozenset[str]
     default_project_id: str = ""
+    retention_seconds: float = 0.0  # [state] retention_days; 0: nothing is ever pruned
 
 
 @dataclass(slots=True)
@@ -101,10 +106,14 @@ class Discovery:
         default_project_id: str = "",
         on_tracked: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
+        retention_seconds: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._source = source
         self._terminal = terminal
+        self._retention = retention_seconds
+        self._wall_clock = wall_clock
         self._on_tracked = on_tracked
         self._rng = rng or random.Random()
         self._log = structlog.get_logger("watcher.discovery")
@@ -158,7 +167,7 @@ class Discovery:
             )
             found = []
             for summary in page:
-                if summary.RunUuid not in seen:
+                if summary.RunUuid not in seen and not self._past_retention(summary):
                     seen.add(summary.RunUuid)
                     found.append(
                         DiscoveredRun(
@@ -190,6 +199,13 @@ class Discovery:
                 baseline=baseline,
             )
         return added
+
+    def _past_retention(self, summary: RunSummaryLike) -> bool:
+        """Finished longer ago than the retention: pruned already (or at once if tracked)."""
+        if self._retention <= 0 or summary.Status not in self._terminal:
+            return False
+        updated = summary.update_time
+        return updated is not None and updated.timestamp() < self._wall_clock() - self._retention
 
     def _failed(self, watch: _Watch, exc: OmicsError) -> float:
         """Log a failed pass; seconds until the entry is tried again."""
@@ -242,6 +258,7 @@ def build_discovery(
         terminal=options.terminal,
         default_project_id=options.default_project_id,
         on_tracked=on_tracked,
+        retention_seconds=options.retention_seconds,
     )
 
 
