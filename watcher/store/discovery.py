@@ -2,8 +2,9 @@
 
 Invariants:
 - :meth:`DiscoveryMixin.track_discovered` inserts only runs the registry has never seen.
-  ``runs`` rows are never deleted (untrack keeps the row with ``tracked = 0``), so a run the
-  user untracked is never tracked again by discovery, and a run already tracked keeps its
+  ``runs`` rows are deleted only by retention, once finished (untrack keeps the row with
+  ``tracked = 0``), so a run the user untracked is never tracked again by discovery (nor a
+  pruned one: discovery skips those), and a run already tracked keeps its
   project and labels. It is idempotent and one transaction, so a restart (or two daemons on
   one file) cannot track a run twice.
 - A *baseline* gives a newly tracked run its current status without an event or outbox

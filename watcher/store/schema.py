@@ -22,8 +22,9 @@ Tables (times are unix seconds, REAL):
   (``dead``); delivered rows are deleted. AUTOINCREMENT keeps ids unique forever.
 - ``discovery`` (version 2): one row per ``[[watch]]`` entry (``watch_key`` names its
   project and filters) whose first discovery pass completed, so a restart does not treat
-  the project's existing runs as news again. Rows of ``runs`` are never deleted: discovery
-  tracks only runs without a row, which is what keeps untracked runs untracked.
+  the project's existing runs as news again. Rows of ``runs`` are deleted only by retention:
+  discovery tracks only runs without a row, which is what keeps untracked runs untracked,
+  and skips runs finished longer ago than the retention (see :mod:`watcher.polling.discovery`).
 - ``run_counts`` (bounded reads): tracked runs per last seen status (``''``: not polled
   yet), kept by triggers on ``runs`` so every writer (daemon, CLI, pruning) updates it in its
   own transaction. Partial indexes ``runs_active`` and ``runs_tracked_by_status`` serve the
