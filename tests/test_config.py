@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import clean_env, run_cli
 
 from watcher.config import ConfigError, load_settings
 from watcher.secrets import redacted, secret_values
@@ -181,3 +182,59 @@ def test_keys_inside_urls_are_redacted_and_masked_in_logs(tmp_path: Path) -> Non
     shown = redacted(settings)["notifiers"][0]["url"]
     assert shown == "https://ops:***@hooks.example.org/in?token=***&v=***"
     assert {"hunter2-pass", "abc123xyz"} <= set(secret_values(settings))
+
+
+# -- nesting limits (a deep value is exit 2 naming the key, never a RecursionError) --------------
+
+
+def test_deeply_nested_toml_names_the_key(tmp_path: Path) -> None:
+    deep = "[" * 5000 + "]" * 5000  # beyond what the TOML parser's recursion survives
+    assert problems(tmp_path, f"[polling]\nterminal_statuses = {deep}\n") == [
+        "polling.terminal_statuses (line 2): nested more than 16 levels deep"
+    ]
+    medium = "{a = " * 40 + "1" + "}" * 40  # parsed, then refused by the depth check
+    (line,) = problems(tmp_path, f"[stuck]\nper_status = {medium}\n")
+    assert line.startswith("stuck.per_status.a.a.a")
+    assert line.endswith(": nested more than 16 levels deep")
+
+
+def test_deep_dotted_keys_and_headers_name_the_key(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "[routes" + ".x" * 3000 + "]\n")
+    assert line.startswith("routes.x.x.x")
+    assert line.endswith("nested more than 16 levels deep")
+
+
+def test_deeply_nested_environment_json_names_the_variable(tmp_path: Path) -> None:
+    env = {"OMICS_WATCHER_STUCK__PER_STATUS": '{"a": ' * 5000 + "1" + "}" * 5000}
+    assert problems(tmp_path, "", env) == [
+        "OMICS_WATCHER_STUCK__PER_STATUS: nested more than 16 levels deep"
+    ]
+    env = {"OMICS_WATCHER_STUCK__PER_STATUS": "[" * 20 + "]" * 20}
+    (line,) = problems(tmp_path, "", env)
+    assert line.startswith("OMICS_WATCHER_STUCK__PER_STATUS: stuck.per_status[0][0]")
+    env = {"OMICS_WATCHER_" + "__".join(["A"] * 40): "1"}
+    (line,) = problems(tmp_path, "", env)
+    assert line == "OMICS_WATCHER_" + "__".join(["A"] * 40) + ": nested more than 16 levels deep"
+
+
+def test_deep_nesting_exits_2_through_the_console_script(tmp_path: Path) -> None:
+    path = write(tmp_path, "[polling]\nterminal_statuses = " + "[" * 3000 + "]" * 3000 + "\n")
+    done = run_cli("check-config", "-c", path, env=clean_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "config error: polling.terminal_statuses (line 2): nested more than 16 levels deep\n"
+    )
+
+
+def test_watch_labels_are_bounded(tmp_path: Path) -> None:
+    many = ", ".join(f"k{i} = 'v'" for i in range(33))
+    assert problems(tmp_path, f"[[watch]]\nproject_id = 'p'\nlabels = {{{many}}}\n") == [
+        "watch[0].labels: 33 labels; at most 32 per run"
+    ]
+    long_key = "k" * 64
+    assert problems(tmp_path, f"[[watch]]\nlabels = {{{long_key} = 'v'}}\n") == [
+        f"watch[0].labels: key '{'k' * 20}...' is 64 characters; at most 63"
+    ]
+    assert problems(tmp_path, f"[[watch]]\nlabels = {{team = '{'v' * 257}'}}\n") == [
+        "watch[0].labels: value of 'team' is 257 characters; at most 256"
+    ]

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from watcher import __version__
+from watcher.display import printable, printable_json
+from watcher.limits import LabelError, label_problems
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -76,6 +78,9 @@ def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise Exit(EXIT_USAGE, f"--label {pair!r}: expected KEY=VALUE")
         labels[key.strip()] = value
+    problems = label_problems(labels)
+    if problems:
+        raise Exit(EXIT_USAGE, *(f"error: --label: {problem}" for problem in problems))
     return labels
 
 
@@ -114,10 +119,13 @@ def cmd_track(args: argparse.Namespace) -> int:
                 tracked = store.tracked_among(good)
                 default = settings.tencentcloud.project_id
                 projects = {u: "" if u in tracked else default for u in good}
-            result = store.track(TrackRequest(u, projects[u], labels) for u in good)
+            try:
+                result = store.track(TrackRequest(u, projects[u], labels) for u in good)
+            except LabelError as exc:  # with the labels the run has already: nothing added
+                raise Exit(EXIT_USAGE, f"error: --label: {exc}") from None
         print(f"tracked {len(result.added)} new, {len(result.existing)} already tracked")
     for u in bad:
-        print(f"error: not a run UUID: {u!r}", file=sys.stderr)
+        print(printable(f"error: not a run UUID: {u!r}"), file=sys.stderr)
     return EXIT_USAGE if bad else EXIT_OK
 
 
@@ -129,7 +137,7 @@ def cmd_untrack(args: argparse.Namespace) -> int:
     unknown = sorted(set(u.lower() for u in args.run_uuids) - set(removed))
     print(f"untracked {len(removed)}")
     for u in unknown:
-        print(f"warning: not tracked: {u}", file=sys.stderr)
+        print(f"warning: not tracked: {printable(u)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -138,8 +146,8 @@ _LIST_PAGE = 1000  # runs read and printed at a time: memory stays flat however 
 
 
 def _list_cells(r: dict[str, Any]) -> tuple[str, ...]:
-    """One run as the text table's cells."""
-    return (
+    """One run as the text table's cells, control characters escaped."""
+    cells = (
         r["run_uuid"],
         r["project_id"] or "-",
         r["status"] or "-",
@@ -147,6 +155,7 @@ def _list_cells(r: dict[str, Any]) -> tuple[str, ...]:
         r["last_polled_at"] or "-",
         ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
     )
+    return tuple(printable(cell) for cell in cells)
 
 
 def _list_pages(store: Any, args: argparse.Namespace) -> Iterable[list[dict[str, Any]]]:
@@ -210,8 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Same mapping as the async commands: an API error is "code: message" and exit 1,
         # missing credentials exit 2 naming the sources tried; never a traceback.
         raise _exit_for(exc) from None
-    json.dump(raw, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
+    sys.stdout.write(printable_json(raw, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -219,8 +227,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from watcher.secrets import redacted
 
     settings = _settings(args)
-    json.dump(redacted(settings), sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(printable_json(redacted(settings), indent=2) + "\n")
     return EXIT_OK
 
 
@@ -458,7 +465,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         return int(args.handler(args))
     except Exit as exc:
         for line in exc.lines:
-            print(line, file=sys.stderr)
+            print(printable(line), file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return EXIT_OK

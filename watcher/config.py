@@ -38,6 +38,14 @@ from pydantic import (
     model_validator,
 )
 
+from watcher.display import printable
+from watcher.limits import (
+    MAX_CONFIG_DEPTH,
+    depth_problem,
+    label_problems,
+    toml_deep_key,
+    too_deep,
+)
 from watcher.notifiers.registry import NotifierSettings
 from watcher.routing import RouteSettings
 from watcher.statuses import DEFAULT_TERMINAL
@@ -50,6 +58,8 @@ class ConfigError(Exception):
     """The configuration is unusable; ``problems`` holds one ``key.path: message`` each."""
 
     def __init__(self, problems: list[str]) -> None:
+        # One line each, whatever the keys hold (a TOML key may contain a newline or ESC).
+        problems = [printable(problem) for problem in problems]
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -166,6 +176,14 @@ class WatchSettings(_Section):
     interval_seconds: float = Field(60.0, gt=0)
     notify_existing: bool = False
 
+    @field_validator("labels")
+    @classmethod
+    def _bounded_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
 
 class DaemonSettings(_Section):
     shutdown_grace_seconds: float = Field(10.0, gt=0, le=3600)
@@ -231,11 +249,15 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     overridden too; everything else stays a string for pydantic to coerce.
     """
     layer: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == "OMICS_WATCHER_CONFIG":
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
         if not all(path):
+            continue
+        if len(path) > MAX_CONFIG_DEPTH:
+            problems.append(depth_problem(key))
             continue
         parsed: Any = value
         if value.strip()[:1] in ("[", "{"):
@@ -243,6 +265,13 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
                 parsed = json.loads(value)
             except json.JSONDecodeError:
                 parsed = value
+            except RecursionError:  # the JSON parser recurses once per level
+                problems.append(depth_problem(key))
+                continue
+            deep = too_deep(parsed, MAX_CONFIG_DEPTH - len(path), ".".join(path))
+            if deep is not None:
+                problems.append(f"{key}: {depth_problem(deep)}")
+                continue
         node = layer
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -250,6 +279,8 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
                 break
         else:
             node[path[-1]] = parsed
+    if problems:
+        raise ConfigError(problems)
     return layer
 
 
@@ -350,14 +381,22 @@ def load_settings(
     path = find_config_file(config_path, environ)
     raw: dict[str, Any] = {}
     if path is not None:
+        text = ""
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError([f"config: file {path} does not exist"]) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"config: cannot read {path}: {exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
+        except RecursionError:  # tomllib recurses once per level of arrays and inline tables
+            where = toml_deep_key(text) or f"config {path}"
+            raise ConfigError([depth_problem(where)]) from None
+        deep = too_deep(raw)
+        if deep is not None:
+            raise ConfigError([depth_problem(deep)])
     merged = _merge(_lower_sections(raw), _env_layer(environ))
     problems: list[str] = []
     merged = _resolve_files(merged, "", problems)

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from watcher.display import printable
 from watcher.secrets import Scrubber
 
 _LEVELS = {
@@ -130,6 +131,18 @@ class SecretMasker:
         return event_dict
 
 
+def escape_controls(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Console lines: text values with control characters escaped (labels, API messages and
+    config keys are other people's text); tracebacks keep their line breaks. Non-text values
+    are printed with ``repr``, which escapes them already."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable(value, keep_newlines=key == "exception")
+    return event_dict
+
+
 def configure(
     *,
     fmt: str = "auto",
@@ -157,6 +170,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             exceptions,
             masker,
+            *([escape_controls] if use_console else []),  # JSON escapes them itself
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from watcher.events import Event, isoformat_z
+from watcher.limits import LabelError, label_problems
 from watcher.service.connections import (
     ConnectionGuard,
     ConnectionLimits,
@@ -158,8 +159,9 @@ class TrackBody(BaseModel):
     @field_validator("labels")
     @classmethod
     def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        if any(not key.strip() for key in value):
-            raise PydanticCustomError("labels", "label keys must not be empty")
+        problems = label_problems(value, name_keys=False)
+        if problems:
+            raise PydanticCustomError("labels", "{reason}", {"reason": "; ".join(problems)})
         return value
 
 
@@ -371,7 +373,10 @@ class _AdminApi:
             # Without a project_id a new run gets the configured default, and an already
             # tracked run keeps its own ("" leaves the stored project unchanged).
             project = "" if self._store.get_run(uuid) else self._default_project_id
-        result = self._store.track([TrackRequest(uuid, project, dict(body.labels))])
+        try:
+            result = self._store.track([TrackRequest(uuid, project, dict(body.labels))])
+        except LabelError as exc:  # too many once merged with the run's labels (no key named)
+            raise _bad_request(f"labels: {'; '.join(exc.problems)}") from None
         added = uuid in result.added
         run = self._store.get_run(uuid)
         if run is None:  # pragma: no cover - the store just committed it

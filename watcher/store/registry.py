@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from watcher.limits import check_labels
 from watcher.store.db import (
     StoreBase,
     dump_json,
@@ -157,6 +158,7 @@ def _merge_requests(requests: Iterable[TrackRequest]) -> dict[str, tuple[str, di
             raise ValueError("run_uuid must not be empty")
         project, labels = merged.get(request.run_uuid, ("", {}))
         labels = {**labels, **{str(k): str(v) for k, v in request.labels.items()}}
+        check_labels(request.run_uuid, labels)
         merged[request.run_uuid] = (request.project_id or project, labels)
     return merged
 
@@ -208,7 +210,9 @@ class RegistryMixin(StoreBase):
                 existing.append(uuid)
                 new_labels_text = old_labels_text
                 if labels:  # skip the JSON round trip in the common "track again" case
-                    new_labels_text = dump_json({**load_labels(old_labels_text), **labels})
+                    combined = {**load_labels(old_labels_text), **labels}
+                    check_labels(uuid, combined)  # raising rolls the whole call back
+                    new_labels_text = dump_json(combined)
                 if stopped or new_project != old_project or new_labels_text != old_labels_text:
                     updates.append((new_project, new_labels_text, seq, uuid))
             conn.executemany(
