@@ -45,6 +45,7 @@ from support import WATCHER, clean_env, http, run_cli
 
 from watcher.cli import main as cli_main
 from watcher.config import ConfigError, Settings, load_settings
+from watcher.display import printable, printable_json
 from watcher.notifiers.render import Renderer, message_for, template_context
 from watcher.notifiers.templates import (
     TemplateRenderError,
@@ -281,7 +282,10 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def check_config_error(problems: list[str], given: dict[str, Any], env: dict[str, str]) -> None:
     assert problems, "ConfigError without a problem"
-    top = set(given) | {k[len("OMICS_WATCHER_") :].split("__")[0].lower() for k in env}
+    # Section names match in any case ([Polling]); problems name them in lower case, with
+    # control characters escaped (watcher.display.printable).
+    given_keys = [*given, *(k[len("OMICS_WATCHER_") :].split("__")[0] for k in env)]
+    top = {printable(k.lower()) for k in given_keys}
     for line in problems:
         assert isinstance(line, str)
         assert "\n" not in line, f"a problem spans lines: {line!r}"
@@ -289,7 +293,7 @@ def check_config_error(problems: list[str], given: dict[str, Any], env: dict[str
         key, sep, message = line.partition(": ")
         assert sep, f"no 'key: message' shape: {line!r}"
         assert message.strip(), line
-        head = re.split(r"[.\[]", key, maxsplit=1)[0]
+        head = re.split(r"[.\[]", key, maxsplit=1)[0].lower()
         assert key == "config" or head in top or key.startswith("["), (
             f"{line!r} names no key that was given"
         )
@@ -818,3 +822,186 @@ def test_known_sandbox_escapes_are_refused(template_event: Any, source: str) -> 
     test_templates_compile_or_config_error_and_never_escape.hypothesis.inner_test(  # type: ignore[attr-defined]
         template_event, source
     )
+
+
+# == input limits (issue 13 item 4) ===========================================================
+# Each limit: whatever the size, a clear error naming the key or field, or it works; never a
+# traceback, a RecursionError or an unbounded allocation.
+
+UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+nesting = st.integers(min_value=0, max_value=60) | st.sampled_from([600, 3000])
+
+
+@FUZZ
+@given(depth=nesting, kind=st.sampled_from(["array", "inline", "dotted", "header", "env"]))
+@example(depth=100_000, kind="array")
+@example(depth=100_000, kind="inline")
+@example(depth=100_000, kind="env")
+def test_nesting_is_a_config_error_naming_the_key(scratch: Path, depth: int, kind: str) -> None:
+    env: dict[str, str] = {}
+    source = "[polling]\n"
+    if kind == "array":
+        source += "terminal_statuses = " + "[" * depth + "]" * depth + "\n"
+    elif kind == "inline":
+        source += "terminal_statuses = " + "{a = " * depth + "1" + "}" * depth + "\n"
+    elif kind == "dotted":
+        source += "terminal_statuses" + ".a" * depth + " = 1\n"
+    elif kind == "header":
+        source = "[polling.terminal_statuses" + ".a" * depth + "]\n"
+    else:
+        env["OMICS_WATCHER_POLLING__TERMINAL_STATUSES"] = "[" * depth + "]" * depth
+    path = scratch / f"nesting-{kind}.toml"
+    path.write_text(source)
+    levels = depth + (1 if kind in ("array", "inline", "env") else 0)
+    try:
+        load_settings(str(path), environ=env)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        assert levels <= 2, "accepted"  # `= []`: no statuses at all, which is valid
+        return
+    assert all("\n" not in line for line in problems)
+    if levels > 16:
+        (line,) = problems
+        assert "nested more than 16 levels deep" in line, line
+        expected = "OMICS_WATCHER_POLLING__TERMINAL_STATUSES" if kind == "env" else "polling."
+        assert line.startswith(expected), line
+        assert len(line) < 1000, line[:200]
+
+
+control_text = st.lists(
+    st.characters(codec="utf-8").filter(lambda c: c != "\x00")
+    | st.sampled_from(["\x1b[31m", "\x1b]0;title\x07", "\x9b2J", "\u202e", "\x7f", "\r", "\n"]),
+    max_size=12,
+).map("".join)
+
+
+@FUZZ
+@given(text=control_text)
+@example(text="\x1b[2J\x1b]0;pwned\x07\u202egnp.exe\x9b")
+def test_printable_leaves_no_control_character(text: str) -> None:
+    shown = printable(text)
+    assert not UNSAFE.search(shown)
+    assert "\n" not in shown
+    assert "\t" not in shown
+    assert printable(shown) == shown  # escaping twice changes nothing
+    as_json = printable_json({"k": text}, indent=2)
+    assert not UNSAFE.search(as_json)
+    assert json.loads(as_json) == {"k": text}  # still valid JSON, meaning the same text
+
+
+@FUZZ
+@given(key=control_text.filter(lambda k: k.strip() and "=" not in k), value=control_text)
+@example(key="team\x1b[31m", value="\x1b]0;title\x07\u202eevil")
+def test_list_escapes_what_labels_hold(
+    scratch: Path, track_config: Path, key: str, value: str
+) -> None:
+    run = str(uuid.uuid4())
+    code, _, err = run_main(["track", "-c", str(track_config), f"--label={key}={value}", run])
+    assert code == 0, err
+    code, out, err = run_main(["list", "-c", str(track_config)])
+    assert code == 0, err
+    (row,) = [line for line in out.splitlines() if line.startswith(run)]
+    assert not UNSAFE.search(out), row
+    assert "\t" not in row
+    code, out, _ = run_main(["list", "-c", str(track_config), "--json"])
+    labels = {r["run_uuid"]: r["labels"] for r in json.loads(out)}
+    assert labels[run] == {key.strip(): value}  # machine output keeps the exact text
+
+
+label_keys = st.text(alphabet="abcdef\x1b", min_size=1, max_size=80).filter(str.strip)
+label_values = st.text(alphabet="xyz\u202e", max_size=300)
+
+
+def labels_fit(labels: dict[str, str]) -> bool:
+    return len(labels) <= 32 and all(
+        len(k) <= 63 and len(v) <= 256 and k.strip() for k, v in labels.items()
+    )
+
+
+@FUZZ
+@given(labels=st.dictionaries(label_keys, label_values, max_size=40))
+@example(labels={f"k{i}": "v" for i in range(33)})
+@example(labels={"k" * 64: "v"})
+@example(labels={"k": "v" * 257})
+@example(labels={"k" * 63: "v" * 256})
+def test_label_sizes_through_the_admin_api(admin: AdminServer, labels: dict[str, str]) -> None:
+    body = json.dumps({"run_uuid": str(uuid.uuid4()), "labels": labels}).encode()
+    status, answer = admin.post(body)
+    if labels_fit(labels):
+        assert status == 201, answer
+        assert answer["labels"] == labels
+    else:
+        assert status == 400, answer
+        assert answer["error"].startswith("labels: "), answer
+        assert "\x1b" not in answer["error"]
+        assert "xyz" not in answer["error"]
+
+
+@FUZZ
+@given(labels=st.dictionaries(label_keys.filter(lambda k: "=" not in k), label_values, max_size=40))
+def test_label_sizes_through_track(track_config: Path, labels: dict[str, str]) -> None:
+    run = str(uuid.uuid4())
+    args = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
+    code, _, err = run_main(["track", "-c", str(track_config), *args, run])
+    fits = labels_fit({k.strip(): v for k, v in labels.items()})
+    assert code == (0 if fits else 2), err
+    if not fits:
+        assert err.startswith("error: --label: "), err
+        assert not UNSAFE.search(err), err
+
+
+small_ints = st.integers(-3, 12)
+big_ints = st.sampled_from([10**5, 10**6, 3 * 10**8, 2**31, 10**18])
+literals = st.one_of(
+    small_ints.map(str),
+    big_ints.map(str),
+    st.text(alphabet="ab%s{}:0-9", max_size=6).map(json.dumps),
+    st.sampled_from(["'%99999999d'", "'{:>999999999}'", "[1, 2]", "(1,)", "labels", "status"]),
+)
+
+
+@st.composite
+def arithmetic(draw: st.DrawFn, depth: int = 0) -> str:
+    if depth >= 3 or draw(st.booleans()):
+        return draw(literals)
+    op = draw(st.sampled_from(["*", "**", "+", "%", "~", "|center", ".format", "|join"]))
+    left, right = draw(arithmetic(depth + 1)), draw(arithmetic(depth + 1))
+    if op == "|center":
+        return f"({left})|center({right})"
+    if op == ".format":
+        return f"({left}).format({right})"
+    if op == "|join":
+        return f"[{left}]*({right})|join({left})"
+    return f"({left}) {op} ({right})"
+
+
+@FUZZ
+@given(expr=arithmetic())
+@example(expr="'a' * 300000000")
+@example(expr="2 ** 100000000")
+@example(expr="('ab' * 50000) * (100000)")
+@example(expr="'%999999999d' % 1")
+@example(expr="([1] * 100000) * 100000")
+@example(expr="('a' * 99999)|center(300000000)")
+@example(expr="'{:>999999999}'.format(1)")
+def test_template_arithmetic_is_bounded(template_event: Any, expr: str) -> None:
+    from watcher.notifiers.templates import MAX_OUTPUT
+
+    source = "{{ " + expr + " }}"
+    refused: ValueError | None = None
+    try:
+        check_template(source)
+    except ValueError as exc:
+        refused = exc
+    if refused is not None:
+        assert str(refused).startswith("invalid template"), refused
+        return
+    context = template_context(template_event, message_for(template_event))
+    try:
+        rendered = render_template(compile_template(source), context)
+    except TemplateRenderError:
+        return
+    assert len(rendered) <= MAX_OUTPUT

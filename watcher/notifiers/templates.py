@@ -1,4 +1,4 @@
-"""User templates for titles and bodies: Jinja2, sandboxed, strict.
+"""User templates for titles and bodies: Jinja2, sandboxed, strict, bounded.
 
 Templates come from the configuration, so they are compiled when the configuration is
 validated (:func:`check_template`): a syntax error or an unknown filter or test is a config
@@ -7,27 +7,282 @@ error naming the key. Rendering uses a :class:`~jinja2.sandbox.SandboxedEnvironm
 a typo fails loudly instead of rendering an empty string; the caller then falls back to the
 default message (see :mod:`watcher.notifiers.render`).
 
+Bounded, because a template is a program: ``{{ 'a' * 300000000 }}`` used to cost 1.2 GB
+while the configuration was loaded (Jinja folds constant expressions at compile time).
+Every value a template builds is checked *before* it is built, by its size (characters,
+or items for lists and mappings, counted with a bounded walk so shared references cannot
+fool it):
+
+- the arithmetic operators ``*``, ``**``, ``+`` and ``%`` are intercepted (the sandbox's
+  ``intercepted_binops``; intercepted operators are never folded at compile time); a
+  constant expression over the limit is a config error, any other one fails the render;
+- ``~`` concatenation, ``str.format`` and ``%`` field widths, filters and methods of text,
+  lists and mappings (their inputs times their arguments, and what they return, lazily for
+  iterators), and the text of each ``{{ }}`` output are checked the same way;
+- the rendered output (and any block or macro output inside it) is cut off past
+  :data:`MAX_OUTPUT` characters: the render fails and the caller falls back.
+
+Rendering time is not bounded (nested ``for`` loops over ``range`` can still spin); the
+sandbox bounds ``range`` to 100,000 items.
+
 Each compile builds its own environment: there is no shared, mutable Jinja state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import itertools
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Undefined
 from jinja2.sandbox import SandboxedEnvironment
+
+#: Characters of a rendered template, and characters (or items) of any value it builds.
+MAX_OUTPUT = 100_000
+#: Size of a filter's or method's input times its largest argument: what it may amplify.
+MAX_WORK = 100 * MAX_OUTPUT
+#: Bits of an integer built by ``*`` or ``**``.
+MAX_INT_BITS = 4096
+
+_WIDTHS = re.compile(r"\d+")
+_FORMATTER = string.Formatter()
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([-#0 +]*)(\*|\d*)(?:\.(\*|\d*))?[a-zA-Z%]")
+
+
+class TemplateLimitError(SecurityError):
+    """A template tried to build a value or output over the limits."""
+
+
+def _size(value: Any, budget: int = MAX_WORK) -> int:
+    """Characters or items in ``value``, nested values included; stops counting past
+    ``budget`` (returns ``budget + 1``), so shared references cost at most that much work."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 1
+        elif isinstance(item, Mapping):
+            total += 1
+            stack.extend(itertools.chain.from_iterable(item.items()))
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 1
+            stack.extend(item)
+        elif isinstance(item, Sized) and not isinstance(item, Undefined):
+            total += len(item)  # range, and other containers the sandbox hands out
+        else:
+            total += 1
+        if total > budget:
+            return budget + 1
+    return total
+
+
+def _refuse_if(condition: bool, what: str) -> None:
+    if condition:
+        raise TemplateLimitError(f"{what} would exceed the template limit ({MAX_OUTPUT:,})")
+
+
+def _check_percent_format(fmt: str) -> None:
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for width in match.groups()[1:]:
+            _refuse_if(width == "*" or (bool(width) and int(width) > MAX_OUTPUT), "a % width")
+
+
+def _check_format_spec(fmt: str) -> None:
+    try:
+        fields = list(_FORMATTER.parse(fmt))
+    except ValueError:
+        return  # str.format raises the same error itself
+    for _, _, spec, _ in fields:
+        if spec:
+            _refuse_if("{" in spec, "a nested format spec")
+            _refuse_if(any(int(w) > MAX_OUTPUT for w in _WIDTHS.findall(spec)), "a format width")
+
+
+def bounded_binop(operator: str, left: Any, right: Any) -> Any:
+    """``left <operator> right`` for the intercepted operators, refused when too big."""
+    if operator == "*":
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(count, int) and not isinstance(seq, int | float):
+                _refuse_if(_size(seq) * max(count, 0) > MAX_OUTPUT, "'*'")
+        if isinstance(left, int) and isinstance(right, int):
+            _refuse_if(left.bit_length() + right.bit_length() > MAX_INT_BITS, "'*'")
+        return left * right
+    if operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            _refuse_if(right * left.bit_length() > MAX_INT_BITS, "'**'")
+        return left**right
+    if operator == "+":
+        if not isinstance(left, int | float) and not isinstance(right, int | float):
+            _refuse_if(_size(left) + _size(right) > MAX_OUTPUT, "'+'")
+        return left + right
+    if operator == "%":
+        if isinstance(left, str):
+            _check_percent_format(left)
+            _refuse_if(_size(left) + _size(right) > MAX_OUTPUT, "'%'")
+        result = left % right
+        _refuse_if(isinstance(result, str) and len(result) > MAX_OUTPUT, "'%'")
+        return result
+    raise SecurityError(f"operator {operator!r} is not intercepted")  # pragma: no cover
+
+
+def _check_amplification(what: str, value: Any, args: Iterable[Any]) -> None:
+    """Refuse when ``value``'s size times its largest argument could build too much."""
+    if isinstance(value, Undefined):
+        return  # ``default`` and friends must see it untouched
+    factor = 1
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            _refuse_if(arg > MAX_OUTPUT, f"an argument of {what}")
+            factor = max(factor, arg)
+        elif not isinstance(arg, Undefined):
+            factor = max(factor, _size(arg))
+    _refuse_if(_size(value) * factor > MAX_WORK, what)
+
+
+def _bounded_iter(items: Iterator[Any], what: str) -> Iterator[Any]:
+    total = 0
+    for item in items:
+        total += _size(item)
+        _refuse_if(total > MAX_WORK, what)
+        yield item
+
+
+def _check_result(result: Any, what: str) -> Any:
+    if isinstance(result, Iterator):
+        return _bounded_iter(result, what)
+    _refuse_if(_size(result) > MAX_WORK, what)
+    return result
+
+
+def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` with its input, arguments and result checked (keeps Jinja's pass_* marks)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Jinja passes the context, eval context or environment first when the filter asks.
+        skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+        value, rest = (args[skip], args[skip + 1 :]) if len(args) > skip else (None, ())
+        if name == "format" and isinstance(value, str):
+            _check_percent_format(value)
+        _check_amplification(f"filter {name!r}", value, [*rest, *kwargs.values()])
+        return _check_result(func(*args, **kwargs), f"filter {name!r}")
+
+    return wrapper
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with ``~`` concatenation checked before it joins."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.check_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class _BoundedEnvironment(SandboxedEnvironment):
+    intercepted_binops = frozenset(("*", "**", "+", "%"))
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=self._finalize, **options)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        self.globals.pop("lipsum", None)  # lipsum(n) writes n paragraphs: nothing to notify
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return bounded_binop(operator, left, right)
+
+    @staticmethod
+    def _finalize(value: Any) -> Any:
+        """Every ``{{ }}`` output, before Jinja turns it into text."""
+        _refuse_if(_size(value, MAX_OUTPUT) > MAX_OUTPUT, "an output")
+        return value
+
+    @staticmethod
+    def check_concat(joined: str) -> str:
+        # Each operand was checked when it was built, so ``joined`` is at most a few times
+        # the limit: checking the result bounds a chain (``s ~ s`` in a recursive macro).
+        _refuse_if(len(joined) > MAX_OUTPUT, "'~'")
+        return joined
+
+    def concat(self, parts: Iterable[str]) -> str:
+        """Joins the rendered output (and block, macro and ``set`` block bodies) with a cap."""
+        out: list[str] = []
+        total = 0
+        for part in parts:
+            total += len(part)
+            _refuse_if(total > MAX_OUTPUT, "the rendered output")
+            out.append(part)
+        return "".join(out)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format_spec(fmt)
+            _check_amplification("str.format", fmt, [*args, *kwargs.values()])
+            result = wrapped(*args, **kwargs)
+            _refuse_if(len(result) > MAX_OUTPUT, "str.format")
+            return result
+
+        return checked
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str | bytes | list | tuple | dict | set):
+            what = f"method {getattr(__obj, '__name__', 'call')!r}"
+            _check_amplification(what, owner, [*args, *kwargs.values()])
+            return _check_result(super().call(__context, __obj, *args, **kwargs), what)
+        return _check_result(super().call(__context, __obj, *args, **kwargs), "a call")
 
 
 def _environment(*, autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    return _BoundedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
     )
+
+
+def _constant(node: nodes.Expr, eval_ctx: nodes.EvalContext) -> Any:
+    """``node``'s value if it is constant, with intercepted operators evaluated bounded;
+    raises :class:`jinja2.nodes.Impossible` otherwise."""
+    if isinstance(node, nodes.BinExpr) and node.operator in _BoundedEnvironment.intercepted_binops:
+        left = _constant(node.left, eval_ctx)
+        right = _constant(node.right, eval_ctx)
+        try:
+            return bounded_binop(node.operator, left, right)
+        except TemplateLimitError:
+            raise
+        except Exception:
+            raise nodes.Impossible() from None
+    return node.as_const(eval_ctx)
+
+
+def _check_constant_arithmetic(tree: nodes.Template, environment: SandboxedEnvironment) -> None:
+    """Constant arithmetic over the limits is a config error (``{{ 'a' * 300000000 }}``)."""
+    eval_ctx = nodes.EvalContext(environment)
+    for node in tree.find_all(nodes.BinExpr):
+        try:
+            _constant(node, eval_ctx)
+        except nodes.Impossible:
+            continue
+        except TemplateLimitError as exc:
+            raise ValueError(f"invalid template (line {node.lineno}): {exc}") from None
 
 
 def compile_template(source: str, *, autoescape: bool = False) -> jinja2.Template:
@@ -42,6 +297,7 @@ def compile_template(source: str, *, autoescape: bool = False) -> jinja2.Templat
             if node.name not in known:
                 what = "filter" if isinstance(node, nodes.Filter) else "test"
                 raise ValueError(f"invalid template (line {node.lineno}): no {what} {node.name!r}")
+        _check_constant_arithmetic(tree, environment)
         return environment.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         # TemplateAssertionError (unknown filter or test) is a TemplateSyntaxError too.

@@ -85,6 +85,27 @@ def describe(path: str, exc: sqlite3.Error) -> str:
     return f"state file {path}: {reason}"
 
 
+def _create_private(name: str) -> None:
+    """Create the state file readable by its owner only (0600), if it does not exist yet.
+
+    It holds labels, event bodies and delivery errors. SQLite gives the ``-wal`` and ``-shm``
+    files it creates beside a database the database file's own mode, so creating this one
+    first, empty (an empty file is a valid new database), covers all three whatever the
+    umask. An existing file keeps the mode its owner gave it.
+    """
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StateError(
+            f"state file {name} cannot be created ({exc.strerror or exc}); "
+            "check the path and its permissions"
+        ) from None
+    os.fchmod(fd, 0o600)  # the mode given to open() is filtered by the umask; this is not
+    os.close(fd)
+
+
 class Database:
     """An open SQLite connection with the watcher's settings and transaction helpers."""
 
@@ -139,6 +160,7 @@ class Database:
                 )
             if target.is_dir():
                 raise StateError(f"state file {name} is a directory")
+            _create_private(name)
         try:
             conn = sqlite3.connect(name, timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
