@@ -8,12 +8,17 @@
 #     -e TENCENTCLOUD_SECRET_ID -e TENCENTCLOUD_SECRET_KEY \
 #     --read-only --tmpfs /tmp omics-watcher:0.1.0
 #
-# Two stages: the builder makes a wheel of this repository and installs it with its
-# dependencies into a virtual environment; the runtime stage copies only that environment.
+# Two stages: the builder installs the locked dependencies (requirements.lock, with hashes)
+# into a virtual environment, then a wheel of this repository without resolving anything
+# again (--no-deps); the runtime stage copies only that environment.
 # The runtime runs as uid/gid 10001, writes nothing outside /var/lib/omics-watcher (a volume,
 # the SQLite state) and /tmp, so it works with a read-only root filesystem.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image is pinned by digest (the multi-platform index of python:3.11-slim-bookworm,
+# Python 3.11.16, as recorded by docker-library/repo-info): a rebuild gets the same bytes.
+# To move to a newer base: `docker buildx imagetools inspect python:3.11-slim-bookworm`
+# and paste the "Digest:" line here.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -22,12 +27,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/omics-watcher
-# Dependencies first, read from pyproject.toml, so that editing the source reuses this layer.
+# Dependencies first, exactly as locked (every version pinned, every file checked against its
+# sha256; see requirements.lock), so that editing the source reuses this layer.
+COPY requirements.lock ./
+RUN /opt/omics-watcher/bin/pip install --require-hashes --only-binary :all: \
+      --requirement requirements.lock
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
- && /opt/omics-watcher/bin/pip install --requirement /tmp/requirements.txt
 COPY watcher ./watcher
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# The base image's own setuptools builds the wheel (no download: pinned by the digest above).
+RUN python -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /opt/omics-watcher/bin/pip install --no-deps /wheels/omics_watcher-*.whl \
  && /opt/omics-watcher/bin/omics-watcher --version
 
