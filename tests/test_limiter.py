@@ -1,14 +1,20 @@
-"""The pacing limiter, on a virtual clock: window bound, sustained rate, throttle response."""
+"""The pacing limiter, on a virtual clock: window bound, sustained rate, throttle response,
+and the window rule at real latency (the simulator's network model, arrivals computed from
+each request's own uplink, whatever the route's asymmetry)."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
+import heapq
 import itertools
+from collections.abc import Callable
 
 import pytest
 
 from watcher.omics.limiter import PacingLimiter
+from watcher.simulator.network import Network, NetworkSettings
 
 
 class VirtualClock:
@@ -115,3 +121,106 @@ async def test_waiters_are_served_in_arrival_order() -> None:
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         PacingLimiter(0)
+
+
+# -- the window rule at real latency ------------------------------------------------------
+
+
+class EventClock(VirtualClock):
+    """A virtual clock that also runs scheduled completions, in time order, as it moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._pending, (when, next(self._seq), action))
+        self.run_until(self.now)
+
+    def run_until(self, target: float) -> None:
+        while self._pending and self._pending[0][0] <= target:
+            when, _, action = heapq.heappop(self._pending)
+            self.now = max(self.now, when)
+            action()
+        self.now = max(self.now, target)
+
+    async def sleep(self, seconds: float) -> None:
+        self.run_until(self.now + max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+async def over_network(
+    limiter: PacingLimiter,
+    clock: EventClock,
+    network: Network,
+    n: int,
+    *,
+    extra_uplink: Callable[[int], float] = lambda i: 0.0,
+) -> tuple[list[float], list[float]]:
+    """Grant ``n`` requests back to back; each arrives after its drawn uplink (plus
+    ``extra_uplink(i)``, e.g. a connection being opened) and completes after its downlink.
+    Returns (grant times, arrival times at the server)."""
+    grants, arrivals = [], []
+    for i in range(n):
+        grant = await limiter.acquire()
+        up, down = network.delays()
+        up += extra_uplink(i)
+        grants.append(grant.granted_at)
+        arrivals.append(grant.granted_at + up)
+        clock.at(grant.granted_at + up + down, functools.partial(limiter.release, grant))
+    return grants, arrivals
+
+
+def sustained(grants: list[float], skip: int = 100) -> float:
+    steady = grants[skip:]
+    return (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+@pytest.mark.parametrize("uplink_share", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("rtt_ms", [40.0, 150.0])
+async def test_the_new_rule_never_lets_the_server_see_more_than_rate_and_gives_the_rtt_back(
+    rtt_ms: float, uplink_share: float
+) -> None:
+    runs = {}
+    for credit in (False, True):
+        clock = EventClock()
+        limiter = PacingLimiter(20, latency_credit=credit, clock=clock, sleep=clock.sleep)
+        network = Network(NetworkSettings(rtt_ms, 10.0, uplink_share), seed=7)
+        grants, arrivals = await over_network(limiter, clock, network, 2000)
+        assert max_in_any_window(arrivals) <= 20, (credit, rtt_ms, uplink_share)
+        runs[credit] = sustained(grants)
+    # The old rule pays a round trip per 20 requests; the new one only the jitter and margin.
+    assert runs[False] < 20 / (1 + rtt_ms / 1000 - 0.010)
+    assert runs[True] >= 19.5, runs
+
+
+async def test_no_credit_until_enough_round_trips_vouch_for_the_network() -> None:
+    # The first requests open connections: two extra round trips before they arrive. Had the
+    # limiter trusted the first samples, the fastest "round trip" would include a handshake.
+    # (A guard long enough for those: the in-flight bound is another rule's assumption.)
+    clock = EventClock()
+    limiter = PacingLimiter(20, guard=1.0, clock=clock, sleep=clock.sleep)
+    network = Network(NetworkSettings(150.0, 10.0, 0.5), seed=3)
+    _, arrivals = await over_network(
+        limiter, clock, network, 400, extra_uplink=lambda i: 0.3 if i < 30 else 0.0
+    )
+    assert max_in_any_window(arrivals) <= 20
+    assert 0.13 < limiter.credit < 0.145  # the fastest round trip (>= 140 ms) less 5 ms
+
+
+async def test_cancelled_requests_are_not_round_trips_and_throttling_forgets_them() -> None:
+    clock = EventClock()
+    limiter = PacingLimiter(20, warmup=5, clock=clock, sleep=clock.sleep)
+    for i in range(25):  # the first 20 open the connection pool: not samples of the route
+        grant = await limiter.acquire()
+        clock.now += 0.1 if i >= 20 else 0.01
+        limiter.release(grant)
+        assert limiter.credit == (pytest.approx(0.095) if i == 24 else 0.0)
+    with pytest.raises(asyncio.CancelledError):
+        async with limiter.slot():
+            raise asyncio.CancelledError  # gone in flight after no time at all
+    assert limiter.credit == pytest.approx(0.095)
+    limiter.throttled()
+    assert limiter.credit == 0.0
+    assert PacingLimiter(20, latency_credit=False).credit == 0.0

@@ -82,11 +82,13 @@ async def test_a_throttling_server_makes_the_client_slow_down_not_hammer(
 async def test_actions_sharing_a_limiter_are_each_timed_under_their_own_name(
     session: aiohttp.ClientSession,
 ) -> None:
-    # GetRunCalls and GetRunJobLog share the daemon's calls budget (one limiter, 2/s here so
-    # the second request surely waits): each request's latency and wait carry its own action.
-    settings = Settings(polling={"calls_rate_per_second": 2})
-    limiters = build_limiters(settings)
-    assert limiters["GetRunCalls"] is limiters["GetRunJobLog"]
+    # The daemon gives each action its own limiter (Tencent counts per action) ...
+    limiters = build_limiters(Settings(polling={"calls_rate_per_second": 2}))
+    assert limiters["GetRunCalls"] is not limiters["GetRunJobLog"]
+    # ... but a limiter may pace several (one at 2/s here, so the second request surely
+    # waits): each request's latency and wait carry its own action, never the limiter's.
+    shared = PacingLimiter(2)
+    limiters = {**limiters, "GetRunCalls": shared, "GetRunJobLog": shared}
     metrics = Metrics()
     async with running_simulator(SimulatorConfig(runs=0)) as sim:
         run_uuid = sim.submit_run(outcome="EXECUTOR_ERROR", durations=(0.05, 0.05, 0.1))
@@ -113,3 +115,23 @@ async def test_actions_sharing_a_limiter_are_each_timed_under_their_own_name(
     assert (sample("omics_watcher_limiter_wait_seconds_total", "GetRunCalls") or 0) < 0.2
     assert (sample("omics_watcher_limiter_wait_seconds_total", "GetRunJobLog") or 0) > 0.2
     assert sample("omics_watcher_api_request_seconds_count", "default") is None
+
+
+async def test_far_from_the_server_the_new_rule_still_never_exceeds_20_in_any_second(
+    session: aiohttp.ClientSession,
+) -> None:
+    # A route of 150 ± 10 ms, most of it on the way in: the server counts each request on
+    # arrival, after its own uplink. The limiter's window credit (its fastest round trip seen)
+    # must never let 21 arrive within one second, whatever the jitter did.
+    config = SimulatorConfig(
+        runs=50, kinds={"forever": 1.0}, rtt_ms=150, jitter_ms=10, uplink_share=0.9
+    )
+    async with running_simulator(config) as sim:
+        limiter = PacingLimiter(20)
+        client = client_for(sim, session, limiter)
+        outcomes = await hammer(client, sim.run_uuids, callers=40, seconds=9)
+        stats = sim.stats(timeline=False)
+        assert limiter.credit > 0.1  # the new rule was in force, not the old one
+        assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+        assert stats["throttled_total"] == 0
+        assert outcomes["throttled"] == outcomes["other"] == 0

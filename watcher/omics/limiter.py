@@ -5,20 +5,61 @@ averages 20/s but lets 39 through in one second; this limiter instead enforces t
 for each new request:
 
 1. pacing: at least ``1 / rate`` seconds after the previous grant, so load is smooth;
-2. window: the request ``capacity`` grants earlier must have *finished* (or, if it hangs,
-   be ``guard`` seconds old) more than one second ago. A request arrives at the server
-   between its grant and its completion, so this bounds what the server can observe,
-   whatever the scheduling jitter of either side.
+2. window: the request ``capacity`` grants earlier must have *arrived* more than one second
+   ago, where its arrival is bounded from what the client sees (below).
 
-On loopback the cost of rule 2 is tiny (19.9+/s of a 20/s budget); against a distant
-endpoint it trades a little throughput for never being throttled. ``throttled()`` halves
-the rate (once per second at most, since a burst of throttled answers is one signal) and
-pauses for a second; the rate then climbs back linearly, because other tools may share
-the account's budget and would be throttled again by an instant return to full speed.
+Arrival bound. For request ``i`` write ``g`` its grant, ``a`` its arrival at the server and
+``c`` its completion (response body read), all on the client's clock, and split its round
+trip ``c - g = u + s + d``: ``u = a - g`` (signing, sending, uplink), ``s`` (the server's
+work) and ``d`` (downlink, reading). Every part has a floor; call ``F`` the sum of the three
+floors. The rule grants ``j`` only once ``g_j > c_i + 1 s - credit`` for ``i = j - capacity``,
+with ``credit = max(0, m - margin)`` and ``m`` the smallest round trip seen so far.
+
+Claim: if ``m - margin <= F``, no closed 1 s window at the server holds more than
+``capacity`` arrivals. Take such a window with ``capacity + 1`` arrivals; let ``i`` be the
+smallest index among them and ``j`` the largest, so ``j >= i + capacity`` (arrivals may come
+out of order, indices may not repeat). Grants are monotone in the index, so
+``a_j = g_j + u_j >= g_(i+capacity) + u_j > c_i + 1 - m + margin + u_j``, and
+``c_i = a_i + s_i + d_i``, hence ``a_j - a_i > 1 + (u_j + s_i + d_i) - (m - margin)
+>= 1 + F - (m - margin) >= 1``: the two are not in one window. Note what the argument needs
+and what it does not: the uplink of one request and the downlink of *another* are each at
+least their own floor, however asymmetric the route or the jitter, but a round trip seen is
+only ever *at least* ``F`` (``m >= F``), so ``margin`` must cover how far the fastest round
+trip seen lies above the floor, i.e. that at least one request had every part near its
+floor at once. With ``credit = 0`` this is the old rule ("completed more than 1 s ago"),
+safe with no assumption at all, which pays a whole round trip per ``capacity`` requests
+(17.3/s of 20 at 150 ms): the credit gives that back minus the jitter and the margin.
+
+What keeps ``m - margin <= F`` in practice:
+- a request cancelled in flight is not a sample (it would only lower ``m``: safe, but the
+  credit would be gone for good); a failure the client turns into an answer, e.g. a refused
+  connection, is one, with that same safe effect;
+- the first ``rate`` requests are no samples (they open the connection pool: TCP and TLS
+  handshakes add round trips to ``u`` that later requests on those connections do not pay),
+  and there is no credit before ``warmup`` samples more, since a few draws of the jitter are
+  not yet near its floor; with the simulator's ±10 ms (uniform, split over both ways), 50
+  samples leave the fastest more than 5 ms above the floor with a probability near 1e-3,
+  falling with each one;
+- ``m`` never rises: a slower route only costs throughput. The residual risks are a route
+  that gets *shorter* by more than ``margin``, and samples that all paid some delay later
+  requests do not (e.g. every connection of the first seconds closed after one request);
+  both end with the first fast sample, and the next rule reacts if the server noticed;
+- a throttled answer means an assumption failed or the budget is shared: the rate halves
+  (below) and the estimate starts over from new samples.
+
+A request still in flight counts as arrived ``guard`` seconds after its grant (a hung request
+must not stop the limiter). That assumes two requests' uplinks differ by less than
+``guard``, old rule and new alike: a request that opens a TLS connection across a 150 ms
+route arrives some 0.5 s after its grant, so on such a route the guard is the weaker link.
+
+``throttled()`` halves the rate (once per second at most, since a burst of throttled answers
+is one signal) and pauses for a second; the rate then climbs back linearly, because other
+tools may share the account's budget and would be throttled again by an instant return to
+full speed.
 
 Waiters are served first come, first served. Time comes from an injected monotonic clock.
-The limiter knows nothing of actions or metrics: one limiter may pace several actions (the
-GetRunCalls and GetRunJobLog budget), so the client times each request and labels it.
+The limiter knows nothing of actions or metrics: one limiter may pace several actions, so the
+client times each request and labels it.
 
 Why not ``aiolimiter``: ``AsyncLimiter(1, 1 / rate)`` does grant at exactly ``1 / rate``
 spacing, which is rule 1, but it cannot carry the rest. Its leak rate is fixed in
@@ -51,6 +92,33 @@ class Limiter(Protocol):
     def throttled(self) -> None: ...
 
 
+class _RoundTrips:
+    """The fastest round trip seen, once there are enough samples to trust it."""
+
+    __slots__ = ("_count", "_fastest", "_margin", "_skip", "_warmup")
+
+    def __init__(self, *, margin: float, skip: int, warmup: int) -> None:
+        self._margin = margin
+        self._skip = skip
+        self._warmup = warmup
+        self._count = 0
+        self._fastest = math.inf
+
+    def observe(self, seconds: float) -> None:
+        self._count += 1
+        if self._count > self._skip:
+            self._fastest = min(self._fastest, seconds)
+
+    def forget(self) -> None:
+        self._count, self._fastest = 0, math.inf
+
+    def credit(self) -> float:
+        """How much earlier than completion + 1 s the next window may open (see above)."""
+        if self._count < self._skip + self._warmup:
+            return 0.0
+        return max(0.0, self._fastest - self._margin)
+
+
 class _Grant:
     __slots__ = ("busy_until", "granted_at")
 
@@ -67,6 +135,9 @@ class PacingLimiter:
         rate: float,
         *,
         guard: float = 0.25,
+        latency_credit: bool = True,
+        margin: float = 0.005,
+        warmup: int = 50,
         recover_per_second: float = 0.1,
         min_fraction: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
@@ -77,6 +148,11 @@ class PacingLimiter:
         self.max_rate = rate
         self._rate = rate
         self._guard = guard
+        self._latency_credit = latency_credit
+        # The first ``rate`` requests form the connection pool: their handshakes are not
+        # samples of the route (a TLS handshake adds two round trips or more).
+        skip = max(1, math.floor(rate))
+        self._round_trips = _RoundTrips(margin=margin, skip=skip, warmup=warmup)
         self._recover = recover_per_second * rate
         self._min_rate = max(rate * min_fraction, 0.05)
         self._clock = clock
@@ -111,9 +187,16 @@ class PacingLimiter:
         capacity = self._capacity()
         if len(self._grants) >= capacity:
             oldest = self._grants[-capacity]
-            busy_until = min(oldest.busy_until, oldest.granted_at + self._guard)
-            at = max(at, busy_until + WINDOW_SECONDS + _EPSILON)
+            arrived_by = oldest.granted_at + self._guard  # in flight: the guard's bound
+            if oldest.busy_until < math.inf:
+                arrived_by = min(arrived_by, oldest.busy_until - self.credit)
+            at = max(at, arrived_by + WINDOW_SECONDS + _EPSILON)
         return at
+
+    @property
+    def credit(self) -> float:
+        """Seconds the window rule takes off each completion (0 with the old rule)."""
+        return self._round_trips.credit() if self._latency_credit else 0.0
 
     async def acquire(self) -> _Grant:
         """Wait for a permit; first come, first served."""
@@ -133,9 +216,15 @@ class PacingLimiter:
             self.waiting -= 1
         return grant
 
-    def release(self, grant: _Grant) -> None:
-        """The request is complete (response body read): its window starts now."""
-        grant.busy_until = self._clock()
+    def release(self, grant: _Grant, *, answered: bool = True) -> None:
+        """The request is complete (response body read): its window starts now.
+
+        ``answered=False`` (cancelled in flight): its duration is not a round trip sample.
+        """
+        now = self._clock()
+        grant.busy_until = now
+        if answered:
+            self._round_trips.observe(now - grant.granted_at)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -143,8 +232,10 @@ class PacingLimiter:
         grant = await self.acquire()
         try:
             yield
-        finally:
-            self.release(grant)
+        except BaseException:
+            self.release(grant, answered=False)
+            raise
+        self.release(grant)
 
     def throttled(self) -> None:
         """The server refused a request for exceeding the limit: slow everyone down."""
@@ -155,3 +246,4 @@ class PacingLimiter:
         self._recover_rate(now)
         self._rate = max(self._min_rate, self._rate / 2)
         self._paused_until = now + WINDOW_SECONDS
+        self._round_trips.forget()  # the old rule until fresh samples vouch for the network
