@@ -3,7 +3,7 @@
 # omics-watcher container image.
 #
 #   docker build -t omics-watcher:0.1.0 .
-#   docker run -d --name omics-watcher -p 9477:9477 \
+#   docker run -d --name omics-watcher -p 127.0.0.1:9477:9477 \
 #     -v omics-watcher-state:/var/lib/omics-watcher \
 #     -e TENCENTCLOUD_SECRET_ID -e TENCENTCLOUD_SECRET_KEY \
 #     --read-only --tmpfs /tmp omics-watcher:0.1.0

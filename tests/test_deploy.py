@@ -127,11 +127,19 @@ def test_kustomization_lists_every_manifest_but_not_the_secret_example() -> None
         "serviceaccount.yaml",
         "configmap.yaml",
         "service.yaml",
+        "networkpolicy.yaml",
         "statefulset.yaml",
     }
     assert "secret.example.yaml" not in listed
     kinds = {kind for kind, _ in _resources()}
-    assert kinds == {"Namespace", "ServiceAccount", "ConfigMap", "Service", "StatefulSet"}
+    assert kinds == {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "NetworkPolicy",
+        "StatefulSet",
+    }
     assert _kustomization()["namespace"] == _one("Namespace")["metadata"]["name"]
 
 
@@ -304,10 +312,47 @@ def _kustomize_build() -> str:
     return result.stdout
 
 
+def test_network_policy_lets_in_only_the_probe_and_metrics_port() -> None:
+    policy = _one("NetworkPolicy")["spec"]
+    pod_labels = _one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    ports = [_named_port(_container(), p["port"]) for p in rule["ports"]]
+    assert ports == [_listen_port(_config())]
+    assert all(p["protocol"] == "TCP" for p in rule["ports"])
+
+
+def test_configmap_admin_example_keeps_the_admin_api_on_loopback(tmp_path: Path) -> None:
+    """The commented admin lines, uncommented, load and put the admin API on 127.0.0.1."""
+    import watcher.config as config_mod
+    from watcher.options import server_options
+
+    text = re.sub(r"(?m)^(\s*)#(admin_\w+ = )", r"\1\2", _config_text())
+    for _, file_path in _file_keys(tomllib.loads(text)):
+        local = tmp_path / PurePosixPath(file_path).name
+        local.write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+        text = text.replace(f'"{file_path}"', json.dumps(str(local)))
+    config_file = tmp_path / "omics-watcher.toml"
+    config_file.write_text(text)
+    options = server_options(config_mod.load_settings(str(config_file), environ={}))
+    assert options.admin_token
+    assert options.admin_address is not None
+    assert options.admin_address[0] == "127.0.0.1"
+    assert (options.host, options.port) == ("0.0.0.0", _listen_port(_config()))
+
+
 def test_kustomize_builds() -> None:
     docs = [d for d in yaml.safe_load_all(_kustomize_build()) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Namespace", "Service", "ServiceAccount", "StatefulSet"]
+    assert kinds == [
+        "ConfigMap",
+        "Namespace",
+        "NetworkPolicy",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ]
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "omics-watcher"
@@ -432,6 +477,13 @@ def test_user_unit_runs_without_root_features() -> None:
     env = _environment(unit)
     assert env["OMICS_WATCHER_STATE__PATH"] == "%S/omics-watcher/omics-watcher.db"
     assert ("Install", "WantedBy", "default.target") in unit
+
+
+@pytest.mark.parametrize("unit", ["omics-watcher.service", "user/omics-watcher.service"])
+def test_units_raise_the_descriptor_limit(unit: str) -> None:
+    """Above the usual 1,024, so the HTTP server's half (its connection bound) stays large."""
+    (limit,) = _values(_unit(SYSTEMD / unit), "LimitNOFILE")
+    assert int(limit) >= 4096
 
 
 def test_systemd_example_config_loads(tmp_path: Path) -> None:

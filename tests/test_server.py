@@ -21,9 +21,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher.config import ConfigError, load_settings
 from watcher.events import RunState
-from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.options import server_options
 from watcher.service.connections import ConnectionLimits
+from watcher.service.metrics import Metrics, StateSnapshot
 from watcher.service.server import (
     MAX_BODY_BYTES,
     AppParts,
@@ -681,3 +683,29 @@ async def test_a_body_must_arrive_within_the_body_timeout(h: Harness) -> None:
     assert status_line.startswith(b"HTTP/1.1 408"), answer[:200]
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"].startswith("request body")
     assert h.store.get_run(UUID_A) is None
+
+
+@pytest.mark.parametrize(
+    ("admin_listen", "expected"),
+    [
+        (None, None),  # the default: the admin API on `listen`
+        ("127.0.0.1:9477", None),  # the same address as `listen`: one listener
+        ("127.0.0.1:9478", ("127.0.0.1", 9478)),
+        ("[::1]:9478", ("::1", 9478)),
+    ],
+)
+def test_admin_listen_setting(admin_listen: str | None, expected: tuple[str, int] | None) -> None:
+    environ = {"OMICS_WATCHER_SERVER__ADMIN_TOKEN": TOKEN}
+    if admin_listen is not None:
+        environ["OMICS_WATCHER_SERVER__ADMIN_LISTEN"] = admin_listen
+    options = server_options(load_settings(None, environ=environ))
+    assert options.admin_address == expected
+    # Without a token there is no admin API, so no listener of its own either.
+    environ.pop("OMICS_WATCHER_SERVER__ADMIN_TOKEN")
+    assert server_options(load_settings(None, environ=environ)).admin_address is None
+
+
+@pytest.mark.parametrize("bad", ["9478", "127.0.0.1:", ":9478", "127.0.0.1:99999"])
+def test_admin_listen_must_be_host_and_port(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.admin_listen"):
+        load_settings(None, environ={"OMICS_WATCHER_SERVER__ADMIN_LISTEN": bad})

@@ -212,3 +212,42 @@ def test_stalled_connections_cannot_take_the_daemon_down(procs: Processes, tmp_p
     # Polling went on during the attack, in each part of it.
     assert all(b > a for a, b in itertools.pairwise(polls_seen)), polls_seen
     assert stop(daemon, timeout=15) == 0, tail(log)
+
+
+def test_admin_listen_end_to_end(procs: Processes, tmp_path: Path) -> None:
+    """``[server] admin_listen``: the daemon serves the admin API there and only there."""
+    sim = start_simulator(procs, tmp_path / "sim", "--runs", "1")
+    port, admin_port = free_port(), free_port()
+    token = "slow-clients-admin-token-5c2b8e0f"
+    settings = daemon_config(
+        tmp_path,
+        sim=sim,
+        port=port,
+        admin_token=token,
+        server={"admin_listen": f"127.0.0.1:{admin_port}"},
+    )
+    config = write_config(tmp_path / "watcher.toml", settings)
+    env = clean_env(tmp_path / "home")
+    log = tmp_path / "daemon.log"
+    daemon = procs.spawn([*WATCHER, "run", "-c", str(config)], env=env, cwd=tmp_path, log=log)
+    main, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def listening() -> bool:
+        if daemon.poll() is not None:
+            raise AssertionError(f"daemon exited {daemon.returncode}: {tail(log)}")
+        reply = try_http("GET", main + "/healthz", timeout=2.0)
+        return reply is not None and reply.status == 200
+
+    wait_for(listening, timeout=30, interval=0.1, what="/healthz 200")
+    on_main = try_http("GET", main + "/v1/runs", headers=auth, timeout=5)
+    assert on_main is not None
+    assert on_main.status == 404
+    on_admin = try_http("GET", admin + "/v1/runs", headers=auth, timeout=5)
+    assert on_admin is not None
+    assert on_admin.status == 200, on_admin.text
+    assert on_admin.json()["runs"] == []
+    metrics = try_http("GET", main + "/metrics", timeout=5)
+    assert metrics is not None
+    assert metrics.status == 200
+    assert stop(daemon, timeout=15) == 0, tail(log)
