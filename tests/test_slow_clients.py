@@ -140,6 +140,15 @@ class Stallers:
         self.thread.join(timeout=30)
 
 
+def _rss_kib(pid: int) -> int | None:
+    """The process's resident set (printed for the report, not asserted)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
 def _get_run_status_count(sim: Simulator) -> int:
     return int(sim.stats()["requests"].get("GetRunStatus", 0))
 
@@ -192,12 +201,14 @@ def test_stalled_connections_cannot_take_the_daemon_down(procs: Processes, tmp_p
                 next_sample += POLL_SAMPLE_EVERY
             time.sleep(max(0.0, PROBE_EVERY - (time.monotonic() - began)))
         held_at_end = stallers.open_now
+        rss = _rss_kib(daemon.pid)
     finally:
         stallers.stop()
     print(
         f"probes={len(probes)} slowest={max(t for t, _ in probes):.3f}s"
         f" closed_by_daemon={stallers.closed_by_server} opened={stallers.opened}"
-        f" held_at_end={held_at_end} GetRunStatus={polls_seen}"
+        f" held_at_end={held_at_end} GetRunStatus={polls_seen} daemon_rss={rss} KiB"
+        f" log_growth={log.stat().st_size - log_before} B"
     )
 
     assert daemon.poll() is None, f"daemon exited {daemon.returncode}: {tail(log)}"
