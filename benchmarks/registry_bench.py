@@ -25,6 +25,7 @@ strategy), and measures, printed beside the targets:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +33,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -144,58 +144,71 @@ def startup(d: Any, base: str) -> tuple[float, float]:
     return healthy, ready
 
 
-def under_load(d: Any, base: str) -> dict[str, Any]:
-    """/healthz every 20 ms while every page of /v1/runs and `list --json` are read."""
-    done = threading.Event()
+_WALKER = """
+import json, sys, time, urllib.request
+base, token = sys.argv[1], sys.argv[2]
+cursor, pages, runs, started = None, 0, 0, time.perf_counter()
+while True:
+    url = base + "/v1/runs?limit=1000" + ("&cursor=" + cursor if cursor else "")
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+    page = json.loads(urllib.request.urlopen(request, timeout=120).read())
+    pages, runs, cursor = pages + 1, runs + len(page["runs"]), page["next_cursor"]
+    if cursor is None:
+        break
+print(json.dumps({"pages": pages, "runs": runs, "seconds": time.perf_counter() - started}))
+"""
+
+
+def probe_while(base: str, busy: Any) -> list[float]:
+    """``/healthz`` latencies every 20 ms while ``busy()`` is true (from this thread only)."""
     health: list[float] = []
-    walk: dict[str, Any] = {}
+    while busy():
+        status, _, took = get(f"{base}/healthz", timeout=30)
+        health.append(took if status == 200 else float("inf"))
+        time.sleep(0.02)
+    return health
 
-    def probe() -> None:
-        while not done.is_set():
-            status, _, took = get(f"{base}/healthz", timeout=30)
-            health.append(took if status == 200 else float("inf"))
-            time.sleep(0.02)
 
-    def walk_pages() -> None:
-        cursor, pages, runs, started = None, 0, 0, time.perf_counter()
-        while True:
-            url = f"{base}/v1/runs?limit=1000" + (f"&cursor={cursor}" if cursor else "")
-            _, body, _ = get(url, auth=True)
-            page = json.loads(body)
-            pages, runs, cursor = pages + 1, runs + len(page["runs"]), page["next_cursor"]
-            if cursor is None:
-                break
-        walk.update(pages=pages, runs=runs, seconds=time.perf_counter() - started)
-
-    prober = threading.Thread(target=probe)
-    walker = threading.Thread(target=walk_pages)
-    prober.start()
-    walker.start()
+def under_load(d: Any, base: str) -> dict[str, Any]:
+    """/healthz every 20 ms while another process walks every page of /v1/runs and
+    `list --json` streams the registry; then as long again with nothing read (the peer)."""
+    walker = subprocess.Popen(
+        [sys.executable, "-c", _WALKER, base, TOKEN], stdout=subprocess.PIPE, text=True
+    )
     started = time.perf_counter()
-    with open(os.devnull, "wb") as sink:
-        proc = subprocess.Popen(
-            [*d.command(), "list", "--json", "-c", str(d.config_path)], env=d.env, stdout=sink
-        )
-        peak = 0.0
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                peak = max(peak, ps.memory_info().rss / 2**20)
-            except psutil.Error:
-                break
-            time.sleep(0.02)
-    list_seconds = time.perf_counter() - started
-    walker.join()
-    done.set()
-    prober.join()
+    sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below, after the process
+    lister = subprocess.Popen(
+        [*d.command(), "list", "--json", "-c", str(d.config_path)], env=d.env, stdout=sink
+    )
+    peak = [0.0]
+    ps = psutil.Process(lister.pid)
+
+    def busy() -> bool:
+        if lister.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], ps.memory_info().rss / 2**20)
+        list_done = lister.poll() is not None
+        if list_done and "list_s" not in times:
+            times["list_s"] = time.perf_counter() - started
+        return walker.poll() is None or not list_done
+
+    times: dict[str, float] = {}
+    health = probe_while(base, busy)
+    loaded = time.perf_counter() - started
+    sink.close()
+    walk = json.loads(walker.stdout.read() if walker.stdout else "{}")
+    until = time.perf_counter() + loaded
+    idle = probe_while(base, lambda: time.perf_counter() < until)
     return {
         "healthz_max_ms": max(health) * 1000,
         "healthz_p99_ms": (percentile(health, 99) or 0) * 1000,
         "healthz_samples": len(health),
+        "idle_healthz_max_ms": max(idle) * 1000,
+        "idle_healthz_p99_ms": (percentile(idle, 99) or 0) * 1000,
         "walk": walk,
-        "list_json_s": list_seconds,
-        "list_json_rss_mb": peak,
-        "list_exit": proc.returncode,
+        "list_json_s": times.get("list_s"),
+        "list_json_rss_mb": peak[0],
+        "list_exit": lister.returncode,
     }
 
 
@@ -219,6 +232,9 @@ def measure(d: Any, base: str) -> dict[str, Any]:
     status, body, took = get(f"{base}/v1/events?type=nope&limit=1000", auth=True)
     out["events_type_scan_s"] = took
     out["load"] = under_load(d, base)
+    again = [get(f"{base}/metrics")[2] for _ in range(50)]
+    out["metrics_after_ms"] = {"median": percentile(again, 50), "max": max(again)}
+    out["metrics_after_ms"] = {k: v * 1000 for k, v in out["metrics_after_ms"].items()}
     out["daemon_vm_hwm_mb"] = vm_hwm_mb(d.proc.pid) if d.proc else None
     return out
 
@@ -301,6 +317,16 @@ def print_summary(r: dict[str, Any], args: argparse.Namespace) -> None:
     healthy, ready = r["peer_startup_s"]
     print(f"  peer startup without history: ready {ready:.3f} s, /healthz {healthy:.3f} s")
     print(f"  every page of /v1/runs: {load['walk']}; list --json {load['list_json_s']:.1f} s")
+    idle_max, idle_p99 = load["idle_healthz_max_ms"], load["idle_healthz_p99_ms"]
+    print(
+        f"  peer: /healthz with nothing read, same daemon, as long: max {idle_max:.1f} ms, "
+        f"p99 {idle_p99:.1f} ms"
+    )
+    after = r["metrics_after_ms"]
+    print(
+        f"  /metrics again after the load: max {after['max']:.1f} ms, "
+        f"median {after['median']:.1f} ms"
+    )
     per_event, size_mb = r["bytes_per_event"], r["file_mb"]
     print(f"  bytes per event (whole file / events): {per_event:.0f}; file {size_mb:.0f} MB")
 
