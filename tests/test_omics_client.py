@@ -787,3 +787,36 @@ async def test_against_the_simulator(simulator: Simulator, client: OmicsClient) 
     assert stats["throttled_total"] == 0
     assert stats["requests_total"] == 3 + 3 + 1 + 1  # status x3, three pages, filter, unknown
     assert client.clock_skew_seconds == 0.0
+
+
+async def test_a_new_key_signs_from_its_first_request_and_the_day_rolls_over(
+    fake: tuple[FakeOmics, str], session: aiohttp.ClientSession, limiter: RecordingLimiter
+) -> None:
+    # The client keeps its signer (and the day's derived key) while the credential stays the
+    # same object: a rotated key must sign the very next request, and a request after UTC
+    # midnight must use the new day's key (the server here checks both).
+    omics, endpoint = fake
+
+    class Rotated:
+        name = "test-rotated"
+        current = Credential(SECRET_ID, SECRET_KEY)
+
+        async def get(self) -> Credential:
+            return self.current
+
+        async def refresh(self) -> Credential:
+            return self.current
+
+    provider = Rotated()
+    midnight = 1_700_006_400  # a UTC midnight
+    now = [midnight - 1.5]
+    client = make_client(session, endpoint, limiter, provider=provider, clock=lambda: now[0])
+    assert (await client.get_run_status(RUN)).Status == "RUNNING"
+    now[0] = midnight + 0.5
+    assert (await client.get_run_status(RUN)).Status == "RUNNING"
+    provider.current = Credential(SECRET_ID, "a-rotated-secret-key")
+    omics.secret_key = "a-rotated-secret-key"
+    assert (await client.get_run_status(RUN)).Status == "RUNNING"
+    assert [s.signature_ok for s in omics.seen] == [True, True, True]
+    days = [s.headers["Authorization"].split("/")[1] for s in omics.seen]
+    assert days == ["2023-11-14", "2023-11-15", "2023-11-15"]

@@ -273,3 +273,42 @@ def test_sdk_sign_tc3_agrees_on_the_published_vector() -> None:
         Sign.sign_tc3(SECRET_KEY, "2019-02-25", "omics", to_sign)
         == "d99467b1750af7d4aa43230c1a10771ef00485891e01ec426c24beef7b81c926"
     )
+
+
+@_settings
+@given(
+    secret_id=keys,
+    secret_key=keys,
+    host=hosts,
+    start=_midnight,
+    steps=st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=6),
+    params=params,
+)
+def test_one_signer_across_midnight_matches_the_sdk(
+    secret_id: str, secret_key: str, host: str, start: int, steps: list[int], params: Any
+) -> None:
+    # The client keeps one Signer (and its derived key of the day) for many requests: each
+    # header must still be the SDK's, the requests just before and after UTC midnight too.
+    signer = signing.Signer(secret_id=secret_id, secret_key=secret_key, host=host)
+    timestamp = start
+    for step in steps:
+        timestamp += step
+        req = _sdk_request(
+            secret_id=secret_id,
+            secret_key=secret_key,
+            host=host,
+            timestamp=timestamp,
+            params=params,
+        )
+        body = req.data.encode("utf-8")
+        assert signer.authorization(body, timestamp) == req.header["Authorization"]
+
+
+def test_a_signer_keeps_its_key_out_of_its_repr() -> None:
+    signer = signing.Signer(secret_id=SECRET_ID, secret_key=SECRET_KEY, host="h")
+    signer.authorization(BODY_C, TIMESTAMP)
+    assert SECRET_KEY not in repr(signer)
+    assert signer.signature(BODY_C, TIMESTAMP) == (
+        "2019-02-25/omics/tc3_request",
+        signing.signature(secret_key=SECRET_KEY, host="h", body=BODY_C, timestamp=TIMESTAMP),
+    )

@@ -3,9 +3,11 @@
 Invariants:
 
 - Every HTTP attempt is signed afresh (TC3, over the exact bytes sent, ``Host`` = the endpoint's
-  netloc) inside its action's limiter slot; the slot covers the POST *and* reading the body,
-  because the limiter counts completion times. The wait for that slot and the time it is held
-  go to the :class:`RequestObserver` under the request's own action (a limiter may be shared).
+  netloc) inside its action's limiter slot, by a :class:`~watcher.omics.signing.Signer` kept
+  while the credential stays the same object (it keeps the day's derived key); the slot
+  covers the POST *and* reading the body, because the limiter counts completion times. The
+  wait for that slot and the time it is held go to the :class:`RequestObserver` under the
+  request's own action (a limiter may be shared).
 - Every outcome goes through :func:`interpret_answer`, the one place that turns HTTP status,
   body bytes or a transport exception into a ``Response`` dict or an :class:`OmicsError`.
 - Recovery inside :meth:`OmicsClient.call` is bounded, at most once each:
@@ -45,7 +47,7 @@ from watcher.omics.errors import (
 )
 from watcher.omics.limiter import Limiter
 from watcher.omics.models import RunMetadata, RunsFilter, RunSummary
-from watcher.omics.signing import sign
+from watcher.omics.signing import Signer
 from watcher.secrets import Scrubber
 
 API_VERSION = "2022-11-28"
@@ -54,6 +56,9 @@ CONTENT_TYPE = "application/json"
 MAX_PAGE = 100
 
 _M = TypeVar("_M", RunMetadata, RunSummary)
+
+# json.dumps with separators builds a new encoder per call; this one is stateless and reused.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _describe_body(content_type: str, payload: bytes) -> str:
@@ -188,6 +193,7 @@ class OmicsClient:
         self._observer = observer or _Unobserved()
         self._monotonic = monotonic
         self._offset = 0.0
+        self._signer: tuple[Credential, Signer] | None = None
         self._log = structlog.get_logger("watcher.omics.client")
         base = {
             "Host": self._host,
@@ -215,7 +221,7 @@ class OmicsClient:
         """POST one action; its ``Response`` object (``RequestId`` included) or an OmicsError."""
         if params.get("ProjectId") == "":
             params = {k: v for k, v in params.items() if k != "ProjectId"}
-        body = json.dumps(params, separators=(",", ":")).encode()
+        body = _COMPACT_JSON.encode(params).encode()
         limiter = self._limiters.get(action)
         if limiter is None:
             limiter = self._limiters["default"]
@@ -284,15 +290,7 @@ class OmicsClient:
             headers = dict(self._base_headers)
             headers["X-TC-Action"] = action
             headers["X-TC-Timestamp"] = str(timestamp)
-            headers["Authorization"] = sign(
-                secret_id=credential.secret_id,
-                secret_key=credential.secret_key,
-                host=self._host,
-                body=body,
-                timestamp=timestamp,
-                service=SERVICE,
-                content_type=CONTENT_TYPE,
-            )
+            headers["Authorization"] = self._signer_for(credential).authorization(body, timestamp)
             if credential.token:
                 headers["X-TC-Token"] = credential.token
             try:
@@ -327,6 +325,20 @@ class OmicsClient:
             secrets=secrets,
         )
         return _Answer(result, date_header, self._clock())
+
+    def _signer_for(self, credential: Credential) -> Signer:
+        kept = self._signer
+        if kept is not None and kept[0] is credential:
+            return kept[1]
+        signer = Signer(
+            secret_id=credential.secret_id,
+            secret_key=credential.secret_key,
+            host=self._host,
+            service=SERVICE,
+            content_type=CONTENT_TYPE,
+        )
+        self._signer = (credential, signer)
+        return signer
 
     async def get_run_status(self, run_uuid: str, project_id: str = "") -> RunMetadata:
         """GetRunStatus: the run's RunMetadata."""

@@ -163,6 +163,8 @@ class RunPoll:
         self._wall = wall_clock
         self._rng = rng
         self._opt = options
+        # polls_total's child per outcome: labels() validates and locks on every call.
+        self._counted: dict[str, Callable[[], None]] = {}
 
     async def poll(self, run_uuid: str, run: PolledRun) -> Polled:
         """One poll; raises only :class:`~watcher.store.StateError` (the poller stops)."""
@@ -179,7 +181,14 @@ class RunPoll:
             self._log.error("poll_crashed", run_uuid=run_uuid, error=repr(exc))
             return Polled(Action.CRASHED, retry_in=self._opt.crash_retry_seconds)
         finally:
-            self._metrics.polls.labels(outcome=self._opt.metric_prefix + label).inc()
+            self._count(label)
+
+    def _count(self, label: str) -> None:
+        inc = self._counted.get(label)
+        if inc is None:
+            outcome = self._opt.metric_prefix + label
+            inc = self._counted[label] = self._metrics.polls.labels(outcome=outcome).inc
+        inc()
 
     async def _ask(self, run_uuid: str, run: PolledRun) -> Polled:
         try:
