@@ -81,6 +81,24 @@ async def test_fractional_rates_pace_evenly() -> None:
     assert min(gaps) >= 0.4 - 1e-9
 
 
+class LateClock(VirtualClock):
+    """Every sleep ends 1 ms late, as a busy event loop wakes up."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + 0.001)
+
+
+async def test_a_late_wake_up_is_made_up_at_the_next_grant_not_lost_for_good() -> None:
+    clock = LateClock()
+    limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep)
+    grants = await drive(limiter, clock, 1000, 0.0005)
+    assert max_in_any_window(grants) <= 20
+    # Spaced from the previous *actual* grant, 1 ms late each, this was 1 / 0.051 = 19.6/s.
+    assert (len(grants) - 1) / (grants[-1] - grants[0]) >= 19.8
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
+    assert min(gaps) >= 0.5 / 20
+
+
 async def test_throttling_halves_the_rate_once_per_burst_then_recovers() -> None:
     clock = VirtualClock()
     limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep, recover_per_second=0.1)

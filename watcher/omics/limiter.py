@@ -4,7 +4,10 @@ Tencent counts requests per action as they arrive. A token bucket (``AsyncLimite
 averages 20/s but lets 39 through in one second; this limiter instead enforces two rules
 for each new request:
 
-1. pacing: at least ``1 / rate`` seconds after the previous grant, so load is smooth;
+1. pacing: ``1 / rate`` seconds after the previous grant was *due*, so load is smooth (a
+   late wake-up of the event loop is made up at the next grant instead of being lost for
+   good: at 20/s a 0.9 ms lag per grant cost 0.35 req/s), but never by more than half an
+   interval, and from an idle start the next grant is a whole interval away;
 2. window: the request ``capacity`` grants earlier must have *arrived* more than one second
    ago, where its arrival is bounded from what the client sees (below).
 
@@ -82,6 +85,7 @@ from typing import Protocol
 
 WINDOW_SECONDS = 1.0
 _EPSILON = 0.002  # keep a closed 1 s window from holding capacity + 1 requests
+_CATCH_UP = 0.5  # of an interval: how far rule 1's schedule may lag behind the clock
 
 
 class Limiter(Protocol):
@@ -158,7 +162,7 @@ class PacingLimiter:
         self._clock = clock
         self._sleep = sleep
         self._grants: deque[_Grant] = deque(maxlen=max(1, math.floor(rate)))
-        self._last_grant = -math.inf
+        self._last_due = -math.inf  # when the previous grant was due (rule 1's schedule)
         self._paused_until = -math.inf
         self._last_throttle = -math.inf
         self._rate_changed_at = clock()
@@ -183,7 +187,7 @@ class PacingLimiter:
     def _earliest(self, now: float) -> float:
         """When the next request may start, given the rules in the module docstring."""
         self._recover_rate(now)
-        at = max(self._last_grant + 1.0 / self._rate, self._paused_until)
+        at = max(self._last_due + 1.0 / self._rate, self._paused_until)
         capacity = self._capacity()
         if len(self._grants) >= capacity:
             oldest = self._grants[-capacity]
@@ -211,7 +215,10 @@ class PacingLimiter:
                     await self._sleep(at - now)
                 grant = _Grant(now, math.inf)
                 self._grants.append(grant)
-                self._last_grant = now
+                # On schedule: a wake-up up to half an interval late is made up at the next
+                # grant; after an idle spell the schedule starts again from now (no burst).
+                on_time = at >= now - _CATCH_UP / self._rate
+                self._last_due = at if on_time else now
         finally:
             self.waiting -= 1
         return grant
