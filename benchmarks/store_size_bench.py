@@ -14,6 +14,9 @@ example ``git archive <commit> watcher | tar -x -C DIR``), alternating old and n
 size, so both sides see the same machine load.
 
     .venv/bin/python benchmarks/store_size_bench.py --sizes 30000,120000 --old /tmp/w5-old
+
+``--prune`` then deletes every run of the new side's file in retention's own steps (50 runs,
+about 250 events, per transaction) and prints how long the steps held the write lock.
 """
 
 from __future__ import annotations
@@ -106,20 +109,47 @@ def grow(path: Path, sizes: list[int]) -> list[dict[str, Any]]:
     return results
 
 
+def prune_steps(path: Path, batch_runs: int) -> dict[str, Any]:
+    """Delete every run of the grown file in retention's own steps; time each transaction."""
+    from watcher.store import Store
+
+    far = datetime(2100, 1, 1, tzinfo=UTC)
+    took: list[float] = []
+    with Store.open(path) as store:
+        while True:
+            began = time.perf_counter()
+            step = store.prune_finished_runs(finished_before=far, limit=batch_runs)
+            took.append(time.perf_counter() - began)
+            if not step.more:
+                break
+    took.sort()
+    return {
+        "steps": len(took),
+        "batch_runs": batch_runs,
+        "p50_ms": round(took[len(took) // 2] * 1000, 2),
+        "p99_ms": round(took[int(len(took) * 0.99)] * 1000, 2),
+        "max_ms": round(took[-1] * 1000, 2),
+    }
+
+
 def _wal_size(path: Path) -> int:
     wal = Path(str(path) + "-wal")
     return wal.stat().st_size if wal.exists() else 0
 
 
-def _child(sizes: list[int]) -> None:
+def _child(sizes: list[int], prune: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="store-size-") as tmp:
-        print(json.dumps(grow(Path(tmp) / "state.db", sizes)))
+        path = Path(tmp) / "state.db"
+        results = grow(path, sizes)
+        if prune:
+            results[-1]["prune"] = prune_steps(path, batch_runs=50)
+        print(json.dumps(results))
 
 
-def _run_side(tree: Path, size: int) -> dict[str, Any]:
+def _run_side(tree: Path, size: int, prune: bool) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "--sizes", str(size)],
+        [sys.executable, __file__, "--child", "--sizes", str(size), *(["--prune"] * prune)],
         env=env,
         cwd=tree,
         check=True,
@@ -133,23 +163,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="30000,120000", help="event counts, comma-separated")
     parser.add_argument("--old", type=Path, help="a folder holding the old watcher package")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="then delete every run in retention's steps (50 runs each) and time the steps",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if args.child:
-        _child(sizes)
+        _child(sizes, args.prune)
         return
     print(f"load average: {os.getloadavg()}")
     sides = [("new", REPO)] + ([("old", args.old.resolve())] if args.old else [])
     print(f"{'side':4} {'events':>8} {'runs':>7} {'file MB':>8} {'bytes/event':>12} {'s':>6}")
     for size in sizes:
         for name, tree in sides:
-            r = _run_side(tree, size)
+            r = _run_side(tree, size, args.prune and name == "new")
             print(
                 f"{name:4} {r['events']:>8} {r['runs']:>7} {r['file_bytes'] / 1e6:>8.1f} "
                 f"{r['bytes_per_event']:>12.1f} {r['grow_seconds']:>6.1f}",
                 flush=True,
             )
+            if "prune" in r:
+                print(f"     prune steps: {r['prune']}", flush=True)
     print(f"load average: {os.getloadavg()}")
 
 
