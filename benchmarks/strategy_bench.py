@@ -34,6 +34,16 @@ Usage::
         [--interval 5] [--flap-period 300] [--flapping 0.3] [--strategies per-run,batch]
         [--seed 1] [--json]
 
+A correlated burst (``--burst N``): right before each strategy's seeding, ``N`` more runs
+of one new run group are submitted (``Simulator.submit_group``): all QUEUED, each changing
+to INITIALIZING ``--burst-delay`` seconds later plus its own shift within ``--burst-spread``
+seconds (their later phases last an hour, outside the window). So ``--runs 7000 --burst
+3000`` is 10,000 active runs of which 3,000 of one group change within one minute; the
+report adds the latency of those burst events alone::
+
+    .venv/bin/python benchmarks/strategy_bench.py --runs 7000 --burst 3000 \
+        --strategies batch --duration 100
+
 The defaults finish in about 5 minutes. ``--flapping 0.3`` gives about 10 changes a second:
 batch spends one GetRunStatus per change, so the change rate must stay under the
 GetRunStatus budget (20/s) for batch to keep up.
@@ -130,17 +140,19 @@ def status_at(changes: list[tuple[float, str]], at: float) -> str:
     return status
 
 
-def seed(store: Store, sim: Simulator, *, cycle: float, rng: random.Random) -> dict[str, float]:
-    """Track every run, last polled at evenly spread times over one ``cycle``; their times."""
+def seed(
+    store: Store, sim: Simulator, runs: list[str], *, cycle: float, rng: random.Random
+) -> dict[str, float]:
+    """Track ``runs``, last polled at evenly spread times over one ``cycle``; their times."""
     started = now().timestamp()
-    runs = sim.run_uuids
     store.track(TrackRequest(u, sim.project_id) for u in runs)
     changes = history(sim)
     spots = [(k + 0.5) / len(runs) for k in range(len(runs))]
     rng.shuffle(spots)
     polled: dict[str, float] = {}
     for run_uuid, spot in zip(runs, spots, strict=True):
-        at = started - cycle * spot
+        # Not before the run existed (a burst group is created just before seeding).
+        at = max(started - cycle * spot, changes[run_uuid][0][0])
         status = status_at(changes[run_uuid], at)
         moment = datetime.fromtimestamp(at, UTC)
         state = RunState(run_uuid, sim.project_id, status, moment, metadata={"Status": status})
@@ -195,9 +207,15 @@ def build(
 
 
 def latencies(
-    store: Store, sim: Simulator, polled: dict[str, float], started: float
+    store: Store,
+    sim: Simulator,
+    polled: dict[str, float],
+    started: float,
+    *,
+    only: set[str] | None = None,
 ) -> list[float]:
-    """Staleness at detection for every transition event recorded from ``started`` on."""
+    """Staleness at detection for every transition event recorded from ``started`` on (of
+    the runs in ``only``, when given)."""
     changes = history(sim)
     last_seen = dict(polled)
     out: list[float] = []
@@ -206,6 +224,8 @@ def latencies(
             continue
         observed = parse_iso(event.data["observed_at"]).timestamp()
         if observed < started:
+            continue
+        if only is not None and event.run_uuid not in only:
             continue
         since = last_seen[event.run_uuid]
         first = next(at for at, _ in changes[event.run_uuid] if at > since)
@@ -217,13 +237,24 @@ def latencies(
 async def measure(
     strategy: str, sim: Simulator, session: aiohttp.ClientSession, args: argparse.Namespace
 ) -> dict[str, Any]:
+    burst: set[str] = set()
+    if args.burst:
+        burst_runs = sim.submit_group(
+            args.burst,
+            spread_seconds=args.burst_spread,
+            durations=(args.burst_delay, 3600.0, 3600.0),
+            kind="finishing",
+        )
+        burst = set(burst_runs)
+    runs = sim.run_uuids[: args.runs] + [u for u in sim.run_uuids if u in burst]
+    active = args.runs + args.burst
     if strategy == "per-run":
-        cycle = args.runs / RATE
+        cycle = active / RATE
     else:
-        cycle = max(args.interval, math.ceil(args.runs / args.batch_size) / RATE)
+        cycle = max(args.interval, math.ceil(active / args.batch_size) / RATE)
     with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "state.db") as store:
         began = time.monotonic()
-        polled = seed(store, sim, cycle=cycle, rng=random.Random(args.seed))
+        polled = seed(store, sim, runs, cycle=cycle, rng=random.Random(args.seed))
         seeding = time.monotonic() - began
         limiters = {
             "GetRunStatus": PacingLimiter(RATE),
@@ -252,6 +283,7 @@ async def measure(
         cpu = time.process_time() - cpu
         stats = sim.stats(timeline=False)
         values = latencies(store, sim, polled, started)
+        in_burst = latencies(store, sim, polled, started, only=burst) if burst else []
         happened = sum(
             1 for c in sim.timeline() if started <= c.at <= ended and c.previous is not None
         )
@@ -266,6 +298,10 @@ async def measure(
         "latency_median": statistics.median(values) if values else math.nan,
         "latency_p99": percentile(values, 0.99),
         "latency_max": max(values) if values else math.nan,
+        "burst_events": len(in_burst),
+        "burst_latency_median": statistics.median(in_burst) if in_burst else math.nan,
+        "burst_latency_p99": percentile(in_burst, 0.99),
+        "burst_latency_max": max(in_burst) if in_burst else math.nan,
         "requests": {a: stats["requests"][a] for a in actions},
         "max_per_1s_window": {a: stats["max_window_arrivals"][a] for a in actions},
         "throttled": stats["throttled_total"],
@@ -303,6 +339,13 @@ def report(
             f"{r['throttled']:>9} {r['cpu_share']:>5.0%}"
         )
     for r in results:
+        if args.burst:
+            print(
+                f"{r['strategy']} burst ({args.burst} runs of one group, changes within "
+                f"{args.burst_spread:g} s): {r['burst_events']} events, median "
+                f"{r['burst_latency_median']:.1f} s, p99 {r['burst_latency_p99']:.1f} s, "
+                f"max {r['burst_latency_max']:.1f} s"
+            )
         print(
             f"{r['strategy']}: {r['changes_in_window']} changes happened during the run, "
             f"{r['events']} events recorded; seeded cycle {r['seeded_cycle_seconds']} s"
@@ -344,6 +387,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(STRATEGIES),
         help="comma-separated: per-run,batch",
     )
+    parser.add_argument("--burst", type=int, default=0, help="runs of one correlated group")
+    parser.add_argument("--burst-spread", type=float, default=60.0)
+    parser.add_argument("--burst-delay", type=float, default=20.0, help="seconds queued")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
