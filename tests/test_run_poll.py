@@ -110,7 +110,9 @@ def test_permission_refusals_are_told_from_bad_credentials(code: str, refused: b
 
 class BuggyAfterAnswer:
     """The real client, except that a bug of ours strikes each time GetRunStatus has answered
-    for one run (so the simulator counts every request the poller sends for it)."""
+    for one run (so the simulator counts every request the poller sends for it), and
+    DescribeRuns leaves that run out (the batch poller records listed runs from the list, so
+    only a missing one is asked with a GetRunStatus follow-up)."""
 
     def __init__(self, client: OmicsClient, run_uuid: str) -> None:
         self._client = client
@@ -130,9 +132,10 @@ class BuggyAfterAnswer:
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[int, list[RunSummary]]:
-        return await self._client.describe_runs(
+        total, runs = await self._client.describe_runs(
             project_id=project_id, filters=filters, limit=limit, offset=offset
         )
+        return total, [run for run in runs if run.RunUuid != self._run_uuid]
 
 
 async def poll_for(poller: BatchPoller, seconds: float) -> None:
