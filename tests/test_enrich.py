@@ -126,7 +126,8 @@ async def run_daemon_pieces(
     deadline: float = 20.0,
     terminal: frozenset[str] = TERMINAL,
 ) -> None:
-    """Scheduler + recorder + client until every run reached a terminal status."""
+    """Scheduler + recorder + client until every run reached a terminal status and every
+    failure's details were looked up (its held deliveries released)."""
     scheduler = Scheduler(
         store=store,
         source=client,
@@ -152,6 +153,7 @@ async def run_daemon_pieces(
     finally:
         stop.set()
         await task
+        await recorder.drain()
 
 
 class TimedRecorder(Recorder):
@@ -390,7 +392,10 @@ async def test_unexpected_errors_never_reach_the_recorder(tmp_path: Path) -> Non
         run, "", "RUNNING", "SYSTEM_ERROR", {"Status": "SYSTEM_ERROR", "ErrorMessage": "{}"}
     )
     assert recorded.event is not None
-    assert recorded.event.data["failure"] == {"task": "", "message": "", "stderr_tail": ""}
+    await recorder.drain()  # the details are added to the stored event, same id
+    (stored_event,) = store.events(limit=1, run_uuid=run)
+    assert stored_event.id == recorded.event.id
+    assert stored_event.data["failure"] == {"task": "", "message": "", "stderr_tail": ""}
     assert source.calls == 1
     assert [e.status for e in events] == ["RUNNING", "SYSTEM_ERROR"]
     stored = store.get_run(run)
@@ -706,7 +711,9 @@ async def test_fifty_failures_in_sixteen_seconds_all_carry_their_reason(
         recorder = make_recorder(store, enricher, events, durations)
         await run_daemon_pieces(store, client, recorder, runs, deadline=60.0)
 
-        failed = [e for e in events if e.status == "EXECUTOR_ERROR"]
+        # What receivers get: the stored bodies (the hooks saw each event as first recorded).
+        failed = [e for u in runs for e in store.events(run_uuid=u) if e.status == "EXECUTOR_ERROR"]
+        assert store.held_runs(runs) == set()
         assert sorted(e.run_uuid for e in failed) == sorted(runs)
         for event in failed:
             failure = event.data["failure"]

@@ -9,7 +9,8 @@
 - :meth:`Serving.spawn`: the long-lived tasks in one :class:`asyncio.TaskGroup` (if one
   dies, all stop and the process exits non-zero so systemd or Kubernetes restarts it);
 - :meth:`Serving.shutdown`: :attr:`Serving.SHUTDOWN`, an ordered list of named steps:
-  readiness 503 → polling stops and in-flight polls finish → the roll-up's last check →
+  readiness 503 → polling stops and in-flight polls finish → failures being enriched get
+  their details or go as they are → the roll-up's last check →
   the dispatcher drains within the grace period → the server stops. Anything undelivered
   stays in the outbox for the next start.
 
@@ -103,6 +104,7 @@ class Daemon:
     dispatcher: Dispatcher
     rollups: RollupTracker
     stuck: StuckChecker
+    recorder: Recorder
     poller: Poller
     discovery: Discovery
     server: HttpServer
@@ -158,12 +160,14 @@ async def build(
     )
     sink.subscribe(rollups.observe)
     sink.subscribe(wiring.on_event)
+    limits = enrich_limits(settings)
     recorder = Recorder(
         store=store,
         sink=sink,
         terminal=settings.polling.terminal,
         wall_clock=utc_now,
-        enricher=FailureEnricher(client=client, statuses=statuses, limits=enrich_limits(settings)),
+        enricher=FailureEnricher(client=client, statuses=statuses, limits=limits),
+        enrich_timeout=limits.timeout,
     )
     poller = _build_poller(
         settings, store=store, client=client, recorder=recorder, limiters=limiters, metrics=metrics
@@ -179,6 +183,7 @@ async def build(
         dispatcher=dispatcher,
         rollups=rollups,
         stuck=StuckChecker(store=store, sink=sink, limits=stuck_limits(settings.stuck)),
+        recorder=recorder,
         poller=poller,
         discovery=build_discovery(
             discovery_options(settings), store=store, source=client, on_tracked=poller.refresh
@@ -267,6 +272,7 @@ async def startup(
     port = await daemon.server.start(options.host, options.port, admin=options.admin_address)
     stack.push_async_callback(daemon.server.stop)
     tracked = daemon.poller.load()
+    daemon.recorder.release_orphans()  # failures a killed predecessor held: sent as they are
     daemon.log.info("daemon_started", listen=f"{options.host}:{port}", tracked=tracked)
     sd = stack.enter_context(SdNotifier(environ=environ))
     return port, sd
@@ -390,6 +396,12 @@ class Serving:
         self._polling_stop.set()
         await self._main["polling"]
 
+    async def _stop_enrichment(self) -> None:
+        """Failures recorded by the last polls get their details (half the grace left at
+        most; then they are released as they are) so the dispatcher's last look sends them."""
+        left = self._deadline - asyncio.get_running_loop().time()
+        await self._daemon.recorder.drain(max(0.0, left / 2))
+
     async def _stop_rollups(self) -> None:
         """The last roll-up check records what the last polls completed."""
         self._rollup_stop.set()
@@ -408,6 +420,7 @@ class Serving:
     SHUTDOWN: tuple[tuple[str, Callable[[Serving], Awaitable[None]]], ...] = (
         ("readiness", _stop_readiness),
         ("polling", _stop_polling),
+        ("enrichment", _stop_enrichment),
         ("rollups", _stop_rollups),
         ("delivery", _stop_delivery),
         ("server", _stop_server),

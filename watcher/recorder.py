@@ -5,25 +5,34 @@ live in one place: :func:`~watcher.transitions.detect` decides whether there is 
 the :class:`~watcher.sink.EventSink` routes it, writes the new status, the event and its
 outbox rows atomically, compare-and-set on the previous status (so a crash or a race can
 neither lose nor repeat a transition), and announces it (metrics, hooks, the dispatcher).
-Methods are ``async`` because enrichment (failure details) may add API calls before the
-event is written; the status itself is never held back by more than that step's bounded
-time.
 
-Enrichment runs only for a transition into one of the enricher's ``failing`` statuses; every
-other transition takes no extra await. The observation time (and so the event id) is taken
-before enrichment, and the compare-and-set write after it still decides who records.
+Failure details never hold the status back. A transition into one of the enricher's
+``failing`` statuses is written at once like any other, but *held*: its outbox rows wait
+(:mod:`watcher.store.holds`) while a background task asks the enricher (GetRunCalls,
+GetRunJobLog, at their budgeted rates, bounded by ``enrich_timeout_seconds``), then stores
+the event's final body (``data.failure`` added, same id) and releases the rows in one
+transaction (:meth:`~watcher.sink.EventSink.release`). So the registry (``list``, the API,
+the pollers) sees a failure as soon as any other status, and receivers get its event
+exactly once, with the details found. If the task is cancelled (shutdown) or the enricher
+misbehaves, the event is released as it is; if the process dies first, the next start
+releases it (:meth:`Recorder.release_orphans`). Every other transition takes no extra await.
+
+Only the compare-and-set write decides who records, so an observation another process
+recorded first costs no enrichment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
+from watcher.enrich import DEFAULT_TIMEOUT_SECONDS
 from watcher.events import Event, RunState
 from watcher.sink import EventSink
 from watcher.store import Store, TrackedRun
@@ -68,11 +77,18 @@ class Recorder:
         terminal: frozenset[str],
         wall_clock: Callable[[], datetime],
         enricher: Enricher | None = None,
+        enrich_timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        """``store`` is read (labels, the current row); every write goes through ``sink``."""
+        """``store`` is read (labels, the current row); every write goes through ``sink``.
+
+        ``enrich_timeout``: the enricher's own bound (``enrich_timeout_seconds``); an event
+        is held that long at most (plus a second's margin before it is released as it is).
+        """
         self._store = store
         self._sink = sink
         self._enricher = enricher
+        self._enrich_timeout = enrich_timeout
+        self._enriching: set[asyncio.Task[None]] = set()
         self._terminal = terminal
         self._wall = wall_clock
         self._log = structlog.get_logger("watcher.recorder")
@@ -103,12 +119,78 @@ class Recorder:
         event = detect(previous, current, terminal=self._terminal)
         if event is None:  # pragma: no cover - detect() reports every changed status
             return Recorded(None, self._store.get_run(run_uuid))
-        if self._enricher is not None and status in self._enricher.failing:
-            event = await self._enriched(self._enricher, event, run_uuid, project_id, metadata)
-        if not self._sink.emit(event, observed=current):
+        enricher = self._enricher
+        failing = enricher is not None and status in enricher.failing
+        notifiers = self._sink.route(event)
+        held_until = None
+        if failing and notifiers:
+            held_until = observed_at + timedelta(seconds=self._enrich_timeout)
+        if not self._sink.emit(event, observed=current, notifiers=notifiers, held_until=held_until):
             self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
             return Recorded(None, self._store.get_run(run_uuid))
+        if enricher is not None and failing:
+            task = asyncio.create_task(
+                self._enrich_then_release(
+                    enricher, event, project_id, metadata, routed=bool(notifiers)
+                ),
+                name=f"enrich:{run_uuid}",
+            )
+            self._enriching.add(task)
+            task.add_done_callback(self._enrichment_done)
         return Recorded(event)
+
+    @property
+    def enriching(self) -> int:
+        """Held events whose details are still being looked up."""
+        return len(self._enriching)
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Wait for the enrichments in flight (``grace`` seconds at most, then cancel the
+        rest, which releases their events as they are)."""
+        tasks = set(self._enriching)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    def release_orphans(self) -> int:
+        """At start: release, as they are, the events a previous process held when it died.
+
+        Only one daemon uses a state file (:mod:`watcher.store.lock`), so before this one
+        records anything every held row is an orphan: nobody is looking up its details.
+        """
+        released = self._sink.release_orphans()
+        if released:
+            self._log.warning("held_deliveries_released", deliveries=released)
+        return released
+
+    async def _enrich_then_release(
+        self,
+        enricher: Enricher,
+        event: Event,
+        project_id: str,
+        metadata: Mapping[str, Any],
+        *,
+        routed: bool,
+    ) -> None:
+        final = event
+        try:
+            # The enricher keeps its own bound; this one only guards against a bug in it.
+            async with asyncio.timeout(self._enrich_timeout + 1.0):
+                final = await self._enriched(enricher, event, event.run_uuid, project_id, metadata)
+        except TimeoutError:
+            self._log.error("failure_enrichment_overran", run_uuid=event.run_uuid)
+        finally:  # cancelled too: what was found so far is not kept, the event still goes
+            self._sink.release(final, routed=routed)
+
+    def _enrichment_done(self, task: asyncio.Task[None]) -> None:
+        self._enriching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The rows stay held (the write failed); the next start releases them.
+            self._log.error("failure_release_failed", error=repr(task.exception()))
 
     async def _enriched(
         self,

@@ -20,6 +20,9 @@ Invariants:
   ``since_seconds``).
 - Complete means: the group has tracked runs and each is terminal or no longer known to the
   API. A run tracked into a group after its roll-up does not produce another one.
+- A group whose failure events still wait for their details (held deliveries, see
+  :mod:`watcher.recorder`) is checked again at the next interval, so its roll-up lists each
+  failure with the details its own event carries.
 
 Logs: ``run_group_completed`` (group, runs, notifiers), ``rollup_check_failed``.
 """
@@ -63,6 +66,8 @@ class RollupStore(Protocol):
     def has_event(self, event_id: str) -> bool: ...
 
     def groups_finished_since(self, since: datetime) -> list[str]: ...
+
+    def held_runs(self, run_uuids: Collection[str]) -> set[str]: ...
 
     def events(
         self, *, limit: int = 100, run_uuid: str | None = None, before_seq: int | None = None
@@ -164,6 +169,10 @@ class RollupTracker:
             ((m.status, m.terminal, m.stopped) for m in members), statuses=self._statuses
         )
         if not progress.complete:
+            return None
+        if self._store.held_runs([m.run_uuid for m in members]):
+            self._dirty.add(group)  # failure details on their way: look again next interval
+            self._wake.set()
             return None
         event = self._event(event_id, group, members, progress)
         notifiers = self._sink.route(event, only=frozenset(self._targets()))

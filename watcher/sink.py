@@ -18,11 +18,20 @@ three steps that must not drift between producers:
 
 So an event is counted and announced exactly when it is in the store. Producers keep their
 own rules (detect, limits, completeness) and their own log lines.
+
+A status change may be written **held** (``emit(..., held_until=...)``): status, event and
+outbox rows are recorded and announced as above (the registry shows the status at once), but
+the rows wait (:mod:`watcher.store.holds`) until :meth:`EventSink.release` stores the event's
+final body (its failure details; same id) and releases them in one transaction, then wakes
+the dispatcher. The hooks see the event once, as first written; receivers only ever get the
+released body. :meth:`EventSink.release_orphans` releases, as they are, rows a previous
+process held when it died.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from watcher.events import NOT_FOUND, STATUS_CHANGED, Event, RunState
@@ -35,8 +44,19 @@ class SinkStore(Protocol):
     """The writes of :class:`watcher.store.Store` the sink uses (each one transaction)."""
 
     def record_observation(
-        self, state: RunState, event: Event | None, *, notifiers: Sequence[str]
+        self,
+        state: RunState,
+        event: Event | None,
+        *,
+        notifiers: Sequence[str],
+        held_until: datetime | None = None,
     ) -> bool: ...
+
+    def release_event(
+        self, event_id: str, enriched: Event | None = None, *, unrouted: bool = False
+    ) -> int: ...
+
+    def release_held(self, *, held_before: datetime | None = None) -> int: ...
 
     def record_not_found(
         self, run_uuid: str, event: Event, *, notifiers: Sequence[str]
@@ -83,24 +103,54 @@ class EventSink:
         *,
         observed: RunState | None = None,
         notifiers: Sequence[str] | None = None,
+        held_until: datetime | None = None,
     ) -> bool:
         """Route, write and announce ``event``; whether it was written.
 
         ``observed``: the new state a ``run.status_changed`` records (compare-and-set on
         ``event.previous_status``); required for that type. ``notifiers``: already routed
-        (:meth:`route`); by default the routes decide.
+        (:meth:`route`); by default the routes decide. ``held_until`` (status changes only):
+        the deliveries wait for :meth:`release` (the time says until when at most).
         """
         chosen = self.route(event) if notifiers is None else notifiers
-        if not self._write(event, observed, chosen):
+        if not self._write(event, observed, chosen, held_until):
             return False
         self._announce(event)
         return True
 
-    def _write(self, event: Event, observed: RunState | None, notifiers: Sequence[str]) -> bool:
+    def release(self, event: Event, *, routed: bool = True) -> bool:
+        """Store ``event`` (a held event with its details; same id) and send it; whether
+        rows were released (``False``: nothing was held any more, nothing changed).
+
+        ``routed=False``: it was emitted to no notifier (nothing held, nothing to send); its
+        body is still completed, since no delivery of it exists."""
+        if not self._store.release_event(event.id, event, unrouted=not routed):
+            return False
+        self._on_recorded()
+        return True
+
+    def release_orphans(self) -> int:
+        """Release, as they are, every row a dead process held; returns how many."""
+        released = self._store.release_held()
+        if released:
+            self._on_recorded()
+        return released
+
+    def _write(
+        self,
+        event: Event,
+        observed: RunState | None,
+        notifiers: Sequence[str],
+        held_until: datetime | None,
+    ) -> bool:
         if event.type == STATUS_CHANGED:
             if observed is None:
                 raise ValueError("a status change needs the observed state")
-            return self._store.record_observation(observed, event, notifiers=notifiers)
+            return self._store.record_observation(
+                observed, event, notifiers=notifiers, held_until=held_until
+            )
+        if held_until is not None:
+            raise ValueError("only a status change can be held")
         if event.type == NOT_FOUND:
             return self._store.record_not_found(event.run_uuid, event, notifiers=notifiers)
         return self._store.record_event(event, notifiers=notifiers)

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from watcher.events import STUCK, Event, RunState
 from watcher.store.db import StoreBase, dump_json, to_ts
@@ -30,7 +31,12 @@ from watcher.store.journal import append_event, notifier_names
 
 class RecordingMixin(StoreBase):
     def record_observation(
-        self, state: RunState, event: Event | None, *, notifiers: Sequence[str]
+        self,
+        state: RunState,
+        event: Event | None,
+        *,
+        notifiers: Sequence[str],
+        held_until: datetime | None = None,
     ) -> bool:
         """Apply a successful poll of ``state.run_uuid``; see the module invariants.
 
@@ -38,6 +44,8 @@ class RecordingMixin(StoreBase):
         becomes ``state.observed_at``, and the event plus one delivery per notifier name are
         stored. Without one, only the metadata and ``last_polled_at`` are refreshed. Returns
         ``False`` (nothing written) if the run is not tracked or its status moved meanwhile.
+        ``held_until``: the event's deliveries are held until released
+        (:mod:`watcher.store.holds`); the status and the event are recorded all the same.
         """
         names = notifier_names(notifiers)
         if event is not None and (event.run_uuid != state.run_uuid or event.status != state.status):
@@ -71,7 +79,8 @@ class RecordingMixin(StoreBase):
                     state.run_uuid,
                 ),
             )
-            if append_event(conn, event, names, self._now()) is None:
+            held = None if held_until is None else to_ts(held_until)
+            if append_event(conn, event, names, self._now(), held) is None:
                 # Same id twice means the caller re-used an event: refuse rather than commit
                 # a status change whose event would be missing from the log.
                 raise ValueError(f"event {event.id} is already recorded")

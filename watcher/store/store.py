@@ -1,8 +1,8 @@
 """The :class:`Store` facade: opening the state file and closing it again.
 
-The methods live in one mixin per concern (registry, recording, journal, outbox, discovery,
-groups); this class only owns the connection and the clock. See the package docstring for
-the invariants.
+The methods live in one mixin per concern (registry, recording, journal, outbox, held
+deliveries, discovery, groups); this class only owns the connection and the clock. See the
+package docstring for the invariants.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from types import TracebackType
 from watcher.store.db import MEMORY, Database, utc_now
 from watcher.store.discovery import DiscoveryMixin
 from watcher.store.groups import GroupsMixin
+from watcher.store.holds import HoldsMixin
 from watcher.store.journal import JournalMixin
 from watcher.store.outbox import OutboxMixin
 from watcher.store.recording import RecordingMixin
@@ -30,6 +31,7 @@ class Store(
     RecordingMixin,
     JournalMixin,
     OutboxMixin,
+    HoldsMixin,
     DiscoveryMixin,
     GroupsMixin,
     ReferencesMixin,
