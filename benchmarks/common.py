@@ -13,8 +13,14 @@ fairness (per-run poll gaps), startup time (first poll) and detection latency ar
 from; the simulator's own ``/_sim/stats`` histogram gives the per-second rate.
 
 The floor child (``python benchmarks/common.py floor ...``) is the least any poller must do:
-a bare aiohttp loop paced at a fixed rate that signs each request with
-:func:`watcher.omics.signing.sign`, POSTs it and ``json.loads`` the answer. Nothing else.
+a bare aiohttp loop paced at a fixed rate. Two kinds (``FLOOR_KINDS``): ``signed`` signs each
+request with :func:`watcher.omics.signing.sign` (fresh body, headers and timestamp per
+request), POSTs it and ``json.loads`` the answer; ``prepared`` (issue 12's floor) POSTs one
+body with headers signed once before the loop and reads the answer's bytes. Nothing else.
+
+``daemon(..., source=DIR)`` runs the daemon from another source tree (``PYTHONPATH=DIR
+python -m watcher``), e.g. an export of an older commit, to measure old and new code side by
+side with the same benchmark.
 """
 
 from __future__ import annotations
@@ -277,12 +283,16 @@ class Daemon:
     exit_code: int | None = None
     exit_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # run the daemon from this source tree instead of the venv's
+
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "watcher"] if self.source else omics_watcher_exe()
 
     def track(self, uuids: Sequence[str]) -> float:
         """``omics-watcher track -c FILE -`` with the UUIDs on stdin; returns seconds taken."""
         started = time.monotonic()
         done = subprocess.run(
-            [*omics_watcher_exe(), "track", "-c", str(self.config_path), "-"],
+            [*self.command(), "track", "-c", str(self.config_path), "-"],
             input=("\n".join(uuids) + "\n").encode(),
             env=self.env,
             capture_output=True,
@@ -297,7 +307,7 @@ class Daemon:
         log = self.log_path.open("ab")
         self.started_at = time.time()
         self.proc = subprocess.Popen(
-            [*omics_watcher_exe(), "run", "-c", str(self.config_path)],
+            [*self.command(), "run", "-c", str(self.config_path)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -361,6 +371,7 @@ def daemon(
     interval: float,
     notifiers: Sequence[dict[str, str]] = (),
     keep_dir: bool = False,
+    source: Path | None = None,
 ) -> Iterator[Daemon]:
     """A configured (not yet started) daemon against ``sim`` in a fresh temporary directory."""
     workdir = Path(tempfile.mkdtemp(prefix="omics-bench-"))
@@ -382,7 +393,9 @@ def daemon(
     env["TENCENTCLOUD_SECRET_ID"] = sim.secret_id
     env["TENCENTCLOUD_SECRET_KEY"] = sim.secret_key
     env["HOME"] = str(workdir)  # no profile file from the real home
-    d = Daemon(workdir, config_path, state_path, workdir / "daemon.log", env)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    d = Daemon(workdir, config_path, state_path, workdir / "daemon.log", env, source=source)
     try:
         yield d
     finally:
@@ -394,11 +407,26 @@ def daemon(
 # -- the floor child ------------------------------------------------------------------------
 
 
+FLOOR_KINDS = {
+    "prepared": "one prepared body, headers signed once before the loop; POST, read the bytes",
+    "signed": "per request: JSON body, headers, TC3 signature; POST, json.loads the answer",
+}
+
+
 def run_floor(
-    sim: Sim, *, rate: float, warmup: float, window: float, timeout: float = 600
+    sim: Sim,
+    *,
+    rate: float,
+    warmup: float,
+    window: float,
+    timeout: float = 600,
+    kind: str = "signed",
 ) -> dict[str, Any]:
-    """The paced bare-aiohttp loop in its own process; its JSON report."""
+    """The paced bare-aiohttp loop (``kind`` one of ``FLOOR_KINDS``) in its own process."""
+    if kind not in FLOOR_KINDS:
+        raise ValueError(f"floor kind must be one of {sorted(FLOOR_KINDS)}")
     args = {
+        "kind": kind,
         "endpoint": sim.endpoint,
         "secret_id": sim.secret_id,
         "secret_key": sim.secret_key,
@@ -415,7 +443,9 @@ def run_floor(
         timeout=timeout,
         cwd=str(REPO),
     )
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    report: dict[str, Any] = json.loads(done.stdout)
+    report["kind"], report["measures"] = kind, FLOOR_KINDS[kind]
+    return report
 
 
 def _floor_child() -> None:
@@ -430,7 +460,31 @@ def _floor_child() -> None:
     url = endpoint.rstrip("/") + "/"
     runs: list[str] = args["runs"]
     rate: float = args["rate"]
+    prepared = args.get("kind", "signed") == "prepared"
     me = psutil.Process()
+
+    def signed_request(run_uuid: str) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"RunUuid": run_uuid}).encode()
+        ts = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Host": host,
+            "X-TC-Action": "GetRunStatus",
+            "X-TC-Version": "2022-11-28",
+            "X-TC-Timestamp": str(ts),
+            "X-TC-Region": "ap-guangzhou",
+            "Authorization": sign(
+                secret_id=args["secret_id"],
+                secret_key=args["secret_key"],
+                host=host,
+                body=body,
+                timestamp=ts,
+            ),
+        }
+        return body, headers
+
+    # The issue's floor: everything built once; the signature stays valid for minutes.
+    prepared_body, prepared_headers = signed_request(runs[0])
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -454,29 +508,20 @@ def _floor_child() -> None:
                 if due > now:
                     await asyncio.sleep(due - now)
                 due += 1.0 / rate
-                body = json.dumps({"RunUuid": runs[i % len(runs)]}).encode()
-                i += 1
-                ts = int(time.time())
-                headers = {
-                    "Content-Type": "application/json",
-                    "Host": host,
-                    "X-TC-Action": "GetRunStatus",
-                    "X-TC-Version": "2022-11-28",
-                    "X-TC-Timestamp": str(ts),
-                    "X-TC-Region": "ap-guangzhou",
-                    "Authorization": sign(
-                        secret_id=args["secret_id"],
-                        secret_key=args["secret_key"],
-                        host=host,
-                        body=body,
-                        timestamp=ts,
-                    ),
-                }
-                async with session.post(url, data=body, headers=headers) as resp:
-                    answer = json.loads(await resp.read())
+                if prepared:
+                    async with session.post(
+                        url, data=prepared_body, headers=prepared_headers
+                    ) as resp:
+                        payload = await resp.read()
+                    errors += b'"Error"' in payload
+                else:
+                    body, headers = signed_request(runs[i % len(runs)])
+                    i += 1
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        answer = json.loads(await resp.read())
+                    if "Error" in answer.get("Response", {}):
+                        errors += 1
                 sent += 1
-                if "Error" in answer.get("Response", {}):
-                    errors += 1
             cpu1, t1 = me.cpu_times(), time.time()
             ctx1 = me.num_ctx_switches()
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)

@@ -24,8 +24,18 @@ FILE`` after ``omics-watcher track -c FILE -`` fed the run UUIDs on stdin), and 
   round robin over all runs takes at the measured rate. A fair scheduler has every gap ≈
   cycle; the target is max gap ≤ 1.2 × cycle. Coverage says how many runs had a gap in the
   window (100% needs a window of one cycle after the first cycle: ``--full-cycle``);
-- floor: after the daemon stopped, a bare aiohttp loop paced at the daemon's sustained rate
-  against the same simulator (sign, POST, ``json.loads``), its CPU per request.
+- floors: after the daemon stopped, two bare aiohttp loops, each in its own process, paced at
+  the daemon's sustained rate against the same simulator, their CPU per request (psutil, the
+  same way): ``prepared`` is issue 12's floor (one body and headers signed once before the
+  loop; POST, read the answer's bytes), ``signed`` ours (per request a JSON body, headers and
+  a TC3 signature; POST, ``json.loads``). The report gives the daemon's CPU per poll divided by
+  each (issue 12's aim: ≤ 1.2× the prepared floor in steady state, 300 never-finishing runs).
+
+``--baseline-code DIR --repeat N``: the steady measurement N times for the daemon from an
+older source tree (``git archive COMMIT watcher | tar -x -C DIR``) and N times for this one,
+alternating (old, new, old, new, ...), each with its floors in the same run; the medians and
+every run's load average are reported. The machine's load changes under a single run, so a
+before/after claim needs this rather than two separate runs.
 
 ``--mode latency``: ``--runs`` (default 200) finishing and flapping runs, ``interval_seconds
 = 10`` (so 200 runs need exactly the 20/s budget), a webhook notifier posting to a receiver
@@ -38,7 +48,9 @@ are left out: they measure when the daemon started, not how fast it notices.
 Usage::
 
     .venv/bin/python benchmarks/scheduler_bench.py --runs 10000 [--window 60] [--full-cycle]
-        [--max-warmup 600] [--floor-seconds 30] [--no-floor] [--json]
+        [--max-warmup 600] [--floor-seconds 30] [--no-floor] [--profile S] [--json]
+    .venv/bin/python benchmarks/scheduler_bench.py --runs 300 --window 40 --floor-seconds 20 \
+        --baseline-code /tmp/old --repeat 3   # CPU per poll, old vs new, beside both floors
     .venv/bin/python benchmarks/scheduler_bench.py --mode latency [--runs 200]
         [--interval 10] [--duration 180] [--json]
 """
@@ -49,8 +61,10 @@ import argparse
 import base64
 import bisect
 import json
+import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -64,6 +78,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 from common import (
+    FLOOR_KINDS,
+    REPO,
     Daemon,
     Sim,
     daemon,
@@ -165,7 +181,7 @@ def steady(args: argparse.Namespace) -> dict[str, Any]:
     }
     say(f"# steady: {n} never-finishing runs, budget {rate}/s, simulator limit {args.sim_limit}/s")
     with simulator(sim_config) as sim:
-        with daemon(sim, rate=rate, interval=args.interval) as d:
+        with daemon(sim, rate=rate, interval=args.interval, source=args.code) as d:
             result["track_seconds"] = d.track(sim.runs)
             say(f"# tracked {n} runs with `track -` in {result['track_seconds']:.2f} s")
             d.start()
@@ -217,7 +233,9 @@ def steady(args: argparse.Namespace) -> dict[str, Any]:
             times, idx = sim.arrivals(since=d.started_at)
             if args.profile > 0:
                 say(f"# profiling the daemon with py-spy for {args.profile:.0f} s")
-                result["profile"] = profile_daemon(sim, d, args.profile)
+                result["profile"] = profile_daemon(sim, d, args.profile, gil=not args.profile_all)
+                if args.profile_out and (d.workdir / "profile.txt").exists():
+                    shutil.copy(d.workdir / "profile.txt", args.profile_out)
             d.stop()
             result["exit_code"], result["exit_seconds"] = d.exit_code, d.exit_seconds
             result["events_in_window"] = _events_between(d.state_path, t0, t1)
@@ -266,12 +284,17 @@ def steady(args: argparse.Namespace) -> dict[str, Any]:
 
         if not args.no_floor:
             floor_rate = min(rate, sustained) if sustained else rate
-            say(f"# floor: bare paced aiohttp loop at {floor_rate:.2f}/s")
-            floor = run_floor(sim, rate=floor_rate, warmup=3.0, window=args.floor_seconds)
-            result["floor"] = floor
-            result["cost_ratio"] = result["cpu_ms_per_poll"] / max(
-                floor["cpu_ms_per_request"], 1e-9
-            )
+            result["floors"] = {}
+            for kind in FLOOR_KINDS:
+                say(f"# floor ({kind}): bare paced aiohttp loop at {floor_rate:.2f}/s")
+                floor = run_floor(
+                    sim, rate=floor_rate, warmup=3.0, window=args.floor_seconds, kind=kind
+                )
+                floor["ratio"] = result["cpu_ms_per_poll"] / max(floor["cpu_ms_per_request"], 1e-9)
+                result["floors"][kind] = floor
+            result["floor"] = result["floors"]["signed"]
+            result["cost_ratio"] = result["floor"]["ratio"]
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -299,8 +322,13 @@ def _py_spy() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("py-spy")
 
 
-def profile_daemon(sim: Sim, d: Daemon, seconds: float) -> dict[str, Any]:
-    """Sample the running daemon with py-spy (GIL holder only, 1000 Hz) and attribute."""
+def profile_daemon(sim: Sim, d: Daemon, seconds: float, *, gil: bool = True) -> dict[str, Any]:
+    """Sample the running daemon with py-spy at 1000 Hz and attribute the samples.
+
+    ``gil``: only the thread holding the GIL (Python code); otherwise every thread that is
+    not idle, so that C work done without the GIL (SQLite, the selector's syscalls) shows too,
+    under the Python frame that called it.
+    """
     exe = _py_spy()
     if exe is None:
         return {"error": "py-spy not installed (pip install py-spy)"}
@@ -322,7 +350,7 @@ def profile_daemon(sim: Sim, d: Daemon, seconds: float) -> dict[str, Any]:
             "-o",
             str(out),
             "--nonblocking",
-            "--gil",
+            *(["--gil"] if gil else []),
         ],
         capture_output=True,
         text=True,
@@ -357,8 +385,12 @@ def profile_daemon(sim: Sim, d: Daemon, seconds: float) -> dict[str, Any]:
         "seconds": t1 - t0,
         "polls": polls,
         "samples": total,
-        "note": "py-spy --gil samples at 1000 Hz: time the daemon held the GIL (Python code), "
-        "not syscalls; shares are reliable, absolute µs only roughly",
+        "note": (
+            "py-spy --gil samples at 1000 Hz: time the daemon held the GIL (Python code), "
+            "not syscalls; shares are reliable, absolute µs only roughly"
+            if gil
+            else "py-spy samples at 1000 Hz of every non-idle thread (C work under its caller)"
+        ),
         "categories": sorted(categories.items(), key=lambda kv: -kv[1]),
         "own_functions": sorted(own.items(), key=lambda kv: -kv[1])[:25],
     }
@@ -542,7 +574,6 @@ def steady_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("ok" if ok else "MISSED")
 
-    floor = r.get("floor")
     rows = [
         ("tracked runs", f"{r['runs']:,}", "", ""),
         ("`track -` of all runs", _f(r["track_seconds"], ".2f", " s"), "seconds", ""),
@@ -584,16 +615,24 @@ def steady_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             verdict(r["cpu_ms_per_poll"] <= 1.0),
         ),
     ]
-    if floor:
+    for kind, floor in r.get("floors", {}).items():
         rows.append(
             (
-                "floor CPU per request (bare aiohttp)",
+                f"floor CPU per request ({kind})",
                 _f(floor["cpu_ms_per_request"], ".3f", " ms") + f" at {floor['rate']:.2f}/s",
                 "",
                 "",
             )
         )
-        rows.append(("ratio daemon / floor", _f(r["cost_ratio"], ".2f", "×"), "", ""))
+        aim = kind == "prepared"
+        rows.append(
+            (
+                f"ratio daemon / {kind} floor",
+                _f(floor["ratio"], ".2f", "×"),
+                "≤ 1.2" if aim else "",
+                verdict(floor["ratio"] <= 1.2) if aim else "",
+            )
+        )
     rows += [
         (
             "RSS at end of window (peak)",
@@ -662,6 +701,78 @@ def latency_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Steady runs alternating old code and new (``--baseline-code``), floors in each run."""
+    codes = [("old", args.baseline_code), ("new", args.code)]  # code None: this tree
+    runs: list[dict[str, Any]] = []
+    for i in range(args.repeat):
+        for label, source in codes:
+            say(f"# compare: round {i + 1}/{args.repeat}, {label} code")
+            args.code = source
+            r = steady(args)
+            r["code"] = label
+            runs.append(r)
+
+    def med(label: str, get: Any) -> float | None:
+        values = [get(r) for r in runs if r["code"] == label]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    summary = {}
+    for label, _ in codes:
+        summary[label] = {
+            "cpu_ms_per_poll": med(label, lambda r: r["cpu_ms_per_poll"]),
+            "rate_sustained": med(label, lambda r: r["rate_sustained"]),
+            **{
+                f"floor_{kind}_ms": med(
+                    label, lambda r, k=kind: r["floors"][k]["cpu_ms_per_request"]
+                )
+                for kind in FLOOR_KINDS
+            },
+            **{
+                f"ratio_{kind}": med(label, lambda r, k=kind: r["floors"][k]["ratio"])
+                for kind in FLOOR_KINDS
+            },
+        }
+    return {
+        "mode": "compare",
+        "baseline_code": str(args.baseline_code),
+        "code": str(args.code or REPO),
+        "machine": machine_info(),
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def compare_rows(c: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = [
+        ("run (code, load 1/5 min at start → end)", "daemon ms/poll", "floors p / s ms", "ratios")
+    ]
+    for r in c["runs"]:
+        fl, load0 = r["floors"], r["machine"]["loadavg"]
+        rows.append(
+            (
+                f"{r['code']}  load {load0[0]:.2f}/{load0[1]:.2f}"
+                f" → {r['loadavg_end'][0]:.2f}/{r['loadavg_end'][1]:.2f}"
+                f"  {r['rate_sustained']:.2f} req/s",
+                f"{r['cpu_ms_per_poll']:.3f}",
+                f"{fl['prepared']['cpu_ms_per_request']:.3f} / "
+                f"{fl['signed']['cpu_ms_per_request']:.3f}",
+                f"{fl['prepared']['ratio']:.2f}× / {fl['signed']['ratio']:.2f}×",
+            )
+        )
+    for label, m in c["summary"].items():
+        rows.append(
+            (
+                f"median {label}",
+                _f(m["cpu_ms_per_poll"], ".3f"),
+                f"{_f(m['floor_prepared_ms'], '.3f')} / {_f(m['floor_signed_ms'], '.3f')}",
+                f"{_f(m['ratio_prepared'], '.2f')}× / {_f(m['ratio_signed'], '.2f')}×",
+            )
+        )
+    return rows
+
+
 def print_table(rows: list[tuple[str, str, str, str]], out: Any) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
@@ -687,11 +798,34 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="steady: py-spy the daemon for S s after the window",
     )
+    parser.add_argument(
+        "--code", type=Path, default=None, help="steady: run the daemon from this source tree"
+    )
+    parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        default=None,
+        help="steady: alternate runs of the daemon from this (older) source tree and this one",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="with --baseline-code: rounds")
+    parser.add_argument(
+        "--profile-all",
+        action="store_true",
+        help="with --profile: every non-idle thread, not only the GIL holder",
+    )
+    parser.add_argument(
+        "--profile-out", type=Path, default=None, help="keep py-spy's raw stacks in this file"
+    )
     parser.add_argument("--duration", type=float, default=180.0, help="latency: seconds")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     args = parser.parse_args(argv)
-    if args.mode == "steady":
+    if args.mode == "steady" and args.baseline_code is not None:
+        args.runs = args.runs or 300
+        args.interval = args.interval or 1.0
+        result = compare(args)
+        rows = compare_rows(result)
+    elif args.mode == "steady":
         args.runs = args.runs or 10_000
         args.interval = args.interval or 1.0
         result = steady(args)
@@ -702,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
         result = latency(args)
         rows = latency_rows(result)
     out = sys.stderr if args.json else sys.stdout
-    print_table([("figure", "value", "target", ""), *rows], out)
+    header = [] if result["mode"] == "compare" else [("figure", "value", "target", "")]
+    print_table([*header, *rows], out)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
