@@ -58,6 +58,42 @@ _PAGE_SELECT = (
     "status_since, stopped, consecutive_errors, next_poll_after FROM runs "
     "WHERE tracked = 1 AND rowid > ?"
 )
+
+
+# The same page rendered by SQLite, one JSON object per run, byte for byte what
+# ``json.dumps(run.to_json_dict(), ensure_ascii=False, separators=(",", ":"))`` gives (the
+# server's bodies): a page of ``/v1/runs`` is then built in C with the GIL released, so the
+# worker thread that reads it does not keep the event loop waiting for the GIL (issue 13).
+# Labels are the stored text as is (always written by ``dump_json``: the same rendering).
+def _iso_sql(column: str) -> str:
+    """SQL for :func:`~watcher.events.isoformat_z` of :func:`from_ts` of ``column``.
+
+    Exactly as ``datetime.fromtimestamp`` does it: the fraction of the second rounded to
+    microseconds (a carry moves to the second), then cut to milliseconds. Only ever called
+    with the literal column names below. Non-negative timestamps (after 1970).
+    """
+    micros = (
+        f"(CAST({column} AS INTEGER) * 1000000 + "
+        f"CAST(round(({column} - CAST({column} AS INTEGER)) * 1000000.0) AS INTEGER))"
+    )
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE "
+        f"strftime('%Y-%m-%dT%H:%M:%S', {micros} / 1000000, 'unixepoch') "
+        f"|| printf('.%03dZ', {micros} % 1000000 / 1000) END"
+    )
+
+
+_PAGE_SELECT_JSON = (
+    "SELECT rowid, json_object("  # noqa: S608 - literal column names; values are bound
+    "'run_uuid', run_uuid, 'project_id', project_id, 'status', status, "
+    "'terminal', json(CASE WHEN terminal THEN 'true' ELSE 'false' END), "
+    "'labels', json(CASE WHEN labels IS NULL OR labels = '' THEN '{}' ELSE labels END), "
+    f"'tracked_at', {_iso_sql('tracked_at')}, "
+    f"'last_polled_at', {_iso_sql('last_polled_at')}, "
+    f"'status_since', {_iso_sql('status_since')}, "
+    "'stopped', json(CASE WHEN stopped THEN 'true' ELSE 'false' END)"
+    ") FROM runs WHERE tracked = 1 AND rowid > ?"
+)
 _PAGE_STATUS = " AND status = ?"
 _PAGE_ACTIVE = " AND terminal = 0 AND stopped = 0"
 _PAGE_LABEL = " AND EXISTS (SELECT 1 FROM json_each(runs.labels) WHERE key = ? AND value = ?)"
@@ -106,8 +142,18 @@ class RunPage:
     next_cursor: str | None
 
 
-def _page_query(where: RunFilter, after: int, limit: int) -> tuple[str, list[Any]]:
-    sql = _PAGE_SELECT
+@dataclass(frozen=True, slots=True)
+class RunPageJson:
+    """One page of the registry as JSON text: one object per run, as ``to_json_dict``."""
+
+    runs: list[str]
+    next_cursor: str | None
+
+
+def _page_query(
+    where: RunFilter, after: int, limit: int, select: str = _PAGE_SELECT
+) -> tuple[str, list[Any]]:
+    sql = select
     params: list[Any] = [after]
     if where.status is not None:
         sql += _PAGE_STATUS
@@ -282,6 +328,20 @@ class RegistryMixin(StoreBase):
         rows = rows[:limit]
         runs = [_tracked_run(row[1:]) for row in rows]
         return RunPage(runs, encode_cursor(int(rows[-1][0])) if more else None)
+
+    def page_runs_json(
+        self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
+    ) -> RunPageJson:
+        """:meth:`page_runs` with each run rendered to compact JSON text by SQLite."""
+        if limit < 1:
+            raise ValueError("limit: must be at least 1")
+        after = 0 if cursor is None else decode_cursor(cursor)
+        sql, params = _page_query(where or RunFilter(), after, limit + 1, _PAGE_SELECT_JSON)
+        rows = self._db.query(sql, params)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        runs = [row[1] for row in rows]
+        return RunPageJson(runs, encode_cursor(int(rows[-1][0])) if more else None)
 
     def iter_runs(
         self, where: RunFilter | None = None, *, page: int = 1000
