@@ -172,7 +172,9 @@ async def test_a_batch_follow_up_that_crashes_retries_its_run_after_crash_retry(
     with structlog.testing.capture_logs() as logs:
         await poll_for(poller, 3.2)
     asked = simulator.stats(timeline=False)["polls"].get(buggy, 0)
-    assert 3 <= asked <= 4, asked  # at ~0 s, ~1 s, ~2 s (and perhaps ~3 s)
+    # Retried (at ~0 s, ~1 s, ~2 s, perhaps ~3 s; a busy machine may fit fewer), never more
+    # often than crash_retry_seconds allows: with no pause it was asked 13 times here.
+    assert 2 <= asked <= 4, asked
     crashed = [e for e in logs if e["event"] == "poll_crashed"]
     assert len(crashed) == asked
     assert {e["run_uuid"] for e in crashed} == {buggy}
