@@ -33,7 +33,7 @@ from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
-from watcher.store.journal import HELD_NEXT_ATTEMPT
+from watcher.store.outbox import HELD_NEXT_ATTEMPT
 from watcher.transitions import detect
 
 RUN = "22222222-2222-4222-8222-222222222222"
@@ -207,7 +207,7 @@ async def test_held_rows_are_never_sent_and_a_late_release_changes_nothing(
             timestamp=event.timestamp,
             data={**event.data, "failure": DETAILS},
         )
-        assert store.release_event(event.id, enriched) == 1
+        assert store.release_event(event.id, enriched)
         dispatcher.notify()
         await until(lambda: len(inbox.bodies) == 1)
         # A second release (say, a late enrichment) finds nothing held: no new body.
@@ -217,7 +217,7 @@ async def test_held_rows_are_never_sent_and_a_late_release_changes_nothing(
             timestamp=event.timestamp,
             data={**event.data, "failure": {"task": "x", "message": "y", "stderr_tail": ""}},
         )
-        assert store.release_event(event.id, other) == 0
+        assert not store.release_event(event.id, other)
         await asyncio.sleep(0.3)
     assert [b["data"]["failure"] for b in inbox.bodies] == [DETAILS]
     (logged,) = store.events(limit=1, run_uuid=RUN)
@@ -225,8 +225,9 @@ async def test_held_rows_are_never_sent_and_a_late_release_changes_nothing(
     store.close()
 
 
-async def test_restart_releases_what_a_dead_process_held(
-    tmp_path: Path, session: aiohttp.ClientSession, inbox: Inbox
+@pytest.mark.parametrize("enriching", [True, False], ids=["looked-up-again", "no-enricher"])
+async def test_restart_completes_what_a_dead_process_held(
+    tmp_path: Path, session: aiohttp.ClientSession, inbox: Inbox, enriching: bool
 ) -> None:
     path = tmp_path / "state.db"
     # The first process records a failure, holds it, and dies before its enrichment ends.
@@ -237,22 +238,26 @@ async def test_restart_releases_what_a_dead_process_held(
 
     store = Store.open(path)
     assert store.held_runs([RUN]) == {RUN}
+    enricher = BlockingEnricher()
+    enricher.gate.set()
     async with Dispatching(store, webhook(inbox, session)) as dispatcher:
         recorder = Recorder(
             store=store,
             sink=sink_for(store, on_recorded=dispatcher.notify),
             terminal=TERMINAL,
             wall_clock=now,
-            enricher=BlockingEnricher(),
+            enricher=enricher if enriching else None,
         )
-        assert recorder.release_orphans() == 1  # the daemon's start-up step
+        assert recorder.resume_held() == 1  # the daemon's start-up step
+        await recorder.drain()
         await until(lambda: len(inbox.of(RUN)) == 1)
-    failed = inbox.of(RUN)[-1]
+    (failed,) = inbox.of(RUN)
     assert failed["id"] == event.id
     assert failed["data"]["status"] == "EXECUTOR_ERROR"
-    assert failed["data"]["failure"] is None  # as it was recorded: nobody looked it up
+    assert failed["data"]["failure"] == (DETAILS if enriching else None)
+    assert enricher.asked == ([RUN] if enriching else [])
     assert store.held_runs([RUN]) == set()
-    assert recorder.release_orphans() == 0
+    assert recorder.resume_held() == 0
     store.close()
 
 

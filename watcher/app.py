@@ -272,7 +272,7 @@ async def startup(
     port = await daemon.server.start(options.host, options.port, admin=options.admin_address)
     stack.push_async_callback(daemon.server.stop)
     tracked = daemon.poller.load()
-    daemon.recorder.release_orphans()  # failures a killed predecessor held: sent as they are
+    daemon.recorder.resume_held()  # failures a killed predecessor held: completed, then sent
     daemon.log.info("daemon_started", listen=f"{options.host}:{port}", tracked=tracked)
     sd = stack.enter_context(SdNotifier(environ=environ))
     return port, sd

@@ -15,7 +15,8 @@ transaction (:meth:`~watcher.sink.EventSink.release`). So the registry (``list``
 the pollers) sees a failure as soon as any other status, and receivers get its event
 exactly once, with the details found. If the task is cancelled (shutdown) or the enricher
 misbehaves, the event is released as it is; if the process dies first, the next start
-releases it (:meth:`Recorder.release_orphans`). Every other transition takes no extra await.
+looks its details up again and sends it (:meth:`Recorder.resume_held`). Every other
+transition takes no extra await.
 
 Only the compare-and-set write decides who records, so an observation another process
 recorded first costs no enrichment.
@@ -121,23 +122,23 @@ class Recorder:
             return Recorded(None, self._store.get_run(run_uuid))
         enricher = self._enricher
         failing = enricher is not None and status in enricher.failing
-        notifiers = self._sink.route(event)
-        held_until = None
-        if failing and notifiers:
-            held_until = observed_at + timedelta(seconds=self._enrich_timeout)
-        if not self._sink.emit(event, observed=current, notifiers=notifiers, held_until=held_until):
+        held_until = observed_at + timedelta(seconds=self._enrich_timeout) if failing else None
+        if not self._sink.emit(event, observed=current, held_until=held_until):
             self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
             return Recorded(None, self._store.get_run(run_uuid))
         if enricher is not None and failing:
-            task = asyncio.create_task(
-                self._enrich_then_release(
-                    enricher, event, project_id, metadata, routed=bool(notifiers)
-                ),
-                name=f"enrich:{run_uuid}",
-            )
-            self._enriching.add(task)
-            task.add_done_callback(self._enrichment_done)
+            self._start_enrichment(enricher, event, project_id, metadata)
         return Recorded(event)
+
+    def _start_enrichment(
+        self, enricher: Enricher, event: Event, project_id: str, metadata: Mapping[str, Any]
+    ) -> None:
+        task = asyncio.create_task(
+            self._enrich_then_release(enricher, event, project_id, metadata),
+            name=f"enrich:{event.run_uuid}",
+        )
+        self._enriching.add(task)
+        task.add_done_callback(self._enrichment_done)
 
     @property
     def enriching(self) -> int:
@@ -156,25 +157,31 @@ class Recorder:
         if late:
             await asyncio.wait(late)
 
-    def release_orphans(self) -> int:
-        """At start: release, as they are, the events a previous process held when it died.
+    def resume_held(self) -> int:
+        """At start: complete the events a previous process held when it died; returns how
+        many. Each gets a fresh lookup (bounded like any) and is then sent; without an
+        enricher they are sent as they are.
 
         Only one daemon uses a state file (:mod:`watcher.store.lock`), so before this one
-        records anything every held row is an orphan: nobody is looking up its details.
+        records anything every held event is an orphan. Looked up again rather than sent
+        bare: its rows were never sent (so completing the body is safe), the details are
+        what a failure event is for, and they cost a few budgeted requests once.
         """
-        released = self._sink.release_orphans()
-        if released:
-            self._log.warning("held_deliveries_released", deliveries=released)
-        return released
+        held = self._store.held_events()
+        if not held:
+            return 0
+        self._log.warning("held_events_resumed", events=len(held))
+        if self._enricher is None:
+            self._sink.release_orphans()
+            return len(held)
+        for event in held:
+            project_id = str(event.data.get("project_id") or "")
+            metadata = event.data.get("metadata") or {}
+            self._start_enrichment(self._enricher, event, project_id, metadata)
+        return len(held)
 
     async def _enrich_then_release(
-        self,
-        enricher: Enricher,
-        event: Event,
-        project_id: str,
-        metadata: Mapping[str, Any],
-        *,
-        routed: bool,
+        self, enricher: Enricher, event: Event, project_id: str, metadata: Mapping[str, Any]
     ) -> None:
         final = event
         try:
@@ -184,7 +191,7 @@ class Recorder:
         except TimeoutError:
             self._log.error("failure_enrichment_overran", run_uuid=event.run_uuid)
         finally:  # cancelled too: what was found so far is not kept, the event still goes
-            self._sink.release(final, routed=routed)
+            self._sink.release(final)
 
     def _enrichment_done(self, task: asyncio.Task[None]) -> None:
         self._enriching.discard(task)

@@ -24,7 +24,7 @@ outbox rows are recorded and announced as above (the registry shows the status a
 the rows wait (:mod:`watcher.store.holds`) until :meth:`EventSink.release` stores the event's
 final body (its failure details; same id) and releases them in one transaction, then wakes
 the dispatcher. The hooks see the event once, as first written; receivers only ever get the
-released body. :meth:`EventSink.release_orphans` releases, as they are, rows a previous
+released body. :meth:`EventSink.release_orphans` releases, as they are, events a previous
 process held when it died.
 """
 
@@ -52,11 +52,9 @@ class SinkStore(Protocol):
         held_until: datetime | None = None,
     ) -> bool: ...
 
-    def release_event(
-        self, event_id: str, enriched: Event | None = None, *, unrouted: bool = False
-    ) -> int: ...
+    def release_event(self, event_id: str, enriched: Event | None = None) -> bool: ...
 
-    def release_held(self, *, held_before: datetime | None = None) -> int: ...
+    def release_held(self) -> int: ...
 
     def record_not_found(
         self, run_uuid: str, event: Event, *, notifiers: Sequence[str]
@@ -110,7 +108,7 @@ class EventSink:
         ``observed``: the new state a ``run.status_changed`` records (compare-and-set on
         ``event.previous_status``); required for that type. ``notifiers``: already routed
         (:meth:`route`); by default the routes decide. ``held_until`` (status changes only):
-        the deliveries wait for :meth:`release` (the time says until when at most).
+        the deliveries wait for :meth:`release` (the time says by when it is due).
         """
         chosen = self.route(event) if notifiers is None else notifiers
         if not self._write(event, observed, chosen, held_until):
@@ -118,19 +116,16 @@ class EventSink:
         self._announce(event)
         return True
 
-    def release(self, event: Event, *, routed: bool = True) -> bool:
-        """Store ``event`` (a held event with its details; same id) and send it; whether
-        rows were released (``False``: nothing was held any more, nothing changed).
-
-        ``routed=False``: it was emitted to no notifier (nothing held, nothing to send); its
-        body is still completed, since no delivery of it exists."""
-        if not self._store.release_event(event.id, event, unrouted=not routed):
+    def release(self, event: Event) -> bool:
+        """Store ``event`` (a held event with its details; same id) and let its rows go;
+        whether it was held (``False``: released already, nothing changed)."""
+        if not self._store.release_event(event.id, event):
             return False
         self._on_recorded()
         return True
 
     def release_orphans(self) -> int:
-        """Release, as they are, every row a dead process held; returns how many."""
+        """Release, as they are, every event a dead process held; returns how many."""
         released = self._store.release_held()
         if released:
             self._on_recorded()

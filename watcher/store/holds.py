@@ -9,88 +9,69 @@ the rows *held*; once enrichment ends, :meth:`HoldsMixin.release_event` stores t
 body under the same event id and releases the rows in one transaction.
 
 Invariants:
-- A held row is ``pending`` with ``held_until`` set and ``next_attempt_at`` at
-  :data:`~watcher.store.journal.HELD_NEXT_ATTEMPT`: listed in outbox order (so a later row of
-  its run waits behind it) but never due, so no dispatcher sends it.
-- A body is rewritten only while no delivery of it can have started: in the transaction
-  that releases its held rows, or, for an event recorded without any delivery (no notifier
-  routed: ``unrouted``), while it still has no outbox row. A release that finds nothing held
-  changes nothing (a delivered row is deleted, so "no row" alone proves nothing), so a
-  receiver never sees two bodies for one event id, whoever released first.
-- Nothing held is lost: rows whose holder died (a crash, a kill) are released as they are by
-  :meth:`HoldsMixin.release_held` at the daemon's start (only one daemon uses a state file).
+- A held event has ``held_until`` set (the time its lookup should end by); its outbox rows
+  are listed in outbox order but with a ``next_attempt_at`` that is never due
+  (:data:`~watcher.store.outbox.HELD_NEXT_ATTEMPT`), so no dispatcher sends them and a later
+  row of its run waits behind them.
+- A body is rewritten only while its event is held, in the transaction that releases it: no
+  delivery of it can have started, and once released it never changes again. A release
+  that finds the event no longer held changes nothing, so a receiver never sees two bodies
+  for one event id, whoever released first.
+- Nothing held is lost: a process that dies while holding leaves the events held; the next
+  start finds them (:meth:`HoldsMixin.held_events`) and completes or releases them (only
+  one daemon uses a state file, so every held event it finds at start is an orphan).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from datetime import datetime
 
 from watcher.events import Event
-from watcher.store.codec import encode_body
-from watcher.store.db import StoreBase, to_ts
+from watcher.store.codec import decode_body, encode_body
+from watcher.store.db import StoreBase
 
 
 class HoldsMixin(StoreBase):
-    def release_event(
-        self, event_id: str, enriched: Event | None = None, *, unrouted: bool = False
-    ) -> int:
-        """Release the held rows of ``event_id``, storing ``enriched`` as its body first.
+    def release_event(self, event_id: str, enriched: Event | None = None) -> bool:
+        """Release the held event ``event_id``, storing ``enriched`` as its body first.
 
-        ``enriched`` must have the same id (its details added). Returns how many rows were
-        released; 0 when none was held (already released, or pruned) and then the body is
-        kept, unless ``unrouted`` (the event was recorded without deliveries) and it still
-        has no outbox row (see the module invariants).
+        ``enriched`` must have the same id (its details added). Returns whether the event
+        was held; if not (already released, or pruned) nothing changes.
         """
         if enriched is not None and enriched.id != event_id:
             raise ValueError("the enriched event must keep the event's id")
-        now = self._now()
+        body = None if enriched is None else encode_body(enriched.to_json())
         with self._db.write() as conn:
-            row = conn.execute("SELECT seq FROM events WHERE id = ?", (event_id,)).fetchone()
-            if row is None:
-                return 0
-            seq = int(row[0])
-            released = conn.execute(
-                "UPDATE outbox SET held_until = NULL, next_attempt_at = ? "
-                "WHERE event_seq = ? AND held_until IS NOT NULL",
-                (now, seq),
-            ).rowcount
-            if enriched is not None:
-                rewrite = released > 0 or (
-                    unrouted
-                    and conn.execute("SELECT 1 FROM outbox WHERE event_seq = ?", (seq,)).fetchone()
-                    is None
-                )
-                if rewrite:
-                    conn.execute(
-                        "UPDATE events SET body = ? WHERE seq = ?",
-                        (encode_body(enriched.to_json()), seq),
-                    )
-        return released
+            cursor = conn.execute(
+                "UPDATE events SET held_until = NULL, body = coalesce(?, body) "
+                "WHERE id = ? AND held_until IS NOT NULL",
+                (body, event_id),
+            )
+            return cursor.rowcount == 1
 
-    def release_held(self, *, held_before: datetime | None = None) -> int:
-        """Release held rows as they are (their holder is gone); returns how many.
+    def held_events(self, *, limit: int = 10_000) -> list[Event]:
+        """Held events, oldest first."""
+        rows = self._db.query(
+            "SELECT body FROM events WHERE held_until IS NOT NULL ORDER BY seq LIMIT ?",
+            (max(0, limit),),
+        )
+        return [Event.from_json(decode_body(body)) for (body,) in rows]
 
-        ``held_before``: only rows whose ``held_until`` is earlier; ``None``: every one.
-        """
-        now = self._now()
-        limit = float("inf") if held_before is None else to_ts(held_before)
+    def release_held(self) -> int:
+        """Release every held event as it is; returns how many."""
         with self._db.write() as conn:
             return conn.execute(
-                "UPDATE outbox SET held_until = NULL, next_attempt_at = ? "
-                "WHERE held_until IS NOT NULL AND held_until < ?",
-                (now, limit),
+                "UPDATE events SET held_until = NULL WHERE held_until IS NOT NULL"
             ).rowcount
 
     def held_runs(self, run_uuids: Collection[str]) -> set[str]:
-        """Those of ``run_uuids`` with an event whose deliveries are still held."""
+        """Those of ``run_uuids`` with an event still held."""
         if not run_uuids:
             return set()
         rows = self._db.query(
-            "SELECT DISTINCT e.run_uuid FROM outbox o JOIN events e ON e.seq = o.event_seq "
-            "WHERE o.held_until IS NOT NULL "
-            "AND e.run_uuid IN (SELECT value FROM json_each(?))",
+            "SELECT DISTINCT run_uuid FROM events WHERE held_until IS NOT NULL "
+            "AND run_uuid IN (SELECT value FROM json_each(?))",
             (json.dumps(sorted(set(run_uuids))),),
         )
         return {str(uuid) for (uuid,) in rows}

@@ -26,9 +26,6 @@ from watcher.store.codec import decode_body, encode_body
 from watcher.store.db import StoreBase, to_ts
 
 _NO_LIMIT = 2**63 - 1  # above any seq: "no upper bound" without composing SQL
-# A held row's next_attempt_at (9999-12-31T23:59:59Z): never due, still listed in outbox
-# order, so a dispatcher neither sends it nor lets a later row of its run overtake it.
-HELD_NEXT_ATTEMPT = 253402300799.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +46,11 @@ def notifier_names(notifiers: Iterable[str]) -> list[str]:
 
 
 def insert_deliveries(
-    conn: sqlite3.Connection,
-    event_seq: int,
-    notifiers: list[str],
-    now: float,
-    held_until: float | None = None,
+    conn: sqlite3.Connection, event_seq: int, notifiers: list[str], now: float
 ) -> None:
-    """One pending row per notifier; held ones are never due until released (holds.py)."""
-    due = now if held_until is None else HELD_NEXT_ATTEMPT
     conn.executemany(
-        "INSERT INTO outbox (event_seq, notifier, created_at, next_attempt_at, held_until) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(event_seq, name, now, due, held_until) for name in notifiers],
+        "INSERT INTO outbox (event_seq, notifier, created_at, next_attempt_at) VALUES (?, ?, ?, ?)",
+        [(event_seq, name, now, now) for name in notifiers],
     )
 
 
@@ -73,16 +63,16 @@ def append_event(
 ) -> int | None:
     """Store ``event`` and one pending delivery per notifier; ``None`` if the id is known.
 
-    ``held_until``: the deliveries are held (see :mod:`watcher.store.holds`).
+    ``held_until``: the event is held, its deliveries wait (see :mod:`watcher.store.holds`).
     """
     cursor = conn.execute(
-        "INSERT INTO events (id, type, run_uuid, recorded_at, body) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING",
-        (event.id, event.type, event.run_uuid, now, encode_body(event.to_json())),
+        "INSERT INTO events (id, type, run_uuid, recorded_at, body, held_until) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (event.id, event.type, event.run_uuid, now, encode_body(event.to_json()), held_until),
     )
     if cursor.rowcount != 1 or cursor.lastrowid is None:
         return None
-    insert_deliveries(conn, cursor.lastrowid, notifiers, now, held_until)
+    insert_deliveries(conn, cursor.lastrowid, notifiers, now)
     return cursor.lastrowid
 
 

@@ -25,10 +25,16 @@ from watcher.store.models import Delivery
 
 MAX_ERROR_CHARS = 2000
 
+# A row of a held event (watcher.store.holds) is listed with this next_attempt_at
+# (9999-12-31T23:59:59Z): never due, still in outbox order, so a dispatcher neither sends it
+# nor lets a later row of its run overtake it.
+HELD_NEXT_ATTEMPT = 253402300799.0
+
 # Every query below is this literal plus a literal tail; values are always bound.
 _SELECT = (
-    "SELECT o.id, e.body, o.notifier, o.attempts, o.created_at, o.next_attempt_at, o.last_error "
-    "FROM outbox o JOIN events e ON e.seq = o.event_seq "
+    "SELECT o.id, e.body, o.notifier, o.attempts, o.created_at, "
+    "CASE WHEN e.held_until IS NULL THEN o.next_attempt_at ELSE 253402300799.0 END, "
+    "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
 )
 
 

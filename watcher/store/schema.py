@@ -20,8 +20,8 @@ Tables (times are unix seconds, REAL):
   ``body`` is the event's JSON exactly as notifiers receive it.
 - ``outbox``: one row per (event, notifier) still to deliver (``pending``) or given up
   (``dead``); delivered rows are deleted. AUTOINCREMENT keeps ids unique forever.
-  ``held_until`` (held deliveries): set while the event waits for its failure details; such a
-  row is never due (see :mod:`watcher.store.holds`).
+- ``events.held_until`` (held deliveries): set while the event waits for its failure
+  details; its outbox rows are never due meanwhile (see :mod:`watcher.store.holds`).
 - ``discovery`` (version 2): one row per ``[[watch]]`` entry (``watch_key`` names its
   project and filters) whose first discovery pass completed, so a restart does not treat
   the project's existing runs as news again. Rows of ``runs`` are deleted only by retention:
@@ -172,12 +172,12 @@ _RETENTION = (
     "CREATE INDEX runs_stopped ON runs (stopped_at) WHERE stopped = 1 AND terminal = 0",
 )
 
-# Held deliveries (issue 12): a failure's status change is recorded at once and its outbox
-# rows wait, ``held_until`` set and ``next_attempt_at`` far in the future so no dispatcher
-# sends them, until its enrichment stores the details (or gives up); see watcher.store.holds.
+# Held deliveries (issue 12): a failure's status change is recorded at once and its event
+# marked held (``held_until``) until its enrichment stores the details (or gives up); no
+# dispatcher sends an outbox row of a held event (see watcher.store.holds).
 _HELD = (
-    "ALTER TABLE outbox ADD COLUMN held_until REAL",
-    "CREATE INDEX outbox_held ON outbox (held_until) WHERE held_until IS NOT NULL",
+    "ALTER TABLE events ADD COLUMN held_until REAL",
+    "CREATE INDEX events_held ON events (held_until) WHERE held_until IS NOT NULL",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS, _RETENTION, _HELD)
