@@ -456,6 +456,46 @@ async def test_unreadable_answers_are_transient(
     assert_no_secret(caught.value)
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        METADATA,
+        {"Status": "FAILED", "ErrorMessage": 12, "Preprocess": "junk", "Extra": [1]},
+        {"Status": "  "},
+        {"Status": 7},
+        {"RunId": "x"},
+        [1, 2],
+        "text",
+        None,
+    ],
+    ids=["full", "bad-fields", "blank", "not-text", "no-Status", "list", "text", "null"],
+)
+async def test_run_status_answers_as_get_run_status_does(
+    fake: tuple[FakeOmics, str],
+    session: aiohttp.ClientSession,
+    limiter: RecordingLimiter,
+    metadata: object,
+) -> None:
+    """The pollers' quick GetRunStatus: the same Status and raw object, the same errors."""
+    omics, endpoint = fake
+
+    async def answer(seen: Seen) -> web.StreamResponse:
+        return envelope({"Metadata": metadata, "RequestId": "rid-q"})
+
+    omics.default = answer
+    client = make_client(session, endpoint, limiter)
+    outcomes = []
+    for ask in (client.get_run_status, client.run_status):
+        try:
+            got = await ask(RUN)
+        except Transient as exc:
+            outcomes.append((type(exc), exc.code, exc.message, exc.request_id))
+        else:
+            outcomes.append((got.Status, got.raw))
+    assert outcomes[0] == outcomes[1]
+    assert [seen.params for seen in omics.seen] == [{"RunUuid": RUN}] * 2
+
+
 async def test_slow_answer_times_out(
     fake: tuple[FakeOmics, str], session: aiohttp.ClientSession, limiter: RecordingLimiter
 ) -> None:

@@ -46,7 +46,7 @@ from watcher.omics.errors import (
     classify,
 )
 from watcher.omics.limiter import Limiter
-from watcher.omics.models import RunMetadata, RunsFilter, RunSummary
+from watcher.omics.models import RunMetadata, RunsFilter, RunSummary, required_text
 from watcher.omics.signing import Signer
 from watcher.secrets import Scrubber
 
@@ -157,6 +157,16 @@ class _Answer:
         self.result = result
         self.date_header = date_header
         self.received_at = received_at
+
+
+class StatusAnswer:
+    """A GetRunStatus answer as a poller reads it: ``Status`` (checked) and ``raw`` (as sent)."""
+
+    __slots__ = ("Status", "raw")
+
+    def __init__(self, status: str, raw: dict[str, Any]) -> None:
+        self.Status = status
+        self.raw = raw
 
 
 class OmicsClient:
@@ -344,6 +354,26 @@ class OmicsClient:
         """GetRunStatus: the run's RunMetadata."""
         response = await self.call("GetRunStatus", {"RunUuid": run_uuid, "ProjectId": project_id})
         return _parse(RunMetadata, response.get("Metadata"), response, "Metadata")
+
+    async def run_status(self, run_uuid: str, project_id: str = "") -> StatusAnswer:
+        """GetRunStatus for a poller: the Status and the raw Metadata, no :class:`RunMetadata`.
+
+        A poll mostly finds the status unchanged, and a poller reads nothing but ``Status``
+        and ``raw`` (the event carries ``raw``), so this checks only what ``get_run_status``
+        would refuse (a Metadata that is no object, a missing or blank Status) with the same
+        :class:`Transient` errors, and skips building the model: the same outcome, less CPU.
+        """
+        response = await self.call("GetRunStatus", {"RunUuid": run_uuid, "ProjectId": project_id})
+        metadata = response.get("Metadata")
+        if metadata is None:
+            raise _malformed(response, "answer without Metadata")
+        if not isinstance(metadata, dict):
+            raise _malformed(response, "RunMetadata: not an object")
+        try:
+            status = required_text(metadata, "Status", "RunMetadata")
+        except Transient as exc:
+            raise _malformed(response, exc.message) from None
+        return StatusAnswer(status, metadata)
 
     async def describe_runs(
         self,

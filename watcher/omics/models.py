@@ -75,6 +75,24 @@ def parse_json_text(text: str | None) -> JsonText | None:
     return text
 
 
+def required_text(data: dict[str, Any], key: str, owner: str) -> str:
+    """``data[key]`` when it is non-blank text; :class:`Transient` ``MalformedResponse`` if not.
+
+    The check behind ``_required`` fields, also used alone where only that field is read
+    (a quiet poll needs the Status of a GetRunStatus answer, not the whole model).
+    """
+    value = data.get(key)
+    if isinstance(value, str) and value.strip():
+        return value
+    if value is None:
+        state = "missing"
+    elif isinstance(value, str):
+        state = "blank"
+    else:
+        state = f"a {type(value).__name__}, not a string"
+    raise Transient("MalformedResponse", f"{owner}.{key} is {state}")
+
+
 class _ApiObject(BaseModel):
     """Shared leniency: bad fields dropped to their default, required text checked, raw kept."""
 
@@ -91,15 +109,7 @@ class _ApiObject(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__} is a {type(data).__name__}, not an object")
         for key in cls._required:
-            value = data.get(key)
-            if not isinstance(value, str) or not value.strip():
-                if value is None:
-                    state = "missing"
-                elif isinstance(value, str):
-                    state = "blank"
-                else:
-                    state = f"a {type(value).__name__}, not a string"
-                raise Transient("MalformedResponse", f"{cls.__name__}.{key} is {state}")
+            required_text(data, key, cls.__name__)
         try:
             model = handler(data)
         except ValidationError as exc:
