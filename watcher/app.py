@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from watcher.checkpoints import Checkpointer
 from watcher.config import Settings
 from watcher.connect import STATUS_ACTION, build_client, build_limiters, http_session
 from watcher.delivery.digest import group_progress
@@ -362,6 +363,7 @@ class Serving:
             helpers.append(d.discovery.run(stop))
         if d.pruner.enabled:
             helpers.append(d.pruner.run(stop))
+        helpers.append(Checkpointer(d.store).run(stop))  # WAL checkpoints off the loop
         self._helpers = [group.create_task(h) for h in helpers]
 
     async def become_ready(self) -> None:

@@ -235,12 +235,30 @@ class Database:
         except sqlite3.Error as exc:
             raise StateError(describe(self.path, exc)) from exc
 
+    def set_autocheckpoint(self, pages: int) -> None:
+        """Commits on this connection checkpoint the WAL once it holds ``pages`` (0: never)."""
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {max(0, int(pages))}").fetchall()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """A PASSIVE WAL checkpoint: copies into the file the frames no reader still needs,
+        never waits for a lock; returns ``(frames in the WAL, frames checkpointed)``."""
+        try:
+            row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(describe(self.path, exc)) from exc
+        return int(row[1]), int(row[2])
+
 
 class StoreBase:
     """What the store's parts share: the database and the wall clock."""
 
     _db: Database
     _clock: Callable[[], datetime]
+
+    def defer_checkpoints(self, pages: int) -> None:
+        """Let this connection's commits checkpoint the WAL only past ``pages`` (a safety
+        net): the daemon checkpoints off its loop (:mod:`watcher.checkpoints`)."""
+        self._db.set_autocheckpoint(pages)
 
     def _now(self) -> float:
         return to_ts(self._clock())
