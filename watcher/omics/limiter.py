@@ -80,7 +80,8 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Protocol
 
 WINDOW_SECONDS = 1.0
@@ -233,16 +234,9 @@ class PacingLimiter:
         if answered:
             self._round_trips.observe(now - grant.granted_at)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def slot(self) -> _Slot:
         """Hold a permit for the duration of one request, response body included."""
-        grant = await self.acquire()
-        try:
-            yield
-        except BaseException:
-            self.release(grant, answered=False)
-            raise
-        self.release(grant)
+        return _Slot(self)
 
     def throttled(self) -> None:
         """The server refused a request for exceeding the limit: slow everyone down."""
@@ -254,3 +248,32 @@ class PacingLimiter:
         self._rate = max(self._min_rate, self._rate / 2)
         self._paused_until = now + WINDOW_SECONDS
         self._round_trips.forget()  # the old rule until fresh samples vouch for the network
+
+
+class _Slot:
+    """``async with limiter.slot()``: one permit, released when the block ends.
+
+    A plain class rather than ``contextlib.asynccontextmanager``: it is entered 20 times a
+    second, and the generator-based manager costs an async generator and its frames each time.
+    """
+
+    __slots__ = ("_grant", "_limiter")
+
+    def __init__(self, limiter: PacingLimiter) -> None:
+        self._limiter = limiter
+        self._grant: _Grant | None = None
+
+    async def __aenter__(self) -> None:
+        self._grant = await self._limiter.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        grant = self._grant
+        if grant is not None:
+            self._grant = None
+            # Cancelled or failed in flight: its duration is not a round trip sample.
+            self._limiter.release(grant, answered=exc_type is None)
