@@ -484,7 +484,7 @@ async def test_run_status_answers_as_get_run_status_does(
 
     omics.default = answer
     client = make_client(session, endpoint, limiter)
-    outcomes = []
+    outcomes: list[object] = []
     for ask in (client.get_run_status, client.run_status):
         try:
             got = await ask(RUN)
