@@ -312,3 +312,17 @@ def test_a_signer_keeps_its_key_out_of_its_repr() -> None:
         "2019-02-25/omics/tc3_request",
         signing.signature(secret_key=SECRET_KEY, host="h", body=BODY_C, timestamp=TIMESTAMP),
     )
+
+
+def test_a_signer_kept_digests_never_change_a_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Signer keeps each body's canonical-request digest (a poller resends the same bodies);
+    # bodies seen again, new ones, and more than it keeps all sign as the stateless function.
+    monkeypatch.setattr(signing, "_DIGESTS_KEPT", 2)
+    signer = signing.Signer(secret_id=SECRET_ID, secret_key=SECRET_KEY, host="h")
+    bodies = [b'{"RunUuid":"a"}', b'{"RunUuid":"b"}', b'{"RunUuid":"c"}', b""]
+    for i, body in enumerate(bodies * 3):
+        timestamp = TIMESTAMP + i * 40_000  # crossing days too
+        expected = signing.signature(
+            secret_key=SECRET_KEY, host="h", body=body, timestamp=timestamp
+        )
+        assert signer.signature(body, timestamp)[1] == expected

@@ -22,6 +22,7 @@ ALGORITHM = "TC3-HMAC-SHA256"
 SIGNED_HEADERS = "content-type;host"
 SERVICE = "omics"
 CONTENT_TYPE = "application/json"
+_DIGESTS_KEPT = 4096  # bodies whose canonical-request digest a Signer keeps (a few hundred KB)
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -77,7 +78,16 @@ class Signer:
     never logged; the caller makes a new one when the credential changes.
     """
 
-    __slots__ = ("_credential", "_day", "_key", "_prefix", "_scope", "_secret_key", "_service")
+    __slots__ = (
+        "_credential",
+        "_day",
+        "_digests",
+        "_key",
+        "_prefix",
+        "_scope",
+        "_secret_key",
+        "_service",
+    )
 
     def __init__(
         self,
@@ -96,6 +106,9 @@ class Signer:
         self._day = -1
         self._key = b""
         self._scope = ""
+        # The canonical request's digest depends on the body alone, and a poller sends the
+        # same few bodies again and again (one per run): two SHA-256 per request saved.
+        self._digests: dict[bytes, str] = {}
 
     def signature(self, body: bytes, timestamp: int) -> tuple[str, str]:
         """``(scope, hex signature)`` of one POST of ``body`` at ``timestamp``."""
@@ -105,8 +118,13 @@ class Signer:
             self._key = signing_key(self._secret_key, date, self._service)
             self._scope = f"{date}/{self._service}/tc3_request"
             self._day = day
-        canonical = self._prefix + hashlib.sha256(body).hexdigest()
-        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        digest = self._digests.get(body)
+        if digest is None:
+            canonical = self._prefix + hashlib.sha256(body).hexdigest()
+            digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            if len(self._digests) >= _DIGESTS_KEPT:
+                self._digests.clear()
+            self._digests[body] = digest
         to_sign = f"{ALGORITHM}\n{timestamp}\n{self._scope}\n{digest}"
         return self._scope, hmac.new(self._key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
