@@ -363,7 +363,11 @@ class OmicsClient:
         would refuse (a Metadata that is no object, a missing or blank Status) with the same
         :class:`Transient` errors, and skips building the model: the same outcome, less CPU.
         """
-        response = await self.call("GetRunStatus", {"RunUuid": run_uuid, "ProjectId": project_id})
+        # No empty ProjectId to drop in call(): one dict per poll, not two.
+        params = (
+            {"RunUuid": run_uuid, "ProjectId": project_id} if project_id else {"RunUuid": run_uuid}
+        )
+        response = await self.call("GetRunStatus", params)
         metadata = response.get("Metadata")
         if metadata is None:
             raise _malformed(response, "answer without Metadata")
