@@ -23,6 +23,7 @@ Pure: no I/O, no global state; a :class:`Scrubber` is immutable.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -146,8 +147,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
+@functools.lru_cache(maxsize=64)
 def url_origin(url: str) -> str:
-    """``scheme://host[:port]``: names a destination; everything after the host may be secret."""
+    """``scheme://host[:port]``: names a destination; everything after the host may be secret.
+
+    Cached: every POST names its destination up front, and a notifier's URL rarely changes.
+    """
     try:
         parts = urlsplit(url)
         host = _host_port(parts.hostname, parts.port)

@@ -388,14 +388,17 @@ class Dispatcher:
         self, worker: _Worker, send: Send, failure: NotifyError | None, log: FilteringBoundLogger
     ) -> None:
         """Apply one attempt's result to every row of the send together."""
-        number = max(row.attempts for row in send.rows) + 1
+        rows = send.rows
+        number = (rows[0].attempts if len(rows) == 1 else max(r.attempts for r in rows)) + 1
         now = self._clock()
         if failure is None:
-            for row in send.rows:  # only now: the message carrying every row was sent
+            oldest = 0.0
+            for row in rows:  # only now: the message carrying every row was sent
                 self._store.mark_delivered(row.id)
                 worker.pending.pop(row.id, None)
-                self._observe(worker, "delivered", (now - row.created_at).total_seconds())
-            oldest = max((now - row.created_at).total_seconds() for row in send.rows)
+                latency = (now - row.created_at).total_seconds()
+                oldest = max(oldest, latency)
+                self._observe(worker, "delivered", latency)
             log.info("notify_delivered", attempt=number, latency_seconds=round(oldest, 3))
         elif isinstance(failure, Retryable):
             self._retry(worker, send, failure, number=number, now=now, log=log)
