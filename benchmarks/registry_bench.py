@@ -3,7 +3,7 @@
 Why: with 340,000 runs ``list --json`` took 20 s, ``/metrics`` 160 ms, ``GET /v1/runs`` 8.3 s
 (109 MB) during which ``/healthz`` did not answer, and memory peaked at 861 MB. This grows a
 state file of that size with the store's own code (``tests/big_state.py``; cached under
-``--cache`` and reused while the schema version is the same), starts the real daemon on it
+``--cache`` and reused while the schema is the same), starts the real daemon on it
 against the simulator (whose runs are the registry's active runs, polled with the batch
 strategy), and measures, printed beside the targets:
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -84,7 +85,9 @@ def build_state(args: argparse.Namespace, active: list[str]) -> tuple[Path, floa
     """The cached big file (built if missing); returns its path and the build time (0: cached)."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    name = f"state-v{len(MIGRATIONS)}-{args.runs}-{args.events}-{len(active)}-s{args.seed}.db"
+    # The schema's text, not only its version: an unreleased migration may still change.
+    schema = hashlib.sha256(repr(MIGRATIONS).encode()).hexdigest()[:12]
+    name = f"state-{schema}-{args.runs}-{args.events}-{len(active)}-s{args.seed}.db"
     path = cache / name
     fresh = path.exists() and time.time() - path.stat().st_mtime < 5 * 86400
     if fresh and not args.rebuild:  # older: its history nears the default retention
