@@ -37,6 +37,7 @@ from watcher.enrich import DEFAULT_TIMEOUT_SECONDS
 from watcher.events import Event, RunState
 from watcher.sink import EventSink
 from watcher.store import Store, TrackedRun
+from watcher.tasks import drain
 from watcher.transitions import detect, not_found_event
 
 
@@ -148,14 +149,7 @@ class Recorder:
     async def drain(self, grace: float | None = None) -> None:
         """Wait for the enrichments in flight (``grace`` seconds at most, then cancel the
         rest, which releases their events as they are)."""
-        tasks = set(self._enriching)
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late)
+        await drain(self._enriching, grace)
 
     def resume_held(self) -> int:
         """At start: complete the events a previous process held when it died; returns how

@@ -108,6 +108,7 @@ from watcher.omics.models import RunsFilter, parse_time
 from watcher.polling.common import (
     DESCRIBE_LIMIT,
     MAX_BACKLOG,
+    RunLister,
     RunSummaryLike,
     StatusSource,
     backoff_delay,
@@ -157,17 +158,8 @@ class ListedRun(RunSummaryLike, Protocol):
     def UpdateTime(self) -> str | None: ...
 
 
-class BatchSource(StatusSource, Protocol):
+class BatchSource(StatusSource, RunLister[ListedRun], Protocol):
     """What the poller calls: GetRunStatus and one DescribeRuns page (the Omics client)."""
-
-    async def describe_runs(
-        self,
-        *,
-        project_id: str = "",
-        filters: Sequence[RunsFilter] = (),
-        limit: int = DESCRIBE_LIMIT,
-        offset: int = 0,
-    ) -> tuple[int, Sequence[ListedRun]]: ...
 
 
 def listed_metadata(run: ListedRun) -> dict[str, str]:

@@ -17,7 +17,6 @@ agree on everything else. The building blocks live here (the loop that assembles
 - :func:`record_status`: hand a changed status to the :class:`~watcher.recorder.Recorder`
   and read back what the registry holds afterwards (another process may have recorded
   first: then the registry is believed, never the poller's memory).
-- :func:`drain`: give in-flight requests a bounded time at stop, then cancel them.
 - :func:`task_failed`: log a poll task that died; a :class:`~watcher.store.StateError` among
   them stops the poller (the daemon exits 3), because the run whose result could not be
   written would otherwise never be polled again, without a trace.
@@ -30,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from watcher.omics.models import RunsFilter
 from watcher.recorder import Recorder
@@ -79,8 +78,11 @@ class RunSummaryLike(Protocol):
     def update_time(self) -> datetime | None: ...
 
 
-class RunLister(Protocol):
-    """One DescribeRuns page (the Omics client)."""
+_Listed_co = TypeVar("_Listed_co", covariant=True)
+
+
+class RunLister(Protocol[_Listed_co]):
+    """One DescribeRuns page (the Omics client), listing runs as ``_Listed_co``."""
 
     async def describe_runs(
         self,
@@ -89,7 +91,7 @@ class RunLister(Protocol):
         filters: Sequence[RunsFilter] = (),
         limit: int = DESCRIBE_LIMIT,
         offset: int = 0,
-    ) -> tuple[int, Sequence[RunSummaryLike]]: ...
+    ) -> tuple[int, Sequence[_Listed_co]]: ...
 
 
 def max_in_flight(rate_per_second: float, request_timeout_seconds: float) -> int:
@@ -248,18 +250,6 @@ async def record_status(
     return RecordResult(
         active=not recorded.event.terminal, status=metadata.Status, superseded=False
     )
-
-
-async def drain(tasks: Iterable[asyncio.Task[None]], grace: float) -> None:
-    """Wait up to ``grace`` seconds for ``tasks``, then cancel what is left."""
-    pending_tasks = set(tasks)
-    if not pending_tasks:
-        return
-    _, pending = await asyncio.wait(pending_tasks, timeout=grace)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
 
 
 def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StateError | None:

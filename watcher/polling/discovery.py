@@ -100,7 +100,7 @@ class Discovery:
         self,
         *,
         store: Store,
-        source: RunLister,
+        source: RunLister[RunSummaryLike],
         watches: Sequence[WatchOptions],
         terminal: frozenset[str],
         default_project_id: str = "",
@@ -246,7 +246,7 @@ def build_discovery(
     options: DiscoveryOptions,
     *,
     store: Store,
-    source: RunLister,
+    source: RunLister[RunSummaryLike],
     on_tracked: Callable[[], None],
 ) -> Discovery:
     """Discovery for the configured ``[[watch]]`` entries (its ``run`` returns at once if

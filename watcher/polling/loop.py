@@ -32,13 +32,13 @@ from watcher.polling.common import (
     Naps,
     RegistryFeed,
     StatusSource,
-    drain,
     task_failed,
 )
 from watcher.polling.run_poll import PolledRun, RunPoll, RunPollOptions
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
 from watcher.store import StateError, Store
+from watcher.tasks import drain
 
 
 class Collaborators(TypedDict):
