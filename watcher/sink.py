@@ -32,35 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from typing import Protocol
 
 from watcher.events import NOT_FOUND, STATUS_CHANGED, Event, RunState
 from watcher.service.metrics import Metrics
+from watcher.store import Store
 
 EventHook = Callable[[Event], None]
-
-
-class SinkStore(Protocol):
-    """The writes of :class:`watcher.store.Store` the sink uses (each one transaction)."""
-
-    def record_observation(
-        self,
-        state: RunState,
-        event: Event | None,
-        *,
-        notifiers: Sequence[str],
-        held_until: datetime | None = None,
-    ) -> bool: ...
-
-    def release_event(self, event_id: str, enriched: Event | None = None) -> bool: ...
-
-    def release_held(self) -> int: ...
-
-    def record_not_found(
-        self, run_uuid: str, event: Event, *, notifiers: Sequence[str]
-    ) -> bool: ...
-
-    def record_event(self, event: Event, *, notifiers: Sequence[str]) -> bool: ...
 
 
 def _nothing() -> None:
@@ -73,7 +50,7 @@ class EventSink:
     def __init__(
         self,
         *,
-        store: SinkStore,
+        store: Store,
         route: Callable[[Event], Sequence[str]],
         metrics: Metrics | None = None,
         on_recorded: Callable[[], None] = _nothing,
