@@ -40,11 +40,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     REPO,
+    Receiver,
     Sim,
     daemon,
     http_json,
@@ -79,45 +78,6 @@ SCENARIOS = {
     "burst": Scenario("burst", 1000, 16.0, 0.0, (8.0, 3.0, 5.0)),
     "lag": Scenario("lag", 300, 16.0, 2.0, (8.0, 3.0, 5.0)),
 }
-
-
-class Receiver:
-    """Webhook receiver on 127.0.0.1 (a thread): each event's first arrival time."""
-
-    def __init__(self) -> None:
-        self.received: dict[str, tuple[float, dict[str, Any]]] = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                now = time.time()
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    event = json.loads(body)
-                    outer.received.setdefault(event["id"], (now, event))
-                except (ValueError, KeyError):
-                    pass
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def say(*parts: Any) -> None:

@@ -36,10 +36,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -548,3 +550,42 @@ if __name__ == "__main__":
         _floor_child()
     else:
         sys.exit("usage: common.py sim CONFIG_JSON | common.py floor < ARGS_JSON")
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 in a thread: each event's first arrival time and body."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, tuple[float, dict[str, Any]]] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                now = time.time()
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    event = json.loads(body)
+                    outer.received.setdefault(event["id"], (now, event))
+                except (ValueError, KeyError):
+                    pass
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -67,10 +67,8 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +79,7 @@ from common import (
     FLOOR_KINDS,
     REPO,
     Daemon,
+    Receiver,
     Sim,
     daemon,
     machine_info,
@@ -399,45 +398,6 @@ def profile_daemon(sim: Sim, d: Daemon, seconds: float, *, gil: bool = True) -> 
 # -- latency ----------------------------------------------------------------------------------
 
 
-class _Receiver:
-    """A webhook receiver on 127.0.0.1 in a thread: records each event's arrival time."""
-
-    def __init__(self) -> None:
-        self.received: dict[str, tuple[float, dict[str, Any]]] = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                now = time.time()
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    event = json.loads(body)
-                    outer.received.setdefault(event["id"], (now, event))
-                except (ValueError, KeyError):
-                    pass
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     n = args.runs
     sim_config = {
@@ -459,7 +419,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
     }
     say(f"# latency: {n} finishing/flapping runs, interval {args.interval} s, {args.duration} s")
-    with simulator(sim_config) as sim, _Receiver() as receiver:
+    with simulator(sim_config) as sim, Receiver() as receiver:
         hook = {"name": "bench", "type": "webhook", "url": receiver.url, "secret": WEBHOOK_SECRET}
         with daemon(sim, rate=args.rate, interval=args.interval, notifiers=[hook]) as d:
             d.track(sim.runs)
