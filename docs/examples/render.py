@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,12 +193,12 @@ def settings(kind: str) -> Any:
     return TypeAdapter(NotifierSettings).validate_python(raw)
 
 
-def write(name: str, text: str) -> None:
-    (HERE / name).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    print(f"wrote docs/examples/{name}")
+def write(out: Path, name: str, text: str) -> None:
+    (out / name).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    print(f"wrote {out / name}")
 
 
-async def main() -> None:
+async def main(out: Path) -> None:
     logger = structlog.get_logger()
     cases = {**CASES, "digest": digest_case(), "rollup": rollup_case()}
     async with aiohttp.ClientSession() as session:
@@ -207,16 +208,20 @@ async def main() -> None:
                     settings(kind), session=session, logger=logger, clock=lambda: WHEN
                 )
                 body = json.dumps(notifier.payload(event), ensure_ascii=False, indent=2)
-                write(f"{kind}-{case}.json", body)
-            write(f"webhook-{case}.json", json.dumps(event.to_dict(), ensure_ascii=False, indent=2))
+                write(out, f"{kind}-{case}.json", body)
+            write(
+                out,
+                f"webhook-{case}.json",
+                json.dumps(event.to_dict(), ensure_ascii=False, indent=2),
+            )
             mailer: Any = build_notifier(
                 settings("email"), session=session, logger=logger, clock=lambda: WHEN
             )
             mail = mailer.message(event)
             text, html = mail.get_body(("plain",)), mail.get_body(("html",))
-            write(f"email-{case}.txt", f"Subject: {mail['Subject']}\n\n{text.get_content()}")
-            write(f"email-{case}.html", html.get_content())
-    write("README.md", readme(list(cases)))
+            write(out, f"email-{case}.txt", f"Subject: {mail['Subject']}\n\n{text.get_content()}")
+            write(out, f"email-{case}.html", html.get_content())
+    write(out, "README.md", readme(out, list(cases)))
 
 
 TITLES = {
@@ -239,7 +244,7 @@ def _fenced(lang: str, text: str) -> str:
     return f"```{lang}\n{text.rstrip()}\n```"
 
 
-def readme(cases: list[str]) -> str:
+def readme(out: Path, cases: list[str]) -> str:
     """docs/examples/README.md: every example, readable text first, exact bodies folded."""
     parts = [
         "# What each destination receives",
@@ -281,7 +286,7 @@ def readme(cases: list[str]) -> str:
     ]
     for case in cases:
         parts += [f"## {TITLES[case]}", ""]
-        wecom = json.loads((HERE / f"wecom-{case}.json").read_text(encoding="utf-8"))
+        wecom = json.loads((out / f"wecom-{case}.json").read_text(encoding="utf-8"))
         parts += [
             "WeCom markdown (`msgtype: markdown`), as its content reads:",
             "",
@@ -289,11 +294,11 @@ def readme(cases: list[str]) -> str:
             "",
             f"Email (plain-text part; the HTML part is [`email-{case}.html`](email-{case}.html)):",
             "",
-            _fenced("text", (HERE / f"email-{case}.txt").read_text(encoding="utf-8")),
+            _fenced("text", (out / f"email-{case}.txt").read_text(encoding="utf-8")),
             "",
         ]
         for kind in CHAT_KINDS:
-            body = (HERE / f"{kind}-{case}.json").read_text(encoding="utf-8")
+            body = (out / f"{kind}-{case}.json").read_text(encoding="utf-8")
             parts += [
                 f"<details><summary>{KIND_NAMES[kind]}: <code>{kind}-{case}.json</code></summary>",
                 "",
@@ -302,7 +307,7 @@ def readme(cases: list[str]) -> str:
                 "</details>",
                 "",
             ]
-        body = (HERE / f"webhook-{case}.json").read_text(encoding="utf-8")
+        body = (out / f"webhook-{case}.json").read_text(encoding="utf-8")
         parts += [
             f"<details><summary>Generic webhook: <code>webhook-{case}.json</code></summary>",
             "",
@@ -315,4 +320,5 @@ def readme(cases: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # Optional argument: another folder (the tests render there and compare with this one).
+    asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE))
