@@ -388,6 +388,7 @@ def listed(capsys: pytest.CaptureFixture[str], config: Path) -> list[dict[str, A
 
 
 def test_list_json_of_an_empty_registry(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    Store.open(str(config.parent / "state.db")).close()  # list never creates one (cli_files)
     assert listed(capsys, config) == []
 
 

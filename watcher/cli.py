@@ -52,6 +52,19 @@ def _open_store(settings: Any) -> Any:
         raise Exit(EXIT_STARTUP, f"state error: {exc}") from None
 
 
+def open_existing_store(settings: Any) -> Any:
+    """The state for a command that only reads or changes what is there (``list``,
+    ``history``, ``untrack``, ``dead-letters``, ``redeliver``, ``silence``): a missing state
+    file is exit 1 with ``no state file at PATH`` and nothing is created. Only ``track`` and
+    ``run`` create one (they call :func:`_open_store`)."""
+    from pathlib import Path
+
+    path = Path(settings.state.path)
+    if not path.exists():
+        raise Exit(EXIT_RUNTIME, f"no state file at {path}")
+    return _open_store(settings)
+
+
 def _configure_logging(settings: Any) -> Any:
     from watcher.secrets import secret_values
     from watcher.service.logs import configure
@@ -131,7 +144,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def cmd_untrack(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with _open_store(settings) as store:
+    with open_existing_store(settings) as store:
         # Only UUIDs can be tracked (track refuses the rest): anything else is "not tracked".
         removed = store.untrack(u.lower() for u in args.run_uuids if _UUID.fullmatch(u))
     unknown = sorted(set(u.lower() for u in args.run_uuids) - set(removed))
@@ -182,7 +195,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise Exit(EXIT_USAGE, "error: --limit must be at least 1")
     if args.status is not None:
         _text_arg("--status", args.status)
-    with _open_store(settings) as store:
+    with open_existing_store(settings) as store:
         pages = _list_pages(store, args)
         if args.json:
             # Byte for byte what json.dump of the whole array printed before paging.
