@@ -77,3 +77,47 @@ def test_track_creates_the_state_and_list_then_reads_it(
     code, out, err = cli(capsys, "list", "-c", str(config))
     assert code == 0, err
     assert RUN_A in out
+
+
+# -- a relative [state] path is relative to the config file's folder -------------------------
+
+
+def test_a_relative_state_path_in_a_config_file_is_beside_that_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc" / "watcher"
+    config = write_config(etc / "config.toml", {"state": {"path": "data/state.db"}})
+    (etc / "data").mkdir()
+    code, _, err = cli(capsys, "track", "-c", str(config), RUN_A)
+    assert code == 0, err
+    assert (etc / "data" / "state.db").is_file()
+    assert list(Path.cwd().iterdir()) == []  # nothing where the command was run
+    # The same file from another working directory, the config named relatively, or through
+    # $OMICS_WATCHER_CONFIG.
+    monkeypatch.chdir(tmp_path / "etc")
+    for argv in (["-c", "watcher/config.toml"], []):
+        if not argv:
+            monkeypatch.setenv("OMICS_WATCHER_CONFIG", str(config))
+        code, out, err = cli(capsys, "list", *argv)
+        assert code == 0, (argv, err)
+        assert RUN_A in out
+    code, out, _ = cli(capsys, "check-config", "-c", str(config))
+    assert code == 0
+    assert f'"path": "{etc / "data" / "state.db"}"' in out
+
+
+def test_a_state_path_from_the_environment_or_the_defaults_is_relative_to_the_working_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path / "etc" / "c.toml", {"polling": {"interval_seconds": 5}})
+    code, _, err = cli(capsys, "track", "-c", str(config), RUN_A)  # no [state] in the file
+    assert code == 0, err
+    assert (Path.cwd() / "omics-watcher.db").is_file()
+    assert not (tmp_path / "etc" / "omics-watcher.db").exists()
+
+    write_config(config, {"state": {"path": "beside.db"}})
+    monkeypatch.setenv("OMICS_WATCHER_STATE__PATH", "from-env.db")
+    code, _, err = cli(capsys, "track", "-c", str(config), RUN_A)
+    assert code == 0, err
+    assert (Path.cwd() / "from-env.db").is_file()
+    assert not (tmp_path / "etc" / "beside.db").exists()

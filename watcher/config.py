@@ -373,6 +373,20 @@ def _lower_sections(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _state_beside_file(raw: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    """A relative ``[state] path`` written in a config file names a file in that file's
+    folder (interface.md), so ``-c /etc/omics-watcher/config.toml`` finds the same state from
+    any working directory. Defaults and environment overrides stay relative to the working
+    directory: they are not written in the file."""
+    state = raw.get("state")
+    if not isinstance(state, dict):
+        return raw
+    value = state.get("path")
+    if not isinstance(value, str) or not value or value == ":memory:" or Path(value).is_absolute():
+        return raw
+    return {**raw, "state": {**state, "path": str(config_file.parent / value)}}
+
+
 def load_settings(
     config_path: str | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -397,7 +411,10 @@ def load_settings(
         deep = too_deep(raw)
         if deep is not None:
             raise ConfigError([depth_problem(deep)])
-    merged = _merge(_lower_sections(raw), _env_layer(environ))
+    raw = _lower_sections(raw)
+    if path is not None:
+        raw = _state_beside_file(raw, path)
+    merged = _merge(raw, _env_layer(environ))
     problems: list[str] = []
     merged = _resolve_files(merged, "", problems)
     if problems:
