@@ -304,11 +304,15 @@ class Simulator:
 def start_simulator(
     procs: Processes, workdir: Path, *args: str, timeout: float = 30.0
 ) -> Simulator:
-    """``omics-watcher simulate --host 127.0.0.1 ARGS``; returns once its line is read."""
+    """``omics-watcher simulate --host 127.0.0.1 ARGS``; returns once its line is read.
+
+    Runs take at most 14 s (``--run-seconds 14``, the simulator's own lifecycle) unless
+    ARGS say otherwise: the command's default (300 s) is for people trying it by hand."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "simulator.log"
+    pace = [] if "--run-seconds" in args else ["--run-seconds", "14"]
     proc = procs.spawn(
-        [*WATCHER, "simulate", "--host", "127.0.0.1", *args],
+        [*WATCHER, "simulate", "--host", "127.0.0.1", *pace, *args],
         env=clean_env(workdir),
         cwd=workdir,
         log=log,

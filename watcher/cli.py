@@ -284,38 +284,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from watcher.simulator import SimulatorConfig, serve
-
-    try:
-        config = SimulatorConfig(
-            runs=args.runs,
-            seed=args.seed,
-            fault_rate=args.fault_rate,
-            runs_per_group=args.runs_per_group,
-            group_spread_seconds=args.group_spread,
-            list_lag_seconds=args.list_lag,
-            rtt_ms=args.rtt_ms,
-            jitter_ms=args.jitter_ms,
-            uplink_share=args.uplink_share,
-        )
-    except ValueError as exc:
-        raise Exit(EXIT_USAGE, f"simulate: {exc}") from None
-
-    async def main(stop: asyncio.Event) -> int:
-        await serve(
-            config,
-            host=args.host,
-            port=args.port,
-            stop=stop,
-            out=sys.stdout,
-            duration=args.duration,
-        )
-        return EXIT_OK
-
-    return _run_async(main)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
     from watcher.service.logs import configure
@@ -395,6 +363,8 @@ def _exit_for(exc: Exception) -> Exit:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from watcher.cli_simulate import add_parser as add_simulate_parser
+
     parser = argparse.ArgumentParser(
         prog="omics-watcher",
         description="Watch Tencent Cloud Omics runs and report every status change.",
@@ -434,39 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(command("check-config", cmd_check_config, "validate and print the configuration"))
     p = with_config(command("test-notify", cmd_test_notify, "send a sample event to a notifier"))
     p.add_argument("name", metavar="NAME")
-    p = command("simulate", cmd_simulate, "serve a local Omics API simulator")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
-    p.add_argument("--runs-per-group", type=int, default=50, metavar="N")
-    p.add_argument(
-        "--group-spread",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="runs of one group share durations and change within SECONDS of each other",
-    )
-    p.add_argument(
-        "--list-lag",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="DescribeRuns shows runs as they were SECONDS ago",
-    )
-    p.add_argument(
-        "--rtt-ms", type=float, default=0.0, metavar="MS", help="simulated network round trip"
-    )
-    p.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS", help="± on the RTT")
-    p.add_argument(
-        "--uplink-share",
-        type=float,
-        default=0.5,
-        metavar="F",
-        help="part of the RTT before the server counts the request (0-1)",
-    )
+    add_simulate_parser(sub, command)
     command("demo", cmd_demo, "simulator + daemon in one process; ends by itself")
     return parser
 

@@ -35,14 +35,17 @@ Python API (stable)
     ``reset_stats()``. In-process and trusted: ``call(action, params) -> dict`` (raises
     ``ApiError``). Truth: ``snapshot(uuid)``, ``status(uuid)``,
     ``timeline(uuid=None) -> list[Transition]``, ``stats(*, timeline=True) -> dict``,
-    ``group_of(uuid) -> str`` (its RunGroupId).
+    ``group_of(uuid) -> str`` (its RunGroupId), ``project_of(uuid) -> str``.
 ``running_simulator(config=None, host="127.0.0.1", port=0, *, monotonic=None, wall=None)``
     Async context manager yielding a serving :class:`Simulator` (``sim.endpoint`` is
     ``"http://127.0.0.1:PORT"``).
-``serve(config, *, host, port, stop, out, duration=None)``
+``serve(config, *, host, port, stop, out, duration=None, arrivals_per_minute=0)``
     For the CLI: prints one JSON line ``{"endpoint", "secret_id", "secret_key", "runs"}``
     (plus ``"token"`` when configured), then serves until ``stop`` is set or ``duration``
-    elapses. ``OSError`` when the port is taken.
+    elapses; with ``arrivals_per_minute`` it submits a run at that steady pace and prints
+    ``{"new_run", "project_id", "run_group_id", "created_at"}`` for each, one line apiece.
+    ``OSError`` when the port is taken. ``phase_ranges(run_seconds)`` (in
+    :mod:`watcher.simulator.config`) scales the default lifecycle to runs of that length.
 
 HTTP (same port)
 ----------------

@@ -197,6 +197,23 @@ class SimulatorConfig:
         return self.rate_limits.get(action, self.rate_limit)
 
 
+# The default phase ranges (QUEUED, INITIALIZING, RUNNING) end a run within this many seconds.
+DEFAULT_RUN_SECONDS = 14.0
+
+
+def phase_ranges(
+    run_seconds: float,
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+    """``(queued_seconds, initializing_seconds, running_seconds)`` for runs that take at most
+    ``run_seconds`` from QUEUED to their outcome: the default ranges scaled, so
+    ``run_seconds=14`` gives the defaults and any value keeps their shape (each run takes
+    between 3/14 and all of it, a fifth to a half of which before RUNNING)."""
+    if run_seconds <= 0:
+        raise ValueError("run_seconds must be > 0")
+    k = run_seconds / DEFAULT_RUN_SECONDS
+    return (0.5 * k, 2.0 * k), (0.5 * k, 2.0 * k), (2.0 * k, 10.0 * k)
+
+
 def network_problems(rtt_ms: float, jitter_ms: float, uplink_share: float) -> list[str]:
     """What is wrong with a network setting (empty when it is fine)."""
     problems = []

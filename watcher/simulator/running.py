@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import TextIO
 
 from aiohttp import web
@@ -60,10 +61,14 @@ async def serve(
     stop: asyncio.Event,
     out: TextIO,
     duration: float | None = None,
+    arrivals_per_minute: float = 0.0,
 ) -> None:
     """Print ``{"endpoint", "secret_id", "secret_key", "runs"}`` as one JSON line on ``out``,
     then serve until ``stop`` is set or ``duration`` seconds passed.
 
+    With ``arrivals_per_minute`` > 0 a new run is submitted every ``60 / arrivals_per_minute``
+    seconds (the first one that long after the start) and announced as one JSON line
+    ``{"new_run", "project_id", "run_group_id", "created_at"}``.
     Raises ``OSError`` when the address cannot be bound (before printing anything).
     """
     async with running_simulator(config, host, port) as sim:
@@ -77,5 +82,32 @@ async def serve(
             line["token"] = sim.token
         out.write(json.dumps(line) + "\n")
         out.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
+        arrivals = None
+        if arrivals_per_minute > 0:
+            arrivals = asyncio.create_task(_arrive(sim, 60.0 / arrivals_per_minute, out))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=duration)
+        finally:
+            if arrivals is not None:
+                arrivals.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await arrivals
+
+
+async def _arrive(sim: Simulator, every: float, out: TextIO) -> None:
+    """Submit a run every ``every`` seconds and announce it on ``out``, until cancelled."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        due += every
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        run_uuid = sim.submit_run()
+        announced = {
+            "new_run": run_uuid,
+            "project_id": sim.project_of(run_uuid),
+            "run_group_id": sim.group_of(run_uuid),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+        out.write(json.dumps(announced) + "\n")
+        out.flush()

@@ -348,6 +348,10 @@ class Simulator:
         run = self._book.by_uuid[run_uuid]
         return self._book.lifecycles.snapshot(run, self._mono() - run.created_mono)
 
+    def project_of(self, run_uuid: str) -> str:
+        """The run's ProjectId."""
+        return self._book.by_uuid[run_uuid].project_id
+
     def group_of(self, run_uuid: str) -> str:
         """The run's RunGroupId."""
         return self._book.by_uuid[run_uuid].run_group_id
