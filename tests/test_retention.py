@@ -136,7 +136,8 @@ def test_finished_runs_leave_with_their_history_active_runs_keep_everything(
     for delivery in store.pending_deliveries(limit=100):
         if delivery.event.run_uuid in (active, recent):
             store.mark_delivered(delivery.id)
-    assert counts(path) == {"runs": 4, "events": 7, "outbox": 6}
+    # Delivered rows stay as the runs' delivery history until retention removes the run.
+    assert counts(path) == {"runs": 4, "events": 7, "outbox": 12}
 
     result = prune(store, clock, retention=30 * DAY)
 
@@ -146,7 +147,10 @@ def test_finished_runs_leave_with_their_history_active_runs_keep_everything(
     assert [e.status for e in store.events(run_uuid=active)] == ["RUNNING", "QUEUED"]
     assert store.pending_deliveries(limit=100) == []
     assert store.dead_letters() == []
-    assert counts(path) == {"runs": 2, "events": 3, "outbox": 0}
+    assert counts(path) == {"runs": 2, "events": 3, "outbox": 6}
+    kept = [store.run_history(run) for run in (active, recent)]
+    states = {d.state for history in kept if history for entry in history for d in entry.deliveries}
+    assert states == {"delivered"}
     assert store.count_by_status() == {"RUNNING": 1, "SUCCESS": 1}
     # A second pass finds nothing more; the active run is still polled and recorded.
     assert (prune(store, clock, retention=30 * DAY).runs, store.get_run(active) is not None) == (
@@ -266,7 +270,7 @@ def test_stored_bodies_read_back_exactly() -> None:
         decode_body(b"\x7fnot ours")
 
 
-def test_an_event_costs_at_most_700_bytes_on_disk(tmp_path: Path) -> None:
+def test_an_event_costs_at_most_800_bytes_on_disk(tmp_path: Path) -> None:
     """Grown through the store API as the daemon writes (the benchmark's own loop)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     try:
@@ -275,8 +279,10 @@ def test_an_event_costs_at_most_700_bytes_on_disk(tmp_path: Path) -> None:
         sys.path.pop(0)
     (result,) = grow(tmp_path / "state.db", [6000])
     assert result["events"] >= 6000
-    assert result["outbox_rows"] == 0
-    assert result["bytes_per_event"] <= 700, result
+    # Every delivery stays recorded (state 'delivered', two notifiers per event): the history
+    # `history RUN` shows costs about 100 bytes per row.
+    assert result["outbox_rows"] == 2 * result["events"]
+    assert result["bytes_per_event"] <= 800, result
 
 
 # -- end to end: the real daemon ------------------------------------------------------------

@@ -504,6 +504,16 @@ def test_outbox_lifecycle(store: Store, clock: FakeClock) -> None:
     assert store.outbox_stats(now=now) == (0, 0.0)
     assert store.pending_deliveries() == []
     assert len(store.events()) == 2  # delivery does not touch the history
+    # Settled rows stay as the record of what became of each delivery.
+    history = store.run_history(RUN_A)
+    assert history is not None
+    assert [(d.notifier, d.state, d.attempts) for d in history[0].deliveries] == [
+        ("ops", "delivered", 1),
+        ("chat", "dead", 0),
+    ]
+    other = store.run_history(RUN_B)
+    assert other is not None
+    assert [(d.notifier, d.state) for d in other[0].deliveries] == [("ops", "delivered")]
 
 
 def test_dead_letter_removed_notifiers(store: Store) -> None:

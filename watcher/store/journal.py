@@ -6,7 +6,8 @@ Invariants:
 - An event id is stored at most once (``UNIQUE``); appending a known id is a no-op.
 - ``body`` is ``Event.to_json()`` stored through :mod:`watcher.store.codec`: what is read back
   is byte-for-byte what notifiers get.
-- :meth:`JournalMixin.prune_events` never removes an event that still has an outbox row.
+- :meth:`JournalMixin.prune_events` never removes an event with a delivery still owed
+  (``pending``) or dead (it may be re-queued); settled rows go with their event.
   Retention (:meth:`JournalMixin.prune_finished_runs`) removes a finished run with all its
   events, whose outbox rows (pending or dead) go with them by ``ON DELETE CASCADE``; a run
   that is not finished keeps everything. Each call is one short, bounded transaction.
@@ -117,11 +118,13 @@ class JournalMixin(StoreBase):
         return [e for _, e in found]
 
     def prune_events(self, *, before: datetime) -> int:
-        """Delete events recorded before ``before`` that have no outbox row; returns how many."""
+        """Delete events recorded before ``before`` with no pending or dead delivery (their
+        delivered or silenced rows go with them); returns how many."""
         with self._db.write() as conn:
             cursor = conn.execute(
                 "DELETE FROM events WHERE recorded_at < ? "
-                "AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.event_seq = events.seq)",
+                "AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.event_seq = events.seq "
+                "AND outbox.state IN ('pending', 'dead'))",
                 (to_ts(before),),
             )
             return cursor.rowcount

@@ -1,12 +1,14 @@
 """The outbox: deliveries still owed to notifiers, for at-least-once delivery.
 
 Rows are created by :mod:`watcher.store.journal` together with their event. The dispatcher
-reads due rows, sends, then marks each one delivered (the row is deleted), for retry (new
-``next_attempt_at``) or dead (kept and listable). Ordering is by outbox ``id``, which follows
-event order, so a dispatcher can keep per-(run, notifier) order.
+reads due rows, sends, then marks each one delivered, for retry (new ``next_attempt_at``) or
+dead (listable, and re-queued by :mod:`watcher.store.history`); a silence marks a row
+silenced instead of sending it. Settled rows (delivered, dead, silenced) stay: they are the
+run's delivery history (``history``) until retention removes the run. Ordering is by outbox
+``id``, which follows event order, so a dispatcher can keep per-(run, notifier) order.
 
 Invariants:
-- Only ``pending`` rows change; marking a row that is already dead or gone is a no-op, so a
+- Only ``pending`` rows change; marking a row that is already settled or gone is a no-op, so a
   dispatcher racing a reload (:meth:`OutboxMixin.dead_letter_removed_notifiers`) cannot
   resurrect a row.
 - Error texts are stored as given, cut to :data:`MAX_ERROR_CHARS`. Callers redact them: the
@@ -69,8 +71,23 @@ class OutboxMixin(StoreBase):
         return [_delivery(row) for row in rows]
 
     def mark_delivered(self, delivery_id: int) -> None:
+        """The row was sent; it stays as the record (state ``delivered``)."""
         with self._db.write() as conn:
-            conn.execute("DELETE FROM outbox WHERE id = ? AND state = 'pending'", (delivery_id,))
+            conn.execute(
+                "UPDATE outbox SET state = 'delivered', settled_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (self._now(), delivery_id),
+            )
+
+    def mark_silenced(self, delivery_id: int, reason: str) -> None:
+        """A silence withholds the row: never sent, recorded as ``silenced`` with ``reason``
+        (shown as its ``last_error`` in the history)."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'silenced', settled_at = ?, last_error = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (self._now(), _cut(reason), delivery_id),
+            )
 
     def mark_retry(
         self, delivery_id: int, *, attempts: int, next_attempt_at: datetime, error: str
@@ -86,8 +103,9 @@ class OutboxMixin(StoreBase):
         """Give up on a delivery; the row stays as a dead letter (see :meth:`dead_letters`)."""
         with self._db.write() as conn:
             conn.execute(
-                "UPDATE outbox SET state = 'dead', dead_at = ?, last_error = ?, "
-                "attempts = coalesce(?, attempts) WHERE id = ? AND state = 'pending'",
+                "UPDATE outbox SET state = 'dead', dead_at = ?1, settled_at = ?1, "
+                "last_error = ?2, attempts = coalesce(?3, attempts) "
+                "WHERE id = ?4 AND state = 'pending'",
                 (self._now(), _cut(error), attempts, delivery_id),
             )
 
@@ -133,8 +151,8 @@ class OutboxMixin(StoreBase):
                     )
                 ]
                 conn.execute(
-                    "UPDATE outbox SET state = 'dead', dead_at = ?, last_error = ? "
-                    "WHERE state = 'pending' AND notifier = ?",
+                    "UPDATE outbox SET state = 'dead', dead_at = ?1, settled_at = ?1, "
+                    "last_error = ?2 WHERE state = 'pending' AND notifier = ?3",
                     (now, f"notifier {name!r} is no longer configured", name),
                 )
                 dropped.extend(ids)

@@ -18,8 +18,10 @@ Tables (times are unix seconds, REAL):
   the status a ``run.stuck`` event was already recorded for.
 - ``events``: the append-only event log; ``seq`` orders it, ``id`` is the event's stable id,
   ``body`` is the event's JSON exactly as notifiers receive it.
-- ``outbox``: one row per (event, notifier) still to deliver (``pending``) or given up
-  (``dead``); delivered rows are deleted. AUTOINCREMENT keeps ids unique forever.
+- ``outbox``: one row per (event, notifier): still to deliver (``pending``), given up
+  (``dead``), sent (``delivered``) or withheld by a silence (``silenced``); settled rows stay
+  as the run's delivery history until retention removes the run. ``settled_at``: when the row
+  left ``pending``. AUTOINCREMENT keeps ids unique forever.
 - ``events.held_until`` (held deliveries): set while the event waits for its failure
   details; its outbox rows are never due meanwhile (see :mod:`watcher.store.holds`).
 - ``discovery`` (version 2): one row per ``[[watch]]`` entry (``watch_key`` names its
@@ -180,7 +182,55 @@ _HELD = (
     "CREATE INDEX events_held ON events (held_until) WHERE held_until IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _RUN_COUNTS, _RETENTION, _HELD)
+# Delivery history (issue 14): an outbox row keeps its record once settled: ``delivered``
+# (sent) and ``silenced`` (a silence matched; never sent) join ``pending`` and ``dead``, with
+# ``settled_at`` stamped when a row leaves ``pending``. A CHECK constraint cannot be altered
+# in SQLite, so the table is rebuilt: same ids, the AUTOINCREMENT sequence carried over (ids
+# of rows deleted before stay unused), the cascade from events and the pending/dead indexes.
+_OUTBOX_HISTORY = (
+    """
+    CREATE TABLE outbox_new (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+        notifier        TEXT NOT NULL CHECK (notifier <> ''),
+        state           TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (state IN ('pending', 'dead', 'delivered', 'silenced')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_at      REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT,
+        dead_at         REAL,
+        settled_at      REAL,
+        UNIQUE (event_seq, notifier)
+    )
+    """,
+    """
+    INSERT INTO outbox_new (id, event_seq, notifier, state, attempts, created_at,
+                            next_attempt_at, last_error, dead_at, settled_at)
+    SELECT id, event_seq, notifier, state, attempts, created_at, next_attempt_at, last_error,
+           dead_at, dead_at FROM outbox ORDER BY id
+    """,
+    "DELETE FROM sqlite_sequence WHERE name = 'outbox_new'",
+    """
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_new', max(
+        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),
+        coalesce((SELECT max(id) FROM outbox_new), 0))
+    """,
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_new RENAME TO outbox",
+    "CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending'",
+    "CREATE INDEX outbox_pending_by_notifier ON outbox (notifier, id) WHERE state = 'pending'",
+    "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    _V2,
+    _RUN_COUNTS,
+    _RETENTION,
+    _HELD,
+    _OUTBOX_HISTORY,
+)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

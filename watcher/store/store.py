@@ -15,6 +15,7 @@ from types import TracebackType
 from watcher.store.db import MEMORY, Database, utc_now
 from watcher.store.discovery import DiscoveryMixin
 from watcher.store.groups import GroupsMixin
+from watcher.store.history import HistoryMixin
 from watcher.store.holds import HoldsMixin
 from watcher.store.journal import JournalMixin
 from watcher.store.outbox import OutboxMixin
@@ -31,6 +32,7 @@ class Store(
     RecordingMixin,
     JournalMixin,
     OutboxMixin,
+    HistoryMixin,
     HoldsMixin,
     DiscoveryMixin,
     GroupsMixin,

@@ -1,0 +1,210 @@
+"""A run's delivery history, the dead letters and their redelivery.
+
+Why: since the outbox keeps every row once settled (see :mod:`watcher.store.outbox`), the
+state file can answer "what happened to run X?" (each event with what became of each of its
+deliveries) and "the webhook was down all night, send it again" (dead rows back to pending).
+
+Invariants:
+- A history is read in one read transaction (events and their rows agree); events oldest
+  first, each event's deliveries in outbox order.
+- Redelivery touches only ``dead`` rows and puts them back as they were recorded: same row
+  id, same event (so the same event id: receivers deduplicate), ``attempts`` 0, no error, and
+  ``created_at`` (the start of the ``max_age`` clock and of the pending-age gauge) set to
+  now. A dispatcher of any process finds them at its next scan of the outbox.
+- Every redelivered row counts once in the ``counters`` table under ``redelivered:NOTIFIER``,
+  in the same transaction, so ``/metrics`` reports redeliveries made by the CLI as well.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from watcher.events import Event
+from watcher.store.codec import decode_body
+from watcher.store.db import StoreBase, from_ts
+
+DeliveryState = Literal["pending", "dead", "delivered", "silenced"]
+
+# A run's history is a handful of events; the bound only keeps a pathological one finite.
+MAX_HISTORY_EVENTS = 10_000
+REDELIVERED_PREFIX = "redelivered:"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """What became of one event's delivery to one notifier."""
+
+    id: int
+    notifier: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One event of a run, with its deliveries."""
+
+    seq: int
+    event: Event
+    deliveries: tuple[DeliveryRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered delivery, as ``dead-letters`` lists it."""
+
+    id: int
+    notifier: str
+    event_id: str
+    run_uuid: str
+    type: str
+    dead_at: datetime
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """Which dead letters to put back: every one, one notifier's, or these ids."""
+
+    all: bool = False
+    notifier: str | None = None
+    ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        chosen = int(self.all) + int(self.notifier is not None) + int(bool(self.ids))
+        if chosen != 1:
+            raise ValueError("choose exactly one of: all, a notifier, delivery ids")
+
+
+class HistoryMixin(StoreBase):
+    def run_history(self, run_uuid: str) -> list[HistoryEntry] | None:
+        """The run's events oldest first, each with its deliveries; ``None`` for a run the
+        registry does not have."""
+        with self._db.read() as conn:
+            if (
+                conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_uuid,)).fetchone()
+                is None
+            ):
+                return None
+            events = conn.execute(
+                "SELECT seq, body FROM events WHERE run_uuid = ? ORDER BY seq LIMIT ?",
+                (run_uuid, MAX_HISTORY_EVENTS),
+            ).fetchall()
+            rows = conn.execute(
+                "SELECT o.event_seq, o.id, o.notifier, o.state, o.attempts, o.last_error "
+                "FROM events e JOIN outbox o ON o.event_seq = e.seq "
+                "WHERE e.run_uuid = ? ORDER BY o.id",
+                (run_uuid,),
+            ).fetchall()
+        by_event: dict[int, list[DeliveryRecord]] = {}
+        for seq, row_id, notifier, state, attempts, error in rows:
+            by_event.setdefault(int(seq), []).append(
+                DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
+            )
+        return [
+            HistoryEntry(
+                seq=int(seq),
+                event=Event.from_json(decode_body(body)),
+                deliveries=tuple(by_event.get(int(seq), ())),
+            )
+            for seq, body in events
+        ]
+
+    def list_dead_letters(
+        self, *, notifier: str | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        """Dead letters, most recent first (optionally one notifier's)."""
+        sql = (
+            "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
+            "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
+            "WHERE o.state = 'dead'"
+        )
+        params: list[object] = []
+        if notifier is not None:
+            sql += " AND o.notifier = ?"
+            params.append(notifier)
+        rows = self._db.query(sql + " ORDER BY o.id DESC LIMIT ?", [*params, max(0, limit)])
+        return [
+            DeadLetter(
+                id=int(row[0]),
+                notifier=row[1],
+                event_id=row[2],
+                run_uuid=row[3],
+                type=row[4],
+                dead_at=from_ts(row[5] if row[5] is not None else 0.0),
+                attempts=int(row[6]),
+                last_error=row[7],
+            )
+            for row in rows
+        ]
+
+    def redeliver(self, which: Redelivery) -> list[int]:
+        """Put the chosen dead letters back in the outbox; returns their ids (unknown ids and
+        rows that are not dead are left alone)."""
+        now = self._now()
+        with self._db.write() as conn:
+            ids = _dead_ids(conn, which)
+            if not ids:
+                return []
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, last_error = NULL, "
+                "dead_at = NULL, settled_at = NULL, created_at = ?1, next_attempt_at = ?1 "
+                "WHERE state = 'dead' AND id IN (SELECT value FROM json_each(?2))",
+                (now, json.dumps(ids)),
+            )
+            conn.execute(
+                "INSERT INTO counters (name, value) "
+                "SELECT ?1 || notifier, count(*) FROM outbox "
+                "WHERE id IN (SELECT value FROM json_each(?2)) GROUP BY notifier "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (REDELIVERED_PREFIX, json.dumps(ids)),
+            )
+        return ids
+
+    def redelivery_counts(self) -> dict[str, int]:
+        """Redelivered rows so far, by notifier (for ``/metrics``)."""
+        rows = self._db.query(
+            "SELECT substr(name, ?), value FROM counters WHERE name >= ? AND name < ?",
+            (len(REDELIVERED_PREFIX) + 1, REDELIVERED_PREFIX, REDELIVERED_PREFIX[:-1] + ";"),
+        )
+        return {name: int(value) for name, value in rows}
+
+
+def _dead_ids(conn: sqlite3.Connection, which: Redelivery) -> list[int]:
+    if which.all:
+        found = conn.execute("SELECT id FROM outbox WHERE state = 'dead' ORDER BY id")
+    elif which.notifier is not None:
+        found = conn.execute(
+            "SELECT id FROM outbox WHERE state = 'dead' AND notifier = ? ORDER BY id",
+            (which.notifier,),
+        )
+    else:
+        found = conn.execute(
+            "SELECT id FROM outbox WHERE state = 'dead' "
+            "AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(sorted(set(which.ids))),),
+        )
+    return [int(row_id) for (row_id,) in found]
+
+
+def redelivery_ids(values: Sequence[object]) -> tuple[int, ...]:
+    """Delivery ids from user input; ``ValueError`` for anything but positive integers."""
+    ids: list[int] = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"not a delivery id: {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"not a delivery id: {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"not a delivery id: {value!r}")
+        ids.append(number)
+    return tuple(ids)
