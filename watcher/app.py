@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +36,7 @@ from watcher.config import Settings
 from watcher.connect import STATUS_ACTION, build_client, build_limiters, http_session
 from watcher.delivery.digest import group_progress
 from watcher.delivery.dispatcher import Dispatcher
+from watcher.delivery.silencer import LiveSilences
 from watcher.enrich import FailureEnricher
 from watcher.events import Event
 from watcher.notifier_set import LiveNotifiers, NotifierSet, forget_removed_notifiers
@@ -146,6 +147,7 @@ async def build(
         metrics=DeliveryMetrics(metrics),
         progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
         statuses=statuses,
+        silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
     )
     # One sink for every producer: routed by the live notifier set, announced to the
     # roll-up tracker, the caller's hook and the dispatcher, counted in the metrics.
@@ -189,7 +191,14 @@ async def build(
         discovery=build_discovery(
             discovery_options(settings), store=store, source=client, on_tracked=poller.refresh
         ),
-        server=_build_server(settings, store=store, metrics=metrics, health=health, poller=poller),
+        server=_build_server(
+            settings,
+            store=store,
+            metrics=metrics,
+            health=health,
+            poller=poller,
+            notifier_names=lambda: notifiers.current.notifiers.keys(),
+        ),
         log=log,
         pruner=Pruner(store=store, options=retention_options(settings)),
     )
@@ -240,7 +249,13 @@ def _build_poller(
 
 
 def _build_server(
-    settings: Settings, *, store: Store, metrics: Metrics, health: Health, poller: Poller
+    settings: Settings,
+    *,
+    store: Store,
+    metrics: Metrics,
+    health: Health,
+    poller: Poller,
+    notifier_names: Callable[[], Collection[str]] | None = None,
 ) -> HttpServer:
     """Probes, metrics and the admin API (runs it tracks are polled at once)."""
     options = server_options(settings)
@@ -256,6 +271,7 @@ def _build_server(
             default_project_id=options.default_project_id,
             on_tracked=poller.refresh,
             parts=parts,
+            notifier_names=notifier_names,
         )
 
     return HttpServer(app("probes" if split else "all"), admin_app=app("admin") if split else None)

@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     add_simulate_parser(sub, command)
     command("demo", cmd_demo, "simulator + daemon in one process; ends by itself")
+    from watcher.cli_silence import add_parsers as add_silence_parsers
+
+    add_silence_parsers(sub, with_config)
     return parser
 
 

@@ -22,7 +22,9 @@ result applied to every row of the send together). The rules:
 * each attempt is bounded by the notifier's ``timeout``; a timeout is retryable;
 * digests: for a notifier with a :class:`~watcher.delivery.digest.DigestPolicy` the plan folds
   due rows of one group into one send; at most one send per group is in flight, so a group's
-  digests, like a run's events, go out in order.
+  digests, like a run's events, go out in order;
+* silences (:mod:`~watcher.delivery.silencer`): at the planning step, a row about to go whose
+  event an active silence matches for the notifier is settled ``silenced`` and never sent.
 
 Rows are found by :meth:`Dispatcher.notify` (called right after events are recorded) and by
 polling the outbox every ``poll_interval`` seconds (rows written by other processes, retries
@@ -53,6 +55,7 @@ from structlog.typing import FilteringBoundLogger
 from watcher.delivery.digest import DigestPolicy, Progress, Send, digest_event, plan, run_key
 from watcher.delivery.pacing import Pacer, Slot
 from watcher.delivery.retry import attempt, honoured, retry_delay
+from watcher.delivery.silencer import SilenceCheck
 from watcher.events import Event
 from watcher.notifiers.base import Notifier, NotifyError, Permanent, Rate, Retryable
 from watcher.statuses import DEFAULT_STATUSES, Statuses
@@ -62,7 +65,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SCAN_LIMIT = 500
 
 # What became of one row after one attempt (the ``outcome`` label of the deliveries metric).
-DeliveryOutcome = Literal["delivered", "retry", "failed", "dead_lettered"]
+DeliveryOutcome = Literal["delivered", "retry", "failed", "dead_lettered", "silenced"]
 
 
 class OutboxStore(Protocol):
@@ -79,6 +82,8 @@ class OutboxStore(Protocol):
     ) -> None: ...
 
     def mark_dead(self, delivery_id: int, *, error: str, attempts: int | None = None) -> None: ...
+
+    def mark_silenced(self, delivery_id: int, reason: str) -> None: ...
 
 
 class DeliveryObserver(Protocol):
@@ -148,10 +153,13 @@ class Dispatcher:
         uniform: Callable[[], float] = random.random,
         progress: Callable[[str], Progress | None] | None = None,
         statuses: Statuses = DEFAULT_STATUSES,
+        silences: SilenceCheck | None = None,
     ) -> None:
         """``progress`` tells a digest where its run group stands (``group_progress``);
-        ``statuses`` how a digest counts its runs (succeeded, failed ...)."""
+        ``statuses`` how a digest counts its runs (succeeded, failed ...); ``silences``
+        which rows to settle as silenced instead of sending (:meth:`_unsilenced`)."""
         self._store = store
+        self._silences = silences
         self._progress = progress
         self._statuses = statuses
         self._clock = clock
@@ -303,7 +311,11 @@ class Dispatcher:
         )
         if planned.wake_at is not None:
             wait = min(wait, max(0.0, (planned.wake_at - now).total_seconds()))
-        for send in planned.ready:
+        for planned_send in planned.ready:
+            send = self._unsilenced(worker, planned_send, now)
+            if send is None:
+                wait = 0.0  # rows of its run behind it may go now: plan again
+                continue
             pace = worker.pacer.delay(mono)
             if pace > 0:
                 # inf while a send blocks the window (its end wakes us); digest rows stay
@@ -315,6 +327,33 @@ class Dispatcher:
             worker.rescan = True
             return 0.0
         return wait
+
+    def _unsilenced(self, worker: _Worker, send: Send, now: datetime) -> Send | None:
+        """The planning step's silence check: rows whose event an active silence matches for
+        this notifier are settled ``silenced`` (never sent); the rest of the send goes on.
+        ``None``: nothing of it is left. Only rows about to go are checked, so a row waiting
+        for a retry is silenced at its next attempt."""
+        if self._silences is None:
+            return send
+        kept: list[Delivery] = []
+        for row in send.rows:
+            silence = self._silences.silencing(row.event, worker.name, now)
+            if silence is None:
+                kept.append(row)
+                continue
+            self._store.mark_silenced(row.id, f"silenced by silence {silence.id}")
+            worker.pending.pop(row.id, None)
+            worker.logger.info(
+                "notify_silenced",
+                run_uuid=row.event.run_uuid,
+                event_id=row.event.id,
+                delivery_id=row.id,
+                silence_id=silence.id,
+            )
+            self._observe(worker, "silenced", None)
+        if len(kept) == len(send.rows):
+            return send
+        return dataclasses.replace(send, rows=tuple(kept)) if kept else None
 
     # ---- one send: begin, deliver, settle -------------------------------------------------
 

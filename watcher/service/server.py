@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -48,6 +48,7 @@ from watcher.service.connections import (
 )
 from watcher.service.metrics import Metrics
 from watcher.service.reads import OffLoopReads, json_body
+from watcher.service.silences_api import SilencesApi, SilenceStore
 from watcher.store import Delivery, RunFilter, TrackedRun, TrackRequest, TrackResult
 from watcher.store.registry import RunPageJson, decode_cursor
 
@@ -83,7 +84,7 @@ class ServerStartError(Exception):
     """The listener cannot be opened (port taken, address unknown). The CLI exits with 3."""
 
 
-class AdminStore(Protocol):
+class AdminStore(SilenceStore, Protocol):
     """The part of :class:`watcher.store.Store` the admin API uses."""
 
     def track(self, requests: Iterable[TrackRequest]) -> TrackResult: ...
@@ -446,6 +447,7 @@ def build_app(
     default_project_id: str,
     on_tracked: Callable[[], None] = lambda: None,
     parts: AppParts = "all",
+    notifier_names: Callable[[], Collection[str]] | None = None,
 ) -> web.Application:
     """The aiohttp application; see the module docstring for its rules.
 
@@ -483,6 +485,7 @@ def build_app(
     app.router.add_delete("/v1/runs/{run_uuid}", api.untrack)
     app.router.add_get("/v1/events", api.events)
     app.router.add_get("/v1/dead-letters", api.dead_letters)
+    SilencesApi(store=store, notifier_names=notifier_names, log=log).add_routes(app.router)
     return app
 
 

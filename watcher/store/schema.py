@@ -223,6 +223,26 @@ _OUTBOX_HISTORY = (
     "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead'",
 )
 
+# Silences (issue 14): deliveries to withhold while a silence matches their event (see
+# watcher.store.silences); ``silence_seq`` is bumped by every silence written, so a daemon
+# notices a change another process made by reading one row.
+_SILENCES = (
+    """
+    CREATE TABLE silences (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        matchers   TEXT NOT NULL,
+        notifiers  TEXT NOT NULL DEFAULT '[]',
+        starts_at  REAL NOT NULL,
+        ends_at    REAL NOT NULL,
+        comment    TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX silences_by_end ON silences (ends_at)",
+    "INSERT INTO counters (name, value) VALUES ('silence_seq', 0)",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     _V2,
@@ -230,6 +250,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _RETENTION,
     _HELD,
     _OUTBOX_HISTORY,
+    _SILENCES,
 )
 
 

@@ -23,6 +23,7 @@ from watcher.store.recording import RecordingMixin
 from watcher.store.references import ReferencesMixin
 from watcher.store.registry import RegistryMixin
 from watcher.store.schema import migrate
+from watcher.store.silences import SilencesMixin
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -37,6 +38,7 @@ class Store(
     DiscoveryMixin,
     GroupsMixin,
     ReferencesMixin,
+    SilencesMixin,
 ):
     """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
 
