@@ -75,6 +75,12 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def with_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials in the environment, as check-config needs to pass (like run)."""
+    monkeypatch.setenv("TENCENTCLOUD_SECRET_ID", "AKIDtest")
+    monkeypatch.setenv("TENCENTCLOUD_SECRET_KEY", "test-key")
+
+
 def problem_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
@@ -91,8 +97,9 @@ def iso_utc(text: str) -> datetime:
 
 
 def test_check_config_without_any_file_prints_the_documented_defaults(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with_credentials(monkeypatch)  # without any, check-config fails as run does (cli_files)
     code, out, err = cli(capsys, "check-config")
     assert code == 0, err
     effective = json.loads(out)
@@ -125,6 +132,7 @@ def test_check_config_finds_the_file_through_env_then_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "omics-watcher.toml").write_text("[polling]\ninterval_seconds = 45\n")
+    with_credentials(monkeypatch)
     code, out, _ = cli(capsys, "check-config")
     assert code == 0
     assert json.loads(out)["polling"]["interval_seconds"] == 45.0
@@ -314,6 +322,7 @@ type = "log"
     )
     monkeypatch.setenv("OMICS_WATCHER_POLLING__RATE_PER_SECOND", "15")
     monkeypatch.setenv("OMICS_WATCHER_NOTIFIERS__0__URL", "http://127.0.0.1:9/from-env")
+    with_credentials(monkeypatch)
     code, out, err = cli(capsys, "check-config", "-c", str(config))
     assert code == 0, err
     effective = json.loads(out)
@@ -325,8 +334,9 @@ type = "log"
 
 
 def test_integers_are_accepted_where_floats_are_expected(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with_credentials(monkeypatch)
     config = tmp_path / "c.toml"
     config.write_text(
         "[polling]\ninterval_seconds = 1\nrate_per_second = 5\nrequest_timeout_seconds = 3\n"
@@ -376,6 +386,9 @@ def config(tmp_path: Path) -> Path:
             "state": {"path": str(tmp_path / "state.db")},
         },
     )
+    # An empty state, as `track` leaves it: `list` and `untrack` never create one
+    # (test_cli_files.py).
+    Store.open(tmp_path / "state.db").close()
     return path
 
 
@@ -388,7 +401,6 @@ def listed(capsys: pytest.CaptureFixture[str], config: Path) -> list[dict[str, A
 
 
 def test_list_json_of_an_empty_registry(capsys: pytest.CaptureFixture[str], config: Path) -> None:
-    Store.open(str(config.parent / "state.db")).close()  # list never creates one (cli_files)
     assert listed(capsys, config) == []
 
 

@@ -144,6 +144,7 @@ def test_list_escapes_control_characters_in_labels(config: Path) -> None:
 
 
 def test_error_lines_and_check_config_escape_control_characters(config: Path) -> None:
+    Store.open(config.parent / "state.db").close()  # untrack needs a state file
     code, _, err = cli(config, "untrack", "\x1b[2Jnot-a-uuid")
     assert "warning: not tracked: \\x1b[2jnot-a-uuid" in err
     bad = config.parent / "bad.toml"
@@ -154,7 +155,9 @@ def test_error_lines_and_check_config_escape_control_characters(config: Path) ->
         "config error: polling.\\x1b[31mkey: Extra inputs are not permitted\n",
     )
     good = config.parent / "good.toml"
-    good.write_text('[tencentcloud]\nproject_id = "prj-\\u009b2J\\u202e"\n')
+    good.write_text(
+        '[tencentcloud]\nproject_id = "prj-\\u009b2J\\u202e"\nsecret_id = "i"\nsecret_key = "k"\n'
+    )
     code, out, _ = cli(good, "check-config")
     assert code == 0
     assert '"project_id": "prj-\\u009b2J\\u202e"' in out

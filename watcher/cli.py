@@ -237,10 +237,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The effective configuration on stdout (JSON); on stderr which file and credential
+    source were used and, with ``--probe``, the outcome of one read-only API call. Without
+    credentials it fails as ``run`` does (exit 2, the same line)."""
+    from watcher.check_config import config_file_line, inspect
+    from watcher.config import find_config_file
     from watcher.secrets import redacted
 
     settings = _settings(args)
     sys.stdout.write(printable_json(redacted(settings), indent=2) + "\n")
+    sys.stdout.flush()
+    config_file = find_config_file(args.config, os.environ)
+    print(printable(config_file_line(config_file)), file=sys.stderr)
+    try:
+        line, probe = asyncio.run(
+            inspect(settings, config_file=config_file, environ=os.environ, probe=args.probe)
+        )
+    except Exception as exc:
+        raise _exit_for(exc) from None
+    print(printable(line), file=sys.stderr)
+    if probe is not None:
+        print(printable(probe.line), file=sys.stderr)
+        return EXIT_OK if probe.ok else EXIT_RUNTIME
     return EXIT_OK
 
 
@@ -401,7 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(command("status", cmd_status, "one GetRunStatus call; prints Metadata"))
     p.add_argument("--project-id")
     p.add_argument("run_uuid", metavar="RUN_UUID")
-    with_config(command("check-config", cmd_check_config, "validate and print the configuration"))
+    p = with_config(
+        command("check-config", cmd_check_config, "validate and print the configuration")
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also make one read-only API call (DescribeRuns, Limit 1); exit 1 if it fails",
+    )
     p = with_config(command("test-notify", cmd_test_notify, "send a sample event to a notifier"))
     p.add_argument("name", metavar="NAME")
     add_simulate_parser(sub, command)
