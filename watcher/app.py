@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,14 +54,17 @@ from watcher.options import (
 )
 from watcher.polling.discovery import Discovery, build_discovery
 from watcher.polling.loop import Collaborators
+from watcher.polling.outages import Outages, OutageTiming
 from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
 from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
+from watcher.service.health import Health, PollingStateGauge
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
 from watcher.service.sdnotify import SdNotifier
-from watcher.service.server import AppParts, Health, HttpServer, build_app
+from watcher.service.server import AppParts, HttpServer, build_app
+from watcher.settings_diff import report_unapplied
 from watcher.sink import EventSink
 from watcher.store import Store
 from watcher.store.lock import claim_state
@@ -78,6 +81,9 @@ class Wiring:
 
     on_event: Callable[[Event], None] = lambda event: None
     on_ready: Callable[[int], None] = lambda port: None
+    # When an outage makes /readyz say api_unreachable, how often it is summarised in the
+    # log, when it is over (tests shorten them).
+    outages: OutageTiming = field(default_factory=OutageTiming)
 
 
 def _state_snapshot(store: Store) -> Callable[[], StateSnapshot]:
@@ -172,10 +178,12 @@ async def build(
         enricher=FailureEnricher(client=client, statuses=statuses, limits=limits),
         enrich_timeout=limits.timeout,
     )
-    poller = _build_poller(
-        settings, store=store, client=client, recorder=recorder, limiters=limiters, metrics=metrics
+    outages = Outages(host=client.host, timing=wiring.outages)  # what readiness reads
+    parts = Collaborators(
+        store=store, recorder=recorder, metrics=metrics, wall_clock=utc_now, outages=outages
     )
-    health = Health()
+    poller = _build_poller(settings, client=client, limiters=limiters, parts=parts)
+    health = Health(polling=outages)
     return Daemon(
         settings=settings,
         store=store,
@@ -228,15 +236,12 @@ def _observed_client(
 def _build_poller(
     settings: Settings,
     *,
-    store: Store,
     client: OmicsClient,
-    recorder: Recorder,
     limiters: Mapping[str, PacingLimiter],
-    metrics: Metrics,
+    parts: Collaborators,
 ) -> Poller:
     """The [polling] strategy (per-run, batch, auto) around the per-run scheduler."""
     status_limiter = limiters[STATUS_ACTION]
-    parts = Collaborators(store=store, recorder=recorder, metrics=metrics, wall_clock=utc_now)
     scheduler = Scheduler(
         source=client,
         options=scheduler_options(settings),
@@ -260,6 +265,7 @@ def _build_server(
     """Probes, metrics and the admin API (runs it tracks are polled at once)."""
     options = server_options(settings)
     metrics.watch_state(_state_snapshot(store))
+    metrics.registry.register(PollingStateGauge(health))  # what /readyz says, as a gauge
     split = options.admin_address is not None  # [server] admin_listen: the admin API apart
 
     def app(parts: AppParts) -> web.Application:
@@ -299,7 +305,8 @@ class Reloader:
     """SIGHUP: re-read the settings and replace the notifier set as one, or keep the old one.
 
     The sd_notify protocol sees RELOADING then READY around each attempt; a settings file
-    that fails to load or build is logged (``reload_failed``) and changes nothing.
+    that fails to load or build is logged (``reload_failed``) and changes nothing. Keys that
+    changed but only a restart applies are named in one ``reload_needs_restart`` warning.
     """
 
     def __init__(
@@ -326,10 +333,12 @@ class Reloader:
     def reload_once(self) -> None:
         daemon = self._daemon
         try:
-            fresh = NotifierSet.build(self._load(), session=daemon.session)
+            loaded = self._load()
+            fresh = NotifierSet.build(loaded, session=daemon.session)
         except Exception as exc:  # a bad edit must not take the daemon down
             daemon.log.error("reload_failed", error=str(exc), hint="keeping the old notifiers")
             return
+        report_unapplied(daemon.settings, loaded, daemon.log)
         daemon.notifiers.replace(fresh)
         daemon.dispatcher.replace_notifiers(fresh.notifiers, fresh.policies)
         forget_removed_notifiers(daemon.store, fresh, daemon.log)

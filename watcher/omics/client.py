@@ -25,7 +25,10 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -84,9 +87,10 @@ def interpret_answer(
     if failure is not None:
         if isinstance(failure, TimeoutError):
             return Transient("Timeout", "no complete answer within the request timeout")
+        cause = transport_cause(failure)
         if isinstance(failure, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return Transient("ConnectionError", f"{type(failure).__name__}: {failure}")
-        return Transient("ClientError", f"{type(failure).__name__}: {failure}")
+            return Transient("ConnectionError", f"{type(failure).__name__}: {failure}", cause=cause)
+        return Transient("ClientError", f"{type(failure).__name__}: {failure}", cause=cause)
     if status != 200:
         return Transient(
             f"HTTP{status}", f"HTTP {status} {reason} ({_describe_body(content_type, payload)})"
@@ -115,6 +119,38 @@ def interpret_answer(
     # Built only here, on the error path: a successful answer costs no scrubber.
     text = Scrubber(secrets)(message) if isinstance(message, str) else ""
     return classify(error["Code"], text, request_id=request_id)
+
+
+_ERRNO_CAUSES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "timeout",
+}
+
+
+def transport_cause(failure: BaseException) -> str:
+    """Why a request got no answer, in the words an operator looks for (never a secret:
+    from the exception's type and errno only)."""
+    if isinstance(failure, TimeoutError):
+        return "timeout"
+    if isinstance(failure, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return "DNS failure"
+    if isinstance(failure, aiohttp.ClientSSLError | ssl.SSLError):
+        return "TLS error"
+    if isinstance(failure, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(failure, aiohttp.ClientPayloadError):
+        return "incomplete answer"
+    os_error = failure.os_error if isinstance(failure, aiohttp.ClientConnectorError) else failure
+    if isinstance(os_error, OSError) and os_error.errno in _ERRNO_CAUSES:
+        return _ERRNO_CAUSES[os_error.errno]
+    if isinstance(failure, aiohttp.ClientConnectorError):
+        return "cannot connect"
+    if isinstance(failure, aiohttp.ClientConnectionError):
+        return "connection error"
+    return "client error"
 
 
 def _server_time(date_header: str | None) -> float | None:

@@ -8,15 +8,35 @@ Messages carry Tencent's code and message, never credentials or signed headers.
 
 from __future__ import annotations
 
+import re
+
 
 class OmicsError(Exception):
-    """An Omics API call failed. ``code`` is Tencent's error code (or a local one)."""
+    """An Omics API call failed. ``code`` is Tencent's error code (or a local one).
 
-    def __init__(self, code: str, message: str = "", *, request_id: str | None = None) -> None:
+    ``cause`` says in a few words why, for the operator's log: what went wrong with the
+    connection (``connection refused``, ``DNS failure``, ``timeout``, ``TLS error``, ...),
+    the HTTP status, or the Tencent error code. Never a secret: it is built from the error's
+    type and code, never from a message.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        *,
+        request_id: str | None = None,
+        cause: str | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self._cause = cause
+
+    @property
+    def cause(self) -> str:
+        return self._cause or cause_of_code(self.code)
 
 
 class Throttled(OmicsError):
@@ -88,3 +108,26 @@ def is_permission_refusal(code: str) -> bool:
     GetRunStatus); discovery says so once instead of retrying as if credentials were wrong.
     """
     return code == "AuthFailure.UnauthorizedOperation" or code.split(".", 1)[0] in _PERMISSION_HEADS
+
+
+# Local codes (set by the client, not by Tencent) and what they mean in a log line.
+_LOCAL_CAUSES = {
+    "Timeout": "timeout",
+    "ConnectionError": "connection error",
+    "ClientError": "client error",
+    "MalformedResponse": "malformed answer",
+    "CredentialsUnavailable": "credentials unavailable",
+}
+_HTTP_CODE = re.compile(r"HTTP([0-9]{3})")
+
+
+def cause_of_code(code: str) -> str:
+    """The ``cause`` of an error the client gave no more precise one: ``HTTP 502`` for an
+    HTTP status, a phrase for the client's own codes, ``Tencent <code>`` for the rest."""
+    local = _LOCAL_CAUSES.get(code)
+    if local is not None:
+        return local
+    http = _HTTP_CODE.fullmatch(code)
+    if http is not None:
+        return f"HTTP {http.group(1)}"
+    return f"Tencent {code}"

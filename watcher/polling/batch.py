@@ -528,7 +528,7 @@ class BatchPoller(PollingLoop):
             self._shrink(project, batch, exc)
         else:  # BACK_OFF (DescribeRuns names no single run: a NOT_FOUND is no answer either)
             action = Action.BACK_OFF
-            self._project_failed(project, exc)
+            self._project_failed(project, batch, exc)
         return action
 
     def _compare(self, uuids: list[str], summaries: Sequence[ListedRun]) -> None:
@@ -632,18 +632,20 @@ class BatchPoller(PollingLoop):
             )
         self._put_back(project, batch)
 
-    def _project_failed(self, project: _Project, exc: OmicsError) -> None:
+    def _project_failed(
+        self, project: _Project, batch: list[tuple[str, float]], exc: OmicsError
+    ) -> None:
         # The batch's runs stay at the back and are retried next cycle, so one failing batch
         # (or one poisonous run in it) never holds the others up. The project waits only
         # while every request fails: the API is down or the network is.
         project.errors += 1
         delay = backoff_delay(project.errors, base=1.0, rng=self._rng)
         project.retry_at = self._now() + delay
-        log = self._log.warning if project.errors in (1, 5, 20) else self._log.debug
-        log(
-            "batch_poll_failed",
+        self._outages.failed(
+            exc,
+            runs=[run_uuid for run_uuid, _ in batch],
+            event="batch_poll_failed",
             project_id=project.project_id,
-            code=exc.code,
             errors=project.errors,
             retry_in=round(delay, 1),
         )

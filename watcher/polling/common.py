@@ -11,7 +11,8 @@ agree on everything else. The building blocks live here (the loop that assembles
   ``changes_since`` feed (runs tracked or untracked by other processes), and a buffer of
   quiet polls flushed to the store in one transaction.
 - :class:`AuthPause`: credential and permission failures pause all polling, with one log
-  line when the pause starts and one when it ends, probing again after growing pauses.
+  line when the pause starts and one when it ends, probing again after growing pauses
+  (and telling :class:`~watcher.polling.outages.Outages`, which readiness reads).
 - :func:`backoff_delay`: exponential backoff with jitter for a failing run or batch.
 - :class:`Naps`: the pollers' one sleep: until a deadline, a wake-up or stop.
 - :func:`record_status`: hand a changed status to the :class:`~watcher.recorder.Recorder`
@@ -35,6 +36,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from watcher.omics.models import RunsFilter
+from watcher.polling.outages import Outages
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
 from watcher.store import ActiveRun, StateError, Store
@@ -138,10 +140,18 @@ class RegistryFeed:
 class AuthPause:
     """Pause all polling while credentials or permissions fail; one log line per episode."""
 
-    def __init__(self, *, log: Any, metrics: Metrics, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        log: Any,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        outages: Outages | None = None,
+    ) -> None:
         self._log = log
         self._metrics = metrics
         self._clock = clock
+        self._outages = outages or Outages(host="")
         self.until = 0.0  # monotonic time the current pause ends (0: not paused)
         self._seconds = 0.0
         self._reason: str | None = None
@@ -167,8 +177,11 @@ class AuthPause:
             )
             self._metrics.polling_paused.set(1)
         self._reason = reason
+        self._outages.paused(reason)
 
     def resume(self) -> None:
+        """A request was answered (called after every successful answer)."""
+        self._outages.answered()
         if self._reason is not None:
             self._log.info("polling_resumed", after=self._reason)
             self._metrics.polling_paused.set(0)

@@ -34,6 +34,7 @@ from watcher.polling.common import (
     StatusSource,
     task_failed,
 )
+from watcher.polling.outages import Outages
 from watcher.polling.run_poll import PolledRun, RunPoll, RunPollOptions
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
@@ -49,6 +50,8 @@ class Collaborators(TypedDict):
     wall_clock: Callable[[], datetime]
     metrics: NotRequired[Metrics | None]
     rng: NotRequired[random.Random | None]
+    # What the pollers saw of the API (one for the daemon, shared by both pollers).
+    outages: NotRequired[Outages | None]
 
 
 class PollingLoop(abc.ABC):
@@ -71,7 +74,10 @@ class PollingLoop(abc.ABC):
         self._drain_seconds = drain_seconds
         self._runs: dict[str, PolledRun] = {}
         self._feed = RegistryFeed(store)
-        self._pause = AuthPause(log=self._log, metrics=self._metrics, clock=self._now)
+        self._outages = parts.get("outages") or Outages(host="")
+        self._pause = AuthPause(
+            log=self._log, metrics=self._metrics, clock=self._now, outages=self._outages
+        )
         self._naps = Naps()
         self._loaded = False
         self._state_error: StateError | None = None  # from a poll task: stops the loop
@@ -84,6 +90,7 @@ class PollingLoop(abc.ABC):
             store=store,
             feed=self._feed,
             pause=self._pause,
+            outages=self._outages,
             metrics=self._metrics,
             log=self._log,
             wall_clock=wall_clock,

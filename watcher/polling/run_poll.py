@@ -42,6 +42,7 @@ from watcher.polling.common import (
     backoff_delay,
     record_status,
 )
+from watcher.polling.outages import Outages
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
 from watcher.store import StateError, Store
@@ -158,6 +159,7 @@ class RunPoll:
         store: Store,
         feed: RegistryFeed,
         pause: AuthPause,
+        outages: Outages,
         metrics: Metrics,
         log: Any,
         wall_clock: Callable[[], datetime],
@@ -172,6 +174,7 @@ class RunPoll:
         self._store = store
         self._feed = feed
         self._pause = pause
+        self._outages = outages
         self._metrics = metrics
         self._log = log
         self._wall = wall_clock
@@ -232,11 +235,12 @@ class RunPoll:
     def _back_off(self, run_uuid: str, run: PolledRun, exc: OmicsError) -> float:
         run.errors += 1
         delay = backoff_delay(run.errors, base=max(self._opt.interval_seconds, 1.0), rng=self._rng)
-        log = self._log.warning if run.errors in (1, 5, 20) else self._log.debug
-        log(
-            "poll_failed",
+        # One line per outage and a summary while it lasts, not one per run (Outages).
+        self._outages.failed(
+            exc,
+            runs=(run_uuid,),
+            event="poll_failed",
             run_uuid=run_uuid,
-            code=exc.code,
             errors=run.errors,
             retry_in=round(delay, 1),
         )

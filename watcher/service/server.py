@@ -19,7 +19,8 @@ Invariants:
 - Reads that may take more than a few milliseconds (pages of the registry and of the event
   log) run off the loop on their own connection (:mod:`watcher.service.reads`); the other
   store calls, every write among them, are short synchronous calls on the loop. The server
-  holds no state of its own besides the :class:`Health` flags it reads.
+  holds no state of its own: ``/readyz`` says what :class:`~watcher.service.health.Health`
+  decides.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from watcher.service.connections import (
     bind,
     body_timeout_middleware,
 )
+from watcher.service.health import Health as Health  # the probes' state, decided there
 from watcher.service.metrics import Metrics
 from watcher.service.reads import OffLoopReads, json_body
 from watcher.service.silences_api import SilencesApi, SilenceStore
@@ -106,39 +108,6 @@ class AdminStore(SilenceStore, Protocol):
     def close(self) -> None: ...
 
     def dead_letters(self, *, limit: int) -> list[Delivery]: ...
-
-
-def _always_alive() -> bool:
-    return True
-
-
-class Health:
-    """Process health as the probes report it; flags set by the composition root.
-
-    ``ready`` goes true once the state is open and the first poll cycle ran; ``draining``
-    goes true when shutdown starts (readiness then answers 503 so traffic and scrapes move
-    away). ``alive`` is an optional check (for instance "the scheduler loop is not stuck").
-    """
-
-    __slots__ = ("_alive", "draining", "ready")
-
-    def __init__(self, *, alive: Callable[[], bool] = _always_alive) -> None:
-        self.ready = False
-        self.draining = False
-        self._alive = alive
-
-    def alive(self) -> bool:
-        return self._alive()
-
-    def not_ready_reason(self) -> str | None:
-        """``None`` when ready to serve, else why not (``unhealthy``/``draining``/``starting``)."""
-        if not self.alive():
-            return "unhealthy"
-        if self.draining:
-            return "draining"
-        if not self.ready:
-            return "starting"
-        return None
 
 
 class TrackBody(BaseModel):
