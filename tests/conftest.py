@@ -3,6 +3,8 @@
 - ``--run-slow`` runs the long fault and end-to-end tests too;
 - ``session``, ``clock``, ``store``, ``simulator`` and ``client``: the pieces most tests
   build on (plain helpers such as :func:`support.make_client` are in ``support.py``);
+- ``pg_cluster``, ``pg_url`` and ``pg_empty_url``: a real PostgreSQL 15 for the PostgreSQL
+  backend, a fresh database per test (``pg.py``);
 - every async test fails when it leaves asyncio tasks pending on its loop: a task nobody
   awaits or cancels hides errors and outlives the thing it was working for.
 """
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from pg import Cluster
 from pytest_asyncio import is_async_test
 from support import FakeClock, make_client
 
@@ -80,6 +83,31 @@ async def simulator(request: pytest.FixtureRequest) -> AsyncIterator[Simulator]:
 def client(simulator: Simulator, session: aiohttp.ClientSession) -> OmicsClient:
     """The real Omics client against :func:`simulator` (one 20/s limiter)."""
     return make_client(simulator, session)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL 15 cluster for this pytest process (one per xdist worker),
+    started when a test first needs it and removed at the end (see ``pg.py``)."""
+    cluster = Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """A fresh database with the PostgreSQL state's schema, as a URL; dropped afterwards."""
+    with pg_cluster.database(pg_cluster.migrated_template()) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_empty_url(pg_cluster: Cluster) -> Iterator[str]:
+    """A fresh, empty database (no schema), as a URL; dropped afterwards."""
+    with pg_cluster.database() as url:
+        yield url
 
 
 # -- no task left behind --------------------------------------------------------------------
