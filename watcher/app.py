@@ -155,6 +155,7 @@ async def build(
         statuses=statuses,
         silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
     )
+    metrics.watch_muted(dispatcher.muted)  # rows held in mute windows, at scrape time
     # One sink for every producer: routed by the live notifier set, announced to the
     # roll-up tracker, the caller's hook and the dispatcher, counted in the metrics.
     sink = EventSink(

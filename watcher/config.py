@@ -27,6 +27,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -38,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from watcher.delivery.muting import parse_clock, parse_weekday
 from watcher.display import printable
 from watcher.limits import (
     MAX_CONFIG_DEPTH,
@@ -194,6 +196,59 @@ class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MuteTimeSettings(_Section):
+    """One ``times`` entry of a mute interval: ``end`` not after ``start`` wraps past midnight."""
+
+    start: str
+    end: str
+
+    @field_validator("start")
+    @classmethod
+    def _start_clock(cls, value: str) -> str:
+        parse_clock(value)
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _end_clock(cls, value: str) -> str:
+        parse_clock(value, end=True)
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MuteTimeSettings:
+        if parse_clock(self.start) == parse_clock(self.end, end=True):
+            raise ValueError("start and end are the same time; leave out times to mute all day")
+        return self
+
+
+class MuteIntervalSettings(_Section):
+    """``[[mute_intervals]]``: when notifiers that name it hold their deliveries
+    (:mod:`watcher.delivery.muting`); no ``weekdays``: every day, no ``times``: all day."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)
+    weekdays: tuple[str, ...] = ()
+    times: tuple[MuteTimeSettings, ...] = ()
+    timezone: str = "UTC"
+
+    @field_validator("weekdays")
+    @classmethod
+    def _known_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for day in value:
+            parse_weekday(day)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a zone key at all
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'"
+            ) from None
+        return value
+
+
 class Settings(BaseModel):
     """The whole configuration; immutable once loaded (:func:`load_settings` builds it)."""
 
@@ -209,6 +264,7 @@ class Settings(BaseModel):
     logging: LoggingSettings = LoggingSettings()
     notifiers: list[NotifierSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
+    mute_intervals: list[MuteIntervalSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -222,7 +278,25 @@ class Settings(BaseModel):
             for name in route.notifiers:
                 if name not in seen:
                     raise _KeyedError(f"routes[{index}].notifiers", f"unknown notifier {name!r}")
+        for key, message in _mute_problems(self):
+            raise _KeyedError(key, message)
         return self
+
+
+def _mute_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Mute interval names are unique and every notifier names only defined ones."""
+    problems: list[tuple[str, str]] = []
+    defined: set[str] = set()
+    for index, interval in enumerate(settings.mute_intervals):
+        if interval.name in defined:
+            problems.append((f"mute_intervals[{index}].name", f"duplicate name {interval.name!r}"))
+        defined.add(interval.name)
+    for index, notifier in enumerate(settings.notifiers):
+        for name in notifier.mute_intervals:
+            if name not in defined:
+                key = f"notifiers[{index}].mute_intervals"
+                problems.append((key, f"unknown interval {json.dumps(name)}"))
+    return problems
 
 
 class _KeyedError(ValueError):

@@ -22,7 +22,7 @@ from watcher.notifiers.base import Notifier
 from watcher.notifiers.common import NotifierBase
 from watcher.notifiers.log import LogSettings
 from watcher.notifiers.registry import build_notifier
-from watcher.options import delivery_policy, status_vocabulary
+from watcher.options import delivery_policy, mute_intervals, status_vocabulary
 from watcher.routing import RouteSettings, select
 from watcher.store import Store
 
@@ -48,6 +48,7 @@ class NotifierSet:
         logger = structlog.get_logger("watcher.notify")
         configured = notifier_settings(settings)
         statuses = status_vocabulary(settings)
+        intervals = mute_intervals(settings)  # per notifier in its policy
         return cls(
             notifiers={
                 n.name: build_notifier(
@@ -55,7 +56,7 @@ class NotifierSet:
                 )
                 for n in configured
             },
-            policies={n.name: delivery_policy(n) for n in configured},
+            policies={n.name: delivery_policy(n, intervals) for n in configured},
             routes=list(settings.routes),
             rollups=frozenset(n.name for n in configured if n.rollup),
         )

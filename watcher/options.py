@@ -9,11 +9,21 @@ that uses it. The composition root (:mod:`watcher.app`) calls the functions here
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TypedDict
+from zoneinfo import ZoneInfo
 
-from watcher.config import Settings, StuckSettings, WatchSettings
+from watcher.config import MuteIntervalSettings, Settings, StuckSettings, WatchSettings
 from watcher.delivery.digest import DigestPolicy
 from watcher.delivery.dispatcher import Policy
+from watcher.delivery.muting import (
+    EVERY_DAY,
+    WHOLE_DAY,
+    MuteInterval,
+    TimeRange,
+    parse_clock,
+    parse_weekday,
+)
 from watcher.enrich import DEFAULT_LANES, EnrichLimits
 from watcher.notifiers.common import DigestSettings, NotifierBase
 from watcher.notifiers.registry import rates_for
@@ -74,13 +84,36 @@ def status_vocabulary(settings: Settings) -> Statuses:
 # Delivery (helper B): how the dispatcher runs each notifier's deliveries.
 
 
-def delivery_policy(settings: NotifierBase) -> Policy:
-    """A ``[[notifiers]]`` table's age limit, timeout, pace (its own or its kind's), digest."""
+def delivery_policy(
+    settings: NotifierBase, intervals: Mapping[str, MuteInterval] | None = None
+) -> Policy:
+    """A ``[[notifiers]]`` table's age limit, timeout, pace (its own or its kind's), digest,
+    and the mute windows it names (``intervals``: :func:`mute_intervals`)."""
+    known = intervals or {}
     return Policy(
         max_age=settings.max_age_seconds,
         timeout=settings.timeout_seconds,
         rates=rates_for(settings),
         digest=digest_policy(settings.digest),
+        mute=tuple(known[name] for name in settings.mute_intervals),
+    )
+
+
+def mute_intervals(settings: Settings) -> dict[str, MuteInterval]:
+    """Every ``[[mute_intervals]]`` table by name (names were checked unique and known)."""
+    return {entry.name: mute_interval(entry) for entry in settings.mute_intervals}
+
+
+def mute_interval(settings: MuteIntervalSettings) -> MuteInterval:
+    """One ``[[mute_intervals]]`` table: no weekdays is every day, no times the whole day."""
+    return MuteInterval(
+        name=settings.name,
+        weekdays=frozenset(parse_weekday(day) for day in settings.weekdays) or EVERY_DAY,
+        times=tuple(
+            TimeRange(parse_clock(t.start), parse_clock(t.end, end=True)) for t in settings.times
+        )
+        or (WHOLE_DAY,),
+        zone=ZoneInfo(settings.timezone),
     )
 
 

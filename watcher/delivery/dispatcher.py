@@ -23,6 +23,10 @@ result applied to every row of the send together). The rules:
 * digests: for a notifier with a :class:`~watcher.delivery.digest.DigestPolicy` the plan folds
   due rows of one group into one send; at most one send per group is in flight, so a group's
   digests, like a run's events, go out in order;
+* mute windows (:mod:`~watcher.delivery.muting`): while one of its notifier's windows is
+  open, a worker plans nothing; at the window's end every held row is due and goes (folded
+  into digests where the notifier has them), no attempt counted; time held in a window does
+  not count towards ``max_age``, so a held row is never dead-lettered for waiting there;
 * silences (:mod:`~watcher.delivery.silencer`): at the planning step, a row about to go whose
   event an active silence matches for the notifier is settled ``silenced`` and never sent.
 
@@ -53,6 +57,7 @@ from typing import Literal, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from watcher.delivery.digest import DigestPolicy, Progress, Send, digest_event, plan, run_key
+from watcher.delivery.muting import MuteInterval, MuteState, mute_state, unmuted_seconds
 from watcher.delivery.pacing import Pacer, Slot
 from watcher.delivery.retry import attempt, honoured, retry_delay
 from watcher.delivery.silencer import SilenceCheck
@@ -106,6 +111,7 @@ class Policy:
     rates: tuple[Rate, ...] = ()
     max_in_flight: int = 8  # concurrent sends, never two for one run
     digest: DigestPolicy | None = None  # fold rows into digests (off by default)
+    mute: tuple[MuteInterval, ...] = ()  # hold rows while one of these windows is open
 
 
 def _utc_now() -> datetime:
@@ -128,6 +134,10 @@ class _Worker:
     next_scan: float = -math.inf
     # Sends in flight, by the id of their first row (a row is in flight at most once).
     in_flight: dict[int, Send] = dataclasses.field(default_factory=dict)
+    # Mute windows: the last answer, the intervals it is for, rows of the scan it holds.
+    mute: MuteState | None = None
+    mute_of: tuple[MuteInterval, ...] = ()
+    held: int = 0
 
     def busy_runs(self) -> set[str]:
         return {run_key(row) for send in self.in_flight.values() for row in send.rows}
@@ -265,6 +275,34 @@ class Dispatcher:
     def _forget_worker(self, task: asyncio.Task[None]) -> None:
         self._workers.pop(task, None)
 
+    def muted(self) -> dict[str, int]:
+        """Rows each notifier holds in a mute window now (0: not muted), as far as its last
+        outbox scan saw (at most ``scan_limit``); read by the metrics at scrape time."""
+        return {w.name: w.held for w in list(self._workers.values()) if not w.retired}
+
+    def _muted_for(self, worker: _Worker, now: datetime) -> float | None:
+        """Seconds until the worker's mute window ends, or ``None`` when it may send now.
+
+        The answer is kept until it may change (a window starts or ends, or a reload brings
+        other intervals), so a notifier without a window open pays one comparison per plan.
+        """
+        intervals = worker.policy.mute
+        state = worker.mute
+        if state is None or worker.mute_of is not intervals or not state.holds_at(now):
+            was = state is not None and state.until is not None
+            state = worker.mute = mute_state(intervals, now)
+            worker.mute_of = intervals
+            if state.until is not None and not was:
+                until = state.until.isoformat()
+                worker.logger.info("notify_muted", until=until, held=len(worker.pending))
+            elif state.until is None and was:
+                worker.logger.info("notify_unmuted", released=len(worker.pending))
+        if state.until is None:
+            worker.held = 0
+            return None
+        worker.held = len(worker.pending)
+        return max(0.0, (state.until - now).total_seconds())
+
     # ---- one worker per notifier ----------------------------------------------------------
 
     async def _work(self, worker: _Worker) -> None:
@@ -300,6 +338,9 @@ class Dispatcher:
         """Begin every send that may go now; return how long to wait (0: look again now)."""
         now = self._clock()
         wait = math.inf if stopping else max(0.0, worker.next_scan - mono)
+        held_for = self._muted_for(worker, now)
+        if held_for is not None:  # a mute window: nothing goes, even when stopping
+            return min(wait, held_for)
         planned = plan(
             worker.pending.values(),
             policy=worker.policy.digest,
@@ -463,7 +504,9 @@ class Dispatcher:
         retried = 0
         for row in send.rows:
             age = (now - row.created_at).total_seconds()
-            if age >= worker.policy.max_age:
+            if age >= worker.policy.max_age and (  # time held in a mute window does not count
+                unmuted_seconds(worker.policy.mute, row.created_at, now) >= worker.policy.max_age
+            ):
                 reason = (
                     f"gave up after {row.attempts + 1} attempts in {age:.0f} s: {failure.reason}"
                 )

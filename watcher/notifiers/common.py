@@ -77,6 +77,7 @@ class NotifierBase(BaseModel):
     body_template: str | None = None
     digest: DigestSettings | None = None  # off unless given
     rollup: bool = False  # a run_group.completed message when every run of a group finished
+    mute_intervals: tuple[str, ...] = ()  # [[mute_intervals]] names: hold deliveries then
 
     @field_validator("title_template", "body_template")
     @classmethod

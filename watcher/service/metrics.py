@@ -56,6 +56,24 @@ class _StateCollector(Collector):
         )
 
 
+class _MutedCollector(Collector):
+    """Deliveries each notifier holds in a mute window, asked of the dispatcher at scrape."""
+
+    def __init__(self, muted: Callable[[], Mapping[str, int]]) -> None:
+        self._muted = muted
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "omics_watcher_deliveries_muted",
+            "Deliveries a notifier holds in a mute window now (0 outside its windows; counted "
+            "from its last outbox scan, so at most 500).",
+            labels=["notifier"],
+        )
+        for notifier, held in sorted(self._muted().items()):
+            family.add_metric([notifier], held)
+        yield family
+
+
 class Metrics:
     """Every metric family the daemon exports, registered on a private registry."""
 
@@ -114,6 +132,10 @@ class Metrics:
     def watch_state(self, snapshot: Callable[[], StateSnapshot]) -> None:
         """Export state-file gauges, computed from ``snapshot()`` at every scrape."""
         self.registry.register(_StateCollector(snapshot))
+
+    def watch_muted(self, muted: Callable[[], Mapping[str, int]]) -> None:
+        """Export ``omics_watcher_deliveries_muted`` from ``muted()`` at every scrape."""
+        self.registry.register(_MutedCollector(muted))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
