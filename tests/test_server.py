@@ -375,12 +375,19 @@ async def test_dead_letters(h: Harness) -> None:
     assert resp.status == 200
     letters = await resp.json()
     assert len(letters) == 1
-    letter = letters[0]
-    assert letter["id"] == first.id
-    assert letter["notifier"] == "ops"
-    assert letter["attempts"] == 3
-    assert letter["last_error"] == "HTTP 410 Gone"
-    assert letter["event"] == first.event.to_dict()
+    # interface.md's keys (the second release's shape; `dead-letters --json` prints the same).
+    (letter,) = letters
+    dead_at = letter.pop("dead_at")
+    assert datetime.fromisoformat(dead_at.replace("Z", "+00:00")).tzinfo is not None
+    assert letter == {
+        "delivery_id": first.id,
+        "notifier": "ops",
+        "event_id": first.event.id,
+        "run_uuid": UUID_A,
+        "type": "run.status_changed",
+        "attempts": 3,
+        "last_error": "HTTP 410 Gone",
+    }
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
 from watcher.service.health import Health, PollingStateGauge
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
+from watcher.service.redeliveries import RedeliveryCollector
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import AppParts, HttpServer, build_app
 from watcher.settings_diff import report_unapplied
@@ -266,6 +267,7 @@ def _build_server(
     """Probes, metrics and the admin API (runs it tracks are polled at once)."""
     options = server_options(settings)
     metrics.watch_state(_state_snapshot(store))
+    metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
     metrics.registry.register(PollingStateGauge(health))  # what /readyz says, as a gauge
     split = options.admin_address is not None  # [server] admin_listen: the admin API apart
 

@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     from watcher.cli_silence import add_parsers as add_silence_parsers
 
     add_silence_parsers(sub, with_config)
+    from watcher.cli_history import add_parsers as add_history_parsers
+
+    add_history_parsers(sub, with_config)
     return parser
 
 

@@ -38,7 +38,7 @@ from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from watcher.events import Event, isoformat_z
+from watcher.events import Event
 from watcher.limits import LabelError, label_problems
 from watcher.service.connections import (
     ConnectionGuard,
@@ -48,10 +48,11 @@ from watcher.service.connections import (
     body_timeout_middleware,
 )
 from watcher.service.health import Health as Health  # the probes' state, decided there
+from watcher.service.history_api import HistoryApi, HistoryStore
 from watcher.service.metrics import Metrics
 from watcher.service.reads import OffLoopReads, json_body
 from watcher.service.silences_api import SilencesApi, SilenceStore
-from watcher.store import Delivery, RunFilter, TrackedRun, TrackRequest, TrackResult
+from watcher.store import RunFilter, TrackedRun, TrackRequest, TrackResult
 from watcher.store.registry import RunPageJson, decode_cursor
 
 MAX_BODY_BYTES = 64 * 1024
@@ -86,7 +87,7 @@ class ServerStartError(Exception):
     """The listener cannot be opened (port taken, address unknown). The CLI exits with 3."""
 
 
-class AdminStore(SilenceStore, Protocol):
+class AdminStore(SilenceStore, HistoryStore, Protocol):
     """The part of :class:`watcher.store.Store` the admin API uses."""
 
     def track(self, requests: Iterable[TrackRequest]) -> TrackResult: ...
@@ -106,8 +107,6 @@ class AdminStore(SilenceStore, Protocol):
     def open_reader(self) -> AdminStore | None: ...
 
     def close(self) -> None: ...
-
-    def dead_letters(self, *, limit: int) -> list[Delivery]: ...
 
 
 class TrackBody(BaseModel):
@@ -205,17 +204,6 @@ def _path_uuid(request: web.Request) -> str:
     if not _UUID.fullmatch(value):
         raise _bad_request(f"run_uuid: {_UUID_HINT}")
     return value.lower()
-
-
-def _dead_letter_json(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "id": delivery.id,
-        "notifier": delivery.notifier,
-        "attempts": delivery.attempts,
-        "created_at": isoformat_z(delivery.created_at),
-        "last_error": delivery.last_error,
-        "event": delivery.event.to_dict(),
-    }
 
 
 def _is_admin_path(request: web.Request) -> bool:
@@ -398,10 +386,6 @@ class _AdminApi:
 
         return _json_bytes(await self.reads.run(read))
 
-    async def dead_letters(self, request: web.Request) -> web.Response:
-        letters = self._store.dead_letters(limit=_limit(request))
-        return web.json_response([_dead_letter_json(d) for d in letters])
-
 
 async def _admin_off(request: web.Request) -> web.Response:
     raise web.HTTPNotFound(text="admin API off (server.admin_token is empty)")
@@ -453,7 +437,9 @@ def build_app(
     app.router.add_get("/v1/runs/{run_uuid}", api.get_run)
     app.router.add_delete("/v1/runs/{run_uuid}", api.untrack)
     app.router.add_get("/v1/events", api.events)
-    app.router.add_get("/v1/dead-letters", api.dead_letters)
+    HistoryApi(
+        store=store, reads=api.reads, notifier_names=notifier_names, log=log
+    ).add_routes(app.router)
     SilencesApi(store=store, notifier_names=notifier_names, log=log).add_routes(app.router)
     return app
 

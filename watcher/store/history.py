@@ -71,11 +71,16 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Redelivery:
-    """Which dead letters to put back: every one, one notifier's, or these ids."""
+    """Which dead letters to put back: every one, one notifier's, or these ids.
+
+    ``configured``: when given, only rows of these notifiers go back (a row for a notifier
+    the daemon no longer has could never be sent; it stays dead).
+    """
 
     all: bool = False
     notifier: str | None = None
     ids: tuple[int, ...] = ()
+    configured: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         chosen = int(self.all) + int(self.notifier is not None) + int(bool(self.ids))
@@ -118,15 +123,16 @@ class HistoryMixin(StoreBase):
         ]
 
     def list_dead_letters(
-        self, *, notifier: str | None = None, limit: int = 1000
+        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
     ) -> list[DeadLetter]:
-        """Dead letters, most recent first (optionally one notifier's)."""
+        """Dead letters, most recent first (optionally one notifier's); pass the last ``id``
+        as ``before_id`` for the next page."""
         sql = (
             "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
             "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
-            "WHERE o.state = 'dead'"
+            "WHERE o.state = 'dead' AND o.id < ?"
         )
-        params: list[object] = []
+        params: list[object] = [2**63 - 1 if before_id is None else before_id]
         if notifier is not None:
             sql += " AND o.notifier = ?"
             params.append(notifier)
@@ -179,19 +185,20 @@ class HistoryMixin(StoreBase):
 
 def _dead_ids(conn: sqlite3.Connection, which: Redelivery) -> list[int]:
     if which.all:
-        found = conn.execute("SELECT id FROM outbox WHERE state = 'dead' ORDER BY id")
+        found = conn.execute("SELECT id, notifier FROM outbox WHERE state = 'dead' ORDER BY id")
     elif which.notifier is not None:
         found = conn.execute(
-            "SELECT id FROM outbox WHERE state = 'dead' AND notifier = ? ORDER BY id",
+            "SELECT id, notifier FROM outbox WHERE state = 'dead' AND notifier = ? ORDER BY id",
             (which.notifier,),
         )
     else:
         found = conn.execute(
-            "SELECT id FROM outbox WHERE state = 'dead' "
+            "SELECT id, notifier FROM outbox WHERE state = 'dead' "
             "AND id IN (SELECT value FROM json_each(?)) ORDER BY id",
             (json.dumps(sorted(set(which.ids))),),
         )
-    return [int(row_id) for (row_id,) in found]
+    configured = which.configured
+    return [int(row_id) for row_id, name in found if configured is None or name in configured]
 
 
 def redelivery_ids(values: Sequence[object]) -> tuple[int, ...]:

@@ -1,0 +1,172 @@
+"""``omics-watcher history``, ``dead-letters`` and ``redeliver``: what became of each delivery,
+and sending the dead ones again.
+
+Kept apart from :mod:`watcher.cli` so these commands' parsing and output live in one place.
+Each needs an existing state file (exit 1 with ``no state file at PATH`` otherwise; nothing is
+created) and works beside a running daemon: ``redeliver`` puts dead letters back in the
+outbox (same event id, so receivers deduplicate; attempts and the ``max_age_seconds`` clock
+start again) and the daemon's dispatcher, which scans the outbox every second, sends them.
+Only rows of notifiers the configuration has go back: a row for a removed notifier could
+never be sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_PAGE = 1000  # dead letters read and printed at a time
+
+
+def configured_notifiers(settings: Any) -> list[str]:
+    """The notifier names the daemon runs with this configuration (``log`` when none)."""
+    return [n.name for n in settings.notifiers] or ["log"]
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from watcher.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Exit, _settings, open_existing_store
+    from watcher.display import printable
+    from watcher.history_view import history_json, history_line
+
+    settings = _settings(args)
+    if not _UUID.fullmatch(args.run_uuid):
+        raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
+    run_uuid = args.run_uuid.lower()
+    with open_existing_store(settings) as store:
+        entries = store.run_history(run_uuid)
+    if entries is None:
+        raise Exit(EXIT_RUNTIME, f"error: run {run_uuid} is not in the registry")
+    if args.json:
+        sys.stdout.write(json.dumps(history_json(entries), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    if not entries:
+        print(printable(f"run {run_uuid}: no events recorded yet"))
+    for entry in entries:
+        print(history_line(entry))
+    return EXIT_OK
+
+
+def _dead_letter_pages(store: Any, notifier: str | None) -> Iterator[list[Any]]:
+    before: int | None = None
+    while True:
+        page = store.list_dead_letters(notifier=notifier, limit=_PAGE, before_id=before)
+        if page:
+            yield page
+        if len(page) < _PAGE:
+            return
+        before = page[-1].id
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Dead letters, most recent first, streamed page by page."""
+    from watcher.cli import EXIT_OK, _settings, _text_arg, open_existing_store
+    from watcher.history_view import DEAD_LETTER_HEADER, dead_letter_cells, dead_letter_json
+
+    settings = _settings(args)
+    notifier = None if args.notifier is None else _text_arg("--notifier", args.notifier)
+    with open_existing_store(settings) as store:
+        pages = _dead_letter_pages(store, notifier)
+        if args.json:
+            sep = "["
+            for page in pages:
+                for letter in page:
+                    sys.stdout.write(sep + json.dumps(dead_letter_json(letter), ensure_ascii=False))
+                    sep = ", "
+            sys.stdout.write("[]\n" if sep == "[" else "]\n")
+            return EXIT_OK
+        widths = [len(h) for h in DEAD_LETTER_HEADER]
+        shown = False
+        for page in pages:
+            table = [dead_letter_cells(letter) for letter in page]
+            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
+            if not shown:
+                table.insert(0, DEAD_LETTER_HEADER)
+                shown = True
+            for row in table:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if not shown:
+            print("no dead letters")
+    return EXIT_OK
+
+
+def _redelivery(args: argparse.Namespace, known: list[str]) -> Any:
+    from watcher.cli import EXIT_USAGE, Exit, _text_arg
+    from watcher.store.history import Redelivery, redelivery_ids
+
+    chosen = int(args.all) + int(args.notifier is not None) + int(bool(args.delivery_ids))
+    if chosen != 1:
+        raise Exit(EXIT_USAGE, "error: give exactly one of --all, --notifier N or DELIVERY_IDs")
+    if args.notifier is not None and args.notifier not in known:
+        name = _text_arg("--notifier", args.notifier)
+        raise Exit(EXIT_USAGE, f"error: no notifier named {name!r}; have: {', '.join(known)}")
+    try:
+        ids = redelivery_ids(args.delivery_ids)
+    except ValueError as exc:
+        raise Exit(EXIT_USAGE, f"error: {exc}") from None
+    return Redelivery(all=args.all, notifier=args.notifier, ids=ids, configured=frozenset(known))
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    from watcher.cli import EXIT_OK, _settings, open_existing_store
+    from watcher.display import printable
+
+    settings = _settings(args)
+    known = configured_notifiers(settings)
+    which = _redelivery(args, known)
+    with open_existing_store(settings) as store:
+        done = store.redeliver(which)
+        left = store.list_dead_letters(limit=_PAGE) if which.all else []
+    print(f"redelivered {len(done)}")
+    for row_id in sorted(set(which.ids) - set(done)):
+        print(f"warning: not a dead letter of a configured notifier: {row_id}", file=sys.stderr)
+    removed = sorted({letter.notifier for letter in left if letter.notifier not in known})
+    if removed:
+        names = ", ".join(removed)
+        print(printable(f"warning: left dead (notifier not configured): {names}"), file=sys.stderr)
+    return EXIT_OK
+
+
+def add_parsers(sub: Any, with_config: Callable[[argparse.ArgumentParser], Any]) -> None:
+    """``history``, ``dead-letters`` and ``redeliver`` on the top-level subparsers ``sub``."""
+    about = "a run's events, oldest first, with what became of each delivery"
+    p = with_config(sub.add_parser("history", help=about, description=about))
+    p.set_defaults(handler=cmd_history)
+    p.add_argument("run_uuid", metavar="RUN_UUID", help="the run (as tracked)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON array of the events as delivered, each with its deliveries "
+        "(default: one line per event)",
+    )
+
+    about = "deliveries given up on (dead letters), most recent first"
+    p = with_config(sub.add_parser("dead-letters", help=about, description=about))
+    p.set_defaults(handler=cmd_dead_letters)
+    p.add_argument(
+        "--notifier", metavar="N", help="only this notifier's (default: every notifier's)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON array (default: a table)")
+
+    about = (
+        "send dead letters again: back in the outbox with the same event id, attempts and "
+        "max_age_seconds starting again; a running daemon sends them within 2 s"
+    )
+    p = with_config(sub.add_parser("redeliver", help=about, description=about))
+    p.set_defaults(handler=cmd_redeliver)
+    p.add_argument(
+        "--all", action="store_true", help="every dead letter (default: only those named)"
+    )
+    p.add_argument(
+        "--notifier", metavar="N", help="every dead letter of this notifier (default: none)"
+    )
+    p.add_argument(
+        "delivery_ids",
+        nargs="*",
+        metavar="DELIVERY_ID",
+        help="dead letters by id, as dead-letters lists them (default: none)",
+    )

@@ -1,0 +1,172 @@
+"""The admin API's history and dead letters: ``GET /v1/runs/{run_uuid}/events``,
+``GET /v1/dead-letters`` and ``POST /v1/dead-letters/redeliver``.
+
+Kept apart from :mod:`watcher.service.server`, which mounts these routes behind its bearer
+token and JSON error middlewares. The JSON is the CLI's (``history --json``,
+``dead-letters --json``, rendered by :mod:`watcher.history_view`); the reads run off the
+loop through the server's :class:`~watcher.service.reads.OffLoopReads`. A redelivery is one
+short write on the loop; the dispatcher finds the rows at its next outbox scan (every
+second), as it finds those the CLI re-queues.
+
+``POST /v1/dead-letters/redeliver`` body: exactly one of ``{"all": true}``,
+``{"notifier": "N"}`` or ``{"ids": [1, 2]}``; 400 for anything else (and for a notifier the
+daemon does not have). Answer: ``{"redelivered": N, "ids": [...]}``. Only rows of notifiers
+the daemon has go back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watcher.history_view import dead_letter_json, history_json
+from watcher.service.reads import OffLoopReads, json_body
+from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_LIMIT = re.compile(r"[0-9]{1,7}")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_IDS = 10_000
+_MAX_NAME = 256
+
+
+class HistoryStore(Protocol):
+    """The part of :class:`watcher.store.Store` these routes use."""
+
+    def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
+
+    def list_dead_letters(
+        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
+    ) -> list[DeadLetter]: ...
+
+    def redeliver(self, which: Redelivery) -> list[int]: ...
+
+
+class RedeliverBody(BaseModel):
+    """``POST /v1/dead-letters/redeliver``. Unknown keys are refused, nothing is coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    all: bool | None = None
+    notifier: str | None = Field(default=None, min_length=1, max_length=_MAX_NAME)
+    ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=message)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Each bad field named, never the input (an unknown key shows as ``(key)``)."""
+    fields = set(RedeliverBody.model_fields)
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        parts = [
+            str(p) if str(p) in fields or isinstance(p, int) else "(key)" for p in error["loc"]
+        ]
+        problems.append(f"{'.'.join(parts) or 'body'}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    value = int(raw) if _LIMIT.fullmatch(raw) else 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise _bad(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _notifier_param(request: web.Request) -> str | None:
+    raw = request.query.get("notifier")
+    if raw is not None and not (1 <= len(raw) <= _MAX_NAME and raw.isprintable()):
+        raise _bad(f"notifier: must be 1 to {_MAX_NAME} printable characters")
+    return raw
+
+
+class HistoryApi:
+    """The handlers; ``notifier_names`` answers the daemon's notifiers at each request
+    (``None``: every notifier counts as configured)."""
+
+    def __init__(
+        self,
+        *,
+        store: HistoryStore,
+        reads: OffLoopReads[Any],
+        notifier_names: Callable[[], Collection[str]] | None,
+        log: Any,
+    ) -> None:
+        self._store = store
+        self._reads = reads
+        self._notifier_names = notifier_names
+        self._log = log
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/runs/{run_uuid}/events", self.history)
+        router.add_get("/v1/dead-letters", self.dead_letters)
+        router.add_post("/v1/dead-letters/redeliver", self.redeliver)
+
+    async def history(self, request: web.Request) -> web.Response:
+        raw = request.match_info["run_uuid"]
+        if not _UUID.fullmatch(raw):
+            raise _bad("run_uuid: expected a run UUID (8-4-4-4-12 hexadecimal digits)")
+        run_uuid = raw.lower()
+
+        def read(store: HistoryStore) -> bytes | None:
+            entries = store.run_history(run_uuid)
+            return None if entries is None else json_body(history_json(entries))
+
+        body = await self._reads.run(read)
+        if body is None:
+            raise web.HTTPNotFound(text="run not in the registry")
+        return web.Response(body=body, content_type="application/json")
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        """Dead letters, most recent first: ``?notifier=``, ``?limit=`` (default 100)."""
+        limit, notifier = _limit(request), _notifier_param(request)
+
+        def read(store: HistoryStore) -> bytes:
+            found = store.list_dead_letters(notifier=notifier, limit=limit)
+            return json_body([dead_letter_json(letter) for letter in found])
+
+        body = await self._reads.run(read)
+        return web.Response(body=body, content_type="application/json")
+
+    async def redeliver(self, request: web.Request) -> web.Response:
+        raw = await request.read()  # raises 413 beyond client_max_size
+        try:
+            body = RedeliverBody.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _bad(_describe(exc)) from None
+        which = self._which(body)
+        done = self._store.redeliver(which)
+        self._log.info(
+            "admin_redelivered",
+            count=len(done),
+            notifier=which.notifier,
+            all=which.all,
+            remote=request.remote,
+        )
+        return web.json_response({"redelivered": len(done), "ids": done})
+
+    def _which(self, body: RedeliverBody) -> Redelivery:
+        given = [body.all is not None, body.notifier is not None, body.ids is not None]
+        if sum(given) != 1 or body.all is False:
+            raise _bad('body: give exactly one of {"all": true}, {"notifier": N}, {"ids": [...]}')
+        if body.ids is not None and any(i <= 0 for i in body.ids):
+            raise _bad("ids: delivery ids are positive integers")
+        known = None if self._notifier_names is None else frozenset(self._notifier_names())
+        if known is not None and body.notifier is not None and body.notifier not in known:
+            raise _bad(f"notifier: not one the daemon has ({', '.join(sorted(known))})")
+        return Redelivery(
+            all=bool(body.all),
+            notifier=body.notifier,
+            ids=tuple(body.ids or ()),
+            configured=known,
+        )
