@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +67,7 @@ from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import AppParts, HttpServer, build_app
 from watcher.settings_diff import report_unapplied
 from watcher.sink import EventSink
+from watcher.statuses import Statuses
 from watcher.store import Store
 from watcher.store.lock import claim_state
 from watcher.stuck import StuckChecker
@@ -146,17 +147,7 @@ async def build(
     notifiers = LiveNotifiers(NotifierSet.build(settings, session=session))
     forget_removed_notifiers(store, notifiers.current, log)
     statuses = status_vocabulary(settings)
-    dispatcher = Dispatcher(
-        store=store,
-        notifiers=notifiers.current.notifiers,
-        policies=notifiers.current.policies,
-        logger=structlog.get_logger("watcher.dispatch"),
-        metrics=DeliveryMetrics(metrics),
-        progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
-        statuses=statuses,
-        silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
-    )
-    metrics.watch_muted(dispatcher.muted)  # rows held in mute windows, at scrape time
+    dispatcher = _build_dispatcher(store, notifiers=notifiers, metrics=metrics, statuses=statuses)
     # One sink for every producer: routed by the live notifier set, announced to the
     # roll-up tracker, the caller's hook and the dispatcher, counted in the metrics.
     sink = EventSink(
@@ -202,16 +193,30 @@ async def build(
             discovery_options(settings), store=store, source=client, on_tracked=poller.refresh
         ),
         server=_build_server(
-            settings,
-            store=store,
-            metrics=metrics,
-            health=health,
-            poller=poller,
-            notifier_names=lambda: notifiers.current.notifiers.keys(),
+            settings, store=store, metrics=metrics, health=health, poller=poller, live=notifiers
         ),
         log=log,
         pruner=Pruner(store=store, options=retention_options(settings)),
     )
+
+
+def _build_dispatcher(
+    store: Store, *, notifiers: LiveNotifiers, metrics: Metrics, statuses: Statuses
+) -> Dispatcher:
+    """Delivery: one worker per notifier in force, silences applied at its planning step,
+    digests counted with the status vocabulary, rows held in mute windows exported."""
+    dispatcher = Dispatcher(
+        store=store,
+        notifiers=notifiers.current.notifiers,
+        policies=notifiers.current.policies,
+        logger=structlog.get_logger("watcher.dispatch"),
+        metrics=DeliveryMetrics(metrics),
+        progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
+        statuses=statuses,
+        silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
+    )
+    metrics.watch_muted(dispatcher.muted)  # rows held in mute windows, at scrape time
+    return dispatcher
 
 
 def _observed_client(
@@ -262,9 +267,10 @@ def _build_server(
     metrics: Metrics,
     health: Health,
     poller: Poller,
-    notifier_names: Callable[[], Collection[str]] | None = None,
+    live: LiveNotifiers,
 ) -> HttpServer:
-    """Probes, metrics and the admin API (runs it tracks are polled at once)."""
+    """Probes, metrics and the admin API (runs it tracks are polled at once; the notifiers a
+    silence names are checked against ``live``, the set in force)."""
     options = server_options(settings)
     metrics.watch_state(_state_snapshot(store))
     metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
@@ -280,7 +286,7 @@ def _build_server(
             default_project_id=options.default_project_id,
             on_tracked=poller.refresh,
             parts=parts,
-            notifier_names=notifier_names,
+            notifier_names=lambda: live.current.notifiers.keys(),  # those in force
         )
 
     return HttpServer(app("probes" if split else "all"), admin_app=app("admin") if split else None)
