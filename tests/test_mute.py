@@ -293,6 +293,24 @@ def test_check_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_the_readmes_example_loads_and_holds_from_friday_night_to_monday_morning(
+    tmp_path: Path,
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Mute windows: no chat messages at night", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    url = tmp_path / "wecom_url"
+    url.write_text("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k\n", encoding="utf-8")
+    settings = load_settings(
+        config(tmp_path, example.replace("/run/secrets/wecom_url", str(url))), environ={}
+    )
+    (chat,) = settings.notifiers
+    policy = delivery_policy(chat, mute_intervals(settings))
+    friday_night = datetime(2026, 11, 27, 23, tzinfo=BERLIN)
+    assert mute_state(policy.mute, friday_night).until == datetime(2026, 11, 30, 8, tzinfo=BERLIN)
+    assert mute_state(policy.mute, datetime(2026, 11, 30, 8, tzinfo=BERLIN)).until is None
+
+
 # ---- the dispatcher, on an injected wall clock -------------------------------------------------
 
 NIGHT = utc(2026, 11, 27, 22, 0, 1)  # one second into Friday night's window (22:00-08:00 UTC)

@@ -274,12 +274,17 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from watcher.app import run_daemon
+    from watcher.app import Wiring, run_daemon
     from watcher.config import load_settings
     from watcher.secrets import secret_values
+    from watcher.service.console import EventPrinter
+    from watcher.service.logs import console_wanted
 
     settings = _settings(args)
     masker = _configure_logging(settings)
+    # On a terminal, one line per event, status first (watcher.service.console).
+    console = console_wanted(settings.logging.format, sys.stderr)
+    wiring = Wiring(on_event=EventPrinter(sys.stderr)) if console else Wiring()
     grace = settings.daemon.shutdown_grace_seconds
 
     def reload_settings() -> Any:
@@ -296,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # never runs and SIGHUP silently does nothing.
             reload_settings=reload_settings,
             environ=os.environ,
+            wiring=wiring,
         ),
         grace=grace,
         with_reload=True,

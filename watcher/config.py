@@ -241,7 +241,8 @@ class MuteIntervalSettings(_Section):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         try:
-            ZoneInfo(value)
+            if value != "UTC":  # UTC needs no zone database
+                ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a zone key at all
             raise ValueError(
                 f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import UTC
 from typing import TypedDict
 from zoneinfo import ZoneInfo
 
@@ -113,7 +114,7 @@ def mute_interval(settings: MuteIntervalSettings) -> MuteInterval:
             TimeRange(parse_clock(t.start), parse_clock(t.end, end=True)) for t in settings.times
         )
         or (WHOLE_DAY,),
-        zone=ZoneInfo(settings.timezone),
+        zone=UTC if settings.timezone == "UTC" else ZoneInfo(settings.timezone),
     )
 
 
