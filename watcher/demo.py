@@ -12,72 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import os
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TextIO
-
-from aiohttp import web
 
 from watcher.app import Wiring, run_daemon
 from watcher.config import Settings
 from watcher.events import Event
+from watcher.receiver import Receiver, serving
+from watcher.service.console import event_line
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 
 DEMO_LIMIT_SECONDS = 60.0
 GHOST_RUN = "00000000-0000-4000-8000-00000000dead"  # tracked, but unknown to the API
-_ICONS = {"SUCCESS": "✅", "EXECUTOR_ERROR": "❌", "CANCELED": "🚫", "run.not_found": "❓"}
-
-
-class _Receiver:
-    """A webhook endpoint that verifies signatures the way a receiver would."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = base64.b64decode(secret.removeprefix("whsec_"))
-        self.received: dict[str, bool] = {}  # event id -> signature valid
-        self.arrived = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        msg_id = request.headers.get("webhook-id", "")
-        stamp = request.headers.get("webhook-timestamp", "")
-        signed = f"{msg_id}.{stamp}.".encode() + body
-        expected = base64.b64encode(hmac.new(self._key, signed, hashlib.sha256).digest()).decode()
-        offered = [
-            s.partition(",")[2] for s in request.headers.get("webhook-signature", "").split()
-        ]
-        self.received[msg_id] = any(hmac.compare_digest(expected, o) for o in offered)
-        self.arrived.set()
-        return web.Response(status=204)
-
-
-@asynccontextmanager
-async def _serve_receiver(receiver: _Receiver) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook"
-    finally:
-        await runner.cleanup()
-
-
-def _line(event: Event, elapsed: float) -> str:
-    short = event.run_uuid[:8]
-    if event.type == "run.status_changed":
-        before = event.previous_status or "·"
-        icon = _ICONS.get(event.status or "", "  ")
-        return f"{elapsed:5.1f}s  run {short}  {before:>15} → {event.status:<15} {icon}"
-    return f"{elapsed:5.1f}s  run {short}  {event.type} {_ICONS.get(event.type, '')}"
 
 
 async def run_demo(*, stop: asyncio.Event, out: TextIO) -> int:
@@ -85,7 +34,7 @@ async def run_demo(*, stop: asyncio.Event, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     started = loop.time()
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-    receiver = _Receiver(secret)
+    receiver = Receiver(secret)
     recorded: list[Event] = []
     finished: set[str] = set()
     config = SimulatorConfig(
@@ -99,13 +48,13 @@ async def run_demo(*, stop: asyncio.Event, out: TextIO) -> int:
 
     def on_event(event: Event) -> None:
         recorded.append(event)
-        out.write(_line(event, loop.time() - started) + "\n")
+        out.write(event_line(event, f"{loop.time() - started:5.1f}s") + "\n")
         out.flush()
         if event.terminal or event.type == "run.not_found":
             finished.add(event.run_uuid)
 
     with tempfile.TemporaryDirectory(prefix="omics-watcher-demo-") as tmp:
-        async with running_simulator(config) as sim, _serve_receiver(receiver) as hook_url:
+        async with running_simulator(config) as sim, serving(receiver) as hook_url:
             runs = [*sim.run_uuids, GHOST_RUN]
             state = Path(tmp) / "demo.db"
             with Store.open(state) as store:

@@ -1,5 +1,7 @@
 """Structured logging setup: console lines on a terminal, JSON lines otherwise.
 
+The console lines (short, delivery problems summarised) are :mod:`watcher.service.console`'s.
+
 Called once, by the CLI (the only code that touches the process). Event names are fixed
 snake_case strings (``poll_failed``, ``notify_delivered``); context is bound as keys.
 A last processor masks every configured secret value wherever it appears, so a secret that
@@ -27,6 +29,7 @@ import structlog
 
 from watcher.display import printable
 from watcher.secrets import Scrubber
+from watcher.service.console import ConsoleRenderer
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -143,6 +146,12 @@ def escape_controls(
     return event_dict
 
 
+def console_wanted(fmt: str, stream: TextIO) -> bool:
+    """Lines for people (:mod:`watcher.service.console`) rather than JSON: ``console``, or
+    ``auto`` with ``stream`` a terminal."""
+    return fmt == "console" or (fmt == "auto" and stream.isatty())
+
+
 def configure(
     *,
     fmt: str = "auto",
@@ -155,12 +164,8 @@ def configure(
     Returns the secret masker, so that a configuration reload can add new secrets to it.
     """
     stream = stream or sys.stderr
-    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
+    use_console = console_wanted(fmt, stream)
+    renderer: Any = ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     masker = SecretMasker(secrets)
     exceptions = structlog.processors.format_exc_info if use_console else compact_exception
     structlog.configure(
