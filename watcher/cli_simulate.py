@@ -87,8 +87,14 @@ def add_parser(sub: Any, command: Callable[..., Any]) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     opt = p.add_argument
     opt("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    opt("--port", type=int, default=0, help="port to listen on; 0 = any free port (default: 0)")
-    opt("--runs", type=int, default=10, metavar="N", help="runs created at the start (default: 10)")
+    opt("--port", type=int, default=0, help="port to listen on; 0 = any free port (default: %(default)s)")
+    opt(
+        "--runs",
+        type=int,
+        default=10,
+        metavar="N",
+        help="runs created at the start (default: %(default)s)",
+    )
     opt("--seed", type=int, default=1, help="seed of every random draw (default: %(default)s)")
     opt(
         "--run-seconds",
@@ -104,7 +110,7 @@ def add_parser(sub: Any, command: Callable[..., Any]) -> None:
         default=0.0,
         metavar="PER_MINUTE",
         help="submit this many new runs a minute, evenly spaced, for as long as the simulator "
-        "lives; each appears in DescribeRuns and is announced on stdout (default: 0, none)",
+        "lives; each appears in DescribeRuns and is announced on stdout (default: %(default)s, none)",
     )
     opt(
         "--duration",
@@ -114,6 +120,12 @@ def add_parser(sub: Any, command: Callable[..., Any]) -> None:
         help="the simulator's lifetime: after SECONDS it stops serving and exits 0, as on "
         "SIGTERM, and its runs are gone (default: none, serve until SIGTERM/SIGINT)",
     )
+    _api_options(p)
+
+
+def _api_options(p: argparse.ArgumentParser) -> None:
+    """How the simulated API behaves: faults, groups, lag and network."""
+    opt = p.add_argument
     opt(
         "--fault-rate",
         type=float,
