@@ -51,6 +51,7 @@ from watcher.options import (
     status_vocabulary,
     strategy_options,
     stuck_limits,
+    ui_options,
 )
 from watcher.polling.discovery import Discovery, build_discovery
 from watcher.polling.loop import Collaborators
@@ -71,6 +72,7 @@ from watcher.statuses import Statuses
 from watcher.store import Store
 from watcher.store.lock import claim_state
 from watcher.stuck import StuckChecker
+from watcher.ui.pages import StatusPage
 
 
 def utc_now() -> datetime:
@@ -276,6 +278,7 @@ def _build_server(
     metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
     metrics.registry.register(PollingStateGauge(health))  # what /readyz says, as a gauge
     split = options.admin_address is not None  # [server] admin_listen: the admin API apart
+    page = _status_page(settings, store=store, metrics=metrics, health=health)
 
     def app(parts: AppParts) -> web.Application:
         return build_app(
@@ -287,9 +290,26 @@ def _build_server(
             on_tracked=poller.refresh,
             parts=parts,
             notifier_names=lambda: live.current.notifiers.keys(),  # those in force
+            ui=page.install if page is not None else None,
         )
 
     return HttpServer(app("probes" if split else "all"), admin_app=app("admin") if split else None)
+
+
+def _status_page(
+    settings: Settings, *, store: Store, metrics: Metrics, health: Health
+) -> StatusPage | None:
+    """The status page under /ui/ on the admin listener, when it is on."""
+    options = ui_options(settings)
+    if options is None:
+        return None
+    return StatusPage(
+        options,
+        store=store,
+        metrics=metrics,
+        statuses=status_vocabulary(settings),
+        not_ready_reason=health.not_ready_reason,
+    )
 
 
 async def startup(

@@ -115,6 +115,8 @@ class ServerSettings(_Section):
     listen: str = "127.0.0.1:9477"
     admin_listen: str | None = None  # the admin API's own HOST:PORT; None: on ``listen``
     admin_token: SecretStr | None = None
+    ui: bool = True  # the status page under /ui/ (only with an admin_token)
+    viewer_token: SecretStr | None = None  # read-only logins to the status page
 
     @field_validator("listen", "admin_listen")
     @classmethod

@@ -36,6 +36,7 @@ from watcher.retention import RetentionOptions
 from watcher.service.server import ServerOptions
 from watcher.statuses import Statuses, StatusOptions
 from watcher.stuck import StuckLimits
+from watcher.ui.options import UiOptions
 
 # Event producers and the HTTP server (helper D): stuck limits, server options.
 
@@ -66,6 +67,22 @@ def server_options(settings: Settings) -> ServerOptions:
         admin_token=token.get_secret_value() if token else None,
         default_project_id=settings.tencentcloud.project_id,
         admin_address=settings.server.admin_address if token else None,
+    )
+
+
+def ui_options(settings: Settings) -> UiOptions | None:
+    """The status page: ``None`` when off (``[server] ui = false`` or no
+    ``admin_token``); a viewer token equal to the admin token grants admin, so it is dropped."""
+    server = settings.server
+    admin = server.admin_token.get_secret_value() if server.admin_token else ""
+    if not server.ui or not admin:
+        return None
+    viewer = server.viewer_token.get_secret_value() if server.viewer_token else ""
+    return UiOptions(
+        admin_token=admin,
+        viewer_token=viewer if viewer and viewer != admin else None,
+        rate_per_second=settings.polling.rate_per_second,
+        interval_seconds=settings.polling.interval_seconds,
     )
 
 

@@ -401,8 +401,11 @@ def build_app(
     on_tracked: Callable[[], None] = lambda: None,
     parts: AppParts = "all",
     notifier_names: Callable[[], Collection[str]] | None = None,
+    ui: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
     """The aiohttp application; see the module docstring for its rules.
+
+    ``ui``: adds the status page (:mod:`watcher.ui`) beside the admin API, when it is on.
 
     ``parts``: ``"all"`` serves probes, ``/metrics`` and the admin API on one listener;
     with ``[server] admin_listen`` the main listener gets ``"probes"`` (no ``/v1`` routes
@@ -441,6 +444,8 @@ def build_app(
         store=store, reads=api.reads, notifier_names=notifier_names, log=log
     ).add_routes(app.router)
     SilencesApi(store=store, notifier_names=notifier_names, log=log).add_routes(app.router)
+    if ui is not None:
+        ui(app)
     return app
 
 

@@ -96,6 +96,8 @@ _PAGE_SELECT_JSON = (
 )
 _PAGE_STATUS = " AND status = ?"
 _PAGE_ACTIVE = " AND terminal = 0 AND stopped = 0"
+_PAGE_PROJECT = " AND project_id = ?"
+_PAGE_PREFIX = " AND substr(run_uuid, 1, ?) = ?"
 _PAGE_LABEL = " AND EXISTS (SELECT 1 FROM json_each(runs.labels) WHERE key = ? AND value = ?)"
 _PAGE_ORDER = " ORDER BY rowid LIMIT ?"
 _CURSOR_PREFIX = "r1:"
@@ -126,12 +128,15 @@ class RunFilter:
     """Which tracked runs a page shows; every condition given must hold.
 
     ``status``: the last seen status, exactly; ``labels``: each key has exactly that value;
-    ``active``: not terminal and not stopped (the runs being polled).
+    ``active``: not terminal and not stopped (the runs being polled); ``project_id``:
+    exactly; ``uuid_prefix``: the run UUID starts with it (the status page's filters).
     """
 
     status: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     active: bool = False
+    project_id: str | None = None
+    uuid_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +165,12 @@ def _page_query(
         params.append(where.status)
     if where.active:
         sql += _PAGE_ACTIVE
+    if where.project_id is not None:
+        sql += _PAGE_PROJECT
+        params.append(where.project_id)
+    if where.uuid_prefix is not None:
+        sql += _PAGE_PREFIX
+        params.extend((len(where.uuid_prefix), where.uuid_prefix))
     for key, value in where.labels.items():
         sql += _PAGE_LABEL
         params.extend((key, value))

@@ -19,6 +19,7 @@ from watcher.store.history import HistoryMixin
 from watcher.store.holds import HoldsMixin
 from watcher.store.journal import JournalMixin
 from watcher.store.outbox import OutboxMixin
+from watcher.store.overview import OverviewMixin
 from watcher.store.recording import RecordingMixin
 from watcher.store.references import ReferencesMixin
 from watcher.store.registry import RegistryMixin
@@ -38,6 +39,7 @@ class Store(
     DiscoveryMixin,
     GroupsMixin,
     ReferencesMixin,
+    OverviewMixin,
     SilencesMixin,
 ):
     """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
