@@ -110,6 +110,25 @@ def read_uuid_lines(stream: TextIO) -> list[str]:
 # -- commands -------------------------------------------------------------------------------
 
 
+def _tracked_runs(store: Any, uuids: Sequence[str]) -> dict[str, Any]:
+    """The registry entries of those of ``uuids`` that are tracked."""
+    tracked = store.tracked_among(uuids)
+    runs = {u: store.get_run(u) for u in uuids if u in tracked}
+    return {u: run for u, run in runs.items() if run is not None}
+
+
+def _retrack_lines(store: Any, before: dict[str, Any], existing: Sequence[str]) -> list[str]:
+    """One line per change to a run that was tracked already (labels, project)."""
+    from watcher.retrack import change_lines
+
+    lines: list[str] = []
+    for u in existing:
+        after = store.get_run(u) if u in before else None
+        if after is not None:
+            lines.extend(change_lines(before[u], after))
+    return lines
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     from watcher.store import TrackRequest
 
@@ -132,11 +151,18 @@ def cmd_track(args: argparse.Namespace) -> int:
                 tracked = store.tracked_among(good)
                 default = settings.tencentcloud.project_id
                 projects = {u: "" if u in tracked else default for u in good}
+            # Runs tracked already whose labels or project this call may change: read before
+            # and after, so re-tracking with other labels is never silent (watcher.retrack).
+            may_change = labels or args.project_id is not None
+            before = _tracked_runs(store, good) if may_change else {}
             try:
                 result = store.track(TrackRequest(u, projects[u], labels) for u in good)
             except LabelError as exc:  # with the labels the run has already: nothing added
                 raise Exit(EXIT_USAGE, f"error: --label: {exc}") from None
+            changes = _retrack_lines(store, before, result.existing)
         print(f"tracked {len(result.added)} new, {len(result.existing)} already tracked")
+        for line in changes:
+            print(printable(line), file=sys.stderr)
     for u in bad:
         print(printable(f"error: not a run UUID: {u!r}"), file=sys.stderr)
     return EXIT_USAGE if bad else EXIT_OK
@@ -386,6 +412,37 @@ def _exit_for(exc: Exception) -> Exit:
     return Exit(EXIT_RUNTIME, f"error: {type(exc).__name__}: {exc}")
 
 
+def _add_registry_parsers(command: Callable[..., Any], with_config: Callable[..., Any]) -> None:
+    """``track``, ``untrack`` and ``list``."""
+    p = with_config(command("track", cmd_track, "add runs to the registry (idempotent)"))
+    p.add_argument(
+        "--project-id", help="ProjectId of these runs (default: [tencentcloud] project_id)"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label the runs (repeatable); merged into an already tracked run's labels, "
+        "a given key replacing its value, each change said on stderr (default: none)",
+    )
+    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs, or - to read stdin")
+    p = with_config(command("untrack", cmd_untrack, "stop watching runs (history stays)"))
+    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs to stop watching")
+    p = with_config(command("list", cmd_list, "show the registry of tracked runs"))
+    p.add_argument("--json", action="store_true", help="one JSON array (times as ISO 8601 UTC)")
+    p.add_argument("--status", metavar="S", help="only runs whose last seen status is S")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this label (repeatable: all must hold)",
+    )
+    p.add_argument("--active", action="store_true", help="only runs not terminal (still polled)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N runs (default: all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from watcher.cli_simulate import add_parser as add_simulate_parser
 
@@ -393,7 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omics-watcher",
         description="Watch Tencent Cloud Omics runs and report every status change.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the version",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> Any:
@@ -402,29 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="TOML configuration file (default: $OMICS_WATCHER_CONFIG, else "
+            "./omics-watcher.toml if present, else built-in defaults)",
+        )
         return p
 
     with_config(command("run", cmd_run, "run the daemon in the foreground"))
-    p = with_config(command("track", cmd_track, "add runs to the registry (idempotent)"))
-    p.add_argument(
-        "--project-id", help="ProjectId of these runs (default: [tencentcloud] project_id)"
-    )
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs, or - to read stdin")
-    p = with_config(command("untrack", cmd_untrack, "stop watching runs (history stays)"))
-    p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID")
-    p = with_config(command("list", cmd_list, "show the registry of tracked runs"))
-    p.add_argument("--json", action="store_true", help="one JSON array")
-    p.add_argument("--status", metavar="S", help="only runs whose last seen status is S")
-    p.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="only runs with it"
-    )
-    p.add_argument("--active", action="store_true", help="only runs not terminal (still polled)")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N runs")
+    _add_registry_parsers(command, with_config)
     p = with_config(command("status", cmd_status, "one GetRunStatus call; prints Metadata"))
-    p.add_argument("--project-id")
-    p.add_argument("run_uuid", metavar="RUN_UUID")
+    p.add_argument("--project-id", help="ProjectId of the run (default: [tencentcloud] project_id)")
+    p.add_argument("run_uuid", metavar="RUN_UUID", help="the run to ask about")
     p = with_config(
         command("check-config", cmd_check_config, "validate and print the configuration")
     )
@@ -434,9 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also make one read-only API call (DescribeRuns, Limit 1); exit 1 if it fails",
     )
     p = with_config(command("test-notify", cmd_test_notify, "send a sample event to a notifier"))
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="a notifier's name (log when none is configured)")
     add_simulate_parser(sub, command)
     command("demo", cmd_demo, "simulator + daemon in one process; ends by itself")
+    from watcher.cli_completion import add_parser as add_completion_parser
+
+    add_completion_parser(command)
     from watcher.cli_silence import add_parsers as add_silence_parsers
 
     add_silence_parsers(sub, with_config)

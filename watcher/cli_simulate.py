@@ -87,7 +87,7 @@ def add_parser(sub: Any, command: Callable[..., Any]) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     opt = p.add_argument
     opt("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    opt("--port", type=int, default=0, help="port to listen on; 0 = any free port (default: %(default)s)")
+    opt("--port", type=int, default=0, help="port; 0 = any free port (default: %(default)s)")
     opt(
         "--runs",
         type=int,
@@ -110,7 +110,8 @@ def add_parser(sub: Any, command: Callable[..., Any]) -> None:
         default=0.0,
         metavar="PER_MINUTE",
         help="submit this many new runs a minute, evenly spaced, for as long as the simulator "
-        "lives; each appears in DescribeRuns and is announced on stdout (default: %(default)s, none)",
+        "lives; each appears in DescribeRuns and is announced on stdout "
+        "(default: %(default)s, none)",
     )
     opt(
         "--duration",

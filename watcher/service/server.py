@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from watcher.events import Event
 from watcher.limits import LabelError, label_problems
+from watcher.retrack import change_lines, previous_values
 from watcher.service.connections import (
     ConnectionGuard,
     ConnectionLimits,
@@ -329,10 +330,11 @@ class _AdminApi:
             raise _bad_request(_describe(exc)) from None
         uuid = body.run_uuid
         project = body.project_id
+        before = self._store.get_run(uuid)
         if project is None:
             # Without a project_id a new run gets the configured default, and an already
             # tracked run keeps its own ("" leaves the stored project unchanged).
-            project = "" if self._store.get_run(uuid) else self._default_project_id
+            project = "" if before else self._default_project_id
         try:
             result = self._store.track([TrackRequest(uuid, project, dict(body.labels))])
         except LabelError as exc:  # too many once merged with the run's labels (no key named)
@@ -341,12 +343,15 @@ class _AdminApi:
         run = self._store.get_run(uuid)
         if run is None:  # pragma: no cover - the store just committed it
             raise RuntimeError("tracked run not found after track()")
+        # Re-tracking is never silent: what changed, with its former value (watcher.retrack).
+        previous = previous_values(before, run) if before is not None and not added else {}
         self._log.info(
             "admin_run_tracked",
             run_uuid=uuid,
             project_id=run.project_id,
             added=added,
             remote=request.remote,
+            changed=change_lines(before, run) if before is not None and previous else [],
         )
         # Also after a re-track: labels, project or a "stopped" flag may have changed.
         try:
@@ -354,8 +359,11 @@ class _AdminApi:
         except Exception:
             # The run is committed; the scheduler's change feed still finds it.
             self._log.exception("admin_wakeup_failed", run_uuid=uuid)
+        answer = run.to_json_dict()
+        if previous:  # 200 as before; "previous" holds the changed fields' former values
+            answer["previous"] = previous
         return web.json_response(
-            run.to_json_dict(),
+            answer,
             status=201 if added else 200,
             headers={"Location": f"{_ADMIN_PREFIX}/runs/{uuid}"},
         )
