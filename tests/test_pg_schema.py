@@ -30,7 +30,26 @@ async def test_migrates_an_empty_database_to_the_newest_version(conn: asyncpg.Co
         row["tablename"]
         for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
-    assert {"runs", "events", "outbox", "discovery", "run_counts", "counters", "lease"} <= tables
+    assert {
+        "runs",
+        "events",
+        "outbox",
+        "discovery",
+        "run_counts",
+        "counters",
+        "lease",
+        "silences",
+    } <= tables
+    # The outbox keeps settled rows (issue 14's delivery history).
+    seq = await conn.fetchval(
+        "INSERT INTO events (id, type, run_uuid, recorded_at, body) "
+        "VALUES ('e1', 'run.stuck', 'r1', 0, '\\x01') RETURNING seq"
+    )
+    await conn.execute(
+        "INSERT INTO outbox (event_seq, notifier, state, created_at, next_attempt_at, "
+        "settled_at) VALUES ($1, 'slack', 'delivered', 0, 0, 1), ($1, 'mail', 'silenced', 0, 0, 1)",
+        seq,
+    )
     # Again: nothing to do, same version.
     assert await migrate(conn) == len(MIGRATIONS)
 
@@ -131,3 +150,21 @@ async def test_opposite_status_moves_in_two_transactions_do_not_deadlock(pg_url:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_database_at_an_older_version_migrates_with_its_rows(
+    conn: asyncpg.Connection,
+) -> None:
+    assert await migrate(conn, MIGRATIONS[:1]) == 1
+    seq = await conn.fetchval(
+        "INSERT INTO events (id, type, run_uuid, recorded_at, body) "
+        "VALUES ('e1', 'run.stuck', 'r1', 0, '\\x01') RETURNING seq"
+    )
+    await conn.execute(
+        "INSERT INTO outbox (event_seq, notifier, state, created_at, next_attempt_at, dead_at) "
+        "VALUES ($1, 'slack', 'dead', 0, 0, 42), ($1, 'mail', 'pending', 0, 0, NULL)",
+        seq,
+    )
+    assert await migrate(conn) == len(MIGRATIONS)
+    rows = await conn.fetch("SELECT notifier, state, settled_at FROM outbox ORDER BY id")
+    assert [tuple(r) for r in rows] == [("slack", "dead", 42.0), ("mail", "pending", None)]

@@ -42,10 +42,9 @@ Choices (and why they differ from SQLite):
 - ``lease`` holds the active daemon's lease and fencing epoch (see
   :mod:`watcher.store.pg.lease`).
 
-Mirrored so far: SQLite's versions 1 to 5 (registry, events, outbox with ``pending`` and
-``dead``, discovery, run counts, retention, held deliveries). Not yet: the delivery history
-(outbox states ``delivered`` and ``silenced``, ``settled_at``) and the ``silences`` table that
-issue 14 is adding to SQLite; they become migration 2 here once they have landed there.
+Mirrored: SQLite's versions 1 to 5 as version 1 (registry, events, outbox, discovery, run
+counts, retention, held deliveries) and its versions 6 and 7 as version 2 (delivery history,
+silences). A later SQLite migration gets its twin appended here.
 """
 
 from __future__ import annotations
@@ -232,7 +231,32 @@ _V1: tuple[str, ...] = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Delivery history and silences (issue 14; SQLite's versions 6 and 7): settled outbox rows
+# stay (``delivered``, ``silenced``, with ``settled_at``); silences, whose every write bumps
+# ``silence_seq``. No table rebuild here: PostgreSQL alters a CHECK constraint in place.
+_HISTORY_AND_SILENCES: tuple[str, ...] = (
+    "ALTER TABLE outbox DROP CONSTRAINT outbox_state_check",
+    "ALTER TABLE outbox ADD CONSTRAINT outbox_state_check "
+    "CHECK (state IN ('pending', 'dead', 'delivered', 'silenced'))",
+    "ALTER TABLE outbox ADD COLUMN settled_at double precision",
+    "UPDATE outbox SET settled_at = dead_at WHERE dead_at IS NOT NULL",
+    """
+    CREATE TABLE silences (
+        id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        matchers   text NOT NULL,
+        notifiers  text NOT NULL DEFAULT '[]',
+        starts_at  double precision NOT NULL,
+        ends_at    double precision NOT NULL,
+        comment    text NOT NULL DEFAULT '',
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL
+    )
+    """,
+    "CREATE INDEX silences_by_end ON silences (ends_at)",
+    "INSERT INTO counters (name, value) VALUES ('silence_seq', 0)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _HISTORY_AND_SILENCES)
 
 # Tables that say a database without a version row is not empty (and so not ours to create).
 _OURS = ("runs", "events", "outbox", "counters", "lease")
