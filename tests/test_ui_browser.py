@@ -148,6 +148,11 @@ def finished(stack: Stack) -> dict[str, str]:
 
 
 def check_axe(page: Page) -> None:
+    """No serious or critical axe-core violation; and the page, with its CSS and JavaScript,
+    stays under 150 KB."""
+    static = (Path(__file__).resolve().parent.parent / "watcher/ui/static").glob("*")
+    weight = len(page.content().encode()) + sum(f.stat().st_size for f in static)
+    assert weight < 150_000, weight
     assert AXE.exists(), "axe-core missing: run ./scripts/test-deps"
     # Evaluated through the DevTools protocol: the page's CSP (no inline script) stays on.
     page.evaluate(AXE.read_text(encoding="utf-8"))
