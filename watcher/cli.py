@@ -184,14 +184,26 @@ _LIST_HEADER = ("RUN_UUID", "PROJECT", "STATUS", "TERMINAL", "LAST_POLLED", "LAB
 _LIST_PAGE = 1000  # runs read and printed at a time: memory stays flat however big the registry
 
 
-def _list_cells(r: dict[str, Any]) -> tuple[str, ...]:
+def _list_time(on_terminal: bool) -> Callable[[str | None], str]:
+    """How ``list`` shows a time: relative on a terminal ("3m ago"), else ISO 8601 as stored."""
+    from datetime import UTC, datetime
+
+    from watcher.display import ago
+
+    if not on_terminal:
+        return lambda iso: iso or "-"
+    now = datetime.now(UTC)
+    return lambda iso: ago(datetime.fromisoformat(iso) if iso else None, now)
+
+
+def _list_cells(r: dict[str, Any], when: Callable[[str | None], str]) -> tuple[str, ...]:
     """One run as the text table's cells, control characters escaped."""
     cells = (
         r["run_uuid"],
         r["project_id"] or "-",
         r["status"] or "-",
         "yes" if r["terminal"] else "no",
-        r["last_polled_at"] or "-",
+        when(r["last_polled_at"]),
         ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
     )
     return tuple(printable(cell) for cell in cells)
@@ -234,8 +246,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             return EXIT_OK
         widths = [len(h) for h in _LIST_HEADER]
         header_done = False
+        when = _list_time(sys.stdout.isatty())
         for rows in pages:
-            table = [_list_cells(r) for r in rows]
+            table = [_list_cells(r, when) for r in rows]
             widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
             if not header_done:
                 table.insert(0, _LIST_HEADER)
@@ -429,7 +442,8 @@ def _add_registry_parsers(command: Callable[..., Any], with_config: Callable[...
     p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs, or - to read stdin")
     p = with_config(command("untrack", cmd_untrack, "stop watching runs (history stays)"))
     p.add_argument("run_uuids", nargs="+", metavar="RUN_UUID", help="run UUIDs to stop watching")
-    p = with_config(command("list", cmd_list, "show the registry of tracked runs"))
+    about = "show the registry of tracked runs (on a terminal, times are relative: 3m ago)"
+    p = with_config(command("list", cmd_list, about))
     p.add_argument("--json", action="store_true", help="one JSON array (times as ISO 8601 UTC)")
     p.add_argument("--status", metavar="S", help="only runs whose last seen status is S")
     p.add_argument(

@@ -11,12 +11,15 @@ already escapes C0 controls and ``--json`` readers want the exact value.
 The escaped form is Python's (``\\x1b``, ``\\u202e``), or JSON's (``\\u001b``) inside JSON
 text, where it stays valid JSON meaning the same string. Backslashes are left alone, so
 escaping twice changes nothing (error lines that already hold a ``repr`` stay readable).
+Times on a terminal are relative (:func:`ago`): "3m ago" answers "is it still polled?" at a
+glance; machine output keeps ISO 8601.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 # C0 controls, DEL, C1 controls, line/paragraph separators, and the bidirectional controls
@@ -46,3 +49,17 @@ def printable(text: str, *, json_text: bool = False, keep_newlines: bool = False
 def printable_json(value: Any, *, indent: int | None = None) -> str:
     """``value`` as JSON for a terminal: readable non-ASCII text, escaped controls."""
     return printable(json.dumps(value, ensure_ascii=False, indent=indent), json_text=True)
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    """``moment`` relative to ``now`` for a terminal: ``12s ago``, ``3m ago``, ``5h ago``,
+    ``4d ago``; ``-`` for none. A moment a little ahead (another clock) is ``just now``."""
+    if moment is None:
+        return "-"
+    seconds = (now - moment).total_seconds()
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
