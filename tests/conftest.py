@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from pg import Cluster
 from pytest_asyncio import is_async_test
 from support import FakeClock, make_client
 
 from watcher.omics.client import OmicsClient
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store
+
+if TYPE_CHECKING:  # imported when first needed: test_conftest copies this file alone
+    from pg import Cluster
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -89,6 +91,8 @@ def client(simulator: Simulator, session: aiohttp.ClientSession) -> OmicsClient:
 def pg_cluster() -> Iterator[Cluster]:
     """A throwaway PostgreSQL 15 cluster for this pytest process (one per xdist worker),
     started when a test first needs it and removed at the end (see ``pg.py``)."""
+    from pg import Cluster
+
     cluster = Cluster.start()
     try:
         yield cluster
