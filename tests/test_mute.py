@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,9 +26,22 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
+from notify_receiver import WebhookReceiver
 from pydantic import TypeAdapter
 from standardwebhooks import Webhook
-from support import clean_env, run_cli
+from support import (
+    Processes,
+    clean_env,
+    daemon_config,
+    free_port,
+    list_runs,
+    processes,
+    run_cli,
+    start_daemon,
+    start_simulator,
+    wait_for,
+    write_config,
+)
 
 from watcher.config import ConfigError, load_settings
 from watcher.delivery.digest import DigestPolicy
@@ -599,3 +613,69 @@ async def test_a_stop_inside_a_window_sends_nothing_and_keeps_every_row(
     assert hook.bodies == []
     assert len(store.pending_deliveries("hook")) == 3
     assert store.dead_letters() == []
+
+
+# ---- a running daemon: held until a SIGHUP lifts the window ------------------------------------
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    with processes() as registry:
+        yield registry
+
+
+def gauge(text: str, sample: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def muted_gauge(text: str) -> float | None:
+    return gauge(text, 'omics_watcher_deliveries_muted{notifier="hook"}')
+
+
+def test_a_daemon_holds_a_muted_notifiers_events_until_a_sighup_lifts_the_window(
+    tmp_path: Path, procs: Processes
+) -> None:
+    """Real time, so the window is one that is always open (no weekdays, no times)."""
+    sim = start_simulator(
+        procs, tmp_path / "sim", "--runs", "3", "--seed", "5", "--run-seconds", "3"
+    )
+    receiver = WebhookReceiver(SECRET).start()
+    try:
+        port = free_port()
+        notifier = {**webhook_settings(receiver.url), "mute_intervals": ["always"]}
+        settings = daemon_config(
+            tmp_path, sim=sim, port=port, notifiers=[notifier], mute_intervals=[{"name": "always"}]
+        )
+        path = write_config(tmp_path / "watcher.toml", settings)
+        env = clean_env(tmp_path)
+        done = run_cli("track", "-c", str(path), *sim.runs, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        daemon = start_daemon(procs, path, port=port, env=env)
+        daemon.wait_ready()
+
+        def everything_held() -> float | None:
+            runs = list_runs(path, env=env)
+            text = daemon.metrics()
+            held = muted_gauge(text)
+            active = [r for r in runs if not r["terminal"]]
+            # Every run finished (no event to come) and every pending row is held.
+            if active or held is None or held < len(runs):
+                return None
+            return held if held == gauge(text, "omics_watcher_outbox_pending") else None
+
+        held = wait_for(everything_held, timeout=60, what="every run's events held")
+        assert receiver.hits() == []
+        assert [line["notifier"] for line in daemon.logs() if line["event"] == "notify_muted"]
+        # The notifier no longer names the interval: SIGHUP releases what it held, at once.
+        settings["notifiers"] = [webhook_settings(receiver.url)]
+        write_config(path, settings)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(receiver.accepted()) >= held, timeout=30, what="the held events")
+        assert muted_gauge(daemon.metrics()) == 0.0
+        assert all(hit.verified for hit in receiver.hits())
+        assert len({hit.webhook_id for hit in receiver.accepted()}) == held
+    finally:
+        receiver.close()
