@@ -1,0 +1,304 @@
+"""The outbox, its history, redelivery and held deliveries in PostgreSQL: the SQL of
+:mod:`watcher.store.outbox`, :mod:`watcher.store.history` and :mod:`watcher.store.holds`.
+
+Same invariants as SQLite's: only ``pending`` rows change when marked; settled rows stay as
+the run's history; redelivery puts ``dead`` rows back as they were recorded (same id, same
+event) and counts them under ``redelivered:NOTIFIER`` in the same transaction; a held
+event's rows are listed with a never-due ``next_attempt_at``; a body is rewritten only in
+the transaction that releases its held event. Marks and releases are the daemon's writes
+(fenced); redelivery is the user's (not fenced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+import asyncpg
+
+from watcher.events import Event
+from watcher.store.codec import decode_body, encode_body
+from watcher.store.db import from_ts, to_ts
+from watcher.store.history import (
+    MAX_HISTORY_EVENTS,
+    REDELIVERED_PREFIX,
+    DeadLetter,
+    DeliveryRecord,
+    HistoryEntry,
+    Redelivery,
+)
+from watcher.store.models import Delivery
+from watcher.store.outbox import MAX_ERROR_CHARS
+from watcher.store.pg.base import NO_LIMIT, PgBase, command_count
+
+_SELECT = (
+    "SELECT o.id, e.body, o.notifier, o.attempts, o.created_at, "
+    "CASE WHEN e.held_until IS NULL THEN o.next_attempt_at ELSE 253402300799.0 END, "
+    "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
+)
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        id=int(row[0]),
+        event=Event.from_json(decode_body(bytes(row[1]))),
+        notifier=row[2],
+        attempts=int(row[3]),
+        created_at=from_ts(row[4]),
+        next_attempt_at=from_ts(row[5]),
+        last_error=row[6],
+    )
+
+
+def _cut(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class OutboxMixin(PgBase):
+    async def pending_deliveries(
+        self, notifier: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        if notifier is None:
+            rows = await self._fetch(
+                _SELECT + "WHERE o.state = 'pending' ORDER BY o.id LIMIT $1", max(0, limit)
+            )
+        else:
+            rows = await self._fetch(
+                _SELECT + "WHERE o.state = 'pending' AND o.notifier = $1 ORDER BY o.id LIMIT $2",
+                notifier,
+                max(0, limit),
+            )
+        return [_delivery(row) for row in rows]
+
+    async def mark_delivered(self, delivery_id: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE outbox SET state = 'delivered', settled_at = $1 "
+                "WHERE id = $2 AND state = 'pending'",
+                self._now(),
+                delivery_id,
+            )
+
+    async def mark_silenced(self, delivery_id: int, reason: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE outbox SET state = 'silenced', settled_at = $1, last_error = $2 "
+                "WHERE id = $3 AND state = 'pending'",
+                self._now(),
+                _cut(reason),
+                delivery_id,
+            )
+
+    async def mark_retry(
+        self, delivery_id: int, *, attempts: int, next_attempt_at: datetime, error: str
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 "
+                "WHERE id = $4 AND state = 'pending'",
+                attempts,
+                to_ts(next_attempt_at),
+                _cut(error),
+                delivery_id,
+            )
+
+    async def mark_dead(self, delivery_id: int, *, error: str, attempts: int | None = None) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE outbox SET state = 'dead', dead_at = $1, settled_at = $1, "
+                "last_error = $2, attempts = coalesce($3, attempts) "
+                "WHERE id = $4 AND state = 'pending'",
+                self._now(),
+                _cut(error),
+                attempts,
+                delivery_id,
+            )
+
+    async def dead_letters(self, *, limit: int = 100) -> list[Delivery]:
+        rows = await self._fetch(
+            _SELECT + "WHERE o.state = 'dead' ORDER BY o.id DESC LIMIT $1", max(0, limit)
+        )
+        return [_delivery(row) for row in rows]
+
+    async def outbox_stats(self, *, now: datetime) -> tuple[int, float]:
+        rows = await self._fetch(
+            "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
+        )
+        count, oldest = rows[0]
+        if not count or oldest is None:
+            return 0, 0.0
+        return int(count), max(0.0, to_ts(now) - float(oldest))
+
+    async def dead_letter_removed_notifiers(self, *, known_notifiers: set[str]) -> list[int]:
+        now = self._now()
+        async with self._write() as conn:
+            names = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT DISTINCT notifier FROM outbox WHERE state = 'pending' "
+                    "AND NOT (notifier = ANY($1::text[]))",
+                    sorted(known_notifiers),
+                )
+            ]
+            if not names:
+                return []
+            rows = await conn.fetch(
+                "UPDATE outbox SET state = 'dead', dead_at = $1, settled_at = $1, "
+                "last_error = t.m FROM unnest($2::text[], $3::text[]) AS t(n, m) "
+                "WHERE outbox.state = 'pending' AND outbox.notifier = t.n RETURNING outbox.id",
+                now,
+                names,
+                [f"notifier {name!r} is no longer configured" for name in names],
+            )
+        return sorted(int(row[0]) for row in rows)
+
+
+class HistoryMixin(PgBase):
+    async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None:
+        async with self._snapshot() as conn:
+            if await conn.fetchval("SELECT 1 FROM runs WHERE run_uuid = $1", run_uuid) is None:
+                return None
+            events = await conn.fetch(
+                "SELECT seq, body FROM events WHERE run_uuid = $1 ORDER BY seq LIMIT $2",
+                run_uuid,
+                MAX_HISTORY_EVENTS,
+            )
+            rows = await conn.fetch(
+                "SELECT o.event_seq, o.id, o.notifier, o.state, o.attempts, o.last_error "
+                "FROM events e JOIN outbox o ON o.event_seq = e.seq "
+                "WHERE e.run_uuid = $1 ORDER BY o.id",
+                run_uuid,
+            )
+        by_event: dict[int, list[DeliveryRecord]] = {}
+        for seq, row_id, notifier, state, attempts, error in rows:
+            by_event.setdefault(int(seq), []).append(
+                DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
+            )
+        return [
+            HistoryEntry(
+                seq=int(seq),
+                event=Event.from_json(decode_body(bytes(body))),
+                deliveries=tuple(by_event.get(int(seq), ())),
+            )
+            for seq, body in events
+        ]
+
+    async def list_dead_letters(
+        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
+    ) -> list[DeadLetter]:
+        sql = (
+            "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
+            "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
+            "WHERE o.state = 'dead' AND o.id < $1"
+        )
+        params: list[object] = [NO_LIMIT if before_id is None else before_id]
+        if notifier is not None:
+            params.append(notifier)
+            sql += " AND o.notifier = $2"
+        params.append(max(0, limit))
+        rows = await self._fetch(sql + f" ORDER BY o.id DESC LIMIT ${len(params)}", *params)
+        return [
+            DeadLetter(
+                id=int(row[0]),
+                notifier=row[1],
+                event_id=row[2],
+                run_uuid=row[3],
+                type=row[4],
+                dead_at=from_ts(row[5] if row[5] is not None else 0.0),
+                attempts=int(row[6]),
+                last_error=row[7],
+            )
+            for row in rows
+        ]
+
+    async def redeliver(self, which: Redelivery) -> list[int]:
+        now = self._now()
+        async with self._write(fenced=False) as conn:
+            ids = await _dead_ids(conn, which)
+            if not ids:
+                return []
+            await conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, last_error = NULL, "
+                "dead_at = NULL, settled_at = NULL, created_at = $1, next_attempt_at = $1 "
+                "WHERE state = 'dead' AND id = ANY($2::bigint[])",
+                now,
+                ids,
+            )
+            await conn.execute(
+                "INSERT INTO counters (name, value) "
+                "SELECT $1 || notifier, count(*) FROM outbox WHERE id = ANY($2::bigint[]) "
+                "GROUP BY notifier ORDER BY 1 "
+                "ON CONFLICT (name) DO UPDATE SET value = counters.value + EXCLUDED.value",
+                REDELIVERED_PREFIX,
+                ids,
+            )
+        return ids
+
+    async def redelivery_counts(self) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT substr(name, $1), value FROM counters WHERE starts_with(name, $2)",
+            len(REDELIVERED_PREFIX) + 1,
+            REDELIVERED_PREFIX,
+        )
+        return {name: int(value) for name, value in rows}
+
+
+async def _dead_ids(conn: asyncpg.Connection, which: Redelivery) -> list[int]:
+    """The chosen dead rows, locked until the transaction ends."""
+    if which.all:
+        found = await conn.fetch(
+            "SELECT id, notifier FROM outbox WHERE state = 'dead' ORDER BY id FOR UPDATE"
+        )
+    elif which.notifier is not None:
+        found = await conn.fetch(
+            "SELECT id, notifier FROM outbox WHERE state = 'dead' AND notifier = $1 "
+            "ORDER BY id FOR UPDATE",
+            which.notifier,
+        )
+    else:
+        found = await conn.fetch(
+            "SELECT id, notifier FROM outbox WHERE state = 'dead' AND id = ANY($1::bigint[]) "
+            "ORDER BY id FOR UPDATE",
+            sorted(set(which.ids)),
+        )
+    configured = which.configured
+    return [int(row[0]) for row in found if configured is None or row[1] in configured]
+
+
+class HoldsMixin(PgBase):
+    async def release_event(self, event_id: str, enriched: Event | None = None) -> bool:
+        if enriched is not None and enriched.id != event_id:
+            raise ValueError("the enriched event must keep the event's id")
+        body = None if enriched is None else encode_body(enriched.to_json())
+        async with self._write() as conn:
+            status = await conn.execute(
+                "UPDATE events SET held_until = NULL, body = coalesce($1, body) "
+                "WHERE id = $2 AND held_until IS NOT NULL",
+                body,
+                event_id,
+            )
+        return command_count(status) == 1
+
+    async def held_events(self, *, limit: int = 10_000) -> list[Event]:
+        rows = await self._fetch(
+            "SELECT body FROM events WHERE held_until IS NOT NULL ORDER BY seq LIMIT $1",
+            max(0, limit),
+        )
+        return [Event.from_json(decode_body(bytes(row[0]))) for row in rows]
+
+    async def release_held(self) -> int:
+        async with self._write() as conn:
+            status = await conn.execute(
+                "UPDATE events SET held_until = NULL WHERE held_until IS NOT NULL"
+            )
+        return command_count(status)
+
+    async def held_runs(self, run_uuids: Collection[str]) -> set[str]:
+        if not run_uuids:
+            return set()
+        rows = await self._fetch(
+            "SELECT DISTINCT run_uuid FROM events WHERE held_until IS NOT NULL "
+            "AND run_uuid = ANY($1::text[])",
+            sorted(set(run_uuids)),
+        )
+        return {str(row[0]) for row in rows}
