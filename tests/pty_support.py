@@ -73,20 +73,22 @@ class PtyProcess:
                 raise AssertionError(f"ended before {what}; output:\n{self._text}")
         return self._text
 
-    def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 30.0) -> int:
-        """Signal the process (by pid), read the rest of its output, return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+    def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 30.0, group: bool = False) -> int:
+        """Signal the process (by pid; ``group``: its process group, as Ctrl-C does), read its
+        output until every process writing to the terminal has closed it, return its exit code.
+        """
+        if self.proc.poll() is None or group:
+            with contextlib.suppress(ProcessLookupError):
+                if group:
+                    os.killpg(self.proc.pid, sig)
+                else:
+                    self.proc.send_signal(sig)
         deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._pump(0.1)
-        with contextlib.suppress(OSError):
-            while self._pump(0.1) and self.proc.poll() is None:
-                pass
-        if self.proc.poll() is None:
-            self.kill()
-            raise AssertionError(f"pid {self.proc.pid} still running {timeout} s after {sig!r}")
-        return self.proc.returncode
+        while self._pump(0.1):
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise AssertionError(f"pid {self.proc.pid} still writing {timeout} s after {sig!r}")
+        return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -108,6 +108,11 @@ def test_delivery_problems_are_summarised_not_a_line_per_retry() -> None:
         "10:00:00  delivery to chat refused: HTTP 400 (not retried; see dead-letters)"
     )
     assert line("notify_dead_lettered", notifier="chat", delivery_id=9, error="HTTP 400") is None
+    silenced = [line("notify_silenced", notifier="ops", silence_id=7, run_uuid=r) for r in "ab"]
+    assert silenced == [
+        "10:00:00  delivery to ops: silence 7 applies (events recorded, not sent)",
+        None,
+    ]
     long = line("notify_retry", notifier="slow", delivery_id=1, error="e" * 500)
     assert long is not None
     assert len(long) <= 160

@@ -9,7 +9,8 @@ format = "auto"`` with standard error a TTY, or ``"console"``) the daemon prints
 - one summary line per delivery problem (:class:`ConsoleRenderer`): ``delivery to ops
   failing: HTTP 503 (3 pending, retrying)`` when it starts or its cause changes, again at most
   every :data:`REPEAT_SECONDS` while it lasts, a line when deliveries start being
-  dead-lettered, and ``delivery to ops recovered`` when one gets through again;
+  dead-lettered, and ``delivery to ops recovered`` when one gets through again (and one
+  line the first time a silence holds back a notifier's deliveries, not one per event);
 - every other log line short: time, level, event name, then ``key=value`` pairs, each value
   and the whole line clipped (:data:`LINE_CHARS`).
 
@@ -101,6 +102,7 @@ class ConsoleRenderer:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._problems: dict[str, _Problem] = {}
+        self._silences_shown: set[tuple[str, object]] = set()
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         name = str(event_dict.get("event", ""))
@@ -149,6 +151,13 @@ class ConsoleRenderer:
         self._problems[notifier] = _Problem(reason=reason, shown_at=self._clock(), dead_shown=True)
         return f"delivery to {notifier} refused: {reason} (not retried; see dead-letters)"
 
+    def _silenced(self, notifier: str, fields: MutableMapping[str, Any]) -> str | None:
+        silence = fields.get("silence_id")
+        if (notifier, silence) in self._silences_shown:
+            return None
+        self._silences_shown.add((notifier, silence))
+        return f"delivery to {notifier}: silence {silence} applies (events recorded, not sent)"
+
     def _delivered(self, notifier: str, fields: MutableMapping[str, Any]) -> str | None:
         problem = self._problems.pop(notifier, None)
         if problem is None:
@@ -169,6 +178,7 @@ _DELIVERY: dict[str, Callable[[ConsoleRenderer, str, MutableMapping[str, Any]], 
     "notify_dead_lettered": ConsoleRenderer._dead,
     "notify_failed": ConsoleRenderer._refused,
     "notify_delivered": ConsoleRenderer._delivered,
+    "notify_silenced": ConsoleRenderer._silenced,
 }
 
 
