@@ -113,6 +113,8 @@ def test_delivery_problems_are_summarised_not_a_line_per_retry() -> None:
         "10:00:00  delivery to ops: silence 7 applies (events recorded, not sent)",
         None,
     ]
+    logged = line("notify_event", notifier="log", title="✅ SUCCESS · run 1e2e5bc8", body="x" * 900)
+    assert logged == "10:00:00  log: ✅ SUCCESS · run 1e2e5bc8"
     long = line("notify_retry", notifier="slow", delivery_id=1, error="e" * 500)
     assert long is not None
     assert len(long) <= 160

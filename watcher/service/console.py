@@ -11,6 +11,7 @@ format = "auto"`` with standard error a TTY, or ``"console"``) the daemon prints
   every :data:`REPEAT_SECONDS` while it lasts, a line when deliveries start being
   dead-lettered, and ``delivery to ops recovered`` when one gets through again (and one
   line the first time a silence holds back a notifier's deliveries, not one per event);
+  the ``log`` notifier's lines show its message's title;
 - every other log line short: time, level, event name, then ``key=value`` pairs, each value
   and the whole line clipped (:data:`LINE_CHARS`).
 
@@ -158,6 +159,10 @@ class ConsoleRenderer:
         self._silences_shown.add((notifier, silence))
         return f"delivery to {notifier}: silence {silence} applies (events recorded, not sent)"
 
+    def _logged(self, notifier: str, fields: MutableMapping[str, Any]) -> str | None:
+        """The ``log`` notifier's line: its title (the event line said the rest)."""
+        return f"{notifier}: {fields.get('title') or fields.get('event_type', '')}"
+
     def _delivered(self, notifier: str, fields: MutableMapping[str, Any]) -> str | None:
         problem = self._problems.pop(notifier, None)
         if problem is None:
@@ -179,6 +184,7 @@ _DELIVERY: dict[str, Callable[[ConsoleRenderer, str, MutableMapping[str, Any]], 
     "notify_failed": ConsoleRenderer._refused,
     "notify_delivered": ConsoleRenderer._delivered,
     "notify_silenced": ConsoleRenderer._silenced,
+    "notify_event": ConsoleRenderer._logged,
 }
 
 
