@@ -18,8 +18,8 @@ from watcher.events import NOT_FOUND, STATUS_CHANGED, Event, isoformat_z
 from watcher.statuses import Statuses
 from watcher.store import Store, TrackedRun
 from watcher.store.history import HistoryEntry
-from watcher.store.overview import GroupCount, NotifierOutbox
-from watcher.store.registry import RunFilter, RunPage
+from watcher.store.overview import GroupCount, NotifierOutbox, WindowPage
+from watcher.store.registry import RunFilter
 
 # Not yet running: the statuses a run passes through before its tasks start.
 QUEUED_STATUSES = frozenset({"QUEUED", "PENDING", "SUBMITTED", "STARTING", "INITIALIZING"})
@@ -160,6 +160,7 @@ class Overview:
     total: int
     active: int
     groups: list[GroupView]
+    more_groups: bool  # more groups are in progress than shown
     failures: list[tuple[TrackedRun, Failure | None]]
     events: list[EventView]
     outboxes: list[NotifierOutbox]
@@ -178,10 +179,8 @@ def read_overview(store: Store, statuses: Statuses, now: datetime) -> Overview:
     shown: list[tuple[str, int, str]] = sorted(
         ((s or "unknown"), n, statuses.severity(s)) for s, n in counts.items() if n
     )
-    groups = [
-        group_view(name, rows, statuses)
-        for name, rows in store.active_groups(limit=GROUPS_SHOWN).items()
-    ]
+    found = store.active_groups(limit=GROUPS_SHOWN + 1)
+    groups = [group_view(name, rows, statuses) for name, rows in found.items()]
     failed = store.latest_in_statuses(statuses.failing, limit=FAILURES_SHOWN)
     failures = [(run, failure_of(store.last_event_of(run.run_uuid))) for run in failed]
     events = [event_view(seq, e, statuses) for seq, e in store.event_log(limit=FEED_EVENTS)]
@@ -190,7 +189,8 @@ def read_overview(store: Store, statuses: Statuses, now: datetime) -> Overview:
         counts=shown,
         total=sum(counts.values()),
         active=active_runs(counts, statuses),
-        groups=groups,
+        groups=groups[:GROUPS_SHOWN],
+        more_groups=len(groups) > GROUPS_SHOWN,
         failures=failures,
         events=events,
         outboxes=store.notifier_outboxes(),
@@ -237,8 +237,9 @@ class RunsQuery:
         return {k: v for k, v in pairs.items() if v}
 
 
-def read_runs(store: Store, query: RunsQuery, limit: int) -> RunPage:
-    return store.page_runs(limit=limit, cursor=query.cursor, where=query.run_filter())
+def read_runs(store: Store, query: RunsQuery, limit: int) -> WindowPage:
+    """One page of the runs page (a bounded read: see :meth:`Store.page_runs_window`)."""
+    return store.page_runs_window(query.run_filter(), limit=limit, cursor=query.cursor)
 
 
 @dataclass(frozen=True, slots=True)
