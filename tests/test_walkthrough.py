@@ -244,7 +244,7 @@ def _all_delivered(run: str, *, env: dict[str, str], cwd: Path) -> bool:
     return bool(states) and set(states) == {"delivered"}
 
 
-@pytest.mark.parametrize("block", section_blocks())
+@pytest.mark.parametrize("block", section_blocks(), ids=lambda b: b.split("\n", 1)[0][:40])
 def test_every_block_of_the_walkthrough_is_shell_syntax(block: str) -> None:
     done = subprocess.run(["bash", "-n"], input=block, text=True, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
