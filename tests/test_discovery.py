@@ -29,7 +29,6 @@ from watcher.store.schema import APPLICATION_ID, MIGRATIONS
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_B = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
-RUN_C = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -61,45 +60,6 @@ def test_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()
-
-
-def test_track_discovered_inserts_only_runs_never_seen(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "state.db") as store:
-        store.track([TrackRequest(RUN_A, "prj-user", {"owner": "me"}), TrackRequest(RUN_B)])
-        store.untrack([RUN_B])
-        cursor, _ = store.snapshot()
-        found = [
-            DiscoveredRun(RUN_A, "prj-w", "RUNNING", {"team": "w"}),
-            DiscoveredRun(RUN_B, "prj-w", "RUNNING", {"team": "w"}),
-            DiscoveredRun(RUN_C, "prj-w", "SUCCESS", {"team": "w"}),
-            DiscoveredRun(RUN_C, "prj-w", "SUCCESS", {"team": "w"}),
-        ]
-        assert store.track_discovered(found, baseline=True, terminal=TERMINAL) == [RUN_C]
-        assert store.track_discovered(found, baseline=True, terminal=TERMINAL) == []
-        a = store.get_run(RUN_A)
-        assert a is not None
-        assert (a.project_id, a.labels, a.status) == ("prj-user", {"owner": "me"}, None)
-        assert store.get_run(RUN_B) is None  # the user's untrack stands
-        c = store.get_run(RUN_C)
-        assert c is not None
-        assert (c.project_id, c.labels, c.status, c.terminal) == (
-            "prj-w",
-            {"team": "w"},
-            "SUCCESS",
-            True,
-        )
-        assert c.last_polled_at is not None
-        assert store.events(limit=10) == []
-        # Terminal at discovery: nothing to poll; the feed moved on all the same.
-        _, active, removed = store.changes_since(cursor)
-        assert (active, removed) == ([], [])
-        assert store.track_discovered(
-            [DiscoveredRun(RUN_C.replace("0f", "1f"), "prj-w", "RUNNING")],
-            baseline=False,
-            terminal=TERMINAL,
-        )
-        _, active, _ = store.changes_since(cursor)
-        assert [(r.status, r.last_polled_at) for r in active] == [(None, None)]
 
 
 def test_watch_key_ignores_order() -> None:

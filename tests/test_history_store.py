@@ -1,99 +1,24 @@
-"""The outbox keeps its record: delivered and silenced rows, the history of a run, dead letters
-and their redelivery, and the migration that rebuilt the outbox of existing state files."""
+"""The outbox keeps its record: what stays here is SQLite-only (the migration that rebuilt the
+outbox of existing state files) and the redelivery choice itself; the history, dead letters
+and redelivery through the store run on both backends in ``test_store_contract_more.py``."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import FAKE_START, FakeClock
 
-from watcher.events import Event, RunState
-from watcher.store import Store, TrackRequest
+from watcher.events import Event
+from watcher.store import Store
 from watcher.store.history import Redelivery, redelivery_ids
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
-from watcher.transitions import detect
 
 T0 = FAKE_START
 RUN = "84232c68-a016-4668-b2e3-168a175d6f29"
 OTHER = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 TERMINAL = frozenset({"SUCCESS", "FAILED"})
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db", clock=clock) as opened:
-        yield opened
-
-
-def record(
-    store: Store, clock: FakeClock, run: str, prev: str | None, status: str, *notifiers: str
-) -> Event:
-    at = clock.now
-    before = RunState(run, "prj", prev, at) if prev else None
-    event = detect(before, RunState(run, "prj", status, at), terminal=TERMINAL)
-    assert event is not None
-    assert store.record_observation(RunState(run, "prj", status, at), event, notifiers=notifiers)
-    return event
-
-
-def test_history_shows_every_state_and_dead_letters_go_back_with_their_event(
-    store: Store, clock: FakeClock
-) -> None:
-    store.track([TrackRequest(RUN, "prj"), TrackRequest(OTHER, "prj")])
-    first = record(store, clock, RUN, None, "RUNNING", "hook", "chat", "mail")
-    second = record(store, clock, RUN, "RUNNING", "FAILED", "hook")
-    other = record(store, clock, OTHER, None, "RUNNING", "hook")
-    rows = {(d.event.id, d.notifier): d for d in store.pending_deliveries(limit=10)}
-    store.mark_delivered(rows[first.id, "hook"].id)
-    store.mark_silenced(rows[first.id, "chat"].id, "silenced by 3 (night rerun)")
-    store.mark_retry(rows[first.id, "mail"].id, attempts=4, next_attempt_at=clock.now, error="503")
-    store.mark_dead(rows[first.id, "mail"].id, error="gave up: 503", attempts=5)
-    store.mark_dead(rows[other.id, "hook"].id, error="HTTP 410", attempts=1)
-    store.mark_silenced(rows[first.id, "hook"].id, "too late")  # settled rows do not change
-    assert store.outbox_stats(now=clock.now) == (1, 0.0)  # only the pending one counts
-
-    history = store.run_history(RUN)
-    assert history is not None
-    assert [entry.event for entry in history] == [first, second]  # oldest first
-    assert [(d.notifier, d.state, d.attempts, d.last_error) for d in history[0].deliveries] == [
-        ("hook", "delivered", 0, None),
-        ("chat", "silenced", 0, "silenced by 3 (night rerun)"),
-        ("mail", "dead", 5, "gave up: 503"),
-    ]
-    assert [(d.notifier, d.state) for d in history[1].deliveries] == [("hook", "pending")]
-    assert store.run_history("never-tracked") is None
-
-    dead = store.list_dead_letters()
-    assert [(d.notifier, d.event_id, d.run_uuid, d.type) for d in dead] == [
-        ("hook", other.id, OTHER, "run.status_changed"),
-        ("mail", first.id, RUN, "run.status_changed"),
-    ]
-    assert dead[1].dead_at == clock.now
-    assert [d.notifier for d in store.list_dead_letters(notifier="mail")] == ["mail"]
-
-    later = clock.advance(3600)
-    mail_row = rows[first.id, "mail"].id
-    # A delivered row, an unknown id and a pending row are left alone.
-    assert store.redeliver(Redelivery(ids=(rows[first.id, "hook"].id, 999, mail_row))) == [mail_row]
-    assert store.redeliver(Redelivery(ids=(mail_row,))) == []  # no longer dead
-    again = {d.id: d for d in store.pending_deliveries(limit=10)}[mail_row]
-    assert (again.event, again.notifier, again.attempts, again.last_error) == (
-        first,
-        "mail",
-        0,
-        None,
-    )
-    assert again.created_at == later  # the max_age clock starts again
-    assert store.redeliver(Redelivery(notifier="nobody")) == []
-    assert store.redeliver(Redelivery(all=True)) == [rows[other.id, "hook"].id]
-    assert store.list_dead_letters() == []
-    assert store.redelivery_counts() == {"hook": 1, "mail": 1}
-    store.mark_dead(mail_row, error="down again")
-    assert store.redeliver(Redelivery(notifier="mail")) == [mail_row]
-    assert store.redelivery_counts() == {"hook": 1, "mail": 2}
 
 
 def test_a_redelivery_names_exactly_one_choice() -> None:
@@ -104,21 +29,6 @@ def test_a_redelivery_names_exactly_one_choice() -> None:
     for value in ("x", 0, -1, True, 1.5, None):
         with pytest.raises(ValueError, match="not a delivery id"):
             redelivery_ids([value])
-
-
-def test_prune_events_keeps_owed_and_dead_deliveries(store: Store, clock: FakeClock) -> None:
-    store.track([TrackRequest(RUN)])
-    record(store, clock, RUN, None, "QUEUED", "hook")
-    record(store, clock, RUN, "QUEUED", "RUNNING", "hook")
-    record(store, clock, RUN, "RUNNING", "SUCCESS", "hook")
-    first, second, _third = store.pending_deliveries(limit=10)
-    store.mark_delivered(first.id)
-    store.mark_dead(second.id, error="HTTP 500")
-    clock.advance(10)
-    assert store.prune_events(before=clock.now) == 1  # only the delivered one
-    history = store.run_history(RUN)
-    assert history is not None
-    assert [[d.state for d in entry.deliveries] for entry in history] == [["dead"], ["pending"]]
 
 
 def _file_before_the_history(path: Path) -> dict[str, int]:

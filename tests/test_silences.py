@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import TypeAdapter
-from support import FakeClock, clean_env, run_cli, write_config
+from support import clean_env, run_cli, write_config
 
 from watcher.delivery.dispatcher import DeliveryOutcome, Dispatcher
 from watcher.delivery.silencer import LiveSilences
@@ -136,44 +136,6 @@ def test_durations_and_times() -> None:
 
 
 # -- the store ------------------------------------------------------------------------------
-
-
-def test_store_adds_lists_expires_and_keeps_ended_silences_for_7_days(tmp_path: Path) -> None:
-    clock = FakeClock()
-    with Store.open(tmp_path / "state.db", clock=clock) as store:
-        version = store.silence_version()
-        first = store.add_silence(
-            matchers={"label.team": "a"},
-            ends_at=clock.now + timedelta(hours=2),
-            notifiers=["ops"],
-            comment="rerun",
-        )
-        second = store.add_silence(
-            matchers={"type": "run.stuck"}, ends_at=clock.now + timedelta(days=30)
-        )
-        assert second.id > first.id
-        assert store.silence_version() > version
-        assert [s.id for s in store.current_silences()] == [first.id, second.id]
-        assert (first.notifiers, first.comment, first.starts_at) == (("ops",), "rerun", clock.now)
-
-        clock.advance(60)
-        version = store.silence_version()
-        expired = store.expire_silence(first.id)
-        assert expired is not None
-        assert expired.ends_at == clock.now
-        assert expired.state(clock.now) == "expired"
-        assert store.silence_version() > version
-        assert [s.id for s in store.current_silences()] == [second.id]
-        assert [s.id for s in store.silences()] == [first.id, second.id]  # kept for the record
-        assert store.expire_silence(999) is None
-
-        clock.advance(7 * 86400 - 120)  # ended 7 days ago less a minute: still listed
-        assert [s.id for s in store.silences()] == [first.id, second.id]
-        clock.advance(121)
-        assert [s.id for s in store.silences()] == [second.id]
-        assert store.get_silence(first.id) is None
-        third = store.add_silence(matchers={"status": "X"}, ends_at=clock.now + timedelta(1))
-        assert third.id > second.id  # ids are never reused, pruned or not
 
 
 # -- the dispatcher's planning step -----------------------------------------------------------
