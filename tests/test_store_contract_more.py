@@ -425,3 +425,37 @@ async def test_groups_references_and_overview_reads(astore: AsyncStore, clock: F
     assert outboxes["hook"].last_error == "503"
     assert (outboxes["mail"].pending, outboxes["mail"].dead) == (0, 1)
     assert outboxes["mail"].last_error == "HTTP 410"
+
+
+async def test_window_pages_give_every_matching_run_once_and_say_how_far_they_searched(
+    astore: AsyncStore,
+) -> None:
+    uuids = [run_uuid(n * 7919 % 1000) for n in range(120)]
+    await astore.track(
+        TrackRequest(u, f"prj-{n % 3}", {"run_group": f"g{n % 4}", "team": f"t{n % 5}"})
+        for n, u in enumerate(uuids)
+    )
+    runs = await astore.list_runs()
+    filters = [
+        RunFilter(),
+        RunFilter(project_id="prj-1"),
+        RunFilter(labels={"team": "t2"}),
+        RunFilter(labels={"run_group": "g3"}),
+        RunFilter(uuid_prefix=runs[42].run_uuid[:3]),
+        RunFilter(uuid_prefix=runs[42].run_uuid[:10]),
+    ]
+    for where in filters:
+        expected = [r.run_uuid async for r in astore.iter_runs(where)]
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(len(runs)):
+            page = await astore.page_runs_window(where, limit=5, cursor=cursor, windows=(17, 29))
+            assert len(page.runs) <= 5
+            seen += [r.run_uuid for r in page.runs]
+            if page.searched_to is not None:
+                assert page.next_cursor is not None
+                assert page.searched_from <= page.searched_to < page.newest
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == expected, where

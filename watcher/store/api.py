@@ -49,7 +49,13 @@ from watcher.store.models import (
     TrackRequest,
     TrackResult,
 )
-from watcher.store.overview import GroupCount, NotifierOutbox
+from watcher.store.overview import (
+    SCAN_COLUMN_ROWS,
+    SCAN_LABEL_ROWS,
+    GroupCount,
+    NotifierOutbox,
+    WindowPage,
+)
 from watcher.store.registry import RunFilter, RunPage, RunPageJson
 from watcher.store.store import Store
 
@@ -245,6 +251,15 @@ class AsyncStore(Protocol):
     async def latest_in_statuses(
         self, statuses: Iterable[str], *, limit: int
     ) -> list[TrackedRun]: ...
+
+    async def page_runs_window(
+        self,
+        where: RunFilter,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        windows: tuple[int, int] = (SCAN_LABEL_ROWS, SCAN_COLUMN_ROWS),
+    ) -> WindowPage: ...
 
     async def last_event_of(self, run_uuid: str) -> Event | None: ...
 
@@ -553,6 +568,18 @@ class SqliteStore:
     async def latest_in_statuses(self, statuses: Iterable[str], *, limit: int) -> list[TrackedRun]:
         wanted = list(statuses)
         return await self._off_loop(lambda store: store.latest_in_statuses(wanted, limit=limit))
+
+    async def page_runs_window(
+        self,
+        where: RunFilter,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        windows: tuple[int, int] = (SCAN_LABEL_ROWS, SCAN_COLUMN_ROWS),
+    ) -> WindowPage:
+        return await self._off_loop(
+            lambda store: store.page_runs_window(where, limit=limit, cursor=cursor, windows=windows)
+        )
 
     async def last_event_of(self, run_uuid: str) -> Event | None:
         return self._store.last_event_of(run_uuid)

@@ -12,14 +12,21 @@ from collections.abc import Iterable
 from watcher.events import Event
 from watcher.store.codec import decode_body
 from watcher.store.models import TrackedRun
-from watcher.store.overview import GroupCount, NotifierOutbox
+from watcher.store.overview import (
+    SCAN_COLUMN_ROWS,
+    SCAN_LABEL_ROWS,
+    GroupCount,
+    NotifierOutbox,
+    WindowPage,
+)
 from watcher.store.pg.base import PgBase
-from watcher.store.pg.registry import SELECT_TRACKED, tracked_run
+from watcher.store.pg.registry import SELECT_TRACKED, TRACKED_COLUMNS, filter_sql, tracked_run
+from watcher.store.registry import RunFilter, decode_cursor, encode_cursor
 
 _ACTIVE_GROUPS = (
     "SELECT DISTINCT labels ->> 'run_group' FROM runs "
     "WHERE tracked AND NOT terminal AND NOT stopped "
-    "AND labels ->> 'run_group' IS NOT NULL LIMIT $1"
+    "AND labels ->> 'run_group' IS NOT NULL ORDER BY 1 LIMIT $1"
 )
 _GROUP_COUNTS = (
     "SELECT status, terminal, stopped, count(*) FROM runs "
@@ -52,6 +59,40 @@ class OverviewMixin(PgBase):
             runs.extend(tracked_run(row) for row in rows)
         runs.sort(key=lambda run: run.status_since or run.tracked_at, reverse=True)
         return runs[:limit]
+
+    async def page_runs_window(
+        self,
+        where: RunFilter,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        windows: tuple[int, int] = (SCAN_LABEL_ROWS, SCAN_COLUMN_ROWS),
+    ) -> WindowPage:
+        """:meth:`page_runs` reading at most one window of ``runs.id`` when no index serves
+        a filter (the SQLite store's contract, :mod:`watcher.store.overview`)."""
+        if limit < 1:
+            raise ValueError("limit: must be at least 1")
+        after = 0 if cursor is None else decode_cursor(cursor)
+        params: list[object] = [after]
+        conditions, scan = filter_sql(where, params, windows)
+        if scan is not None:
+            params.append(after + scan)
+            conditions += f" AND id <= ${len(params)}"
+        params.append(limit + 1)
+        rows = await self._fetch(
+            f"SELECT id, {TRACKED_COLUMNS} FROM runs WHERE tracked AND id > $1{conditions} "  # noqa: S608
+            f"ORDER BY id LIMIT ${len(params)}",
+            *params,
+        )
+        runs = [tracked_run(row[1:]) for row in rows[:limit]]
+        if len(rows) > limit:
+            return WindowPage(runs, encode_cursor(int(rows[limit - 1][0])))
+        if scan is None:
+            return WindowPage(runs, None)
+        newest = int((await self._fetch("SELECT coalesce(max(id), 0) FROM runs"))[0][0])
+        if after + scan >= newest:
+            return WindowPage(runs, None)
+        return WindowPage(runs, encode_cursor(after + scan), after + scan, newest, after + 1)
 
     async def last_event_of(self, run_uuid: str) -> Event | None:
         rows = await self._fetch(

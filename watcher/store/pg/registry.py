@@ -63,26 +63,59 @@ def _active_run(row: asyncpg.Record) -> ActiveRun:
     return ActiveRun(row[0], row[1], row[2], row[3], row[4])
 
 
-def page_query(where: RunFilter, after: int, limit: int) -> tuple[str, list[Any]]:
-    """A keyset page on ``runs.id``: literal fragments, one per filter given; values bound."""
-    params: list[Any] = [after]
+PREFIX_INDEXED = 8  # as watcher.store.overview: a prefix this long is an index range
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def filter_sql(
+    where: RunFilter, params: list[Any], windows: tuple[int, int] | None = None
+) -> tuple[str, int | None]:
+    """The WHERE fragments of ``where`` (literal, one per filter given; values appended to
+    ``params``) and, with ``windows`` (label rows, column rows), how many rows a page may
+    read when no index serves a filter (see :meth:`OverviewMixin.page_runs_window`)."""
 
     def bind(value: Any) -> str:
         params.append(value)
         return f"${len(params)}"
 
-    sql = f"SELECT id, {TRACKED_COLUMNS} FROM runs WHERE tracked AND id > $1"  # noqa: S608
+    label_rows, column_rows = windows or (None, None)
+    scan: int | None = None
+    sql = ""
     if where.status is not None:
         sql += f" AND status = {bind(where.status)}"
     if where.active:
         sql += " AND NOT terminal AND NOT stopped"
     if where.project_id is not None:
         sql += f" AND project_id = {bind(where.project_id)}"
-    if where.uuid_prefix is not None:
-        sql += f" AND starts_with(run_uuid, {bind(where.uuid_prefix)})"
+        scan = column_rows
+    prefix = where.uuid_prefix
+    if prefix is not None and len(prefix) >= PREFIX_INDEXED:
+        sql += f" AND run_uuid LIKE {bind(_like_prefix(prefix))}"  # runs_uuid_pattern
+    elif prefix is not None:
+        sql += f" AND starts_with(run_uuid, {bind(prefix)})"
+        scan = column_rows
     for key, value in where.labels.items():
-        sql += f" AND labels ->> {bind(key)} = {bind(value)}"
-    return sql + f" ORDER BY id LIMIT {bind(limit)}", params
+        if key == "run_group":  # spelled as the runs_by_group index
+            sql += f" AND labels ->> 'run_group' = {bind(value)}"
+        else:
+            sql += f" AND labels ->> {bind(key)} = {bind(value)}"
+            scan = label_rows
+    if "run_group" in where.labels:
+        scan = None  # the group's index bounds the read
+    return sql, scan
+
+
+def page_query(where: RunFilter, after: int, limit: int) -> tuple[str, list[Any]]:
+    """A keyset page on ``runs.id``."""
+    params: list[Any] = [after]
+    conditions, _ = filter_sql(where, params)
+    sql = f"SELECT id, {TRACKED_COLUMNS} FROM runs WHERE tracked AND id > $1{conditions}"  # noqa: S608
+    params.append(limit)
+    return sql + f" ORDER BY id LIMIT ${len(params)}", params
 
 
 Rows = list[tuple[Any, ...]]

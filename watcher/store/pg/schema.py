@@ -43,8 +43,9 @@ Choices (and why they differ from SQLite):
   :mod:`watcher.store.pg.lease`).
 
 Mirrored: SQLite's versions 1 to 5 as version 1 (registry, events, outbox, discovery, run
-counts, retention, held deliveries) and its versions 6 and 7 as version 2 (delivery history,
-silences). A later SQLite migration gets its twin appended here.
+counts, retention, held deliveries), its versions 6 and 7 as version 2 (delivery history,
+silences) and its version 8 as version 3 (the status page's indexes). A later SQLite
+migration gets its twin appended here.
 """
 
 from __future__ import annotations
@@ -256,7 +257,17 @@ _HISTORY_AND_SILENCES: tuple[str, ...] = (
     "INSERT INTO counters (name, value) VALUES ('silence_seq', 0)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _HISTORY_AND_SILENCES)
+# The status page's bounded reads (issue 16; SQLite's version 8): the latest failures newest
+# first per status, the run groups in progress from the active runs only, and (PostgreSQL
+# only) a pattern index so a long run UUID prefix is an index range whatever the collation.
+_UI_READS: tuple[str, ...] = (
+    "CREATE INDEX runs_tracked_by_status_since ON runs (status, status_since) WHERE tracked",
+    "CREATE INDEX runs_active_by_group ON runs ((labels ->> 'run_group')) "
+    "WHERE tracked AND NOT terminal AND NOT stopped",
+    "CREATE INDEX runs_uuid_pattern ON runs (run_uuid text_pattern_ops) WHERE tracked",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _HISTORY_AND_SILENCES, _UI_READS)
 
 # Tables that say a database without a version row is not empty (and so not ours to create).
 _OURS = ("runs", "events", "outbox", "counters", "lease")
