@@ -274,6 +274,11 @@ def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StateError
     """
     if task.cancelled() or task.exception() is None:
         return None
-    error = task.exception()
+    return work_failed(task.exception(), log=log, event=event)
+
+
+def work_failed(error: BaseException | None, *, log: Any, event: str) -> StateError | None:
+    """Log poll work that died of ``error`` (a reused worker's poll: it has no task of its
+    own to die with); return the error when it is a :class:`StateError` (see above)."""
     log.error(event, error=repr(error))
     return error if isinstance(error, StateError) else None

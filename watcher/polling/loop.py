@@ -33,6 +33,7 @@ from watcher.polling.common import (
     RegistryFeed,
     StatusSource,
     task_failed,
+    work_failed,
 )
 from watcher.polling.outages import Outages
 from watcher.polling.run_poll import PolledRun, RunPoll, RunPollOptions
@@ -163,7 +164,13 @@ class PollingLoop(abc.ABC):
 
     def _task_done(self, task: asyncio.Task[None], *, event: str) -> None:
         """Log a request task that died; keep the first StateError to stop the loop with."""
-        failed = task_failed(task, log=self._log, event=event)
+        self._keep(task_failed(task, log=self._log, event=event))
+
+    def _poll_died(self, error: Exception) -> None:
+        """A reused worker's poll died of ``error``: as :meth:`_task_done` for a task."""
+        self._keep(work_failed(error, log=self._log, event="poll_crashed"))
+
+    def _keep(self, failed: StateError | None) -> None:
         if failed is not None and self._state_error is None:
             self._state_error = failed
             self._naps.wake()

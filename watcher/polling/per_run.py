@@ -1,8 +1,14 @@
 """The poll scheduler: which tracked run to ask about next, and what to do with the answer.
 
 Every non-terminal tracked run sits in one heap ordered by when it is next due. The loop
-takes the most overdue run, hands it to a poll task, and the task's request waits for the
-shared pacing limiter. When the budget cannot cover ``runs / interval``, every run is
+takes the most overdue run and hands it to a poll worker, whose request waits for the
+shared pacing limiter. Workers are few and long-lived (as many as requests may be open at
+once, started only when none is free): a worker that finishes a poll takes the next due run
+itself when the limiter's queue has room, so in steady state a poll costs no task and no
+wake-up of the loop; a worker with nothing to take parks and wakes the loop, which then
+decides as before (a timed nap, or a parked worker handed the next run).
+
+When the budget cannot cover ``runs / interval``, every run is
 overdue and the heap turns into a round robin: a run polled now is due again only after
 every run that has waited longer, so nobody starves and nobody is polled twice per cycle.
 Runs never polled go first (a run tracked while the daemon runs is seen within seconds).
@@ -76,11 +82,12 @@ class Scheduler(PollingLoop):
         self._backlog = backlog
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._unstarted = 0  # poll tasks created that have not reached the limiter yet
-        self._slots = asyncio.Semaphore(
-            max_in_flight(options.rate_per_second, options.request_timeout_seconds)
-        )
+        self._workers: set[asyncio.Task[None]] = set()
+        self._parked: list[asyncio.Future[str | None]] = []  # idle workers, last parked first
+        self._max_workers = max_in_flight(options.rate_per_second, options.request_timeout_seconds)
+        self._unstarted = 0  # runs handed to a worker whose request is not queued yet
+        self._closing = False  # draining: workers finish their poll and exit
+        self._stop: asyncio.Event | None = None
 
     # -- registry -------------------------------------------------------------------------
 
@@ -148,22 +155,35 @@ class Scheduler(PollingLoop):
     # -- main loop ------------------------------------------------------------------------
 
     async def _work(self, now: float, stop: asyncio.Event) -> float | None:
+        self._stop = stop
         head = self._peek()
         if head is None:
             return math.inf
         if head[0] > now:
             return head[0] - now
-        if self._unstarted + self._backlog() < MAX_BACKLOG:
-            await self._launch(stop)
-            return None
-        # Requests already queue for the limiter: hold this run in the heap, where a newly
-        # tracked run can still overtake it. Each finished poll wakes us (_done), so this
-        # timeout matters only while requests hang; 1.5 permits' time still refills the
-        # queue before it runs dry.
-        return 1.5 / self._opt.rate_per_second
+        if self._unstarted + self._backlog() >= MAX_BACKLOG:
+            # Requests already queue for the limiter: hold this run in the heap, where a
+            # newly tracked run can still overtake it. A worker that finishes takes the next
+            # run itself or wakes us, so this timeout matters only while requests hang; 1.5
+            # permits' time still refills the queue before it runs dry.
+            return 1.5 / self._opt.rate_per_second
+        if not self._parked and len(self._workers) >= self._max_workers:
+            return math.inf  # every worker busy (requests hang): the first one free wakes us
+        self._closing = False
+        self._hand(self._pop())
+        return None
 
     def _tasks(self) -> Iterable[asyncio.Task[None]]:
-        return self._in_flight
+        return self._workers
+
+    async def drain(self, grace: float) -> None:
+        """Parked workers exit now, busy ones after their poll (within ``grace``)."""
+        self._closing = True
+        parked, self._parked = self._parked, []
+        for waiting in parked:
+            if not waiting.done():
+                waiting.set_result(None)
+        await super().drain(grace)
 
     def _peek(self) -> tuple[float, int, str] | None:
         while self._heap:
@@ -174,28 +194,56 @@ class Scheduler(PollingLoop):
             heapq.heappop(self._heap)  # stale: untracked, finished or rescheduled
         return None
 
-    async def _launch(self, stop: asyncio.Event) -> None:
-        await self._slots.acquire()
-        head = self._peek()
-        if head is None or stop.is_set():
-            self._slots.release()
-            return
-        heapq.heappop(self._heap)
-        _, _, run_uuid = head
-        self._runs[run_uuid].token = -1  # in flight: no heap entry is current
+    def _pop(self) -> str:
+        """Take the head run (the caller peeked it): in flight, no heap entry is current."""
+        _, _, run_uuid = heapq.heappop(self._heap)
+        self._runs[run_uuid].token = -1
         self._unstarted += 1
-        task = asyncio.create_task(self._poll(run_uuid), name=f"poll:{run_uuid}")
-        self._in_flight.add(task)
-        task.add_done_callback(self._done)
+        return run_uuid
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._slots.release()
-        # Its request took a permit, so the limiter's queue has room for the next run. The
-        # loop is awake anyway now: refilling here spares the timed naps that would each
-        # wake the process just to look.
-        self._naps.wake()
-        self._task_done(task, event="poll_crashed")
+    def _hand(self, run_uuid: str) -> None:
+        """Give ``run_uuid`` to a parked worker, or start a worker for it."""
+        while self._parked:
+            waiting = self._parked.pop()
+            if not waiting.done():  # a worker cancelled while parked leaves a done future
+                waiting.set_result(run_uuid)
+                return
+        task = asyncio.create_task(self._worker(run_uuid), name="poll-worker")
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    def _next_due(self) -> str | None:
+        """A run a worker may take now, on the same terms as :meth:`_work` (else ``None``)."""
+        if self._closing or self._state_error is not None:
+            return None
+        if self._stop is not None and self._stop.is_set():
+            return None
+        now = self._now()
+        if self._pause.until > now or self._unstarted + self._backlog() >= MAX_BACKLOG:
+            return None
+        head = self._peek()
+        if head is None or head[0] > now:
+            return None
+        return self._pop()
+
+    async def _worker(self, run_uuid: str | None) -> None:
+        """Poll the run handed over, then the next due one, parking when none is."""
+        loop = asyncio.get_running_loop()
+        while run_uuid is not None:
+            try:
+                await self._poll(run_uuid)
+            except Exception as exc:  # logged; a StateError stops the loop
+                self._poll_died(exc)
+            run_uuid = self._next_due()
+            if run_uuid is None:
+                if self._closing:
+                    return
+                parked: asyncio.Future[str | None] = loop.create_future()
+                self._parked.append(parked)
+                # A request finished, so the limiter's queue has room for the next run: the
+                # loop decides when (as it would have after a timed nap).
+                self._naps.wake()
+                run_uuid = await parked
 
     # -- one poll -------------------------------------------------------------------------
 
