@@ -1,7 +1,7 @@
 """The status page in a real browser: Debian's Chromium driven by Playwright, against a real
 daemon polling the simulator and delivering to a webhook receiver, all on 127.0.0.1.
 
-One daemon (module scope) and one browser (session scope) serve every test here, so the file
+One daemon and one browser (both module scope) serve every test here, so the file
 stays fast. axe-core (installed by ``scripts/test-deps`` into ``.test-deps/``) is injected into
 each page for the accessibility check.
 """
@@ -105,8 +105,8 @@ def stack() -> Iterator[Stack]:
         receiver.close()
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+@pytest.fixture(scope="module")  # not session: Playwright's loop would outlive the module and
+def browser() -> Iterator[Browser]:  # break the asyncio tests a worker runs after it
     assert Path(CHROMIUM).exists(), "Chromium missing: run ./scripts/test-deps"
     with sync_playwright() as pw:
         yield _launch(pw)

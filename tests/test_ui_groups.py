@@ -144,5 +144,15 @@ def test_a_96_sample_groups_bar_shows_the_simulators_mix(
             second = [rows.nth(i).locator("a.uuid").inner_text() for i in range(rows.count())]
             assert (len(first), len(second)) == (50, 46)
             assert set(first) | set(second) == set(parts)
+
+            # On a phone (390 px) nothing scrolls sideways: the tables become one card a row.
+            page.set_viewport_size({"width": 390, "height": 844})
+            failed = next(u for u, part in parts.items() if part == "failed")
+            for path in ("/ui/", f"/ui/runs?run_group={GROUP}", f"/ui/runs/{failed}"):
+                page.goto(daemon.url + path)
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390, (path, width)
+                check_axe(page)
+            assert page.locator("#failure-message").is_visible()
         finally:
             browser.close()
