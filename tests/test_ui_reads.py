@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from watcher.service.metrics import Metrics
 from watcher.statuses import Statuses
 from watcher.store import Store, TrackedRun, TrackRequest
 from watcher.store.overview import _ACTIVE_GROUPS, _LATEST_IN_STATUS, GroupCount
 from watcher.store.registry import RunFilter
 from watcher.store.schema import _UI_READS, MIGRATIONS
+from watcher.ui.options import UiOptions
+from watcher.ui.pages import StatusPage
+from watcher.ui.views import RunsQuery
 
 RUNS = 240
 STATUSES = ("SUCCESS", "FAILED", "RUNNING", "QUEUED", "EXECUTOR_ERROR", None)
@@ -173,3 +177,36 @@ def test_an_existing_file_gains_the_page_indexes(tmp_path: Path) -> None:
         names = {row[0] for row in store._db.query("SELECT name FROM sqlite_master")}
         assert {"runs_tracked_by_status_since", "runs_active_by_group"} <= names
         assert [r.run_uuid for r in store.latest_in_statuses(["FAILED"], limit=5)] == ["a"]
+
+
+def test_the_runs_page_says_how_far_a_window_searched(store: Store) -> None:
+    found = store.page_runs_window(
+        RunFilter(labels={"team": "nobody"}), limit=50, windows=(100, 100)
+    )
+    assert (found.runs, found.searched_to, found.newest) == ([], 100, RUNS)
+    page = StatusPage(
+        UiOptions(admin_token="admin-token-0123456789"),
+        store=store,
+        metrics=Metrics(),
+        statuses=Statuses(),
+        not_ready_reason=lambda: None,
+    )
+    html = page._env.get_template("runs.html").render(
+        session=None,
+        csrf="",
+        static={"app.css": "/ui/static/app.css", "app.js": "/ui/static/app.js"},
+        ago=str,
+        duration=str,
+        severity=Statuses().severity,
+        now_ts=0.0,
+        iso=str,
+        query=RunsQuery(label="team=nobody"),
+        page_runs=found,
+        error="",
+        page="runs",
+        next_url="/ui/runs?label=team%3Dnobody&cursor=" + str(found.next_cursor),
+    )
+    assert "No run matches among the runs searched." in html
+    assert f"Searched runs 1 to 100 of the {RUNS} ever tracked" in html
+    assert '<a rel="next" href="/ui/runs?label=team%3Dnobody&amp;cursor=' in html
+    assert ">Search on</a>" in html
