@@ -37,7 +37,7 @@ from typing import Protocol, TypeVar
 from watcher.delivery.silencing import Silence
 from watcher.events import Event, RunState
 from watcher.service.reads import OffLoopReads
-from watcher.store.db import StateError, utc_now
+from watcher.store.db import StateMissing, utc_now
 from watcher.store.groups import GroupMember
 from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 from watcher.store.journal import PruneStep
@@ -613,7 +613,7 @@ async def open_async_store(
 
     ``create``: a writing command or the daemon (create the file, or migrate the database);
     without it (reading commands) a missing file or a database without our schema is a
-    :class:`StateError` and nothing is created. ``lease_seconds`` sets the PostgreSQL
+    :class:`StateMissing` and nothing is created. ``lease_seconds`` sets the PostgreSQL
     connections' idle-in-transaction limit (:func:`~watcher.store.pg.lease.session_settings`).
     """
     if (path is None) == (url is None):
@@ -624,5 +624,5 @@ async def open_async_store(
         return await PgStore.open(url, create=create, clock=clock, lease_seconds=lease_seconds)
     assert path is not None
     if not create and _missing(path):
-        raise StateError(f"no state file at {path}")
+        raise StateMissing(f"no state file at {path}")
     return SqliteStore.open(path, clock=clock)

@@ -37,6 +37,11 @@ class StateError(Exception):
     """The state file cannot be opened, created, migrated or used. The CLI exits with 3."""
 
 
+class StateMissing(StateError):
+    """A reading command found no state (no file at the path, or a database without the
+    schema) and created none. The CLI exits with 1."""
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-from watcher.store.db import StateError, utc_now
+from watcher.store.db import StateError, StateMissing, utc_now
 from watcher.store.pg.base import DB_ERRORS, database_name, describe, secret_of
 from watcher.store.pg.journal import JournalMixin, RecordingMixin
 from watcher.store.pg.lease import Grant, session_settings
@@ -101,7 +101,7 @@ class PgStore(
                 return
             version = await schema_version(conn)
         if version == 0:
-            raise StateError(
+            raise StateMissing(
                 f"database {self._name} holds no omics-watcher state yet "
                 "(the daemon or 'track' creates it)"
             )
