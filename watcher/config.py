@@ -107,8 +107,22 @@ class PollingSettings(_Section):
 
 class StateSettings(_Section):
     path: Path = Path("omics-watcher.db")
+    # PostgreSQL instead of the file (replicas share it); a secret: it may carry a password.
+    url: SecretStr | None = None
+    # How long the active daemon's lease lasts unrenewed (PostgreSQL): a standby's takeover time.
+    lease_seconds: float = Field(15.0, gt=0, allow_inf_nan=False)
     # Finished runs leave the state (with their events) this long after they finished; 0: never.
     retention_days: float = Field(30.0, ge=0, allow_inf_nan=False)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Never quotes the value: it may carry a password.
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return value
 
 
 class ServerSettings(_Section):
@@ -283,6 +297,8 @@ class Settings(BaseModel):
                     raise _KeyedError(f"routes[{index}].notifiers", f"unknown notifier {name!r}")
         for key, message in _mute_problems(self):
             raise _KeyedError(key, message)
+        if self.state.url is not None and "path" in self.state.model_fields_set:
+            raise _KeyedError("state.url", "give either [state] path or url, not both")
         return self
 
 

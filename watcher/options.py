@@ -35,6 +35,7 @@ from watcher.polling.strategy import StrategyOptions
 from watcher.retention import RetentionOptions
 from watcher.service.server import ServerOptions
 from watcher.statuses import Statuses, StatusOptions
+from watcher.store.api import StateOptions
 from watcher.stuck import StuckLimits
 from watcher.ui.options import UiOptions
 
@@ -233,4 +234,13 @@ def retention_options(settings: Settings) -> RetentionOptions:
     seconds = settings.state.retention_days * 86400.0
     return RetentionOptions(
         retention_seconds=seconds, interval_seconds=min(300.0, max(0.5, seconds / 10))
+    )
+
+
+def state_options(settings: Settings) -> StateOptions:
+    """``[state] path`` or ``url`` (config.py makes them exclusive) and ``lease_seconds``."""
+    state = settings.state
+    url = state.url.get_secret_value() if state.url is not None else None
+    return StateOptions(
+        path=None if url is not None else state.path, url=url, lease_seconds=state.lease_seconds
     )

@@ -30,6 +30,7 @@ PostgreSQL store, :class:`~watcher.store.pg.lease.LeaseLost`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -60,6 +61,34 @@ from watcher.store.registry import RunFilter, RunPage, RunPageJson
 from watcher.store.store import Store
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StateOptions:
+    """Where the state lives: ``[state] path`` (SQLite) or ``url`` (PostgreSQL), exactly one
+    set, and ``lease_seconds`` (the active daemon's lease on PostgreSQL). ``url`` is a
+    secret (it may carry a password): never logged, never in an error (the opened store's
+    ``name`` says which database it is)."""
+
+    path: Path | None
+    url: str | None = field(default=None, repr=False)
+    lease_seconds: float = 15.0
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+    async def open(
+        self, *, create: bool = True, clock: Callable[[], datetime] = utc_now
+    ) -> AsyncStore:
+        """:func:`open_async_store` for this state."""
+        return await open_async_store(
+            path=None if self.url is not None else self.path,
+            url=self.url,
+            create=create,
+            clock=clock,
+            lease_seconds=self.lease_seconds,
+        )
 
 
 class AsyncStore(Protocol):
