@@ -1,0 +1,160 @@
+"""One daemon among replicas sharing a PostgreSQL state: active or standby, and the switch.
+
+Why: a standby must keep serving (``/healthz``, ``/metrics``, the admin API, the status
+page) while it polls, records and delivers nothing; the active daemon must stop all of that
+the moment its lease is lost, and hand over at once when it is told to stop. The lease
+itself is :class:`~watcher.store.pg.claim.LeaseClaim`'s; this module is what the composition
+root runs around it:
+
+- :func:`serve_terms` runs the daemon's active work (polling, roll-ups, delivery, stuck
+  checks, discovery, pruning: the ``term`` coroutine the composition root provides) for each
+  term the claim grants. A lost lease cancels that work at once (nothing is drained: its
+  writes would be fenced out anyway) and the daemon is a standby again, waiting for a new
+  term. A stop while active sets the term's ``drain`` event (the work finishes in its usual
+  order) and then releases the lease so a standby takes over without waiting for it to
+  expire. A :class:`~watcher.store.pg.lease.LeaseLost` from the work (the database fenced a
+  write out) ends the term the same way as a lost lease.
+- :class:`LeaseGate` wraps each API limiter so that no request leaves unless
+  :meth:`LeaseClaim.holding` is true *when the permit is granted*. The cancellation above
+  needs the loop to run; after a freeze (SIGSTOP, a stalled VM) the loop may first resume
+  polls that were due long ago, so the gate, which reads the clock and not any flag, is what
+  keeps a daemon that lost its lease from sending even one GetRunStatus: such a request
+  parks until its task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from watcher.omics.limiter import Limiter
+from watcher.store.pg.claim import LeaseClaim
+from watcher.store.pg.lease import LeaseLost
+
+Term = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class LeaseGate:
+    """A :class:`~watcher.omics.limiter.Limiter` that grants only while ``holding()``."""
+
+    __slots__ = ("_holding", "_inner")
+
+    def __init__(self, inner: Limiter, holding: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._holding = holding
+
+    def slot(self) -> _GatedSlot:
+        return _GatedSlot(self._inner, self._holding)
+
+    def throttled(self) -> None:
+        self._inner.throttled()
+
+
+class _GatedSlot:
+    __slots__ = ("_holding", "_inner", "_slot")
+
+    def __init__(self, inner: Limiter, holding: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._holding = holding
+        self._slot: contextlib.AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> None:
+        while True:
+            if not self._holding():
+                await _park()
+            slot = self._inner.slot()
+            await slot.__aenter__()
+            if self._holding():  # checked again after the (possibly long) wait for a permit
+                self._slot = slot
+                return
+            cancelled = asyncio.CancelledError()
+            # Not sent: not a round trip sample (the limiter's rule for a cancelled request).
+            await slot.__aexit__(asyncio.CancelledError, cancelled, None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            await slot.__aexit__(exc_type, exc, traceback)
+
+
+async def _park() -> None:
+    """Wait until cancelled: the work of a daemon that lost its lease is about to be."""
+    await asyncio.Event().wait()
+
+
+def gate_limiters(limiters: Mapping[str, Limiter], claim: LeaseClaim) -> dict[str, Limiter]:
+    """Every limiter of ``limiters`` behind the lease (what the Omics client is given)."""
+    return {action: LeaseGate(limiter, claim.holding) for action, limiter in limiters.items()}
+
+
+def _only_lease_lost(exc: BaseException) -> bool:
+    if isinstance(exc, LeaseLost):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_lease_lost(inner) for inner in exc.exceptions)
+    return False
+
+
+async def serve_terms(claim: LeaseClaim, term: Term, *, stop: asyncio.Event, log: Any) -> None:
+    """Run ``term(drain)`` for every term ``claim`` grants, until ``stop`` is set.
+
+    Returns once stopped: after the active term drained, with the lease released
+    (:meth:`LeaseClaim.aclose`, so a standby takes over at once), or at once on a standby.
+    The claim's task must be running (:meth:`LeaseClaim.start`).
+    """
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            granted = asyncio.ensure_future(claim.next_term())
+            await asyncio.wait({granted, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not granted.done():
+                granted.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await granted
+                return
+            await _one_term(claim, term, granted.result().lost, stopping, log)
+    finally:
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+    await claim.aclose()
+
+
+async def _one_term(
+    claim: LeaseClaim, term: Term, lost: asyncio.Event, stopping: asyncio.Future[Any], log: Any
+) -> None:
+    """One term: the work until the lease is lost (cancelled at once) or ``stopping``
+    (drained, then the lease released)."""
+    drain = asyncio.Event()
+    work = asyncio.ensure_future(term(drain))
+    losing = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({work, losing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done() and not losing.done():
+            drain.set()
+            await asyncio.wait({work, losing}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the lease was lost: stop everything at once
+            work.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not losing.done():
+                raise
+        except BaseException as exc:
+            if not _only_lease_lost(exc):
+                raise
+            claim.forfeit("a write was fenced out by a newer lease")
+        if lost.is_set():
+            log.warning("active_work_stopped", reason="lease lost", role="standby")
+    finally:
+        losing.cancel()
+        if not work.done():
+            work.cancel()
