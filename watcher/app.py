@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -278,7 +278,14 @@ def _build_server(
     metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
     metrics.registry.register(PollingStateGauge(health))  # what /readyz says, as a gauge
     split = options.admin_address is not None  # [server] admin_listen: the admin API apart
-    page = _status_page(settings, store=store, metrics=metrics, health=health)
+    page = _status_page(
+        settings,
+        store=store,
+        metrics=metrics,
+        health=health,
+        notifier_names=lambda: live.current.notifiers.keys(),  # silences, redelivery
+        on_untracked=poller.refresh,  # an untracked run leaves the scheduler at once
+    )
 
     def app(parts: AppParts) -> web.Application:
         return build_app(
@@ -297,7 +304,13 @@ def _build_server(
 
 
 def _status_page(
-    settings: Settings, *, store: Store, metrics: Metrics, health: Health
+    settings: Settings,
+    *,
+    store: Store,
+    metrics: Metrics,
+    health: Health,
+    notifier_names: Callable[[], Collection[str]],
+    on_untracked: Callable[[], None],
 ) -> StatusPage | None:
     """The status page under /ui/ on the admin listener, when it is on."""
     options = ui_options(settings)
@@ -309,6 +322,8 @@ def _status_page(
         metrics=metrics,
         statuses=status_vocabulary(settings),
         not_ready_reason=health.not_ready_reason,
+        notifier_names=notifier_names,
+        on_untracked=on_untracked,
     )
 
 

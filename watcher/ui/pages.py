@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -36,6 +36,7 @@ from watcher.store import Store
 from watcher.store.db import utc_now
 from watcher.store.registry import decode_cursor
 from watcher.ui import guard
+from watcher.ui.actions import UiActions
 from watcher.ui.feed import LiveFeed
 from watcher.ui.health import SAMPLE_SECONDS, RateMeter, status_requests, watcher_health
 from watcher.ui.options import UiOptions
@@ -125,6 +126,8 @@ class StatusPage:
         metrics: Metrics,
         statuses: Statuses,
         not_ready_reason: Callable[[], str | None],
+        notifier_names: Callable[[], Collection[str]] | None = None,
+        on_untracked: Callable[[], None] = lambda: None,
     ) -> None:
         self._options = options
         self._store = store
@@ -138,6 +141,12 @@ class StatusPage:
         self._meter = RateMeter(lambda: status_requests(metrics))
         self._reads: OffLoopReads[Store] = OffLoopReads(store, store.open_reader)
         self.feed = LiveFeed(store, statuses)
+        self.actions = UiActions(  # dead letters, silences, a run's actions (watcher.ui.actions)
+            store=store,
+            render=self._render,
+            notifier_names=notifier_names,
+            on_untracked=on_untracked,
+        )
         self._static = _Static()
         self._sampler: asyncio.Task[None] | None = None
         self._log = structlog.get_logger("watcher.ui")
@@ -167,6 +176,7 @@ class StatusPage:
         r.add_get("/ui/runs/{run_uuid}", self.run)
         r.add_get("/ui/events", self.events)
         r.add_get("/ui/static/{name}", self._static.serve)
+        self.actions.add_routes(r)
 
     async def _start(self, app: web.Application) -> None:
         self._sampler = asyncio.get_running_loop().create_task(self._sample())
@@ -204,6 +214,7 @@ class StatusPage:
             duration=duration,
             severity=self._statuses.severity,
             now_ts=now.timestamp(),
+            flash=self.actions.flashes.take(request),
             iso=lambda moment: "" if moment is None else isoformat_z(moment),
             **context,
         )
