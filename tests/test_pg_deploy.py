@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-
 from pg import Cluster, server_program
+
 from watcher.store.api import open_async_store
 from watcher.store.db import StateError
 from watcher.store.models import TrackRequest
@@ -26,7 +26,7 @@ from watcher.store.pg.claim import LeaseClaim
 ROOT = Path(__file__).resolve().parents[1]
 ROLE_SQL = ROOT / "deploy" / "postgresql" / "omics-watcher-role.sql"
 ROLE = "omics_watcher"
-PASSWORD = "role-pass-Zq81"  # noqa: S105 - a throwaway cluster's
+PASSWORD = "role-pass-Zq81"
 
 
 def _psql_file(cluster: Cluster, path: Path, database: str, **variables: str) -> None:
