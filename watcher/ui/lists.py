@@ -86,10 +86,11 @@ class SilenceForm:
     def matchers(self) -> dict[str, str]:
         """The matchers given, checked; :class:`SilenceError` naming the bad one."""
         pairs = [(key, value) for key, value in self.keys.items() if value]
-        pairs += [(LABEL_PREFIX + name, value) for name, value in self.labels if name or value]
-        for key, value in pairs:
-            if key == LABEL_PREFIX or not key[len(LABEL_PREFIX) :].strip():
+        for name, value in self.labels:
+            if value and not name:
                 raise SilenceError(f"a label row with the value {value!r} needs a label name")
+            if name:
+                pairs.append((LABEL_PREFIX + name, value))
         return check_matchers(pairs)
 
     def ends_at(self, now: datetime) -> datetime:
