@@ -12,12 +12,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import aiohttp
 import asyncpg
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from watcher.omics.limiter import PacingLimiter
-from watcher.replica import LeaseGate, serve_terms
+from watcher.replica import LeaseGate, lease_trace, serve_terms
 from watcher.store.api import open_async_store
 from watcher.store.models import TrackRequest
 from watcher.store.pg import lease
@@ -193,3 +196,34 @@ async def test_the_active_work_stops_at_once_when_the_lease_is_lost_and_drains_o
         assert released.epoch == epoch
     finally:
         await admin.close()
+
+
+async def test_no_http_request_leaves_the_session_without_the_lease() -> None:
+    """The session hook: the server sees nothing from a daemon that is not holding."""
+    seen: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    holding = False
+    try:
+        async with aiohttp.ClientSession(trace_configs=[lease_trace(lambda: holding)]) as http:
+            url = f"http://127.0.0.1:{server.port}/hook"
+            sending = asyncio.ensure_future(http.post(url, data=b"{}"))
+            await asyncio.sleep(0.3)
+            assert not sending.done()
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            assert seen == []
+            holding = True
+            async with http.post(url, data=b"{}") as resp:
+                assert resp.status == 204
+            assert seen == ["/hook"]
+    finally:
+        await server.close()

@@ -14,12 +14,14 @@ root runs around it:
   order) and then releases the lease so a standby takes over without waiting for it to
   expire. A :class:`~watcher.store.pg.lease.LeaseLost` from the work (the database fenced a
   write out) ends the term the same way as a lost lease.
-- :class:`LeaseGate` wraps each API limiter so that no request leaves unless
-  :meth:`LeaseClaim.holding` is true *when the permit is granted*. The cancellation above
-  needs the loop to run; after a freeze (SIGSTOP, a stalled VM) the loop may first resume
-  polls that were due long ago, so the gate, which reads the clock and not any flag, is what
-  keeps a daemon that lost its lease from sending even one GetRunStatus: such a request
-  parks until its task is cancelled.
+- Two gates read :meth:`LeaseClaim.holding` (the clock, not a flag) at the last moment. The
+  cancellation above needs the loop to run; after a freeze (SIGSTOP, a stalled VM) the loop
+  may first resume polls and deliveries that were due long ago. :class:`LeaseGate` wraps
+  each API limiter: no permit is handed out (and none used up) without the lease.
+  :func:`lease_trace` is a trace hook on the daemon's one HTTP session, run by aiohttp just
+  before each request is sent, so no GetRunStatus, enrichment call or notification leaves a
+  daemon that lost its lease, whatever code path it came from. A gated request parks until
+  its task is cancelled.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any
+
+import aiohttp
 
 from watcher.omics.limiter import Limiter
 from watcher.store.pg.claim import LeaseClaim
@@ -88,6 +92,22 @@ class _GatedSlot:
 async def _park() -> None:
     """Wait until cancelled: the work of a daemon that lost its lease is about to be."""
     await asyncio.Event().wait()
+
+
+def lease_trace(holding: Callable[[], bool]) -> aiohttp.TraceConfig:
+    """A trace hook for the daemon's HTTP session: a request starts only while ``holding()``."""
+
+    async def on_request_start(
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        if not holding():
+            await _park()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
 
 
 def gate_limiters(limiters: Mapping[str, Limiter], claim: LeaseClaim) -> dict[str, Limiter]:
