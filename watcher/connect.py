@@ -8,7 +8,7 @@ Used by every command that talks to the Omics API (``run`` through :mod:`watcher
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,18 @@ def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
 
 
 @contextlib.asynccontextmanager
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The one shared client session: TLS verification on, bounded connection pool."""
+async def http_session(
+    *, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """The one shared client session: TLS verification on, bounded connection pool.
+
+    ``trace_configs``: hooks run around each request (a replica's lease gate,
+    :func:`watcher.replica.lease_trace`)."""
     connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
     async with aiohttp.ClientSession(
-        connector=connector, headers={"User-Agent": f"omics-watcher/{__version__}"}
+        connector=connector,
+        headers={"User-Agent": f"omics-watcher/{__version__}"},
+        trace_configs=list(trace_configs) or None,
     ) as session:
         yield session
 
