@@ -131,6 +131,16 @@ def login(context: BrowserContext, stack: Stack, token: str = ADMIN) -> Page:
     return page
 
 
+def fits_a_phone(page: Page) -> None:
+    """At 390 px nothing scrolls sideways (tables become cards, forms wrap)."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (page.url, width)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 720})
+
+
 def flash(page: Page) -> str:
     return page.inner_text("#flash")
 
@@ -154,6 +164,7 @@ def test_redeliver_buttons_send_dead_letters_to_a_receiver_that_was_down(
     rows = page.locator("#dead-letters tbody tr")
     assert rows.count() == len(event_ids)
     check_axe(page)
+    fits_a_phone(page)
     # Tick the oldest one, redeliver it: only it arrives, under its own webhook-id.
     oldest = page.locator("#dead-letters tbody tr").last
     oldest_event = oldest.locator("td[data-label=Event] .mono").inner_text()
@@ -208,6 +219,7 @@ def test_a_silence_made_in_the_form_withholds_matching_events_until_expired(
     (row,) = page.locator("tbody tr[id^=silence-]").all()
     assert row.locator("td[data-label=State]").inner_text() == "active"
     check_axe(page)
+    fits_a_phone(page)
 
     applied = time.monotonic()
     wait_for(lambda: time.monotonic() - applied > APPLY_BOUND + 0.5, timeout=10, what="applied")
