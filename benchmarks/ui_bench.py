@@ -56,6 +56,7 @@ from watcher.events import RunState  # noqa: E402
 from watcher.service.metrics import Metrics  # noqa: E402
 from watcher.statuses import Statuses  # noqa: E402
 from watcher.store import Store  # noqa: E402
+from watcher.store.api import SqliteStore  # noqa: E402
 from watcher.store.db import Database, to_ts  # noqa: E402
 from watcher.store.journal import append_event  # noqa: E402
 from watcher.store.schema import MIGRATIONS, migrate  # noqa: E402
@@ -253,9 +254,10 @@ async def measure(path: Path, repeat: int) -> tuple[dict[str, list[float]], list
     with Store.open(path) as store:
         asked = pages(store)
         last_seq = store.last_event_seq()
+        adapted = SqliteStore(store)  # the daemon's view of the state (watcher.store.api)
         page = StatusPage(
             UiOptions(admin_token=TOKEN),
-            store=store,
+            store=adapted,
             metrics=Metrics(),
             statuses=Statuses(),
             not_ready_reason=lambda: None,
@@ -284,6 +286,7 @@ async def measure(path: Path, repeat: int) -> tuple[dict[str, list[float]], list
                     feed.append(await feed_first_answer(client, base, last_seq))
         finally:
             await runner.cleanup()
+            await adapted.close()
     return times, feed
 
 

@@ -27,6 +27,7 @@ from watcher import cli
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.store.schema import _RUN_COUNTS, MIGRATIONS
 
 TOKEN = "adm-bounded-reads-0123456789abcdef"
@@ -52,7 +53,7 @@ def big_copy(big: BigState, tmp_path: Path) -> Path:
 
 async def _client(store: Store) -> TestClient[web.Request, web.Application]:
     app = build_app(
-        store=store,
+        store=SqliteStore(store),
         metrics=Metrics(),
         health=Health(),
         admin_token=TOKEN,

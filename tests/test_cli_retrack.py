@@ -17,6 +17,7 @@ from watcher.cli import main
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_B = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -75,7 +76,7 @@ async def test_post_runs_answers_200_with_the_previous_values_of_what_changed(
 ) -> None:
     with Store.open(tmp_path / "s.db") as store:
         app = build_app(
-            store=store,
+            store=SqliteStore(store),
             metrics=Metrics(),
             health=Health(),
             admin_token=TOKEN,

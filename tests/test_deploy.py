@@ -26,6 +26,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the Kubernetes manifests")
 
@@ -629,7 +630,7 @@ async def test_healthcheck_command_against_the_daemons_server(store: Store) -> N
     alive = True
     health = server_mod.Health(alive=lambda: alive)
     app = server_mod.build_app(
-        store=store,
+        store=SqliteStore(store),
         metrics=metrics_mod.Metrics(),
         health=health,
         admin_token=None,

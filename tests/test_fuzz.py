@@ -57,6 +57,7 @@ from watcher.sample_notify import sample_event
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 FUZZ = settings(
     # 150 keeps the module at ~20 s; FUZZ_EXAMPLES=5000 for a deeper search.
@@ -545,7 +546,7 @@ class AdminServer:
     async def _start(self) -> int:
         self.store = Store.open(self._db)
         app = build_app(
-            store=self.store,
+            store=SqliteStore(self.store),
             metrics=Metrics(),
             health=Health(),
             admin_token=self.TOKEN,

@@ -39,6 +39,7 @@ from watcher.service.metrics import Metrics
 from watcher.service.server import build_app
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 SHORT = OutageTiming(unreachable_seconds=2.0, summary_seconds=1.0, recovery_quiet_seconds=0.5)
 STATES = {state.value for state in PollingState}
@@ -308,7 +309,11 @@ async def test_standby_hook_answers_standby_and_draining_comes_first(store: Stor
     registry = CollectorRegistry()
     registry.register(PollingStateGauge(health))
     app = build_app(
-        store=store, metrics=Metrics(), health=health, admin_token=None, default_project_id=""
+        store=SqliteStore(store),
+        metrics=Metrics(),
+        health=health,
+        admin_token=None,
+        default_project_id="",
     )
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/readyz")

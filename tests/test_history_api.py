@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.events import RunState
 from watcher.service.metrics import Metrics
-from watcher.service.redeliveries import RedeliveryCollector
 from watcher.service.server import Health, build_app
+from watcher.service.state_metrics import StateGauges
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 TOKEN = "adm-history-0123456789abcdef0123456789"
@@ -39,10 +40,11 @@ class Api:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     store = Store.open(tmp_path / "state.db")
+    adapted = SqliteStore(store)
     metrics = Metrics()
-    metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
+    StateGauges(adapted).install(metrics)  # redeliveries (and the rest), as the daemon does
     app = build_app(
-        store=store,
+        store=adapted,
         metrics=metrics,
         health=Health(),
         admin_token=TOKEN,
@@ -55,7 +57,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         yield Api(client, store, metrics)
     finally:
         await client.close()
-        store.close()
+        await adapted.close()
 
 
 def record(store: Store, run: str, statuses: list[str], notifiers: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ from watcher.service.logs import configure
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 RUN = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_2 = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -92,7 +93,11 @@ def test_the_store_refuses_labels_over_the_limits(store: Store) -> None:
 
 async def test_admin_api_refuses_labels_naming_the_field(store: Store) -> None:
     app = build_app(
-        store=store, metrics=Metrics(), health=Health(), admin_token=TOKEN, default_project_id=""
+        store=SqliteStore(store),
+        metrics=Metrics(),
+        health=Health(),
+        admin_token=TOKEN,
+        default_project_id="",
     )
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with TestClient(TestServer(app)) as client:

@@ -25,7 +25,7 @@ from watcher.config import ConfigError, load_settings
 from watcher.events import RunState
 from watcher.options import server_options
 from watcher.service.connections import ConnectionLimits
-from watcher.service.metrics import Metrics, StateSnapshot
+from watcher.service.metrics import Metrics
 from watcher.service.server import (
     MAX_BODY_BYTES,
     AppParts,
@@ -34,7 +34,9 @@ from watcher.service.server import (
     ServerStartError,
     build_app,
 )
+from watcher.service.state_metrics import StateGauges
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 TOKEN = "adm-7f3c9e1b5d2a4c6e8f0a1b3c5d7e9f1a"
@@ -65,23 +67,14 @@ class Harness:
     wakeups: list[int] = field(default_factory=list)
 
 
-def state_snapshot(store: Store) -> StateSnapshot:
-    counts = store.count_by_status()
-    pending, oldest = store.outbox_stats(now=datetime.now(UTC))
-    return StateSnapshot(
-        runs_by_status={status or "unknown": n for status, n in counts.items()},
-        outbox_pending=pending,
-        oldest_pending_seconds=oldest,
-    )
-
-
 async def make_harness(store: Store, *, admin_token: str | None) -> Harness:
     health = Health()
     metrics = Metrics()
-    metrics.watch_state(lambda: state_snapshot(store))
+    adapted = SqliteStore(store)
+    StateGauges(adapted).install(metrics)  # as the daemon does: read at each scrape
     wakeups: list[int] = []
     app = build_app(
-        store=store,
+        store=adapted,
         metrics=metrics,
         health=health,
         admin_token=admin_token,
@@ -126,7 +119,7 @@ async def test_healthz_ok_and_unhealthy(store: Store) -> None:
 
     alive = [False]
     app = build_app(
-        store=store,
+        store=SqliteStore(store),
         metrics=Metrics(),
         health=Health(alive=lambda: alive[0]),
         admin_token=None,
@@ -456,7 +449,11 @@ async def test_token_never_leaks(store: Store, caplog: pytest.LogCaptureFixture)
 
 def probe_app(store: Store, health: Health) -> web.Application:
     return build_app(
-        store=store, metrics=Metrics(), health=health, admin_token=None, default_project_id=""
+        store=SqliteStore(store),
+        metrics=Metrics(),
+        health=health,
+        admin_token=None,
+        default_project_id="",
     )
 
 
@@ -508,7 +505,7 @@ def admin_apps(store: Store) -> tuple[web.Application, web.Application]:
 
     def app(parts: AppParts) -> web.Application:
         return build_app(
-            store=store,
+            store=SqliteStore(store),
             metrics=Metrics(),
             health=Health(),
             admin_token=TOKEN,
@@ -592,7 +589,11 @@ async def test_admin_address_needs_an_admin_app(store: Store) -> None:
 )
 async def test_error_bodies_never_echo_the_input(store: Store, request_bytes: str) -> None:
     app = build_app(
-        store=store, metrics=Metrics(), health=Health(), admin_token=TOKEN, default_project_id=""
+        store=SqliteStore(store),
+        metrics=Metrics(),
+        health=Health(),
+        admin_token=TOKEN,
+        default_project_id="",
     )
     server = HttpServer(app, shutdown_timeout=1.0)
     port = await server.start("127.0.0.1", 0)
@@ -674,7 +675,11 @@ async def test_a_request_head_must_arrive_within_the_header_timeout(store: Store
 async def test_a_body_must_arrive_within_the_body_timeout(h: Harness) -> None:
     limits = ConnectionLimits(body_timeout=0.3)
     app = build_app(
-        store=h.store, metrics=Metrics(), health=Health(), admin_token=TOKEN, default_project_id=""
+        store=SqliteStore(h.store),
+        metrics=Metrics(),
+        health=Health(),
+        admin_token=TOKEN,
+        default_project_id="",
     )
     server = HttpServer(app, limits=limits, shutdown_timeout=1.0)
     port = await server.start("127.0.0.1", 0)

@@ -39,6 +39,7 @@ from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
 RUN_B = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -264,7 +265,7 @@ async def test_a_row_waiting_for_a_retry_is_silenced_at_its_next_attempt(
 @pytest.fixture
 async def api(store: Store) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = build_app(
-        store=store,
+        store=SqliteStore(store),
         metrics=Metrics(),
         health=Health(),
         admin_token=TOKEN,

@@ -17,6 +17,7 @@ import pytest
 from watcher.service.metrics import Metrics
 from watcher.statuses import Statuses
 from watcher.store import Store, TrackedRun, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.store.overview import _ACTIVE_GROUPS, _LATEST_IN_STATUS, GroupCount
 from watcher.store.registry import RunFilter
 from watcher.store.schema import _UI_READS, MIGRATIONS
@@ -186,7 +187,7 @@ def test_the_runs_page_says_how_far_a_window_searched(store: Store) -> None:
     assert (found.runs, found.searched_to, found.newest) == ([], 100, RUNS)
     page = StatusPage(
         UiOptions(admin_token="admin-token-0123456789"),
-        store=store,
+        store=SqliteStore(store),
         metrics=Metrics(),
         statuses=Statuses(),
         not_ready_reason=lambda: None,

@@ -18,6 +18,7 @@ from watcher.service.metrics import Metrics
 from watcher.service.server import build_app
 from watcher.statuses import DEFAULT_STATUSES
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 from watcher.ui.health import RateMeter
 from watcher.ui.options import UiOptions
 from watcher.ui.pages import StatusPage
@@ -106,16 +107,17 @@ def test_ui_is_off_without_an_admin_token_or_when_switched_off(tmp_path: Path) -
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[str]:
     with Store.open(tmp_path / "state.db") as store:
+        adapted = SqliteStore(store)
         metrics = Metrics()
         page = StatusPage(
             UiOptions(admin_token=ADMIN, viewer_token=VIEWER),
-            store=store,
+            store=adapted,
             metrics=metrics,
             statuses=DEFAULT_STATUSES,
             not_ready_reason=lambda: None,
         )
         app = build_app(
-            store=store,
+            store=adapted,
             metrics=metrics,
             health=Health(),
             admin_token=ADMIN,
@@ -131,6 +133,7 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
             yield f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+            await adapted.close()
 
 
 async def test_static_files_are_public_and_pages_are_not(served: str) -> None:

@@ -3,10 +3,11 @@
 
 Kept apart from :mod:`watcher.service.server`, which mounts these routes behind its bearer
 token and JSON error middlewares. The JSON is the CLI's (``history --json``,
-``dead-letters --json``, rendered by :mod:`watcher.history_view`); the reads run off the
-loop through the server's :class:`~watcher.service.reads.OffLoopReads`. A redelivery is one
-short write on the loop; the dispatcher finds the rows at its next outbox scan (every
-second), as it finds those the CLI re-queues.
+``dead-letters --json``, rendered by :mod:`watcher.history_view`); every store call is
+awaited (:class:`~watcher.store.api.AsyncStore`: the SQLite adapter reads histories and dead
+letters off the loop, PostgreSQL in the server), so these routes work on any replica. A
+redelivery is one short write; the active daemon's dispatcher finds the rows at its next
+outbox scan (every second), as it finds those the CLI re-queues.
 
 ``POST /v1/dead-letters/redeliver`` body: exactly one of ``{"all": true}``,
 ``{"notifier": "N"}`` or ``{"ids": [1, 2]}``; 400 for anything else (and for a notifier the
@@ -24,7 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watcher.history_view import dead_letter_json, history_json
-from watcher.service.reads import OffLoopReads, json_body
+from watcher.service.reads import json_body
 from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -36,15 +37,15 @@ _MAX_NAME = 256
 
 
 class HistoryStore(Protocol):
-    """The part of :class:`watcher.store.Store` these routes use."""
+    """The part of :class:`~watcher.store.api.AsyncStore` these routes use."""
 
-    def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
+    async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
 
-    def list_dead_letters(
+    async def list_dead_letters(
         self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
     ) -> list[DeadLetter]: ...
 
-    def redeliver(self, which: Redelivery) -> list[int]: ...
+    async def redeliver(self, which: Redelivery) -> list[int]: ...
 
 
 class RedeliverBody(BaseModel):
@@ -98,12 +99,10 @@ class HistoryApi:
         self,
         *,
         store: HistoryStore,
-        reads: OffLoopReads[Any],
         notifier_names: Callable[[], Collection[str]] | None,
         log: Any,
     ) -> None:
         self._store = store
-        self._reads = reads
         self._notifier_names = notifier_names
         self._log = log
 
@@ -116,26 +115,16 @@ class HistoryApi:
         raw = request.match_info["run_uuid"]
         if not _UUID.fullmatch(raw):
             raise _bad("run_uuid: expected a run UUID (8-4-4-4-12 hexadecimal digits)")
-        run_uuid = raw.lower()
-
-        def read(store: HistoryStore) -> bytes | None:
-            entries = store.run_history(run_uuid)
-            return None if entries is None else json_body(history_json(entries))
-
-        body = await self._reads.run(read)
-        if body is None:
+        entries = await self._store.run_history(raw.lower())
+        if entries is None:
             raise web.HTTPNotFound(text="run not in the registry")
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=json_body(history_json(entries)), content_type="application/json")
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """Dead letters, most recent first: ``?notifier=``, ``?limit=`` (default 100)."""
         limit, notifier = _limit(request), _notifier_param(request)
-
-        def read(store: HistoryStore) -> bytes:
-            found = store.list_dead_letters(notifier=notifier, limit=limit)
-            return json_body([dead_letter_json(letter) for letter in found])
-
-        body = await self._reads.run(read)
+        found = await self._store.list_dead_letters(notifier=notifier, limit=limit)
+        body = json_body([dead_letter_json(letter) for letter in found])
         return web.Response(body=body, content_type="application/json")
 
     async def redeliver(self, request: web.Request) -> web.Response:
@@ -145,7 +134,7 @@ class HistoryApi:
         except ValidationError as exc:
             raise _bad(_describe(exc)) from None
         which = self._which(body)
-        done = self._store.redeliver(which)
+        done = await self._store.redeliver(which)
         self._log.info(
             "admin_redelivered",
             count=len(done),

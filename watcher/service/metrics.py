@@ -1,15 +1,18 @@
 """Prometheus metrics: one registry per application instance, never the global default.
 
 Counters are incremented by the components that own the facts (scheduler, client hook,
-dispatcher). Values that live in the state file (runs by status, outbox depth and age) are
-read at scrape time through :meth:`Metrics.watch_state`, so they can never drift from it.
+dispatcher). Values that live in the state (runs by status, outbox depth and age,
+redeliveries) are read at scrape time, so they can never drift from it: the store is async
+(SQLite or PostgreSQL) and prometheus collectors are not, so :meth:`Metrics.scrape` first
+awaits the readers given to :meth:`Metrics.before_scrape`
+(:mod:`watcher.service.state_metrics`), then the collectors render what they read.
 Label values are run statuses, outcomes and notifier names: never secrets, never run ids
 (cardinality).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,11 +34,13 @@ class StateSnapshot:
 
 
 class _StateCollector(Collector):
-    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], StateSnapshot | None]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self._snapshot()
+        if snap is None:  # the state could not be read for this scrape: no stale values
+            return
         runs = GaugeMetricFamily(
             "omics_watcher_tracked_runs",
             "Tracked runs by last seen status ('unknown' before the first poll).",
@@ -79,6 +84,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._before_scrape: list[Callable[[], Awaitable[None]]] = []
         r = self.registry
         self.polls = Counter(
             "omics_watcher_polls", "Status polls by outcome.", ["outcome"], registry=r
@@ -129,9 +135,20 @@ class Metrics:
             registry=r,
         )
 
-    def watch_state(self, snapshot: Callable[[], StateSnapshot]) -> None:
-        """Export state-file gauges, computed from ``snapshot()`` at every scrape."""
+    def watch_state(self, snapshot: Callable[[], StateSnapshot | None]) -> None:
+        """Export the state's gauges from ``snapshot()`` at every scrape (``None``: leave them
+        out of this scrape)."""
         self.registry.register(_StateCollector(snapshot))
+
+    def before_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await ``refresh()`` at each :meth:`scrape`, before the collectors run."""
+        self._before_scrape.append(refresh)
+
+    async def scrape(self) -> bytes:
+        """What ``/metrics`` serves: the awaited reads first, then :meth:`render`."""
+        for refresh in self._before_scrape:
+            await refresh()
+        return self.render()
 
     def watch_muted(self, muted: Callable[[], Mapping[str, int]]) -> None:
         """Export ``omics_watcher_deliveries_muted`` from ``muted()`` at every scrape."""

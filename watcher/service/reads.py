@@ -1,10 +1,12 @@
-"""Store reads that can take more than a few milliseconds, run off the event loop.
+"""SQLite reads that can take more than a few milliseconds, run off the event loop.
 
 Why: a page of the registry or of the event log, filtered by a label or an event type, may
 read far more rows than it returns (issue 13: a whole-registry ``GET /v1/runs`` kept
 ``/healthz`` from answering for 8 s). Such reads run here, in one worker thread, on a second
 connection to the state file opened in that thread, so probes, ``/metrics`` and polling keep
-the loop while they run. The worker also renders the JSON body, so the loop only sends bytes.
+the loop while they run. The one user is the SQLite adapter
+(:class:`~watcher.store.api.SqliteStore`), which sends its heavy reads here; callers (the
+admin API, the status page, the CLI) just await the store, on either backend.
 
 Invariants:
 - Only reads. Every write (and its compare-and-set) stays on the loop's connection, so
@@ -76,5 +78,5 @@ class OffLoopReads(Generic[S]):
 
 
 def json_body(value: object) -> bytes:
-    """The JSON bytes of a response, rendered in the worker (compact, UTF-8)."""
+    """The JSON bytes of a response (compact, UTF-8)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

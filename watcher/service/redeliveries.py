@@ -1,9 +1,10 @@
 """``omics_watcher_redeliveries_total{notifier}``: dead letters put back in the outbox.
 
-Why a collector reading the state file rather than a counter in memory: redeliveries are made
-by the CLI (another process) as well as by the admin API, so the count lives in the state file
+Why a collector reading the state rather than a counter in memory: redeliveries are made by
+the CLI (another process) and by any replica's admin API, so the count lives in the state
 (``counters``, written with the redelivery, see :mod:`watcher.store.history`) and is read at
-each scrape. It only grows (retention never resets it), as a Prometheus counter must.
+each scrape (awaited before rendering, by :class:`~watcher.service.state_metrics.StateGauges`).
+It only grows (retention never resets it), as a Prometheus counter must.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client.registry import Collector
 
 
 class RedeliveryCollector(Collector):
-    """Reads ``counts()`` (redelivered rows by notifier) at every scrape."""
+    """Renders ``counts()`` (redelivered rows by notifier, as last read) at every scrape."""
 
     def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
         self._counts = counts

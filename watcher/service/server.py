@@ -16,11 +16,13 @@ Invariants:
 - Run UUIDs are accepted only in canonical 8-4-4-4-12 form and stored lower-case, like
   ``omics-watcher track``; ``GET /v1/runs`` is paged (``{"runs", "next_cursor"}``, the
   objects of ``list --json``).
-- Reads that may take more than a few milliseconds (pages of the registry and of the event
-  log) run off the loop on their own connection (:mod:`watcher.service.reads`); the other
-  store calls, every write among them, are short synchronous calls on the loop. The server
-  holds no state of its own: ``/readyz`` says what :class:`~watcher.service.health.Health`
-  decides.
+- Every store call is awaited through the :class:`~watcher.store.api.AsyncStore` interface,
+  so the same handlers serve a SQLite file or PostgreSQL (any replica, active or standby).
+  Reads that may take more than a few milliseconds never hold the loop: the SQLite adapter
+  runs them on its own reader connection off the loop, PostgreSQL does the work in the
+  server. ``/metrics`` awaits the store-backed values before rendering
+  (:meth:`~watcher.service.metrics.Metrics.scrape`). The server holds no state of its own:
+  ``/readyz`` says what :class:`~watcher.service.health.Health` decides.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from watcher.service.connections import (
 from watcher.service.health import Health as Health  # the probes' state, decided there
 from watcher.service.history_api import HistoryApi, HistoryStore
 from watcher.service.metrics import Metrics
-from watcher.service.reads import OffLoopReads, json_body
+from watcher.service.reads import json_body
 from watcher.service.silences_api import SilencesApi, SilenceStore
 from watcher.store import RunFilter, TrackedRun, TrackRequest, TrackResult
 from watcher.store.registry import RunPageJson, decode_cursor
@@ -89,25 +91,21 @@ class ServerStartError(Exception):
 
 
 class AdminStore(SilenceStore, HistoryStore, Protocol):
-    """The part of :class:`watcher.store.Store` the admin API uses."""
+    """The part of :class:`~watcher.store.api.AsyncStore` the admin API uses (either backend)."""
 
-    def track(self, requests: Iterable[TrackRequest]) -> TrackResult: ...
+    async def track(self, requests: Iterable[TrackRequest]) -> TrackResult: ...
 
-    def untrack(self, run_uuids: Iterable[str]) -> list[str]: ...
+    async def untrack(self, run_uuids: Iterable[str]) -> list[str]: ...
 
-    def get_run(self, run_uuid: str) -> TrackedRun | None: ...
+    async def get_run(self, run_uuid: str) -> TrackedRun | None: ...
 
-    def page_runs_json(
+    async def page_runs_json(
         self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
     ) -> RunPageJson: ...
 
-    def events(
-        self, *, limit: int, run_uuid: str | None = None, event_type: str | None = None
+    async def events(
+        self, *, limit: int = 100, run_uuid: str | None = None, event_type: str | None = None
     ) -> list[Event]: ...
-
-    def open_reader(self) -> AdminStore | None: ...
-
-    def close(self) -> None: ...
 
 
 class TrackBody(BaseModel):
@@ -283,8 +281,9 @@ class _Probes:
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        # Store-backed families are read (awaited) first, then everything is rendered.
         return web.Response(
-            body=self._metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=await self._metrics.scrape(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
 
@@ -301,23 +300,18 @@ class _AdminApi:
         self._default_project_id = default_project_id
         self._on_tracked = on_tracked
         self._log = log
-        self.reads: OffLoopReads[AdminStore] = OffLoopReads(store, store.open_reader)
 
     async def list_runs(self, request: web.Request) -> web.Response:
-        """One page of the registry, read and rendered off the loop."""
+        """One page of the registry (each run's JSON comes rendered by the store: only
+        joined here)."""
         limit, cursor, where = _limit(request), _cursor(request), _runs_filter(request)
-
-        def read(store: AdminStore) -> bytes:
-            # Each run's JSON comes rendered from SQLite (GIL released): only joined here.
-            page = store.page_runs_json(limit=limit, cursor=cursor, where=where)
-            runs = ",".join(page.runs)
-            cursor_json = json_body(page.next_cursor).decode("ascii")
-            return f'{{"runs":[{runs}],"next_cursor":{cursor_json}}}'.encode()
-
-        return _json_bytes(await self.reads.run(read))
+        page = await self._store.page_runs_json(limit=limit, cursor=cursor, where=where)
+        runs = ",".join(page.runs)
+        cursor_json = json_body(page.next_cursor).decode("ascii")
+        return _json_bytes(f'{{"runs":[{runs}],"next_cursor":{cursor_json}}}'.encode())
 
     async def get_run(self, request: web.Request) -> web.Response:
-        run = self._store.get_run(_path_uuid(request))
+        run = await self._store.get_run(_path_uuid(request))
         if run is None:
             raise web.HTTPNotFound(text="run not tracked")
         return web.json_response(run.to_json_dict())
@@ -330,17 +324,17 @@ class _AdminApi:
             raise _bad_request(_describe(exc)) from None
         uuid = body.run_uuid
         project = body.project_id
-        before = self._store.get_run(uuid)
+        before = await self._store.get_run(uuid)
         if project is None:
             # Without a project_id a new run gets the configured default, and an already
             # tracked run keeps its own ("" leaves the stored project unchanged).
             project = "" if before else self._default_project_id
         try:
-            result = self._store.track([TrackRequest(uuid, project, dict(body.labels))])
+            result = await self._store.track([TrackRequest(uuid, project, dict(body.labels))])
         except LabelError as exc:  # too many once merged with the run's labels (no key named)
             raise _bad_request(f"labels: {'; '.join(exc.problems)}") from None
         added = uuid in result.added
-        run = self._store.get_run(uuid)
+        run = await self._store.get_run(uuid)
         if run is None:  # pragma: no cover - the store just committed it
             raise RuntimeError("tracked run not found after track()")
         # Re-tracking is never silent: what changed, with its former value (watcher.retrack).
@@ -370,7 +364,7 @@ class _AdminApi:
 
     async def untrack(self, request: web.Request) -> web.Response:
         uuid = _path_uuid(request)
-        if not self._store.untrack([uuid]):
+        if not await self._store.untrack([uuid]):
             raise web.HTTPNotFound(text="run not tracked")
         self._log.info("admin_run_untracked", run_uuid=uuid, remote=request.remote)
         try:
@@ -380,19 +374,15 @@ class _AdminApi:
         return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.Response:
-        """The newest events (of one run, of one type), read and rendered off the loop."""
+        """The newest events (of one run, of one type)."""
         limit, event_type = _limit(request), _text_param(request, "type")
         run_uuid = request.query.get("run_uuid")
         if run_uuid is not None:
             if not _UUID.fullmatch(run_uuid):
                 raise _bad_request(f"run_uuid: {_UUID_HINT}")
             run_uuid = run_uuid.lower()
-
-        def read(store: AdminStore) -> bytes:
-            found = store.events(limit=limit, run_uuid=run_uuid, event_type=event_type)
-            return json_body([event.to_dict() for event in found])
-
-        return _json_bytes(await self.reads.run(read))
+        found = await self._store.events(limit=limit, run_uuid=run_uuid, event_type=event_type)
+        return _json_bytes(json_body([event.to_dict() for event in found]))
 
 
 async def _admin_off(request: web.Request) -> web.Response:
@@ -438,19 +428,12 @@ def build_app(
     api = _AdminApi(
         store=store, default_project_id=default_project_id, on_tracked=on_tracked, log=log
     )
-
-    async def close_reads(app: web.Application) -> None:
-        await api.reads.close()
-
-    app.on_cleanup.append(close_reads)
     app.router.add_get("/v1/runs", api.list_runs)
     app.router.add_post("/v1/runs", api.track)
     app.router.add_get("/v1/runs/{run_uuid}", api.get_run)
     app.router.add_delete("/v1/runs/{run_uuid}", api.untrack)
     app.router.add_get("/v1/events", api.events)
-    HistoryApi(
-        store=store, reads=api.reads, notifier_names=notifier_names, log=log
-    ).add_routes(app.router)
+    HistoryApi(store=store, notifier_names=notifier_names, log=log).add_routes(app.router)
     SilencesApi(store=store, notifier_names=notifier_names, log=log).add_routes(app.router)
     if ui is not None:
         ui(app)

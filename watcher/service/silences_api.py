@@ -3,9 +3,10 @@
 Kept apart from :mod:`watcher.service.server`, which mounts these routes behind its bearer
 token and JSON error middlewares. The rules are the CLI's (``omics-watcher silence``), in
 :mod:`watcher.delivery.silencing`: the same matcher keys, durations and times, and a notifier
-must be one the daemon has. A silence written here is in the state file at once; the
-dispatcher applies it within about a second (:mod:`watcher.delivery.silencer`), like one
-added by the CLI.
+must be one the daemon has. A silence written here is in the state at once (SQLite file or
+PostgreSQL, through the awaited :class:`~watcher.store.api.AsyncStore`, from any replica);
+the active daemon's dispatcher applies it within about a second
+(:mod:`watcher.delivery.silencer`), like one added by the CLI.
 
 ``POST`` body: ``{"matchers": {"KEY": "VALUE", ...}, "duration": "2h" | "ends_at": TIME,
 "notifiers": ["N", ...], "comment": "..."}``: 201 with the silence, 400 with the reason.
@@ -37,9 +38,9 @@ _FIELD = re.compile(r"[A-Za-z_]{1,32}")
 
 
 class SilenceStore(Protocol):
-    """The part of :class:`watcher.store.Store` the silences API uses."""
+    """The part of :class:`~watcher.store.api.AsyncStore` the silences API uses."""
 
-    def add_silence(
+    async def add_silence(
         self,
         *,
         matchers: Mapping[str, str],
@@ -49,11 +50,11 @@ class SilenceStore(Protocol):
         comment: str = "",
     ) -> Silence: ...
 
-    def expire_silence(self, silence_id: int) -> Silence | None: ...
+    async def expire_silence(self, silence_id: int) -> Silence | None: ...
 
-    def get_silence(self, silence_id: int) -> Silence | None: ...
+    async def get_silence(self, silence_id: int) -> Silence | None: ...
 
-    def silences(self) -> list[Silence]: ...
+    async def silences(self) -> list[Silence]: ...
 
 
 class SilenceBody(BaseModel):
@@ -113,10 +114,10 @@ class SilencesApi:
 
     async def list_silences(self, request: web.Request) -> web.Response:
         now = self._clock()
-        return web.json_response([s.to_json_dict(now) for s in self._store.silences()])
+        return web.json_response([s.to_json_dict(now) for s in await self._store.silences()])
 
     async def get_silence(self, request: web.Request) -> web.Response:
-        silence = self._store.get_silence(_path_id(request))
+        silence = await self._store.get_silence(_path_id(request))
         if silence is None:
             raise web.HTTPNotFound(text="no such silence")
         return web.json_response(silence.to_json_dict(self._clock()))
@@ -135,7 +136,7 @@ class SilencesApi:
         except SilenceError as exc:
             raise _bad(str(exc)) from None
         notifiers = self._notifiers(body.notifiers)
-        silence = self._store.add_silence(
+        silence = await self._store.add_silence(
             matchers=matchers, starts_at=now, ends_at=ends_at, notifiers=notifiers, comment=comment
         )
         self._log.info(
@@ -152,8 +153,8 @@ class SilencesApi:
 
     async def expire(self, request: web.Request) -> web.Response:
         silence_id = _path_id(request)
-        if self._store.get_silence(silence_id) is None or not self._store.expire_silence(
-            silence_id
+        if await self._store.get_silence(silence_id) is None or not (
+            await self._store.expire_silence(silence_id)
         ):
             raise web.HTTPNotFound(text="no such silence")
         self._log.info("admin_silence_expired", silence_id=silence_id, remote=request.remote)

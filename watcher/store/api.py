@@ -10,8 +10,7 @@ types, each ``async``. Two classes provide it:
   frame about one). The reads that may read far more rows than they return (a filtered
   page of the registry or of the event log, a run's history, the dead letters, the status
   page's overview reads) run off the loop on a second connection, inside the adapter
-  (:class:`~watcher.service.reads.OffLoopReads`, used from here; it stays where it is because
-  the admin API and the status page still use it directly until they are converted). Writes
+  (:class:`~watcher.service.reads.OffLoopReads`, used from here only). Writes
   always stay on the loop's connection, so the compare-and-set never races a reader.
 - :class:`~watcher.store.pg.store.PgStore` (``watcher/store/pg/``) for PostgreSQL: the
   server does the work, the loop only awaits.

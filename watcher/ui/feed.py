@@ -4,8 +4,9 @@ Why read the event log rather than hook the event sink: the log is the one recor
 happened, whoever wrote it (this daemon now, another replica later), and a browser that
 reconnects with ``Last-Event-ID`` (the log's ``seq``) gets what it missed from the same place.
 One task reads the log every :data:`POLL_SECONDS` while at least one browser listens (an
-indexed range read past the last ``seq``, usually empty: microseconds on the loop) and hands
-each new event to every subscriber.
+indexed range read past the last ``seq``, usually empty: microseconds on SQLite, one awaited
+round trip on PostgreSQL, which a standby serves too) and hands each new event to every
+subscriber.
 
 Bounds: at most ``max_subscribers`` streams (503 beyond); a subscriber that falls
 :data:`QUEUE_EVENTS` behind is dropped (its browser reconnects and catches up from the log);
@@ -23,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from watcher.statuses import Statuses
-from watcher.store import Store
+from watcher.store.api import AsyncStore
 from watcher.ui.views import EventView, event_view
 
 POLL_SECONDS = 0.5
@@ -46,7 +47,7 @@ class LiveFeed:
 
     def __init__(
         self,
-        store: Store,
+        store: AsyncStore,
         statuses: Statuses,
         *,
         max_subscribers: int = MAX_SUBSCRIBERS,
@@ -66,14 +67,14 @@ class LiveFeed:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def _views(self, after: int, limit: int) -> list[EventView]:
-        found = self._store.events_after(after, limit=limit)
+    async def _views(self, after: int, limit: int) -> list[EventView]:
+        found = await self._store.events_after(after, limit=limit)
         return [event_view(seq, event, self._statuses) for seq, event in found]
 
     async def _poll(self) -> None:
         while self._subscribers and not self._closed:
             try:
-                views = self._views(self._last_seq, STEP_EVENTS)
+                views = await self._views(self._last_seq, STEP_EVENTS)
             except Exception:
                 self._log.exception("ui_feed_read_failed")
                 views = []
@@ -88,11 +89,15 @@ class LiveFeed:
                 await asyncio.sleep(self._poll_seconds)
         self._task = None
 
-    def _subscribe(self) -> _Queue:
+    async def _subscribe(self) -> _Queue:
         if self._closed or len(self._subscribers) >= self._max:
             raise web.HTTPServiceUnavailable(text="too many live feeds open")
         if not self._subscribers:
-            self._last_seq = self._store.last_event_seq()
+            last_seq = await self._store.last_event_seq()
+            if not self._subscribers:  # another browser may have subscribed meanwhile
+                self._last_seq = last_seq
+            if self._closed or len(self._subscribers) >= self._max:
+                raise web.HTTPServiceUnavailable(text="too many live feeds open")
         queue: _Queue = asyncio.Queue(maxsize=QUEUE_EVENTS)
         self._subscribers.add(queue)
         if self._task is None:
@@ -101,14 +106,14 @@ class LiveFeed:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """The ``text/event-stream`` answer of one browser, until it leaves or we stop."""
-        queue = self._subscribe()
+        queue = await self._subscribe()
         response = web.StreamResponse()
         response.content_type = "text/event-stream"
         response.headers["Cache-Control"] = "no-store"
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
-            for missed in self._missed(request.headers.get("Last-Event-ID", "")):
+            for missed in await self._missed(request.headers.get("Last-Event-ID", "")):
                 await response.write(sse_message(missed))
             while True:
                 try:
@@ -126,11 +131,11 @@ class LiveFeed:
             self._subscribers.discard(queue)
         return response
 
-    def _missed(self, last_event_id: str) -> list[EventView]:
+    async def _missed(self, last_event_id: str) -> list[EventView]:
         if not last_event_id.isdigit() or len(last_event_id) > 19:
             return []
         after = int(last_event_id)
-        return [v for v in self._views(after, REPLAY_EVENTS) if v.seq <= self._last_seq]
+        return [v for v in await self._views(after, REPLAY_EVENTS) if v.seq <= self._last_seq]
 
     async def close(self) -> None:
         """End every stream and the reading task (application shutdown)."""

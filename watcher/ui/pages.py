@@ -6,8 +6,10 @@ admin listener, beside ``/v1``). It holds only in-memory state of its own: sessi
 login throttle, a short window of request-rate samples, the live feed's subscribers.
 
 Every page is server-rendered with Jinja2 (autoescape on: a label, an error text or a
-stderr tail is shown as text, never as markup) from a view read off the loop
-(:mod:`watcher.ui.views`); the pages work without JavaScript, which only adds the live feed.
+stderr tail is shown as text, never as markup) from a view awaited from the store
+(:mod:`watcher.ui.views`, through :class:`~watcher.store.api.AsyncStore`: a SQLite file or
+PostgreSQL, on any replica; heavy reads never hold the loop); the pages work without
+JavaScript, which only adds the live feed.
 Nothing rendered is a secret: tokens never reach a template, session ids only a cookie.
 """
 
@@ -30,9 +32,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from watcher.events import isoformat_z
 from watcher.service.metrics import Metrics
-from watcher.service.reads import OffLoopReads
 from watcher.statuses import Statuses
-from watcher.store import Store
+from watcher.store.api import AsyncStore
 from watcher.store.db import utc_now
 from watcher.store.registry import decode_cursor
 from watcher.ui import guard
@@ -122,7 +123,7 @@ class StatusPage:
         self,
         options: UiOptions,
         *,
-        store: Store,
+        store: AsyncStore,
         metrics: Metrics,
         statuses: Statuses,
         not_ready_reason: Callable[[], str | None],
@@ -139,7 +140,6 @@ class StatusPage:
         )
         self.throttle = LoginThrottle()
         self._meter = RateMeter(lambda: status_requests(metrics))
-        self._reads: OffLoopReads[Store] = OffLoopReads(store, store.open_reader)
         self.feed = LiveFeed(store, statuses)
         self.actions = UiActions(  # dead letters, silences, a run's actions (watcher.ui.actions)
             store=store,
@@ -195,7 +195,6 @@ class StatusPage:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-        await self._reads.close()
 
     def _render(
         self, name: str, request: web.Request, *, status: int = 200, **context: Any
@@ -272,7 +271,7 @@ class StatusPage:
     async def overview(self, request: web.Request) -> web.Response:
         now = utc_now()
         statuses = self._statuses
-        view = await self._reads.run(lambda store: read_overview(store, statuses, now))
+        view = await read_overview(self._store, statuses, now)
         counts = {(s if s != "unknown" else None): n for s, n, _ in view.counts}
         health = watcher_health(
             metrics=self._metrics,
@@ -298,7 +297,7 @@ class StatusPage:
                 page="runs",
                 next_url=None,
             )
-        found = await self._reads.run(lambda store: read_runs(store, query, RUNS_PER_PAGE))
+        found = await read_runs(self._store, query, RUNS_PER_PAGE)
         next_url = None
         if found.next_cursor is not None:
             next_url = "/ui/runs?" + urlencode({**query.params(), "cursor": found.next_cursor})
@@ -317,7 +316,7 @@ class StatusPage:
         if not _UUID.fullmatch(raw):
             return self._render("missing.html", request, status=404, what="run", page="runs")
         uuid, statuses = raw.lower(), self._statuses
-        detail = await self._reads.run(lambda store: read_run(store, uuid, statuses))
+        detail = await read_run(self._store, uuid, statuses)
         if detail is None:
             return self._render("missing.html", request, status=404, what="run", page="runs")
         return self._render("run.html", request, detail=detail, page="runs")

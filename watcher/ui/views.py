@@ -1,9 +1,11 @@
 """What each page shows, read from the store in one go and shaped for the templates.
 
-Why separate from the handlers: every function here that takes a store runs in the
-off-loop reader's thread (:mod:`watcher.service.reads`), so a page's reads, however many
-rows they touch, never hold the event loop; the handler only renders the finished view.
-Values are kept as they came (labels, stderr, error texts): the templates escape them.
+Why separate from the handlers: the functions here that take a store await it through
+:class:`~watcher.store.api.AsyncStore`, so a page reads a SQLite file or PostgreSQL alike
+(any replica, active or standby); the reads that may touch many rows never hold the event
+loop (the SQLite adapter runs them on its reader connection off the loop, PostgreSQL in the
+server), and the handler only renders the finished view. Values are kept as they came
+(labels, stderr, error texts): the templates escape them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from watcher.events import NOT_FOUND, STATUS_CHANGED, Event, isoformat_z
 from watcher.statuses import Statuses
-from watcher.store import Store, TrackedRun
+from watcher.store import TrackedRun
+from watcher.store.api import AsyncStore
 from watcher.store.history import HistoryEntry
 from watcher.store.overview import GroupCount, NotifierOutbox, WindowPage
 from watcher.store.registry import RunFilter
@@ -173,18 +176,19 @@ def active_runs(counts: Mapping[str | None, int], statuses: Statuses) -> int:
     return sum(n for status, n in counts.items() if not statuses.is_terminal(status))
 
 
-def read_overview(store: Store, statuses: Statuses, now: datetime) -> Overview:
-    """Everything the overview shows but the watcher's in-memory health (worker thread)."""
-    counts = store.count_by_status()
+async def read_overview(store: AsyncStore, statuses: Statuses, now: datetime) -> Overview:
+    """Everything the overview shows but the watcher's in-memory health."""
+    counts = await store.count_by_status()
     shown: list[tuple[str, int, str]] = sorted(
         ((s or "unknown"), n, statuses.severity(s)) for s, n in counts.items() if n
     )
-    found = store.active_groups(limit=GROUPS_SHOWN + 1)
+    found = await store.active_groups(limit=GROUPS_SHOWN + 1)
     groups = [group_view(name, rows, statuses) for name, rows in found.items()]
-    failed = store.latest_in_statuses(statuses.failing, limit=FAILURES_SHOWN)
-    failures = [(run, failure_of(store.last_event_of(run.run_uuid))) for run in failed]
-    events = [event_view(seq, e, statuses) for seq, e in store.event_log(limit=FEED_EVENTS)]
-    pending, oldest = store.outbox_stats(now=now)
+    failed = await store.latest_in_statuses(statuses.failing, limit=FAILURES_SHOWN)
+    failures = [(run, failure_of(await store.last_event_of(run.run_uuid))) for run in failed]
+    logged = await store.event_log(limit=FEED_EVENTS)
+    events = [event_view(seq, e, statuses) for seq, e in logged]
+    pending, oldest = await store.outbox_stats(now=now)
     return Overview(
         counts=shown,
         total=sum(counts.values()),
@@ -193,10 +197,10 @@ def read_overview(store: Store, statuses: Statuses, now: datetime) -> Overview:
         more_groups=len(groups) > GROUPS_SHOWN,
         failures=failures,
         events=events,
-        outboxes=store.notifier_outboxes(),
+        outboxes=await store.notifier_outboxes(),
         pending=pending,
         oldest_pending=oldest,
-        dead=store.dead_letter_count(),
+        dead=await store.dead_letter_count(),
     )
 
 
@@ -237,9 +241,9 @@ class RunsQuery:
         return {k: v for k, v in pairs.items() if v}
 
 
-def read_runs(store: Store, query: RunsQuery, limit: int) -> WindowPage:
+async def read_runs(store: AsyncStore, query: RunsQuery, limit: int) -> WindowPage:
     """One page of the runs page (a bounded read: see :meth:`Store.page_runs_window`)."""
-    return store.page_runs_window(query.run_filter(), limit=limit, cursor=query.cursor)
+    return await store.page_runs_window(query.run_filter(), limit=limit, cursor=query.cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +271,11 @@ def _scalar(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def read_run(store: Store, run_uuid: str, statuses: Statuses) -> RunDetail | None:
-    run = store.get_run(run_uuid)
+async def read_run(store: AsyncStore, run_uuid: str, statuses: Statuses) -> RunDetail | None:
+    run = await store.get_run(run_uuid)
     if run is None:
         return None
-    history = store.run_history(run_uuid) or []
+    history = await store.run_history(run_uuid) or []
     changes = [h.event for h in history if h.event.type in (STATUS_CHANGED, NOT_FOUND)]
     steps: list[Step] = []
     for i, event in enumerate(changes):
