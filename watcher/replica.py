@@ -14,12 +14,11 @@ root runs around it:
   order) and then releases the lease so a standby takes over without waiting for it to
   expire. A :class:`~watcher.store.pg.lease.LeaseLost` from the work (the database fenced a
   write out) ends the term the same way as a lost lease.
-- Two gates read :meth:`LeaseClaim.holding` (the clock, not a flag) at the last moment. The
-  cancellation above needs the loop to run; after a freeze (SIGSTOP, a stalled VM) the loop
-  may first resume polls and deliveries that were due long ago. :class:`LeaseGate` wraps
-  each API limiter: no permit is handed out (and none used up) without the lease.
-  :func:`lease_trace` is a trace hook on the daemon's one HTTP session, run by aiohttp just
-  before each request is sent, so no GetRunStatus, enrichment call or notification leaves a
+- :func:`lease_trace` reads :meth:`LeaseClaim.holding` (the clock, not a flag) at the last
+  moment: a trace hook on the daemon's one HTTP session, run by aiohttp just before each
+  request is sent. The cancellation above needs the loop to run; after a freeze (SIGSTOP,
+  a stalled VM) the loop may first resume polls and deliveries that were due long ago, and
+  this hook is what keeps any GetRunStatus, enrichment call or notification from leaving a
   daemon that lost its lease, whatever code path it came from. A gated request parks until
   its task is cancelled.
 """
@@ -28,65 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
-from types import SimpleNamespace, TracebackType
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 
-from watcher.omics.limiter import Limiter
 from watcher.store.pg.claim import LeaseClaim
 from watcher.store.pg.lease import LeaseLost
 
 Term = Callable[[asyncio.Event], Awaitable[None]]
-
-
-class LeaseGate:
-    """A :class:`~watcher.omics.limiter.Limiter` that grants only while ``holding()``."""
-
-    __slots__ = ("_holding", "_inner")
-
-    def __init__(self, inner: Limiter, holding: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._holding = holding
-
-    def slot(self) -> _GatedSlot:
-        return _GatedSlot(self._inner, self._holding)
-
-    def throttled(self) -> None:
-        self._inner.throttled()
-
-
-class _GatedSlot:
-    __slots__ = ("_holding", "_inner", "_slot")
-
-    def __init__(self, inner: Limiter, holding: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._holding = holding
-        self._slot: contextlib.AbstractAsyncContextManager[None] | None = None
-
-    async def __aenter__(self) -> None:
-        while True:
-            if not self._holding():
-                await _park()
-            slot = self._inner.slot()
-            await slot.__aenter__()
-            if self._holding():  # checked again after the (possibly long) wait for a permit
-                self._slot = slot
-                return
-            cancelled = asyncio.CancelledError()
-            # Not sent: not a round trip sample (the limiter's rule for a cancelled request).
-            await slot.__aexit__(asyncio.CancelledError, cancelled, None)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            await slot.__aexit__(exc_type, exc, traceback)
 
 
 async def _park() -> None:
@@ -110,11 +60,6 @@ def lease_trace(holding: Callable[[], bool]) -> aiohttp.TraceConfig:
     return trace
 
 
-def gate_limiters(limiters: Mapping[str, Limiter], claim: LeaseClaim) -> dict[str, Limiter]:
-    """Every limiter of ``limiters`` behind the lease (what the Omics client is given)."""
-    return {action: LeaseGate(limiter, claim.holding) for action, limiter in limiters.items()}
-
-
 def _only_lease_lost(exc: BaseException) -> bool:
     if isinstance(exc, LeaseLost):
         return True
@@ -126,10 +71,11 @@ def _only_lease_lost(exc: BaseException) -> bool:
 async def serve_terms(claim: LeaseClaim, term: Term, *, stop: asyncio.Event, log: Any) -> None:
     """Run ``term(drain)`` for every term ``claim`` grants, until ``stop`` is set.
 
-    Returns once stopped: after the active term drained, with the lease released
-    (:meth:`LeaseClaim.aclose`, so a standby takes over at once), or at once on a standby.
-    The claim's task must be running (:meth:`LeaseClaim.start`).
+    Starts the claim's task (:meth:`LeaseClaim.start`). Returns once stopped: after the
+    active term drained, with the lease released (:meth:`LeaseClaim.aclose`, so a standby
+    takes over at once), or at once on a standby.
     """
+    claim.start()
     stopping = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
