@@ -1,9 +1,9 @@
 """The lease supervisor and the active/standby switch, in one process against a real
 PostgreSQL 15: one of two claims is active and the other a standby; a handover on close
 is immediate; a killed connection is survived; a holder whose clock passed its deadline
-(what a frozen process sees when it wakes) sends no API request and is fenced out; the
+(what a frozen process sees when it wakes) is a standby and its writes are fenced out; the
 active work is cancelled at once when the lease is lost and drained on stop, then the lease
-is released."""
+is released; the HTTP session sends nothing while the lease is not held."""
 
 from __future__ import annotations
 
