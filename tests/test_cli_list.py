@@ -7,6 +7,7 @@ The terminal case runs the installed command with its stdout on a real pseudo-te
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -25,6 +26,7 @@ from watcher.events import RunState
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, build_app
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 TOKEN = "list-admin-token-0123456789abcdef"
@@ -105,7 +107,7 @@ async def test_list_filters_select_what_v1_runs_selects(
     }
     with Store.open(config.parent / "s.db") as store:
         app = build_app(
-            store=store,
+            store=SqliteStore(store),
             metrics=Metrics(),
             health=Health(),
             admin_token=TOKEN,
@@ -118,7 +120,8 @@ async def test_list_filters_select_what_v1_runs_selects(
                 )
                 assert resp.status == 200, query
                 api = (await resp.json())["runs"]
-                cli = listed(capsys, config, *args)
+                # The CLI runs its own event loop: in a thread, beside the test's.
+                cli = await asyncio.to_thread(listed, capsys, config, *args)
                 assert cli == api, (args, query)
                 assert [r["run_uuid"] for r in cli] == [RUNS[n] for n in expected[query]], args
 

@@ -3,24 +3,35 @@ the process (stdin/stdout, environment, signals, ``sys.exit``).
 
 Exit codes (interface.md): 0 success or clean stop; 1 runtime failure (or an API error for
 ``status``); 2 usage or configuration error; 3 startup failure (state file, port).
+
+Commands that use the state open it through :func:`opened_state` (``[state] path``: the
+SQLite file, or ``[state] url``: PostgreSQL, the same :class:`~watcher.store.api.AsyncStore`
+either way) inside a coroutine run by :func:`run_on_state`, so each works beside a running
+daemon and against a database shared by replicas, standbys included.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from watcher import __version__
 from watcher.display import printable, printable_json
 from watcher.limits import LabelError, label_problems
 
+if TYPE_CHECKING:
+    from watcher.store.api import AsyncStore
+    from watcher.store.models import TrackedRun, TrackResult
+
+T = TypeVar("T")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -43,26 +54,36 @@ def _settings(args: argparse.Namespace) -> Any:
         raise Exit(EXIT_USAGE, *(f"config error: {line}" for line in exc.problems)) from None
 
 
-def _open_store(settings: Any) -> Any:
-    from watcher.store import StateError, Store
+@contextlib.asynccontextmanager
+async def opened_state(settings: Any, *, create: bool = False) -> AsyncIterator[AsyncStore]:
+    """The state of ``settings`` (``[state] path`` or ``url``), closed after the block.
+
+    Only ``track`` (and ``run``) pass ``create``: the other commands (``list``, ``history``,
+    ``untrack``, ``dead-letters``, ``redeliver``, ``silence``) create nothing, and a missing
+    state file or a database without our schema is exit 1 (:func:`run_on_state`)."""
+    from watcher.options import state_options
+
+    store = await state_options(settings).open(create=create)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def run_on_state(command: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; state errors become exits: no state (a reading command)
+    is 1 with ``no state file at PATH`` or ``database NAME holds no omics-watcher state
+    yet``, any other (unusable file, database unreachable) 3 with ``state error: ...``.
+    Messages name the file or the database, never a URL (it may carry a password)."""
+    from watcher.store import StateError
+    from watcher.store.db import StateMissing
 
     try:
-        return Store.open(settings.state.path)
+        return asyncio.run(command)
+    except StateMissing as exc:
+        raise Exit(EXIT_RUNTIME, str(exc)) from None
     except StateError as exc:
         raise Exit(EXIT_STARTUP, f"state error: {exc}") from None
-
-
-def open_existing_store(settings: Any) -> Any:
-    """The state for a command that only reads or changes what is there (``list``,
-    ``history``, ``untrack``, ``dead-letters``, ``redeliver``, ``silence``): a missing state
-    file is exit 1 with ``no state file at PATH`` and nothing is created. Only ``track`` and
-    ``run`` create one (they call :func:`_open_store`)."""
-    from pathlib import Path
-
-    path = Path(settings.state.path)
-    if not path.exists():
-        raise Exit(EXIT_RUNTIME, f"no state file at {path}")
-    return _open_store(settings)
 
 
 def _configure_logging(settings: Any) -> Any:
@@ -110,28 +131,55 @@ def read_uuid_lines(stream: TextIO) -> list[str]:
 # -- commands -------------------------------------------------------------------------------
 
 
-def _tracked_runs(store: Any, uuids: Sequence[str]) -> dict[str, Any]:
+async def _tracked_runs(store: AsyncStore, uuids: Sequence[str]) -> dict[str, TrackedRun]:
     """The registry entries of those of ``uuids`` that are tracked."""
-    tracked = store.tracked_among(uuids)
-    runs = {u: store.get_run(u) for u in uuids if u in tracked}
+    tracked = await store.tracked_among(uuids)
+    runs = {u: await store.get_run(u) for u in uuids if u in tracked}
     return {u: run for u, run in runs.items() if run is not None}
 
 
-def _retrack_lines(store: Any, before: dict[str, Any], existing: Sequence[str]) -> list[str]:
+async def _retrack_lines(
+    store: AsyncStore, before: dict[str, TrackedRun], existing: Sequence[str]
+) -> list[str]:
     """One line per change to a run that was tracked already (labels, project)."""
     from watcher.retrack import change_lines
 
     lines: list[str] = []
     for u in existing:
-        after = store.get_run(u) if u in before else None
+        after = await store.get_run(u) if u in before else None
         if after is not None:
             lines.extend(change_lines(before[u], after))
     return lines
 
 
-def cmd_track(args: argparse.Namespace) -> int:
+async def _track(
+    settings: Any, good: list[str], project_id: str | None, labels: dict[str, str]
+) -> tuple[TrackResult, list[str]]:
+    """Track ``good`` (creating the state if needed); the result and the re-track lines."""
     from watcher.store import TrackRequest
 
+    async with opened_state(settings, create=True) as store:
+        if project_id is not None:
+            projects = dict.fromkeys(good, project_id)
+        else:
+            # Like POST /v1/runs: a new run gets the configured default project, an already
+            # tracked one keeps its own ("" leaves the stored project as it is), so adding
+            # a label never moves a run to another project.
+            tracked = await store.tracked_among(good)
+            default = settings.tencentcloud.project_id
+            projects = {u: "" if u in tracked else default for u in good}
+        # Runs tracked already whose labels or project this call may change: read before and
+        # after, so re-tracking with other labels is never silent (watcher.retrack).
+        may_change = labels or project_id is not None
+        before = await _tracked_runs(store, good) if may_change else {}
+        try:
+            result = await store.track(TrackRequest(u, projects[u], labels) for u in good)
+        except LabelError as exc:  # with the labels the run has already: nothing added
+            raise Exit(EXIT_USAGE, f"error: --label: {exc}") from None
+        return result, await _retrack_lines(store, before, result.existing)
+
+
+def cmd_track(args: argparse.Namespace) -> int:
     settings = _settings(args)
     labels = _parse_labels(args.label)
     given: list[str] = args.run_uuids
@@ -141,25 +189,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.project_id is not None:
         _text_arg("--project-id", args.project_id)
     if good:
-        with _open_store(settings) as store:
-            if args.project_id is not None:
-                projects = dict.fromkeys(good, args.project_id)
-            else:
-                # Like POST /v1/runs: a new run gets the configured default project, an
-                # already tracked one keeps its own ("" leaves the stored project as it is),
-                # so adding a label never moves a run to another project.
-                tracked = store.tracked_among(good)
-                default = settings.tencentcloud.project_id
-                projects = {u: "" if u in tracked else default for u in good}
-            # Runs tracked already whose labels or project this call may change: read before
-            # and after, so re-tracking with other labels is never silent (watcher.retrack).
-            may_change = labels or args.project_id is not None
-            before = _tracked_runs(store, good) if may_change else {}
-            try:
-                result = store.track(TrackRequest(u, projects[u], labels) for u in good)
-            except LabelError as exc:  # with the labels the run has already: nothing added
-                raise Exit(EXIT_USAGE, f"error: --label: {exc}") from None
-            changes = _retrack_lines(store, before, result.existing)
+        result, changes = run_on_state(_track(settings, good, args.project_id, labels))
         print(f"tracked {len(result.added)} new, {len(result.existing)} already tracked")
         for line in changes:
             print(printable(line), file=sys.stderr)
@@ -168,11 +198,15 @@ def cmd_track(args: argparse.Namespace) -> int:
     return EXIT_USAGE if bad else EXIT_OK
 
 
+async def _untrack(settings: Any, uuids: list[str]) -> list[str]:
+    async with opened_state(settings) as store:
+        # Only UUIDs can be tracked (track refuses the rest): anything else is "not tracked".
+        return await store.untrack(u.lower() for u in uuids if _UUID.fullmatch(u))
+
+
 def cmd_untrack(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with open_existing_store(settings) as store:
-        # Only UUIDs can be tracked (track refuses the rest): anything else is "not tracked".
-        removed = store.untrack(u.lower() for u in args.run_uuids if _UUID.fullmatch(u))
+    removed = run_on_state(_untrack(settings, args.run_uuids))
     unknown = sorted(set(u.lower() for u in args.run_uuids) - set(removed))
     print(f"untracked {len(removed)}")
     for u in unknown:
@@ -209,7 +243,9 @@ def _list_cells(r: dict[str, Any], when: Callable[[str | None], str]) -> tuple[s
     return tuple(printable(cell) for cell in cells)
 
 
-def _list_pages(store: Any, args: argparse.Namespace) -> Iterable[list[dict[str, Any]]]:
+async def _list_pages(
+    store: AsyncStore, args: argparse.Namespace
+) -> AsyncIterator[list[dict[str, Any]]]:
     """The runs ``list`` shows, as JSON objects, one registry page at a time."""
     from watcher.store import RunFilter
 
@@ -218,12 +254,38 @@ def _list_pages(store: Any, args: argparse.Namespace) -> Iterable[list[dict[str,
     cursor = None
     while left != 0:
         size = _LIST_PAGE if left < 0 else min(left, _LIST_PAGE)
-        page = store.page_runs(limit=size, cursor=cursor, where=where)
+        page = await store.page_runs(limit=size, cursor=cursor, where=where)
         left -= len(page.runs) if left > 0 else 0
         yield [run.to_json_dict() for run in page.runs]
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
+
+
+async def _list(settings: Any, args: argparse.Namespace) -> int:
+    async with opened_state(settings) as store:
+        pages = _list_pages(store, args)
+        if args.json:
+            # Byte for byte what json.dump of the whole array printed before paging.
+            sep = "["
+            async for rows in pages:
+                for obj in rows:
+                    sys.stdout.write(sep + json.dumps(obj, ensure_ascii=False))
+                    sep = ", "
+            sys.stdout.write("[]\n" if sep == "[" else "]\n")
+            return EXIT_OK
+        widths = [len(h) for h in _LIST_HEADER]
+        header_done = False
+        when = _list_time(sys.stdout.isatty())
+        async for rows in pages:
+            table = [_list_cells(r, when) for r in rows]
+            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
+            if not header_done:
+                table.insert(0, _LIST_HEADER)
+                header_done = True
+            for row in table:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -233,29 +295,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise Exit(EXIT_USAGE, "error: --limit must be at least 1")
     if args.status is not None:
         _text_arg("--status", args.status)
-    with open_existing_store(settings) as store:
-        pages = _list_pages(store, args)
-        if args.json:
-            # Byte for byte what json.dump of the whole array printed before paging.
-            sep = "["
-            for rows in pages:
-                for obj in rows:
-                    sys.stdout.write(sep + json.dumps(obj, ensure_ascii=False))
-                    sep = ", "
-            sys.stdout.write("[]\n" if sep == "[" else "]\n")
-            return EXIT_OK
-        widths = [len(h) for h in _LIST_HEADER]
-        header_done = False
-        when = _list_time(sys.stdout.isatty())
-        for rows in pages:
-            table = [_list_cells(r, when) for r in rows]
-            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
-            if not header_done:
-                table.insert(0, _LIST_HEADER)
-                header_done = True
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return EXIT_OK
+    return run_on_state(_list(settings, args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -2,10 +2,11 @@
 and sending the dead ones again.
 
 Kept apart from :mod:`watcher.cli` so these commands' parsing and output live in one place.
-Each needs an existing state file (exit 1 with ``no state file at PATH`` otherwise; nothing is
-created) and works beside a running daemon: ``redeliver`` puts dead letters back in the
-outbox (same event id, so receivers deduplicate; attempts and the ``max_age_seconds`` clock
-start again) and the daemon's dispatcher, which scans the outbox every second, sends them.
+Each needs an existing state (a SQLite file or a PostgreSQL database with our schema: exit 1
+with ``no state file at PATH`` otherwise; nothing is created) and works beside a running
+daemon, or replicas: ``redeliver`` puts dead letters back in the outbox (same event id, so
+receivers deduplicate; attempts and the ``max_age_seconds`` clock start again) and the
+active daemon's dispatcher, which scans the outbox every second, sends them.
 Only rows of notifiers the configuration has go back: a row for a removed notifier could
 never be sent.
 """
@@ -16,8 +17,12 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watcher.store.api import AsyncStore
+    from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _PAGE = 1000  # dead letters read and printed at a time
@@ -28,8 +33,15 @@ def configured_notifiers(settings: Any) -> list[str]:
     return [n.name for n in settings.notifiers] or ["log"]
 
 
+async def _history(settings: Any, run_uuid: str) -> list[HistoryEntry] | None:
+    from watcher.cli import opened_state
+
+    async with opened_state(settings) as store:
+        return await store.run_history(run_uuid)
+
+
 def cmd_history(args: argparse.Namespace) -> int:
-    from watcher.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Exit, _settings, open_existing_store
+    from watcher.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Exit, _settings, run_on_state
     from watcher.display import printable
     from watcher.history_view import history_json, history_line
 
@@ -37,8 +49,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not _UUID.fullmatch(args.run_uuid):
         raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
     run_uuid = args.run_uuid.lower()
-    with open_existing_store(settings) as store:
-        entries = store.run_history(run_uuid)
+    entries = run_on_state(_history(settings, run_uuid))
     if entries is None:
         raise Exit(EXIT_RUNTIME, f"error: run {run_uuid} is not in the registry")
     if args.json:
@@ -51,10 +62,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dead_letter_pages(store: Any, notifier: str | None) -> Iterator[list[Any]]:
+async def _dead_letter_pages(
+    store: AsyncStore, notifier: str | None
+) -> AsyncIterator[list[DeadLetter]]:
     before: int | None = None
     while True:
-        page = store.list_dead_letters(notifier=notifier, limit=_PAGE, before_id=before)
+        page = await store.list_dead_letters(notifier=notifier, limit=_PAGE, before_id=before)
         if page:
             yield page
         if len(page) < _PAGE:
@@ -62,18 +75,15 @@ def _dead_letter_pages(store: Any, notifier: str | None) -> Iterator[list[Any]]:
         before = page[-1].id
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    """Dead letters, most recent first, streamed page by page."""
-    from watcher.cli import EXIT_OK, _settings, _text_arg, open_existing_store
+async def _dead_letters(settings: Any, notifier: str | None, as_json: bool) -> int:
+    from watcher.cli import EXIT_OK, opened_state
     from watcher.history_view import DEAD_LETTER_HEADER, dead_letter_cells, dead_letter_json
 
-    settings = _settings(args)
-    notifier = None if args.notifier is None else _text_arg("--notifier", args.notifier)
-    with open_existing_store(settings) as store:
+    async with opened_state(settings) as store:
         pages = _dead_letter_pages(store, notifier)
-        if args.json:
+        if as_json:
             sep = "["
-            for page in pages:
+            async for page in pages:
                 for letter in page:
                     sys.stdout.write(sep + json.dumps(dead_letter_json(letter), ensure_ascii=False))
                     sep = ", "
@@ -81,7 +91,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             return EXIT_OK
         widths = [len(h) for h in DEAD_LETTER_HEADER]
         shown = False
-        for page in pages:
+        async for page in pages:
             table = [dead_letter_cells(letter) for letter in page]
             widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
             if not shown:
@@ -92,6 +102,15 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         if not shown:
             print("no dead letters")
     return EXIT_OK
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Dead letters, most recent first, streamed page by page."""
+    from watcher.cli import _settings, _text_arg, run_on_state
+
+    settings = _settings(args)
+    notifier = None if args.notifier is None else _text_arg("--notifier", args.notifier)
+    return run_on_state(_dead_letters(settings, notifier, args.json))
 
 
 def _redelivery(args: argparse.Namespace, known: list[str]) -> Any:
@@ -111,16 +130,24 @@ def _redelivery(args: argparse.Namespace, known: list[str]) -> Any:
     return Redelivery(all=args.all, notifier=args.notifier, ids=ids, configured=frozenset(known))
 
 
+async def _redeliver(settings: Any, which: Redelivery) -> tuple[list[int], list[DeadLetter]]:
+    """The ids put back, and (``--all``) the dead letters left behind."""
+    from watcher.cli import opened_state
+
+    async with opened_state(settings) as store:
+        done = await store.redeliver(which)
+        left = await store.list_dead_letters(limit=_PAGE) if which.all else []
+    return done, left
+
+
 def cmd_redeliver(args: argparse.Namespace) -> int:
-    from watcher.cli import EXIT_OK, _settings, open_existing_store
+    from watcher.cli import EXIT_OK, _settings, run_on_state
     from watcher.display import printable
 
     settings = _settings(args)
     known = configured_notifiers(settings)
     which = _redelivery(args, known)
-    with open_existing_store(settings) as store:
-        done = store.redeliver(which)
-        left = store.list_dead_letters(limit=_PAGE) if which.all else []
+    done, left = run_on_state(_redeliver(settings, which))
     print(f"redelivered {len(done)}")
     for row_id in sorted(set(which.ids) - set(done)):
         print(f"warning: not a dead letter of a configured notifier: {row_id}", file=sys.stderr)

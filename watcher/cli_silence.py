@@ -1,10 +1,12 @@
 """``omics-watcher silence add|list|expire``: silences from the command line.
 
 Kept apart from :mod:`watcher.cli` so the command's parsing and output live in one place. A
-silence is written into the state file; a running daemon picks it up within 2 s (see
-:mod:`watcher.delivery.silencer`). Every subcommand needs an existing state file (exit 1 with
-``no state file at PATH`` otherwise, nothing created). Bad input exits 2 naming it: a matcher
-key, a duration, a time, a notifier the configuration does not have.
+silence is written into the state (the SQLite file or PostgreSQL); a running daemon, the
+active one of several replicas, picks it up within 2 s (see
+:mod:`watcher.delivery.silencer`). Every subcommand needs an existing state (exit 1 with
+``no state file at PATH``, or naming the database, otherwise; nothing created). Bad input
+exits 2 naming it: a matcher key, a duration, a time, a notifier the configuration does not
+have.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watcher.delivery.silencing import Silence
 
 _HEADER = ("ID", "STATE", "STARTS", "ENDS", "NOTIFIERS", "MATCHERS", "COMMENT")
 
@@ -59,7 +64,7 @@ def _ends_at(args: argparse.Namespace, now: datetime) -> datetime:
 
 
 def cmd_silence_add(args: argparse.Namespace) -> int:
-    from watcher.cli import EXIT_OK, _settings, _text_arg, open_existing_store
+    from watcher.cli import EXIT_OK, _settings, _text_arg, opened_state, run_on_state
     from watcher.delivery.silencing import SilenceError, check_comment
 
     settings = _settings(args)
@@ -71,15 +76,18 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
         raise _usage("--comment", exc) from None
     now = datetime.now(UTC)
     ends_at = _ends_at(args, now)
-    with open_existing_store(settings) as store:
-        silence = store.add_silence(
-            matchers=matchers,
-            starts_at=now,
-            ends_at=ends_at,
-            notifiers=notifiers,
-            comment=comment,
-        )
-    print(silence.id)
+
+    async def add() -> Silence:
+        async with opened_state(settings) as store:
+            return await store.add_silence(
+                matchers=matchers,
+                starts_at=now,
+                ends_at=ends_at,
+                notifiers=notifiers,
+                comment=comment,
+            )
+
+    print(run_on_state(add()).id)
     return EXIT_OK
 
 
@@ -98,12 +106,18 @@ def _cells(item: dict[str, Any]) -> tuple[str, ...]:
     return tuple(printable(cell) for cell in cells)
 
 
+async def _silences(settings: Any) -> list[Silence]:
+    from watcher.cli import opened_state
+
+    async with opened_state(settings) as store:
+        return await store.silences()
+
+
 def cmd_silence_list(args: argparse.Namespace) -> int:
-    from watcher.cli import EXIT_OK, _settings, open_existing_store
+    from watcher.cli import EXIT_OK, _settings, run_on_state
 
     settings = _settings(args)
-    with open_existing_store(settings) as store:
-        found = store.silences()
+    found = run_on_state(_silences(settings))
     now = datetime.now(UTC)
     items = [silence.to_json_dict(now) for silence in found]
     if args.json:
@@ -116,13 +130,21 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _expire(settings: Any, silence_id: int) -> tuple[Silence | None, Silence | None]:
+    """The silence before and after ending it (``None``: no such silence)."""
+    from watcher.cli import opened_state
+
+    async with opened_state(settings) as store:
+        before = await store.get_silence(silence_id)
+        silence = await store.expire_silence(silence_id) if before is not None else None
+    return before, silence
+
+
 def cmd_silence_expire(args: argparse.Namespace) -> int:
-    from watcher.cli import EXIT_OK, EXIT_RUNTIME, Exit, _settings, open_existing_store
+    from watcher.cli import EXIT_OK, EXIT_RUNTIME, Exit, _settings, run_on_state
 
     settings = _settings(args)
-    with open_existing_store(settings) as store:
-        before = store.get_silence(args.id)
-        silence = store.expire_silence(args.id) if before is not None else None
+    before, silence = run_on_state(_expire(settings, args.id))
     if silence is None or before is None:
         raise Exit(EXIT_RUNTIME, f"error: no silence with id {args.id}")
     if before.state(datetime.now(UTC)) == "expired":
