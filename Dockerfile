@@ -54,8 +54,10 @@ ENV PATH=/opt/omics-watcher/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/var/lib/omics-watcher \
     OMICS_WATCHER_LOGGING__FORMAT=json \
-    OMICS_WATCHER_STATE__PATH=/var/lib/omics-watcher/omics-watcher.db \
     OMICS_WATCHER_SERVER__LISTEN=0.0.0.0:9477
+# The default state path (omics-watcher.db, relative to the working directory) lands in the
+# volume. Not set through OMICS_WATCHER_STATE__PATH: a config with [state] url (PostgreSQL)
+# could not run in the image then, since path and url are exclusive.
 WORKDIR /var/lib/omics-watcher
 VOLUME ["/var/lib/omics-watcher"]
 USER 10001:10001

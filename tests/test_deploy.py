@@ -588,10 +588,13 @@ def test_dockerfile_runtime_contract() -> None:
     env = " ".join(_docker("ENV"))
     for assignment in (
         "OMICS_WATCHER_LOGGING__FORMAT=json",
-        f"OMICS_WATCHER_STATE__PATH={STATE_DIR}/omics-watcher.db",
         f"OMICS_WATCHER_SERVER__LISTEN=0.0.0.0:{DEFAULT_PORT}",
     ):
         assert assignment in env.split()
+    # The default state path, relative to the working directory, is in the volume; no path
+    # in the environment, which would clash with a config's [state] url.
+    assert _docker("WORKDIR")[-1] == STATE_DIR
+    assert "OMICS_WATCHER_STATE__PATH" not in env
     cmd = _healthcheck_cmd()
     assert cmd[0] == "python"
     assert f"http://127.0.0.1:{DEFAULT_PORT}{HEALTHZ}" in cmd[-1]
