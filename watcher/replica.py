@@ -60,6 +60,13 @@ def lease_trace(holding: Callable[[], bool]) -> aiohttp.TraceConfig:
     return trace
 
 
+async def starts_as_standby(claim: LeaseClaim) -> bool:
+    """Wait for the claim's first try at the lease; true if another replica holds it (the
+    daemon then tells systemd it is up: a standby never finishes a first poll cycle)."""
+    await claim.tried.wait()
+    return claim.term is None
+
+
 def _only_lease_lost(exc: BaseException) -> bool:
     if isinstance(exc, LeaseLost):
         return True

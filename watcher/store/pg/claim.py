@@ -104,6 +104,9 @@ class LeaseClaim:
         self._closed = False
         self._db_down = False
         self._task: asyncio.Task[None] | None = None
+        # Set once the first attempt to take the lease is over (whatever its outcome): from
+        # then on the daemon knows whether it starts as a standby (sd_notify READY for one).
+        self.tried = asyncio.Event()
 
     # -- what the rest of the daemon reads ---------------------------------------------------
     def grant(self) -> Grant | None:
@@ -156,6 +159,7 @@ class LeaseClaim:
                     conn, self.holder, self.lease_seconds, monotonic=self._monotonic
                 )
             )
+            self.tried.set()
             if grant is not None and grant is not _FAILED:
                 assert isinstance(grant, Grant)
                 return grant
