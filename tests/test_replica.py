@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from watcher.replica import lease_trace, serve_terms
 from watcher.store.api import open_async_store
+from watcher.store.db import StateError
 from watcher.store.models import TrackRequest
 from watcher.store.pg import lease
 from watcher.store.pg.claim import LeaseClaim
@@ -217,3 +218,30 @@ async def test_no_http_request_leaves_the_session_without_the_lease() -> None:
             assert seen == ["/hook"]
     finally:
         await server.close()
+
+
+async def test_a_database_failure_of_the_active_work_hands_the_lease_over(
+    pg_url: str, claims: Callable[..., LeaseClaim]
+) -> None:
+    """A StateError from the work (a connection cut mid-write) does not end the process: the
+    term ends, the lease is released at once, and the next term may be this daemon's."""
+    log = structlog.get_logger("test")
+    a = claims("daemon-a")
+    terms: list[int] = []
+
+    async def term(drain: asyncio.Event) -> None:
+        current = a.term
+        assert current is not None
+        terms.append(current.epoch)
+        if len(terms) == 1:
+            raise StateError("database t: connection was closed in the middle of operation")
+        await drain.wait()
+
+    stop = asyncio.Event()
+    serving = asyncio.ensure_future(serve_terms(a, term, stop=stop, log=log))
+    try:
+        await until(lambda: len(terms) == 2)
+        assert terms[1] == terms[0] + 1  # released, then taken again: a new epoch
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)

@@ -13,7 +13,10 @@ root runs around it:
   term. A stop while active sets the term's ``drain`` event (the work finishes in its usual
   order) and then releases the lease so a standby takes over without waiting for it to
   expire. A :class:`~watcher.store.pg.lease.LeaseLost` from the work (the database fenced a
-  write out) ends the term the same way as a lost lease.
+  write out) ends the term the same way as a lost lease; a
+  :class:`~watcher.store.db.StateError` (the database failed a write: a connection cut,
+  the server restarting) ends it too and hands the lease over at once, instead of ending
+  the process: it keeps serving as a standby and may be granted the next term itself.
 - :func:`lease_trace` reads :meth:`LeaseClaim.holding` (the clock, not a flag) at the last
   moment: a trace hook on the daemon's one HTTP session, run by aiohttp just before each
   request is sent. The cancellation above needs the loop to run; after a freeze (SIGSTOP,
@@ -33,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from watcher.store.db import StateError
 from watcher.store.pg.claim import LeaseClaim
 from watcher.store.pg.lease import LeaseLost
 
@@ -67,12 +71,17 @@ async def starts_as_standby(claim: LeaseClaim) -> bool:
     return claim.term is None
 
 
-def _only_lease_lost(exc: BaseException) -> bool:
-    if isinstance(exc, LeaseLost):
-        return True
+def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """True if ``exc`` (an exception group: each of its leaves) is one of ``kinds``."""
     if isinstance(exc, BaseExceptionGroup):
-        return all(_only_lease_lost(inner) for inner in exc.exceptions)
-    return False
+        return all(_only(inner, kinds) for inner in exc.exceptions)
+    return isinstance(exc, kinds)
+
+
+def _first_line(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return str(exc)
 
 
 async def serve_terms(claim: LeaseClaim, term: Term, *, stop: asyncio.Event, log: Any) -> None:
@@ -122,9 +131,15 @@ async def _one_term(
             if not losing.done():
                 raise
         except BaseException as exc:
-            if not _only_lease_lost(exc):
+            if _only(exc, (LeaseLost,)):
+                claim.forfeit("a write was fenced out by a newer lease")
+            elif _only(exc, (LeaseLost, StateError)):
+                # The database failed the active work (a connection cut mid-write): the
+                # process keeps serving as a standby and hands the lease over at once.
+                log.error("active_work_failed", error=_first_line(exc), role="standby")
+                claim.step_down("the active work failed on the database")
+            else:
                 raise
-            claim.forfeit("a write was fenced out by a newer lease")
         if lost.is_set():
             log.warning("active_work_stopped", reason="lease lost", role="standby")
     finally:

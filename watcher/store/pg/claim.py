@@ -107,6 +107,8 @@ class LeaseClaim:
         # Set once the first attempt to take the lease is over (whatever its outcome): from
         # then on the daemon knows whether it starts as a standby (sd_notify READY for one).
         self.tried = asyncio.Event()
+        self._handover: Grant | None = None  # a grant given up by step_down, to release
+        self._wake = asyncio.Event()  # step_down wakes the renewal loop
 
     # -- what the rest of the daemon reads ---------------------------------------------------
     def grant(self) -> Grant | None:
@@ -172,6 +174,9 @@ class LeaseClaim:
         renew_every = self.lease_seconds / 3
         last_sent = grant.deadline - self.lease_seconds
         while not self._closed:
+            if self._handover is not None:
+                await self._release(self._handover)
+                return
             now = self._monotonic()
             current = self._grant
             if current is None or now >= current.deadline:
@@ -179,7 +184,9 @@ class LeaseClaim:
                 return
             wake = min(last_sent + renew_every, current.deadline)
             if now < wake:
-                await asyncio.sleep(wake - now)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wake - now)
                 continue
             last_sent = now
             renewed = await self._renew(current)
@@ -243,6 +250,24 @@ class LeaseClaim:
                 "lease_lost", holder=self.holder, epoch=term.epoch, reason=reason, role="standby"
             )
 
+    def step_down(self, reason: str) -> None:
+        """Stop being the active daemon at once and hand the lease over (the active work
+        failed, e.g. its connection to the database was cut mid-write): the row is released
+        so a standby, or this daemon at its next try, takes over without waiting for expiry.
+        The caller has already stopped the work."""
+        grant = self._grant
+        if self._term is None or grant is None:
+            return
+        self._lose(reason)
+        self._handover = grant
+        self._wake.set()
+
+    async def _release(self, grant: Grant) -> None:
+        self._handover = None
+        released = await self._guarded(lambda conn: lease.release(conn, grant))
+        if released is True:
+            self._log.info("lease_released", holder=self.holder, epoch=grant.epoch)
+
     def forfeit(self, reason: str) -> None:
         """Give up a term the database no longer honours (a write was fenced out): stop at
         once and go back to standby; the next renewal would fail anyway."""
@@ -298,9 +323,7 @@ class LeaseClaim:
         self._term, self._grant = None, None
         self._became_active.clear()
         if grant is not None:
-            released = await self._guarded(lambda conn: lease.release(conn, grant))
-            if released is True:
-                self._log.info("lease_released", holder=self.holder, epoch=grant.epoch)
+            await self._release(grant)
         elif term is not None:
             term.lost.set()
         await self._drop_connection()
