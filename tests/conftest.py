@@ -25,6 +25,7 @@ from support import FakeClock, make_client
 from watcher.omics.client import OmicsClient
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 if TYPE_CHECKING:  # imported when first needed: test_conftest copies this file alone
     from pg import Cluster
@@ -69,6 +70,14 @@ def store(tmp_path: Path) -> Iterator[Store]:
     """A fresh state file in ``tmp_path``, on the real clock."""
     with Store.open(tmp_path / "state.db") as opened:
         yield opened
+
+
+@pytest.fixture
+def state(store: Store) -> SqliteStore:
+    """The ``store`` fixture's file as the daemon's components see it: the
+    :class:`~watcher.store.api.AsyncStore` adapter over it (the test may still read and
+    write ``store`` directly; both are the same connection)."""
+    return SqliteStore(store)
 
 
 @pytest.fixture

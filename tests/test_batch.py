@@ -37,6 +37,7 @@ from watcher.service.metrics import Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 
@@ -74,8 +75,8 @@ class Rig:
         )
         self.events: list[Event] = []
         self.recorder = Recorder(
-            store=store,
-            sink=EventSink(store=store, route=route, on_event=[self.events.append]),
+            store=SqliteStore(store),
+            sink=EventSink(store=SqliteStore(store), route=route, on_event=[self.events.append]),
             terminal=TERMINAL,
             wall_clock=now,
         )
@@ -84,7 +85,7 @@ class Rig:
 
     def batch(self) -> BatchPoller:
         return BatchPoller(
-            store=self.store,
+            store=SqliteStore(self.store),
             source=self.client,
             recorder=self.recorder,
             options=BatchOptions(
@@ -101,7 +102,7 @@ class Rig:
 
     def scheduler(self) -> Scheduler:
         return Scheduler(
-            store=self.store,
+            store=SqliteStore(self.store),
             source=self.client,
             recorder=self.recorder,
             options=SchedulerOptions(
@@ -288,7 +289,7 @@ async def test_strategy_switch_inside_one_process(
             interval_seconds=8,  # capacity 160: batch above 80 runs, per-run below 40
             check_seconds=0.5,
         )
-        assert strategy.load() == 100
+        assert await strategy.load() == 100
         assert strategy.strategy == "batch"
         stop = asyncio.Event()
         task = asyncio.create_task(strategy.run(stop))
@@ -359,7 +360,7 @@ async def test_describe_runs_refused_falls_back_to_per_run_with_one_log_line(
                 rate_per_second=20,
                 interval_seconds=1,
             )
-            strategy.load()
+            await strategy.load()
             await run_for(strategy, 30, lambda: all(r.terminal for r in store.list_runs()))
         assert strategy.strategy == "per-run"
         assert strategy.first_cycle_done.is_set()
@@ -520,7 +521,7 @@ async def test_a_project_describe_runs_refuses_is_polled_run_by_run(
         rig = Rig(sim, session, store)
         with structlog.testing.capture_logs() as logs:
             poller = BatchPoller(
-                store=store,
+                store=SqliteStore(store),
                 source=RefusesOneProject(rig.client, "prj-b"),
                 recorder=rig.recorder,
                 options=BatchOptions(interval_seconds=1, terminal=TERMINAL),
@@ -625,7 +626,7 @@ async def test_a_lagging_list_never_moves_a_run_backwards(
         await run_for(rig.scheduler(), 2.0)
         metrics = Metrics()
         poller = BatchPoller(
-            store=store,
+            store=SqliteStore(store),
             source=rig.client,
             recorder=rig.recorder,
             options=BatchOptions(interval_seconds=1.0, terminal=TERMINAL),

@@ -53,6 +53,7 @@ from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.statuses import DEFAULT_STATUSES, Statuses, StatusOptions
 from watcher.store import Delivery, Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
@@ -402,7 +403,7 @@ async def until(condition: Callable[[], bool], timeout: float) -> None:
 
 def dispatcher(store: Store, notifiers: dict[str, Notifier], policy: Policy) -> Dispatcher:
     return Dispatcher(
-        store=store,
+        store=SqliteStore(store),
         notifiers=notifiers,
         policies=dict.fromkeys(notifiers, policy),
         logger=structlog.get_logger(),
@@ -477,7 +478,7 @@ async def test_every_row_of_a_delivered_digest_counts_in_the_delivery_histogram(
     metrics = Metrics()
     async with aiohttp.ClientSession() as session:
         target = Dispatcher(
-            store=store,
+            store=SqliteStore(store),
             notifiers={"wecom": wecom_notifier(wecom.url, session, Clock())},
             policies={"wecom": Policy(digest=DigestPolicy(window=0.0, max_items=10))},
             logger=structlog.get_logger(),
@@ -530,7 +531,7 @@ async def test_a_digest_counts_its_runs_by_the_vocabulary_the_dispatcher_was_giv
                 logger=structlog.get_logger(),
             )
             target = Dispatcher(
-                store=store,
+                store=SqliteStore(store),
                 notifiers={"hook": hook},
                 policies={"hook": Policy(digest=DigestPolicy(window=0.0))},
                 logger=structlog.get_logger(),
@@ -666,29 +667,29 @@ def tracker(
     store: Store, targets: frozenset[str] = frozenset({"chat"}), sink: EventSink | None = None
 ) -> RollupTracker:
     return RollupTracker(
-        store=store,
-        sink=sink or EventSink(store=store, route=lambda event: ["chat", "hook"]),
+        store=SqliteStore(store),
+        sink=sink or EventSink(store=SqliteStore(store), route=lambda event: ["chat", "hook"]),
         targets=lambda: targets,
         clock=lambda: datetime.now(UTC),
         interval=0.05,
     )
 
 
-def test_one_rollup_per_group_once_every_run_finished(store: Store) -> None:
+async def test_one_rollup_per_group_once_every_run_finished(store: Store) -> None:
     members = runs(3)
     store.track(TrackRequest(r, "prj-a", {RUN_GROUP_LABEL: "rg-1", "team": "g"}) for r in members)
     store.track([TrackRequest("x" * 8, "prj-a", {RUN_GROUP_LABEL: "rg-2"})])
     rollups = tracker(store)
     for run, status in zip(members[:2], ("SUCCESS", "EXECUTOR_ERROR"), strict=True):
         rollups.observe(finish(store, run, status))
-        assert rollups.check("rg-1") is None  # not yet: one run is still going
+        assert await rollups.check("rg-1") is None  # not yet: one run is still going
     rollups.observe(finish(store, members[2], "CANCELED"))
-    event = rollups.check("rg-1")
+    event = await rollups.check("rg-1")
     assert event is not None
     assert event.id == rollup_id("rg-1")
     assert event.data["progress"] == Progress(3, 3, 1, 1, 1, 0).to_dict()
     assert event.data["labels"] == {RUN_GROUP_LABEL: "rg-1", "team": "g"}
-    assert tracker(store).check("rg-1") is None  # never twice, even from a new tracker
+    assert await tracker(store).check("rg-1") is None  # never twice, even from a new tracker
     rows = [d for d in store.pending_deliveries() if d.event.type == GROUP_COMPLETED]
     assert [d.notifier for d in rows] == ["chat"]  # only notifiers with rollup = true
 
@@ -708,7 +709,7 @@ async def test_a_restart_records_a_rollup_the_crash_missed_but_not_twice(store: 
     assert store.pending_deliveries() == before
 
 
-def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> None:
+async def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> None:
     """Roll-ups go through the one event sink: the events metric and the hooks see them."""
     members = runs(2)
     store.track(TrackRequest(r, "prj-a", {RUN_GROUP_LABEL: "rg-1"}) for r in members)
@@ -716,7 +717,7 @@ def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> Non
     seen: list[Event] = []
     woken: list[int] = []
     sink = EventSink(
-        store=store,
+        store=SqliteStore(store),
         route=lambda event: ["chat", "hook"],
         metrics=metrics,
         on_event=[seen.append],
@@ -726,7 +727,7 @@ def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> Non
     sink.subscribe(rollups.observe)  # as the daemon wires it; a roll-up marks nothing
     for run in members:
         rollups.observe(finish(store, run, "SUCCESS"))
-    event = rollups.check("rg-1")
+    event = await rollups.check("rg-1")
     assert event is not None
     assert seen == [event]
     assert woken == [1]
@@ -734,15 +735,15 @@ def test_a_rollup_is_counted_and_announced_like_every_event(store: Store) -> Non
         "omics_watcher_events_total", {"type": GROUP_COMPLETED}
     )
     assert count == 1.0
-    assert rollups.check("rg-1") is None  # recorded once, so counted once
+    assert await rollups.check("rg-1") is None  # recorded once, so counted once
     assert seen == [event]
 
 
-def test_no_rollup_without_a_notifier_that_wants_one(store: Store) -> None:
+async def test_no_rollup_without_a_notifier_that_wants_one(store: Store) -> None:
     run = runs(1)[0]
     store.track([TrackRequest(run, "prj-a", {RUN_GROUP_LABEL: "rg-1"})])
     finish(store, run, "SUCCESS")
-    assert tracker(store, frozenset()).check("rg-1") is None
+    assert await tracker(store, frozenset()).check("rg-1") is None
     assert not store.has_event(rollup_id("rg-1"))
 
 

@@ -24,6 +24,7 @@ from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
@@ -85,7 +86,7 @@ def discovery(
     store: Store, client: OmicsClient, *watches: WatchSettings, on_tracked: Callable[[], None]
 ) -> Discovery:
     return Discovery(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         watches=[watch_options(w) for w in watches],
         terminal=TERMINAL,
@@ -98,13 +99,13 @@ async def poll_once(store: Store, client: OmicsClient) -> list[Event]:
     """Let a per-run scheduler poll every active run once, routing every event to "ops"."""
     events: list[Event] = []
     recorder = Recorder(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: ["ops"], on_event=[events.append]),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: ["ops"], on_event=[events.append]),
         terminal=TERMINAL,
         wall_clock=now,
     )
     scheduler = Scheduler(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=SchedulerOptions(
@@ -112,7 +113,7 @@ async def poll_once(store: Store, client: OmicsClient) -> list[Event]:
         ),
         wall_clock=now,
     )
-    active = scheduler.load()
+    active = await scheduler.load()
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
     await asyncio.sleep(0.5 + active / 20)

@@ -33,6 +33,7 @@ from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.options import delivery_policy
 from watcher.service.metrics import DeliveryMetrics, Metrics
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 TOKEN = "PathTokenSecret123"
@@ -167,7 +168,7 @@ def dispatcher(
     metrics: DeliveryObserver | None = None,
 ) -> Dispatcher:
     return Dispatcher(
-        store=store,
+        store=SqliteStore(store),
         notifiers=notifiers,
         policies=policies,
         clock=clock,

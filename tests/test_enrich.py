@@ -33,6 +33,7 @@ from watcher.simulator.calls import plan_of
 from watcher.sink import EventSink
 from watcher.statuses import Statuses, StatusOptions
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 TERMINAL = frozenset(Settings().polling.terminal)
 STATUSES = Statuses(StatusOptions(terminal=TERMINAL))
@@ -129,7 +130,7 @@ async def run_daemon_pieces(
     """Scheduler + recorder + client until every run reached a terminal status and every
     failure's details were looked up (its held deliveries released)."""
     scheduler = Scheduler(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=SchedulerOptions(
@@ -187,8 +188,10 @@ def make_recorder(
     terminal: frozenset[str] = TERMINAL,
 ) -> Recorder:
     recorder = TimedRecorder(
-        store=store,
-        sink=EventSink(store=store, route=lambda event: ["hook"], on_event=[sink.append]),
+        store=SqliteStore(store),
+        sink=EventSink(
+            store=SqliteStore(store), route=lambda event: ["hook"], on_event=[sink.append]
+        ),
         terminal=terminal,
         wall_clock=now,
         enricher=enricher,
@@ -379,8 +382,8 @@ async def test_unexpected_errors_never_reach_the_recorder(tmp_path: Path) -> Non
     store.track([TrackRequest("11111111-1111-4111-8111-111111111111")])
     events: list[Event] = []
     recorder = Recorder(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: [], on_event=[events.append]),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: [], on_event=[events.append]),
         terminal=TERMINAL,
         wall_clock=now,
         enricher=enricher,

@@ -33,6 +33,7 @@ from watcher.recorder import Recorder
 from watcher.rollup import RollupTracker
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.store.outbox import HELD_NEXT_ATTEMPT
 from watcher.transitions import detect
 
@@ -82,7 +83,7 @@ class Dispatching:
 
     def __init__(self, store: Store, notifier: Notifier) -> None:
         self.dispatcher = Dispatcher(
-            store=store,
+            store=SqliteStore(store),
             notifiers={"hook": notifier},
             logger=structlog.get_logger(),
             poll_interval=0.1,
@@ -117,7 +118,9 @@ class BlockingEnricher:
 
 
 def sink_for(store: Store, on_recorded: Callable[[], None] = lambda: None) -> EventSink:
-    return EventSink(store=store, route=lambda event: ["hook"], on_recorded=on_recorded)
+    return EventSink(
+        store=SqliteStore(store), route=lambda event: ["hook"], on_recorded=on_recorded
+    )
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -126,7 +129,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def held_failure(store: Store, run_uuid: str, *, held_for: float = 10.0) -> Event:
+async def held_failure(store: Store, run_uuid: str, *, held_for: float = 10.0) -> Event:
     """Record RUNNING → EXECUTOR_ERROR for ``run_uuid`` with its deliveries held."""
     sink = sink_for(store)
     seen = now()
@@ -135,7 +138,7 @@ def held_failure(store: Store, run_uuid: str, *, held_for: float = 10.0) -> Even
     assert store.record_observation(before, detect(None, before, terminal=TERMINAL), notifiers=[])
     event = detect(before, after, terminal=TERMINAL)
     assert event is not None
-    assert sink.emit(event, observed=after, held_until=seen + timedelta(seconds=held_for))
+    assert await sink.emit(event, observed=after, held_until=seen + timedelta(seconds=held_for))
     return event
 
 
@@ -147,7 +150,7 @@ async def test_failure_is_listed_while_its_details_wait_and_its_webhook_carries_
     enricher = BlockingEnricher()
     async with Dispatching(store, webhook(inbox, session)) as dispatcher:
         recorder = Recorder(
-            store=store,
+            store=SqliteStore(store),
             sink=sink_for(store, on_recorded=dispatcher.notify),
             terminal=TERMINAL,
             wall_clock=now,
@@ -194,7 +197,7 @@ async def test_held_rows_are_never_sent_and_a_late_release_changes_nothing(
 ) -> None:
     store = Store.open(tmp_path / "state.db")
     store.track([TrackRequest(RUN, "prj-a")])
-    event = held_failure(store, RUN)
+    event = await held_failure(store, RUN)
     (row,) = store.pending_deliveries("hook")
     assert row.event.id == event.id
     assert row.next_attempt_at.timestamp() == HELD_NEXT_ATTEMPT  # never due
@@ -233,7 +236,7 @@ async def test_restart_completes_what_a_dead_process_held(
     # The first process records a failure, holds it, and dies before its enrichment ends.
     first = Store.open(path)
     first.track([TrackRequest(RUN, "prj-a")])
-    event = held_failure(first, RUN)
+    event = await held_failure(first, RUN)
     first.close()
 
     store = Store.open(path)
@@ -242,13 +245,13 @@ async def test_restart_completes_what_a_dead_process_held(
     enricher.gate.set()
     async with Dispatching(store, webhook(inbox, session)) as dispatcher:
         recorder = Recorder(
-            store=store,
+            store=SqliteStore(store),
             sink=sink_for(store, on_recorded=dispatcher.notify),
             terminal=TERMINAL,
             wall_clock=now,
             enricher=enricher if enriching else None,
         )
-        assert recorder.resume_held() == 1  # the daemon's start-up step
+        assert await recorder.resume_held() == 1  # the daemon's start-up step
         await recorder.drain()
         await until(lambda: len(inbox.of(RUN)) == 1)
     (failed,) = inbox.of(RUN)
@@ -257,7 +260,7 @@ async def test_restart_completes_what_a_dead_process_held(
     assert failed["data"]["failure"] == (DETAILS if enriching else None)
     assert enricher.asked == ([RUN] if enriching else [])
     assert store.held_runs([RUN]) == set()
-    assert recorder.resume_held() == 0
+    assert await recorder.resume_held() == 0
     store.close()
 
 
@@ -265,7 +268,7 @@ async def test_shutdown_releases_what_is_still_being_enriched(tmp_path: Path) ->
     store = Store.open(tmp_path / "state.db")
     store.track([TrackRequest(RUN, "prj-a")])
     recorder = Recorder(
-        store=store,
+        store=SqliteStore(store),
         sink=sink_for(store),
         terminal=TERMINAL,
         wall_clock=now,
@@ -290,8 +293,8 @@ async def test_unrouted_failure_still_gets_its_details_in_the_log(tmp_path: Path
     enricher = BlockingEnricher()
     enricher.gate.set()
     recorder = Recorder(
-        store=store,
-        sink=EventSink(store=store, route=lambda event: []),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda event: []),
         terminal=TERMINAL,
         wall_clock=now,
         enricher=enricher,
@@ -307,18 +310,18 @@ async def test_group_rollup_waits_for_held_failure_details(tmp_path: Path) -> No
     store = Store.open(tmp_path / "state.db")
     store.track([TrackRequest(RUN, "prj-a", {RUN_GROUP_LABEL: "rg-1"})])
     enricher = BlockingEnricher()
-    sink = EventSink(store=store, route=lambda event: ["hook"])
+    sink = EventSink(store=SqliteStore(store), route=lambda event: ["hook"])
     recorder = Recorder(
-        store=store, sink=sink, terminal=TERMINAL, wall_clock=now, enricher=enricher
+        store=SqliteStore(store), sink=sink, terminal=TERMINAL, wall_clock=now, enricher=enricher
     )
     rollups = RollupTracker(
-        store=store, sink=sink, targets=lambda: {"hook"}, clock=now, interval=0.05
+        store=SqliteStore(store), sink=sink, targets=lambda: {"hook"}, clock=now, interval=0.05
     )
     await recorder.status_changed(RUN, "prj-a", None, "EXECUTOR_ERROR", {"Status": "X"})
-    assert rollups.check("rg-1") is None  # complete, but its failure's details are on the way
+    assert await rollups.check("rg-1") is None  # complete, but its failure's details are on the way
     enricher.gate.set()
     await recorder.drain()
-    rollup = rollups.check("rg-1")
+    rollup = await rollups.check("rg-1")
     assert rollup is not None
     assert rollup.data["runs"][0]["failure"] == DETAILS
     store.close()

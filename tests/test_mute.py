@@ -61,6 +61,7 @@ from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.options import delivery_policy, mute_intervals
 from watcher.service.metrics import Metrics
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SECRET = "whsec_" + base64.b64encode(b"m" * 32).decode()
@@ -446,7 +447,7 @@ class Running:
 
 def dispatcher(store: Store, notifier: Notifier, clock: Clock, policy: Policy) -> Dispatcher:
     return Dispatcher(
-        store=store,
+        store=SqliteStore(store),
         notifiers={"hook": notifier},
         policies={"hook": policy},
         clock=clock,
@@ -573,7 +574,7 @@ async def test_a_reload_brings_new_windows_to_a_running_dispatcher(
     path = config(tmp_path, muted_text)
     fresh = NotifierSet.build(load_settings(path, environ={}), session=session)
     target = Dispatcher(
-        store=store,
+        store=SqliteStore(store),
         notifiers=fresh.notifiers,
         policies=fresh.policies,
         clock=clock,

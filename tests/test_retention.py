@@ -46,6 +46,7 @@ from watcher.polling.discovery import Discovery, WatchOptions
 from watcher.retention import Pruner, RetentionOptions
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.store.codec import decode_body, encode_body
 from watcher.store.schema import APPLICATION_ID, MIGRATIONS
 from watcher.transitions import detect, not_found_event
@@ -88,7 +89,7 @@ def observe(store: Store, run: str, prev: str | None, status: str, at: datetime)
 
 def prune(store: Store, clock: Clock, retention: timedelta) -> Any:
     pruner = Pruner(
-        store=store,
+        store=SqliteStore(store),
         options=RetentionOptions(
             retention_seconds=retention.total_seconds(),
             batch_runs=1,  # several steps, as on a big file
@@ -384,7 +385,7 @@ async def test_discovery_skips_runs_finished_longer_ago_than_the_retention(
         watch = [WatchOptions(project_id=sim.project_id, notify_existing=True)]
         with Store.open(tmp_path / "state.db") as store:
             later = Discovery(
-                store=store,
+                store=SqliteStore(store),
                 source=client,
                 watches=watch,
                 terminal=frozenset({"SUCCESS"}),
@@ -394,6 +395,9 @@ async def test_discovery_skips_runs_finished_longer_ago_than_the_retention(
             assert await later.discover(0) == [active]
         with Store.open(tmp_path / "keep.db") as store:
             keep = Discovery(
-                store=store, source=client, watches=watch, terminal=frozenset({"SUCCESS"})
+                store=SqliteStore(store),
+                source=client,
+                watches=watch,
+                terminal=frozenset({"SUCCESS"}),
             )
             assert sorted(await keep.discover(0)) == sorted([*finished, active])

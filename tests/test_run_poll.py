@@ -32,6 +32,7 @@ from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 
@@ -157,13 +158,13 @@ async def test_a_batch_follow_up_that_crashes_retries_its_run_after_crash_retry(
     buggy, *others = simulator.run_uuids
     store.track(TrackRequest(u, simulator.project_id) for u in simulator.run_uuids)
     recorder = Recorder(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: []),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: []),
         terminal=TERMINAL,
         wall_clock=now,
     )
     poller = BatchPoller(
-        store=store,
+        store=SqliteStore(store),
         source=BuggyAfterAnswer(client, buggy),
         recorder=recorder,
         options=BatchOptions(interval_seconds=0.25, terminal=TERMINAL, crash_retry_seconds=1.0),

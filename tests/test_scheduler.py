@@ -18,6 +18,7 @@ from watcher.recorder import Recorder
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 
@@ -37,14 +38,14 @@ def make_scheduler(
     limiter = PacingLimiter(20)
     client = make_client(server, session, limiters={"default": limiter}, secret_key=secret_key)
     recorder = Recorder(
-        store=store,
-        sink=EventSink(store=store, route=route, on_event=[sink.append]),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=route, on_event=[sink.append]),
         terminal=TERMINAL,
         wall_clock=now,
     )
     return Scheduler(
         backlog=lambda: limiter.waiting,
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=SchedulerOptions(
@@ -217,13 +218,15 @@ async def test_a_poll_that_crashes_on_a_bug_keeps_its_run_watched(
             store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
             events: list[Event] = []
             recorder = Recorder(
-                store=store,
-                sink=EventSink(store=store, route=lambda e: [], on_event=[events.append]),
+                store=SqliteStore(store),
+                sink=EventSink(
+                    store=SqliteStore(store), route=lambda e: [], on_event=[events.append]
+                ),
                 terminal=TERMINAL,
                 wall_clock=now,
             )
             scheduler = Scheduler(
-                store=store,
+                store=SqliteStore(store),
                 source=BuggyOnce(),
                 recorder=recorder,
                 options=SchedulerOptions(

@@ -199,13 +199,13 @@ async def run_dispatcher(
     store: Store, notifiers: dict[str, Notifier], outcomes: Outcomes, done: Callable[[], bool]
 ) -> None:
     dispatcher = Dispatcher(
-        store=store,
+        store=SqliteStore(store),
         notifiers=notifiers,
         logger=structlog.get_logger(),
         metrics=outcomes,
         poll_interval=0.05,
         uniform=lambda: 0.0,
-        silences=LiveSilences(store, logger=structlog.get_logger(), check_every=0.0),
+        silences=LiveSilences(SqliteStore(store), logger=structlog.get_logger(), check_every=0.0),
     )
     task = asyncio.create_task(dispatcher.run())
     try:

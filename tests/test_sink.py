@@ -20,6 +20,7 @@ from watcher.service.metrics import Metrics
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect, not_found_event
 
 RUN = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
@@ -47,7 +48,7 @@ class Announced:
 def sink_for(store: Store, routes: list[str]) -> tuple[EventSink, Metrics, Announced]:
     metrics, announced = Metrics(), Announced()
     sink = EventSink(
-        store=store,
+        store=SqliteStore(store),
         route=lambda event: routes,
         metrics=metrics,
         on_recorded=announced.woken,
@@ -63,12 +64,12 @@ def change(previous: str | None, status: str, at: datetime) -> tuple[RunState, E
     return state, event
 
 
-def test_a_status_change_is_written_compare_and_set_then_announced(tmp_path: Path) -> None:
+async def test_a_status_change_is_written_compare_and_set_then_announced(tmp_path: Path) -> None:
     with Store.open(tmp_path / "state.db") as store:
         store.track([TrackRequest(RUN)])
         sink, metrics, announced = sink_for(store, ["ops"])
         state, event = change(None, "RUNNING", T0)
-        assert sink.emit(event, observed=state)
+        assert await sink.emit(event, observed=state)
         assert [d.event.id for d in store.pending_deliveries("ops")] == [event.id]
         assert announced.calls == [f"event:{STATUS_CHANGED}", "woken"]  # hooks, then wake-up
         assert count(metrics, "omics_watcher_events_total", type=STATUS_CHANGED) == 1
@@ -76,7 +77,7 @@ def test_a_status_change_is_written_compare_and_set_then_announced(tmp_path: Pat
         # A writer that compared against a status the registry has left records nothing,
         # and nothing is counted or announced.
         stale_state, stale = change(None, "QUEUED", T0 + timedelta(seconds=1))
-        assert not sink.emit(stale, observed=stale_state)
+        assert not await sink.emit(stale, observed=stale_state)
         assert announced.calls == [f"event:{STATUS_CHANGED}", "woken"]
         assert count(metrics, "omics_watcher_events_total", type=STATUS_CHANGED) == 1
         stored = store.get_run(RUN)
@@ -84,24 +85,24 @@ def test_a_status_change_is_written_compare_and_set_then_announced(tmp_path: Pat
         assert stored.status == "RUNNING"
 
 
-def test_a_status_change_needs_the_observed_state(tmp_path: Path) -> None:
+async def test_a_status_change_needs_the_observed_state(tmp_path: Path) -> None:
     with Store.open(tmp_path / "state.db") as store:
         store.track([TrackRequest(RUN)])
         sink, _, announced = sink_for(store, [])
         _, event = change(None, "RUNNING", T0)
         with pytest.raises(ValueError, match="observed state"):
-            sink.emit(event)
+            await sink.emit(event)
         assert announced.calls == []
 
 
-def test_not_found_is_announced_once_only_when_written(tmp_path: Path) -> None:
+async def test_not_found_is_announced_once_only_when_written(tmp_path: Path) -> None:
     with Store.open(tmp_path / "state.db") as store:
         store.track([TrackRequest(RUN)])
         sink, metrics, announced = sink_for(store, ["ops"])
         event = not_found_event(RunState(RUN, "", "RUNNING", T0), now=T0)
-        assert sink.emit(event)
+        assert await sink.emit(event)
         again = not_found_event(RunState(RUN, "", "RUNNING", T0), now=T0 + timedelta(seconds=1))
-        assert not sink.emit(again)  # the run is stopped already: nothing written
+        assert not await sink.emit(again)  # the run is stopped already: nothing written
         assert announced.calls == [f"event:{event.type}", "woken"]
         assert count(metrics, "omics_watcher_events_total", type=event.type) == 1
 

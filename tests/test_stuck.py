@@ -26,6 +26,7 @@ from watcher.service.metrics import Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.stuck import StuckChecker, StuckLimits
 from watcher.transitions import detect
 
@@ -99,7 +100,7 @@ def poll(store: Store, at: datetime, *run_uuids: str) -> None:
     store.record_polls([(run_uuid, at) for run_uuid in run_uuids])
 
 
-def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
+async def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     store = Store.open(tmp_path / "state.db")
     store.track(
@@ -115,23 +116,23 @@ def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     events: list[Event] = []
     woken: list[int] = []
     checker = StuckChecker(
-        store=store,
+        store=SqliteStore(store),
         limits=stuck_limits(
             StuckSettings(
                 after_seconds=600, per_status={"QUEUED": 0}, per_label={"team=genomics": 60}
             )
         ),
         sink=EventSink(
-            store=store,
+            store=SqliteStore(store),
             route=lambda e: ["ops"],
             on_event=[events.append],
             on_recorded=lambda: woken.append(1),
         ),
     )
     poll(store, t0 + timedelta(seconds=59), RUN_A, RUN_B, RUN_C)
-    assert checker.check() == []
+    assert await checker.check() == []
     poll(store, t0 + timedelta(seconds=61), RUN_A, RUN_B, RUN_C)
-    (first,) = checker.check()
+    (first,) = await checker.check()
     assert first.type == STUCK
     assert first.run_uuid == RUN_B
     assert first.data["status"] == "QUEUED"
@@ -140,10 +141,10 @@ def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     assert first.data["since"] == "2026-01-01T00:00:00.000Z"
     assert first.timestamp == t0 + timedelta(seconds=61)  # the poll that saw it stuck
     poll(store, t0 + timedelta(seconds=601), RUN_C)
-    (second,) = checker.check()
+    (second,) = await checker.check()
     assert second.run_uuid == RUN_C  # RUN_A is QUEUED, which per_status silences
     poll(store, t0 + timedelta(days=3), RUN_A, RUN_B, RUN_C)
-    assert checker.check() == []
+    assert await checker.check() == []
     assert [e.id for e in events] == [first.id, second.id]
     assert len(woken) == 2
     # Routed like every event: one outbox row for the route's notifier.
@@ -151,15 +152,15 @@ def test_per_status_and_per_label_with_a_store(tmp_path: Path) -> None:
     assert sorted(d.event.id for d in pending) == sorted([first.id, second.id])
     # A second checker on the same file (a restart) does not repeat them.
     again = StuckChecker(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: []),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: []),
         limits=StuckLimits(after_seconds=1),
     )
-    assert [e.run_uuid for e in again.check()] == [RUN_A]
+    assert [e.run_uuid for e in await again.check()] == [RUN_A]
     store.close()
 
 
-def test_max_per_pass(tmp_path: Path) -> None:
+async def test_max_per_pass(tmp_path: Path) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     store = Store.open(tmp_path / "state.db")
     runs = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(7)]
@@ -167,18 +168,18 @@ def test_max_per_pass(tmp_path: Path) -> None:
     for run_uuid in runs:
         observe(store, run_uuid, "RUNNING", t0)
     checker = StuckChecker(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: []),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: []),
         limits=StuckLimits(after_seconds=10),
         max_per_pass=3,
     )
     poll(store, t0 + timedelta(seconds=11), *runs)
-    counts = [len(checker.check()) for _ in range(4)]
+    counts = [len(await checker.check()) for _ in range(4)]
     assert counts == [3, 3, 1, 0]
     store.close()
 
 
-def test_stuck_events_are_counted_and_announced_by_the_sink(tmp_path: Path) -> None:
+async def test_stuck_events_are_counted_and_announced_by_the_sink(tmp_path: Path) -> None:
     """A ``run.stuck`` goes through the one event sink: counted by type, seen by hooks."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     store = Store.open(tmp_path / "state.db")
@@ -187,19 +188,22 @@ def test_stuck_events_are_counted_and_announced_by_the_sink(tmp_path: Path) -> N
     metrics = Metrics()
     seen: list[Event] = []
     checker = StuckChecker(
-        store=store,
+        store=SqliteStore(store),
         sink=EventSink(
-            store=store, route=lambda e: ["ops"], metrics=metrics, on_event=[seen.append]
+            store=SqliteStore(store),
+            route=lambda e: ["ops"],
+            metrics=metrics,
+            on_event=[seen.append],
         ),
         limits=StuckLimits(after_seconds=10),
     )
     poll(store, t0 + timedelta(seconds=11), RUN_A)
-    (event,) = checker.check()
+    (event,) = await checker.check()
     assert seen == [event]
     count = metrics.registry.get_sample_value("omics_watcher_events_total", {"type": STUCK})
     assert count == 1.0
     poll(store, t0 + timedelta(seconds=30), RUN_A)
-    assert checker.check() == []  # not written again: not counted
+    assert await checker.check() == []  # not written again: not counted
     assert metrics.registry.get_sample_value("omics_watcher_events_total", {"type": STUCK}) == 1.0
     store.close()
 
@@ -210,13 +214,13 @@ async def test_off_when_no_limit(tmp_path: Path) -> None:
     store.track([TrackRequest(RUN_A)])
     observe(store, RUN_A, "RUNNING", t0)
     checker = StuckChecker(
-        store=store,
-        sink=EventSink(store=store, route=lambda e: []),
+        store=SqliteStore(store),
+        sink=EventSink(store=SqliteStore(store), route=lambda e: []),
         limits=stuck_limits(StuckSettings(after_seconds=0)),
     )
     poll(store, t0 + timedelta(days=30), RUN_A)
     assert not checker.enabled
-    assert checker.check() == []
+    assert await checker.check() == []
     async with asyncio.timeout(1):
         await checker.run(asyncio.Event())  # returns at once, though never stopped
     assert all(e.type != STUCK for e in store.events())
@@ -245,10 +249,10 @@ async def watch(
         limiters={"default": PacingLimiter(20)},
         timeout=5,
     )
-    sink = EventSink(store=store, route=lambda e: ["ops"], on_event=[events.append])
-    recorder = Recorder(store=store, sink=sink, terminal=TERMINAL, wall_clock=now)
+    sink = EventSink(store=SqliteStore(store), route=lambda e: ["ops"], on_event=[events.append])
+    recorder = Recorder(store=SqliteStore(store), sink=sink, terminal=TERMINAL, wall_clock=now)
     scheduler = Scheduler(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=SchedulerOptions(
@@ -261,7 +265,7 @@ async def watch(
         wall_clock=now,
     )
     checker = StuckChecker(
-        store=store,
+        store=SqliteStore(store),
         sink=sink,
         limits=limits,
         interval=0.2,

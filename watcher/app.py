@@ -3,11 +3,14 @@
 ``run_daemon`` reads as four phases (uvicorn's shape; kopf's spawn apart from run):
 
 - :func:`build`: settings become option dataclasses (:mod:`watcher.options`) and every part
-  is made: state file, HTTP session, Omics client, the live notifier set, dispatcher, the
-  one :class:`~watcher.sink.EventSink` every producer writes through, pollers, server;
+  is made: the state (an :class:`~watcher.store.api.AsyncStore`: a SQLite file or
+  PostgreSQL), HTTP session, Omics client, the live notifier set, dispatcher, the one
+  :class:`~watcher.sink.EventSink` every producer writes through, pollers, server;
 - :func:`startup`: listen, load the registry, open the sd_notify channel;
 - :meth:`Serving.spawn`: the long-lived tasks in one :class:`asyncio.TaskGroup` (if one
-  dies, all stop and the process exits non-zero so systemd or Kubernetes restarts it);
+  dies, all stop and the process exits non-zero so systemd or Kubernetes restarts it); the
+  active daemon's work (polling, roll-ups, delivery, stuck checks, discovery, retention) is
+  one :class:`ActiveTerm` inside it, the hook where a lost lease stops all of it at once;
 - :meth:`Serving.shutdown`: :attr:`Serving.SHUTDOWN`, an ordered list of named steps:
   readiness 503 → polling stops and in-flight polls finish → failures being enriched get
   their details or go as they are → the roll-up's last check →
@@ -48,6 +51,7 @@ from watcher.options import (
     retention_options,
     scheduler_options,
     server_options,
+    state_options,
     status_vocabulary,
     strategy_options,
     stuck_limits,
@@ -62,14 +66,14 @@ from watcher.recorder import Recorder
 from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
 from watcher.service.health import Health, PollingStateGauge
-from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics, StateSnapshot
-from watcher.service.redeliveries import RedeliveryCollector
+from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import AppParts, HttpServer, build_app
+from watcher.service.state_metrics import StateGauges
 from watcher.settings_diff import report_unapplied
 from watcher.sink import EventSink
 from watcher.statuses import Statuses
-from watcher.store import Store
+from watcher.store.api import AsyncStore, SqliteStore
 from watcher.store.lock import claim_state
 from watcher.stuck import StuckChecker
 from watcher.ui.pages import StatusPage
@@ -90,25 +94,12 @@ class Wiring:
     outages: OutageTiming = field(default_factory=OutageTiming)
 
 
-def _state_snapshot(store: Store) -> Callable[[], StateSnapshot]:
-    def snapshot() -> StateSnapshot:
-        counts = store.count_by_status()
-        pending, oldest = store.outbox_stats(now=utc_now())
-        return StateSnapshot(
-            runs_by_status={(k if k is not None else "unknown"): v for k, v in counts.items()},
-            outbox_pending=pending,
-            oldest_pending_seconds=oldest,
-        )
-
-    return snapshot
-
-
 @dataclass
 class Daemon:
     """Every part of one ``run``, built by :func:`build`; nothing runs yet."""
 
     settings: Settings
-    store: Store
+    store: AsyncStore
     session: aiohttp.ClientSession
     metrics: Metrics
     health: Health
@@ -131,23 +122,27 @@ async def build(
     environ: Mapping[str, str],
     wiring: Wiring,
 ) -> Daemon:
-    """Open the state file and the HTTP session (closed by ``stack``) and build every part.
+    """Open the state (a SQLite file or PostgreSQL, ``[state] path`` or ``url``) and the
+    HTTP session (closed by ``stack``) and build every part.
 
-    Raises ``StateInUse`` (another daemon holds the state), ``StateError`` and
+    Raises ``StateInUse`` (another daemon holds the state file), ``StateError`` and
     ``CredentialsError``; nothing is polled or served yet.
     """
     log = structlog.get_logger("watcher.app")
     metrics = Metrics()
-    # One daemon per state: claimed before the file is opened, released after it closes.
-    stack.enter_context(claim_state(str(settings.state.path)))
-    store = stack.enter_context(Store.open(settings.state.path))
+    where = state_options(settings)
+    if where.path is not None:
+        # One daemon per state file: claimed before it is opened, released after it closes.
+        # (On PostgreSQL replicas share the state; the lease decides which one is active.)
+        stack.enter_context(claim_state(str(where.path)))
+    store = await where.open()
+    stack.push_async_callback(store.close)
     session = await stack.enter_async_context(http_session())
     limiters = build_limiters(settings)
     client = _observed_client(
         settings, session=session, environ=environ, limiters=limiters, metrics=metrics
     )
     notifiers = LiveNotifiers(NotifierSet.build(settings, session=session))
-    forget_removed_notifiers(store, notifiers.current, log)
     statuses = status_vocabulary(settings)
     dispatcher = _build_dispatcher(store, notifiers=notifiers, metrics=metrics, statuses=statuses)
     # One sink for every producer: routed by the live notifier set, announced to the
@@ -203,7 +198,7 @@ async def build(
 
 
 def _build_dispatcher(
-    store: Store, *, notifiers: LiveNotifiers, metrics: Metrics, statuses: Statuses
+    store: AsyncStore, *, notifiers: LiveNotifiers, metrics: Metrics, statuses: Statuses
 ) -> Dispatcher:
     """Delivery: one worker per notifier in force, silences applied at its planning step,
     digests counted with the status vocabulary, rows held in mute windows exported."""
@@ -265,7 +260,7 @@ def _build_poller(
 def _build_server(
     settings: Settings,
     *,
-    store: Store,
+    store: AsyncStore,
     metrics: Metrics,
     health: Health,
     poller: Poller,
@@ -274,8 +269,7 @@ def _build_server(
     """Probes, metrics and the admin API (runs it tracks are polled at once; the notifiers a
     silence names are checked against ``live``, the set in force)."""
     options = server_options(settings)
-    metrics.watch_state(_state_snapshot(store))
-    metrics.registry.register(RedeliveryCollector(store.redelivery_counts))
+    StateGauges(store).install(metrics)  # runs by status, outbox, redeliveries: at each scrape
     metrics.registry.register(PollingStateGauge(health))  # what /readyz says, as a gauge
     split = options.admin_address is not None  # [server] admin_listen: the admin API apart
     page = _status_page(
@@ -306,7 +300,7 @@ def _build_server(
 def _status_page(
     settings: Settings,
     *,
-    store: Store,
+    store: AsyncStore,
     metrics: Metrics,
     health: Health,
     notifier_names: Callable[[], Collection[str]],
@@ -338,8 +332,7 @@ async def startup(
     options = server_options(daemon.settings)
     port = await daemon.server.start(options.host, options.port, admin=options.admin_address)
     stack.push_async_callback(daemon.server.stop)
-    tracked = daemon.poller.load()
-    daemon.recorder.resume_held()  # failures a killed predecessor held: completed, then sent
+    tracked = await daemon.poller.load()
     daemon.log.info("daemon_started", listen=f"{options.host}:{port}", tracked=tracked)
     sd = stack.enter_context(SdNotifier(environ=environ))
     return port, sd
@@ -371,10 +364,10 @@ class Reloader:
             await self._signal.wait()
             self._signal.clear()
             self._sd.reloading()
-            self.reload_once()
+            await self.reload_once()
             self._sd.ready()
 
-    def reload_once(self) -> None:
+    async def reload_once(self) -> None:
         daemon = self._daemon
         try:
             loaded = self._load()
@@ -385,17 +378,110 @@ class Reloader:
         report_unapplied(daemon.settings, loaded, daemon.log)
         daemon.notifiers.replace(fresh)
         daemon.dispatcher.replace_notifiers(fresh.notifiers, fresh.policies)
-        forget_removed_notifiers(daemon.store, fresh, daemon.log)
+        await forget_removed_notifiers(daemon.store, fresh, daemon.log)
         daemon.log.info("reloaded", notifiers=sorted(fresh.notifiers))
+
+
+class ActiveTerm:
+    """The active daemon's work, for one term: what only the daemon holding the state does.
+
+    Polling, roll-ups and delivery own work in flight: each gets its own stop signal, given
+    in :attr:`SHUTDOWN` order once ``drain`` is set. The helpers (stuck checks, discovery,
+    retention, WAL checkpoints) hold nothing that must finish and are cancelled first (a
+    retention step in flight is one short transaction; it commits or rolls back).
+
+    The lease hook: every part runs in the term's own TaskGroup, so when one of them raises
+    :class:`~watcher.store.pg.lease.LeaseLost` (a fenced write of a daemon that lost its
+    lease) the group cancels polling, delivery and pruning at once and :meth:`run` raises it
+    (in an ``ExceptionGroup``) to whoever runs the term; nothing is drained, since every
+    write would be fenced out anyway. On SQLite the one term lasts the daemon's life. A
+    PostgreSQL daemon runs one term per lease it is granted (``watcher.replica``): a later
+    term passes ``reload=True`` so the poller reads the registry afresh.
+    """
+
+    def __init__(self, daemon: Daemon, *, deadline: Callable[[], float]) -> None:
+        self._daemon = daemon
+        self._deadline = deadline  # loop time by which delivery must stop (set at drain)
+        self._polling_stop = asyncio.Event()
+        self._rollup_stop = asyncio.Event()
+        self._main: dict[str, asyncio.Task[None]] = {}
+        self._helpers: list[asyncio.Task[None]] = []
+        self.abandoned = 0
+
+    async def run(self, drain: asyncio.Event, *, reload: bool = False) -> None:
+        """Begin the term, work until ``drain`` is set, then stop in :attr:`SHUTDOWN` order."""
+        d = self._daemon
+        if reload:
+            await d.poller.load()
+        # Rows of notifiers no longer configured can never go; failures a dead predecessor
+        # held get their details looked up again, then go.
+        await forget_removed_notifiers(d.store, d.notifiers.current, d.log)
+        await d.recorder.resume_held()
+        async with asyncio.TaskGroup() as group:
+            self._spawn(group, drain)
+            await drain.wait()
+            for _name, step in self.SHUTDOWN:
+                await step(self)
+
+    def _spawn(self, group: asyncio.TaskGroup, drain: asyncio.Event) -> None:
+        d = self._daemon
+        self._main = {
+            "polling": group.create_task(d.poller.run(self._polling_stop)),
+            "rollups": group.create_task(d.rollups.run(self._rollup_stop)),
+            "delivery": group.create_task(d.dispatcher.run()),
+        }
+        helpers: list[Coroutine[Any, Any, None]] = []
+        if d.stuck.enabled:
+            helpers.append(d.stuck.run(drain))
+        if d.settings.watch:
+            helpers.append(d.discovery.run(drain))
+        if d.pruner.enabled:
+            helpers.append(d.pruner.run(drain))
+        if isinstance(d.store, SqliteStore):  # WAL checkpoints off the loop (SQLite only)
+            helpers.append(Checkpointer(d.store.sync).run(drain))
+        self._helpers = [group.create_task(h) for h in helpers]
+
+    async def _stop_helpers(self) -> None:
+        for helper in self._helpers:
+            helper.cancel()
+
+    async def _stop_polling(self) -> None:
+        """No new polls; in-flight ones finish (bounded by the pollers' drain time)."""
+        self._polling_stop.set()
+        await self._main["polling"]
+
+    async def _stop_enrichment(self) -> None:
+        """Failures recorded by the last polls get their details (half the grace left at
+        most; then they are released as they are) so the dispatcher's last look sends them."""
+        left = self._deadline() - asyncio.get_running_loop().time()
+        await self._daemon.recorder.drain(max(0.0, left / 2))
+
+    async def _stop_rollups(self) -> None:
+        """The last roll-up check records what the last polls completed."""
+        self._rollup_stop.set()
+        await self._main["rollups"]
+
+    async def _stop_delivery(self) -> None:
+        """The dispatcher delivers until the grace deadline; the rest stays in the outbox."""
+        self.abandoned = await self._daemon.dispatcher.stop(self._deadline())
+        await self._main["delivery"]
+
+    SHUTDOWN: tuple[tuple[str, Callable[[ActiveTerm], Awaitable[None]]], ...] = (
+        ("helpers", _stop_helpers),
+        ("polling", _stop_polling),
+        ("enrichment", _stop_enrichment),
+        ("rollups", _stop_rollups),
+        ("delivery", _stop_delivery),
+    )
 
 
 class Serving:
     """The long-lived tasks of one daemon in one TaskGroup, and their ordered shutdown.
 
-    Tasks that own work in flight (polling, roll-ups, delivery, the HTTP server) each get
-    their own stop signal, given in :attr:`SHUTDOWN` order; the rest (readiness, reload,
-    watchdog, stuck checks, discovery, retention) hold nothing that must finish and are
-    cancelled (a retention step in flight is one short transaction; it commits or rolls back).
+    The HTTP server and the process's helpers (readiness, reload, watchdog) run for the
+    daemon's whole life; the active work runs as an :class:`ActiveTerm` (:meth:`active`).
+    :attr:`SHUTDOWN`: readiness 503 → the term drains (polling, enrichment, roll-ups,
+    delivery) → the server stops.
     """
 
     def __init__(self, daemon: Daemon, *, sd: SdNotifier, port: int, wiring: Wiring) -> None:
@@ -403,10 +489,10 @@ class Serving:
         self._sd = sd
         self._port = port
         self._wiring = wiring
-        self._polling_stop = asyncio.Event()
-        self._rollup_stop = asyncio.Event()
         self._server_stop = asyncio.Event()
-        self._main: dict[str, asyncio.Task[None]] = {}
+        self._drain = asyncio.Event()  # set at shutdown: the active term drains
+        self._server: asyncio.Task[None] | None = None
+        self._active: asyncio.Task[None] | None = None
         self._helpers: list[asyncio.Task[None]] = []
         self._deadline = 0.0
         self.abandoned = 0
@@ -416,24 +502,22 @@ class Serving:
     ) -> None:
         """Start every task in ``group``; none of them waits for another to start."""
         d = self._daemon
-        self._main = {
-            "server": group.create_task(d.server.run(self._server_stop)),
-            "polling": group.create_task(d.poller.run(self._polling_stop)),
-            "rollups": group.create_task(d.rollups.run(self._rollup_stop)),
-            "delivery": group.create_task(d.dispatcher.run()),
-        }
+        self._server = group.create_task(d.server.run(self._server_stop))
+        self._active = group.create_task(self.active(self._drain))
         helpers: list[Coroutine[Any, Any, None]] = [self.become_ready()]
         if reloader is not None:
             helpers.append(reloader.run())
         helpers.append(self._sd.watchdog_loop(healthy=d.health.alive))
-        if d.stuck.enabled:
-            helpers.append(d.stuck.run(stop))
-        if d.settings.watch:
-            helpers.append(d.discovery.run(stop))
-        if d.pruner.enabled:
-            helpers.append(d.pruner.run(stop))
-        helpers.append(Checkpointer(d.store).run(stop))  # WAL checkpoints off the loop
         self._helpers = [group.create_task(h) for h in helpers]
+
+    async def active(self, drain: asyncio.Event, *, reload: bool = False) -> None:
+        """One term of the active daemon's work until ``drain`` (see :class:`ActiveTerm`;
+        raises ``LeaseLost`` in an ``ExceptionGroup`` when the lease is lost)."""
+        term = ActiveTerm(self._daemon, deadline=lambda: self._deadline)
+        try:
+            await term.run(drain, reload=reload)
+        finally:
+            self.abandoned += term.abandoned
 
     async def become_ready(self) -> None:
         """Ready (``/readyz`` 200, sd_notify READY) once every run was polled once."""
@@ -462,38 +546,21 @@ class Serving:
         for helper in self._helpers:
             helper.cancel()
 
-    async def _stop_polling(self) -> None:
-        """No new polls; in-flight ones finish (bounded by the pollers' drain time)."""
-        self._polling_stop.set()
-        await self._main["polling"]
-
-    async def _stop_enrichment(self) -> None:
-        """Failures recorded by the last polls get their details (half the grace left at
-        most; then they are released as they are) so the dispatcher's last look sends them."""
-        left = self._deadline - asyncio.get_running_loop().time()
-        await self._daemon.recorder.drain(max(0.0, left / 2))
-
-    async def _stop_rollups(self) -> None:
-        """The last roll-up check records what the last polls completed."""
-        self._rollup_stop.set()
-        await self._main["rollups"]
-
-    async def _stop_delivery(self) -> None:
-        """The dispatcher delivers until the grace deadline; the rest stays in the outbox."""
-        self.abandoned = await self._daemon.dispatcher.stop(self._deadline)
-        await self._main["delivery"]
+    async def _stop_active(self) -> None:
+        """The active term drains: polling, enrichment, roll-ups, delivery, in order."""
+        self._drain.set()
+        if self._active is not None:
+            await self._active
 
     async def _stop_server(self) -> None:
         """Probes and metrics answer until the very end."""
         self._server_stop.set()
-        await self._main["server"]
+        if self._server is not None:
+            await self._server
 
     SHUTDOWN: tuple[tuple[str, Callable[[Serving], Awaitable[None]]], ...] = (
         ("readiness", _stop_readiness),
-        ("polling", _stop_polling),
-        ("enrichment", _stop_enrichment),
-        ("rollups", _stop_rollups),
-        ("delivery", _stop_delivery),
+        ("active", _stop_active),
         ("server", _stop_server),
     )
 
@@ -524,6 +591,6 @@ async def run_daemon(
             serving.spawn(group, stop=stop, reloader=reloader)
             await stop.wait()
             abandoned = await serving.shutdown()
-        pending, _ = daemon.store.outbox_stats(now=utc_now())
+        pending, _ = await daemon.store.outbox_stats(now=utc_now())
         daemon.log.info("daemon_stopped", undelivered=pending, abandoned_sends=abandoned)
     return 0

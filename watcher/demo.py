@@ -23,7 +23,8 @@ from watcher.events import Event
 from watcher.receiver import Receiver, serving
 from watcher.service.console import event_line
 from watcher.simulator import SimulatorConfig, running_simulator
-from watcher.store import Store, TrackRequest
+from watcher.store import TrackRequest
+from watcher.store.api import open_async_store
 
 DEMO_LIMIT_SECONDS = 60.0
 GHOST_RUN = "00000000-0000-4000-8000-00000000dead"  # tracked, but unknown to the API
@@ -57,8 +58,11 @@ async def run_demo(*, stop: asyncio.Event, out: TextIO) -> int:
         async with running_simulator(config) as sim, serving(receiver) as hook_url:
             runs = [*sim.run_uuids, GHOST_RUN]
             state = Path(tmp) / "demo.db"
-            with Store.open(state) as store:
-                store.track(TrackRequest(u, sim.project_id, {"demo": "yes"}) for u in runs)
+            store = await open_async_store(path=state)
+            try:
+                await store.track(TrackRequest(u, sim.project_id, {"demo": "yes"}) for u in runs)
+            finally:
+                await store.close()
             settings = Settings(
                 tencentcloud={
                     "endpoint": sim.endpoint,

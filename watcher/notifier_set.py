@@ -24,7 +24,7 @@ from watcher.notifiers.log import LogSettings
 from watcher.notifiers.registry import build_notifier
 from watcher.options import delivery_policy, mute_intervals, status_vocabulary
 from watcher.routing import RouteSettings, select
-from watcher.store import Store
+from watcher.store.api import AsyncStore
 
 
 def notifier_settings(settings: Settings) -> list[NotifierBase]:
@@ -89,8 +89,8 @@ class LiveNotifiers:
         self._current = fresh
 
 
-def forget_removed_notifiers(store: Store, current: NotifierSet, log: Any) -> None:
+async def forget_removed_notifiers(store: AsyncStore, current: NotifierSet, log: Any) -> None:
     """Rows for notifiers no longer configured can never be sent: dead-letter them, loudly."""
-    dropped = store.dead_letter_removed_notifiers(known_notifiers=set(current.notifiers))
+    dropped = await store.dead_letter_removed_notifiers(known_notifiers=set(current.notifiers))
     if dropped:
         log.warning("deliveries_dead_lettered", count=len(dropped), reason="notifier removed")

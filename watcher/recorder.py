@@ -36,7 +36,7 @@ import structlog
 from watcher.enrich import DEFAULT_TIMEOUT_SECONDS
 from watcher.events import Event, RunState
 from watcher.sink import EventSink
-from watcher.store import Store, TrackedRun
+from watcher.store import TrackedRun
 from watcher.tasks import drain
 from watcher.transitions import detect, not_found_event
 
@@ -68,13 +68,23 @@ class Enricher(Protocol):
     ) -> Mapping[str, str] | None: ...
 
 
+class RecorderStore(Protocol):
+    """What the recorder reads (it writes through the sink)."""
+
+    async def labels_of(self, run_uuid: str) -> dict[str, str]: ...
+
+    async def get_run(self, run_uuid: str) -> TrackedRun | None: ...
+
+    async def held_events(self, *, limit: int = 10_000) -> list[Event]: ...
+
+
 class Recorder:
     """Detects, routes and records status changes and not-found runs."""
 
     def __init__(
         self,
         *,
-        store: Store,
+        store: RecorderStore,
         sink: EventSink,
         terminal: frozenset[str],
         wall_clock: Callable[[], datetime],
@@ -115,18 +125,18 @@ class Recorder:
             project_id,
             status,
             observed_at,
-            labels=self._store.labels_of(run_uuid),
+            labels=await self._store.labels_of(run_uuid),
             metadata=metadata,
         )
         event = detect(previous, current, terminal=self._terminal)
         if event is None:  # pragma: no cover - detect() reports every changed status
-            return Recorded(None, self._store.get_run(run_uuid))
+            return Recorded(None, await self._store.get_run(run_uuid))
         enricher = self._enricher
         failing = enricher is not None and status in enricher.failing
         held_until = observed_at + timedelta(seconds=self._enrich_timeout) if failing else None
-        if not self._sink.emit(event, observed=current, held_until=held_until):
+        if not await self._sink.emit(event, observed=current, held_until=held_until):
             self._log.info("observation_superseded", run_uuid=run_uuid, status=status)
-            return Recorded(None, self._store.get_run(run_uuid))
+            return Recorded(None, await self._store.get_run(run_uuid))
         if enricher is not None and failing:
             self._start_enrichment(enricher, event, project_id, metadata)
         return Recorded(event)
@@ -151,7 +161,7 @@ class Recorder:
         rest, which releases their events as they are)."""
         await drain(self._enriching, grace)
 
-    def resume_held(self) -> int:
+    async def resume_held(self) -> int:
         """At start: complete the events a previous process held when it died; returns how
         many. Each gets a fresh lookup (bounded like any) and is then sent; without an
         enricher they are sent as they are.
@@ -161,12 +171,12 @@ class Recorder:
         bare: its rows were never sent (so completing the body is safe), the details are
         what a failure event is for, and they cost a few budgeted requests once.
         """
-        held = self._store.held_events()
+        held = await self._store.held_events()
         if not held:
             return 0
         self._log.warning("held_events_resumed", events=len(held))
         if self._enricher is None:
-            self._sink.release_orphans()
+            await self._sink.release_orphans()
             return len(held)
         for event in held:
             project_id = str(event.data.get("project_id") or "")
@@ -185,7 +195,7 @@ class Recorder:
         except TimeoutError:
             self._log.error("failure_enrichment_overran", run_uuid=event.run_uuid)
         finally:  # cancelled too: what was found so far is not kept, the event still goes
-            self._sink.release(final)
+            await self._sink.release(final)
 
     def _enrichment_done(self, task: asyncio.Task[None]) -> None:
         self._enriching.discard(task)
@@ -217,9 +227,9 @@ class Recorder:
         """
         now = self._wall()
         state = RunState(
-            run_uuid, project_id, last_status, now, labels=self._store.labels_of(run_uuid)
+            run_uuid, project_id, last_status, now, labels=await self._store.labels_of(run_uuid)
         )
         event = not_found_event(state, now=now)
-        self._sink.emit(event)
+        await self._sink.emit(event)
         self._log.warning("run_not_found", run_uuid=run_uuid, project_id=project_id)
         return event

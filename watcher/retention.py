@@ -8,9 +8,9 @@ letters; a run still active keeps its whole history however old. Events that bel
 
 Invariants:
 - Pruning never stalls polling. It works in small steps, each one short write transaction of
-  at most :attr:`RetentionOptions.batch_runs` runs, on a connection of its own in a worker
-  thread (SQLite time is spent off the event loop), with a pause between steps so the daemon's
-  writes take the lock in between.
+  at most :attr:`RetentionOptions.batch_runs` runs (on SQLite on a connection of its own in a
+  worker thread, so SQLite time is spent off the event loop; on PostgreSQL the server's),
+  with a pause between steps so the daemon's writes take the lock in between.
 - Free pages are reused: SQLite fills them before growing the file. A file created by this
   version uses ``auto_vacuum = INCREMENTAL``, and a pass ends by handing at most
   :attr:`RetentionOptions.vacuum_pages` pages per step back to the file system; an older file
@@ -28,12 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from watcher.store import StateError, Store
+from watcher.store.api import AsyncStore, SqliteStore
 from watcher.store.db import MEMORY, utc_now
 from watcher.store.journal import PruneStep
 
@@ -65,23 +65,42 @@ class PruneResult:
     pages_released: int = 0
 
 
+class PruneStore(Protocol):
+    """The steps of a pass: the :class:`~watcher.store.api.AsyncStore`'s prune methods."""
+
+    async def prune_finished_runs(self, *, finished_before: datetime, limit: int) -> PruneStep: ...
+
+    async def prune_orphan_events(
+        self, *, recorded_before: datetime, after_seq: int, limit: int
+    ) -> tuple[int, int | None]: ...
+
+    async def release_free_pages(self, max_pages: int) -> int: ...
+
+
 class Pruner:
-    """Runs retention passes until stopped; see the module docstring."""
+    """Runs retention passes until stopped; see the module docstring.
+
+    On SQLite the steps run on a connection of the pruner's own in a worker thread
+    (:class:`_OffLoopSteps`); on PostgreSQL they are the store's own (the server does the
+    work, the loop only awaits). A step of a daemon that lost its lease raises ``LeaseLost``,
+    which ends :meth:`run` (it is not a ``StateError``).
+    """
 
     def __init__(
         self,
         *,
-        store: Store,
+        store: AsyncStore,
         options: RetentionOptions,
         clock: Callable[[], datetime] = utc_now,
         logger: Any = None,
     ) -> None:
-        self._main = store
+        self._steps: PruneStore = store
+        self._off_loop: _OffLoopSteps | None = None
+        if isinstance(store, SqliteStore):
+            self._steps = self._off_loop = _OffLoopSteps(store.sync)
         self._options = options
         self._clock = clock
         self._log = logger or structlog.get_logger("watcher.retention")
-        self._worker: ThreadPoolExecutor | None = None
-        self._store: Store | None = None  # the worker thread's own connection
 
     @property
     def enabled(self) -> bool:
@@ -125,9 +144,7 @@ class Pruner:
     async def _prune_runs(self, cutoff: datetime, result: PruneResult) -> PruneResult:
         limit = self._options.batch_runs
         while True:
-            step = await self._call(
-                partial(_prune_finished_runs, finished_before=cutoff, limit=limit)
-            )
+            step = await self._steps.prune_finished_runs(finished_before=cutoff, limit=limit)
             result = replace(
                 result, runs=result.runs + step.runs, events=result.events + step.events
             )
@@ -138,28 +155,52 @@ class Pruner:
     async def _prune_orphans(self, cutoff: datetime, result: PruneResult) -> PruneResult:
         after: int | None = 0
         while after is not None:
-            deleted, after = await self._call(
-                partial(
-                    _prune_orphan_events,
-                    recorded_before=cutoff,
-                    after_seq=after,
-                    limit=self._options.batch_events,
-                )
+            deleted, after = await self._steps.prune_orphan_events(
+                recorded_before=cutoff, after_seq=after, limit=self._options.batch_events
             )
             result = replace(result, events=result.events + deleted)
             await asyncio.sleep(self._options.pause_seconds)
         return result
 
     async def _release_pages(self, result: PruneResult) -> PruneResult:
-        while released := await self._call(
-            partial(_release_free_pages, max_pages=self._options.vacuum_pages)
-        ):
+        while released := await self._steps.release_free_pages(self._options.vacuum_pages):
             result = replace(result, pages_released=result.pages_released + released)
             await asyncio.sleep(self._options.pause_seconds)
         return result
 
+    def close(self) -> None:
+        """Close the worker's connection and end its thread (waits for a step in flight)."""
+        if self._off_loop is not None:
+            self._off_loop.close()
+
+
+class _OffLoopSteps:
+    """:class:`PruneStore` on SQLite: each step on the pruner's own connection in its worker
+    thread (inline for an in-memory store, which has no second connection)."""
+
+    def __init__(self, main: Store) -> None:
+        self._main = main
+        self._worker: ThreadPoolExecutor | None = None
+        self._store: Store | None = None  # the worker thread's own connection
+
+    async def prune_finished_runs(self, *, finished_before: datetime, limit: int) -> PruneStep:
+        return await self._call(
+            lambda store: store.prune_finished_runs(finished_before=finished_before, limit=limit)
+        )
+
+    async def prune_orphan_events(
+        self, *, recorded_before: datetime, after_seq: int, limit: int
+    ) -> tuple[int, int | None]:
+        return await self._call(
+            lambda store: store.prune_orphan_events(
+                recorded_before=recorded_before, after_seq=after_seq, limit=limit
+            )
+        )
+
+    async def release_free_pages(self, max_pages: int) -> int:
+        return await self._call(lambda store: store.release_free_pages(max_pages))
+
     async def _call(self, work: Callable[[Store], T]) -> T:
-        """``work`` on the pruner's own connection in its worker thread (inline in memory)."""
         if self._main.path == MEMORY:
             return work(self._main)
         if self._worker is None:
@@ -173,7 +214,6 @@ class Pruner:
         return work(self._store)
 
     def close(self) -> None:
-        """Close the worker's connection and end its thread (waits for a step in flight)."""
         worker, self._worker = self._worker, None
         if worker is None:
             return
@@ -184,22 +224,3 @@ class Pruner:
         store, self._store = self._store, None
         if store is not None:
             store.close()
-
-
-# The steps, as functions of the store they run on (the worker's connection).
-
-
-def _prune_finished_runs(store: Store, *, finished_before: datetime, limit: int) -> PruneStep:
-    return store.prune_finished_runs(finished_before=finished_before, limit=limit)
-
-
-def _prune_orphan_events(
-    store: Store, *, recorded_before: datetime, after_seq: int, limit: int
-) -> tuple[int, int | None]:
-    return store.prune_orphan_events(
-        recorded_before=recorded_before, after_seq=after_seq, limit=limit
-    )
-
-
-def _release_free_pages(store: Store, *, max_pages: int) -> int:
-    return store.release_free_pages(max_pages)

@@ -51,6 +51,7 @@ from watcher.notifiers.render import failure_of
 from watcher.sink import EventSink
 from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.groups import GroupMember
+from watcher.store.pg.lease import LeaseLost
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_SINCE_SECONDS = 86400.0
@@ -59,18 +60,24 @@ MAX_FAILURE_LOOKUPS = 50  # failed runs whose failure details are looked up
 
 
 class RollupStore(Protocol):
-    """The part of :class:`watcher.store.Store` the tracker reads (it writes through the sink)."""
+    """The part of the :class:`~watcher.store.api.AsyncStore` the tracker reads (it writes
+    through the sink)."""
 
-    def group_members(self, run_group: str) -> list[GroupMember]: ...
+    async def group_members(self, run_group: str) -> list[GroupMember]: ...
 
-    def has_event(self, event_id: str) -> bool: ...
+    async def has_event(self, event_id: str) -> bool: ...
 
-    def groups_finished_since(self, since: datetime) -> list[str]: ...
+    async def groups_finished_since(self, since: datetime) -> list[str]: ...
 
-    def held_runs(self, run_uuids: Collection[str]) -> set[str]: ...
+    async def held_runs(self, run_uuids: Collection[str]) -> set[str]: ...
 
-    def events(
-        self, *, limit: int = 100, run_uuid: str | None = None, before_seq: int | None = None
+    async def events(
+        self,
+        *,
+        limit: int = 100,
+        run_uuid: str | None = None,
+        before_seq: int | None = None,
+        event_type: str | None = None,
     ) -> list[Event]: ...
 
 
@@ -122,7 +129,7 @@ class RollupTracker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check at start, then marked groups as they come, and once more after ``stop``."""
-        self._sweep()
+        await self._sweep()
         while not stop.is_set():
             waiter = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(self._wake.wait())
@@ -135,55 +142,60 @@ class RollupTracker:
                 # Let a burst of finishing runs collect before reading the registry.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._interval)
-            self._check_dirty()
-        self._check_dirty()
+            await self._check_dirty()
+        await self._check_dirty()
 
-    def _sweep(self) -> None:
+    async def _sweep(self) -> None:
         since = self._clock() - timedelta(seconds=self._since)
         try:
-            self._dirty.update(self._store.groups_finished_since(since))
+            self._dirty.update(await self._store.groups_finished_since(since))
+        except LeaseLost:
+            raise  # this daemon is no longer the active one: its supervisor decides
         except Exception as exc:  # a failed sweep only loses the crash-window check
             self._log.error("rollup_check_failed", error=str(exc), during="sweep")
-        self._check_dirty()
+        await self._check_dirty()
 
-    def _check_dirty(self) -> None:
+    async def _check_dirty(self) -> None:
         self._wake.clear()
         groups, self._dirty = sorted(self._dirty), set()
         for group in groups:
             try:
-                self.check(group)
+                await self.check(group)
+            except LeaseLost:
+                self._dirty.update(groups)  # the next active daemon's sweep finds them anyway
+                raise
             except Exception as exc:  # the state file: keep the group for the next check
                 self._dirty.add(group)
                 self._wake.set()  # retried after the next interval
                 self._log.error("rollup_check_failed", run_group=group, error=str(exc))
 
-    def check(self, group: str) -> Event | None:
+    async def check(self, group: str) -> Event | None:
         """Record ``group``'s roll-up if it is complete and has none yet; return it."""
         if not self._targets():
             return None
         event_id = rollup_id(group)
-        if self._store.has_event(event_id):
+        if await self._store.has_event(event_id):
             return None
-        members = self._store.group_members(group)
+        members = await self._store.group_members(group)
         progress = Progress.of(
             ((m.status, m.terminal, m.stopped) for m in members), statuses=self._statuses
         )
         if not progress.complete:
             return None
-        if self._store.held_runs([m.run_uuid for m in members]):
+        if await self._store.held_runs([m.run_uuid for m in members]):
             self._dirty.add(group)  # failure details on their way: look again next interval
             self._wake.set()
             return None
-        event = self._event(event_id, group, members, progress)
+        event = await self._event(event_id, group, members, progress)
         notifiers = self._sink.route(event, only=frozenset(self._targets()))
-        if not notifiers or not self._sink.emit(event, notifiers=notifiers):
+        if not notifiers or not await self._sink.emit(event, notifiers=notifiers):
             return None
         self._log.info(
             "run_group_completed", run_group=group, runs=progress.total, notifiers=notifiers
         )
         return event
 
-    def _event(
+    async def _event(
         self, event_id: str, group: str, members: Sequence[GroupMember], progress: Progress
     ) -> Event:
         now = self._clock()
@@ -202,7 +214,7 @@ class RollupTracker:
             failed = self._statuses.category(member.status, terminal=member.terminal) == "failed"
             if failed and not member.stopped and lookups < MAX_FAILURE_LOOKUPS:
                 lookups += 1
-                run["failure"] = self._failure(member.run_uuid)
+                run["failure"] = await self._failure(member.run_uuid)
             runs.append(run)
         return Event(
             type=GROUP_COMPLETED,
@@ -221,9 +233,9 @@ class RollupTracker:
             },
         )
 
-    def _failure(self, run_uuid: str) -> dict[str, str] | None:
+    async def _failure(self, run_uuid: str) -> dict[str, str] | None:
         """The failure of a run's latest event (enriched, or the metadata's ErrorMessage)."""
-        for event in self._store.events(limit=1, run_uuid=run_uuid):
+        for event in await self._store.events(limit=1, run_uuid=run_uuid):
             failure = failure_of(event.data)
             if failure is not None:
                 return {

@@ -17,7 +17,10 @@ three steps that must not drift between producers:
    ``on_recorded`` (wakes the dispatcher).
 
 So an event is counted and announced exactly when it is in the store. Producers keep their
-own rules (detect, limits, completeness) and their own log lines.
+own rules (detect, limits, completeness) and their own log lines. The store is an
+:class:`~watcher.store.api.AsyncStore` (SQLite or PostgreSQL); a fenced write of a daemon
+that lost its lease raises :class:`~watcher.store.pg.lease.LeaseLost`, which the sink lets
+through to its producer's caller (it is not a ``StateError``).
 
 A status change may be written **held** (``emit(..., held_until=...)``): status, event and
 outbox rows are recorded and announced as above (the registry shows the status at once), but
@@ -35,7 +38,7 @@ from datetime import datetime
 
 from watcher.events import NOT_FOUND, STATUS_CHANGED, Event, RunState
 from watcher.service.metrics import Metrics
-from watcher.store import Store
+from watcher.store.api import AsyncStore
 
 EventHook = Callable[[Event], None]
 
@@ -50,7 +53,7 @@ class EventSink:
     def __init__(
         self,
         *,
-        store: Store,
+        store: AsyncStore,
         route: Callable[[Event], Sequence[str]],
         metrics: Metrics | None = None,
         on_recorded: Callable[[], None] = _nothing,
@@ -72,7 +75,7 @@ class EventSink:
         notifiers = list(self._route(event))
         return notifiers if only is None else [name for name in notifiers if name in only]
 
-    def emit(
+    async def emit(
         self,
         event: Event,
         *,
@@ -88,27 +91,27 @@ class EventSink:
         the deliveries wait for :meth:`release` (the time says by when it is due).
         """
         chosen = self.route(event) if notifiers is None else notifiers
-        if not self._write(event, observed, chosen, held_until):
+        if not await self._write(event, observed, chosen, held_until):
             return False
         self._announce(event)
         return True
 
-    def release(self, event: Event) -> bool:
+    async def release(self, event: Event) -> bool:
         """Store ``event`` (a held event with its details; same id) and let its rows go;
         whether it was held (``False``: released already, nothing changed)."""
-        if not self._store.release_event(event.id, event):
+        if not await self._store.release_event(event.id, event):
             return False
         self._on_recorded()
         return True
 
-    def release_orphans(self) -> int:
+    async def release_orphans(self) -> int:
         """Release, as they are, every event a dead process held; returns how many."""
-        released = self._store.release_held()
+        released = await self._store.release_held()
         if released:
             self._on_recorded()
         return released
 
-    def _write(
+    async def _write(
         self,
         event: Event,
         observed: RunState | None,
@@ -118,14 +121,14 @@ class EventSink:
         if event.type == STATUS_CHANGED:
             if observed is None:
                 raise ValueError("a status change needs the observed state")
-            return self._store.record_observation(
+            return await self._store.record_observation(
                 observed, event, notifiers=notifiers, held_until=held_until
             )
         if held_until is not None:
             raise ValueError("only a status change can be held")
         if event.type == NOT_FOUND:
-            return self._store.record_not_found(event.run_uuid, event, notifiers=notifiers)
-        return self._store.record_event(event, notifiers=notifiers)
+            return await self._store.record_not_found(event.run_uuid, event, notifiers=notifiers)
+        return await self._store.record_event(event, notifiers=notifiers)
 
     def _announce(self, event: Event) -> None:
         if self._metrics is not None:

@@ -38,12 +38,13 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from watcher.events import Event
 from watcher.sink import EventSink
-from watcher.store import StateError, Store, TrackedRun
+from watcher.store import StateError, TrackedRun
 from watcher.transitions import stuck_event
 
 MIN_INTERVAL_SECONDS = 1.0
@@ -85,13 +86,19 @@ class StuckLimits:
         return min(MAX_INTERVAL_SECONDS, max(MIN_INTERVAL_SECONDS, self.smallest / 4))
 
 
+class StuckStore(Protocol):
+    """What the checker reads (it writes through the sink)."""
+
+    async def stuck_candidates(self, *, after_seconds: float) -> list[TrackedRun]: ...
+
+
 class StuckChecker:
     """Records ``run.stuck`` events; see the module docstring."""
 
     def __init__(
         self,
         *,
-        store: Store,
+        store: StuckStore,
         sink: EventSink,
         limits: StuckLimits,
         interval: float | None = None,
@@ -116,17 +123,17 @@ class StuckChecker:
     def interval(self) -> float:
         return self._interval
 
-    def check(self) -> list[Event]:
+    async def check(self) -> list[Event]:
         """One pass: record and return the new ``run.stuck`` events (at most max_per_pass)."""
         if not self._limits.enabled:
             return []
-        candidates = self._store.stuck_candidates(after_seconds=self._limits.smallest)
+        candidates = await self._store.stuck_candidates(after_seconds=self._limits.smallest)
         recorded: list[Event] = []
         for run in candidates:
             if len(recorded) >= self._max_per_pass:
                 break
             event = self._stuck(run)
-            if event is not None and self._sink.emit(event):
+            if event is not None and await self._sink.emit(event):
                 recorded.append(event)
                 self._log.warning(
                     "run_stuck",
@@ -153,7 +160,7 @@ class StuckChecker:
         self._log.info("stuck_checker_started", interval_seconds=self._interval)
         while not stop.is_set():
             try:
-                recorded = self.check()
+                recorded = await self.check()
             except StateError as exc:  # e.g. a long write lock elsewhere: try next time
                 self._log.error("stuck_check_failed", error=str(exc))
                 recorded = []

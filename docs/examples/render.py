@@ -36,6 +36,7 @@ from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.rollup import RollupTracker
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 HERE = Path(__file__).parent
@@ -147,10 +148,11 @@ def digest_case() -> Event:
     return digest_event(events, group_by="run_group", group=GROUP, progress=progress)
 
 
-def rollup_case() -> Event:
+async def rollup_case() -> Event:
     """The roll-up RollupTracker records once all 40 runs of the group finished."""
     with Store.open(":memory:", clock=lambda: WHEN) as store:
-        sink = EventSink(store=store, route=lambda event: ["example"])
+        state = SqliteStore(store)
+        sink = EventSink(store=state, route=lambda event: ["example"])
         runs = group_runs(40)
         labels = {RUN_GROUP_LABEL: GROUP, "team": "genomics"}
         store.track(TrackRequest(run, PROJECT, labels) for run in runs)
@@ -168,14 +170,14 @@ def rollup_case() -> Event:
                 event = Event(
                     event.type, event.id, event.timestamp, {**event.data, "failure": failure}
                 )
-            assert sink.emit(event, observed=after)
+            assert await sink.emit(event, observed=after)
         tracker = RollupTracker(
-            store=store,
+            store=state,
             sink=sink,
             targets=lambda: {"example"},
             clock=lambda: WHEN,
         )
-        rollup = tracker.check(GROUP)
+        rollup = await tracker.check(GROUP)
         assert rollup is not None
         return rollup
 
@@ -200,7 +202,7 @@ def write(out: Path, name: str, text: str) -> None:
 
 async def main(out: Path) -> None:
     logger = structlog.get_logger()
-    cases = {**CASES, "digest": digest_case(), "rollup": rollup_case()}
+    cases = {**CASES, "digest": digest_case(), "rollup": await rollup_case()}
     async with aiohttp.ClientSession() as session:
         for case, event in cases.items():
             for kind in CHAT_KINDS:

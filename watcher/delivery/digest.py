@@ -253,16 +253,16 @@ class Member(Protocol):
 
 
 class GroupStore(Protocol):
-    """The part of :class:`watcher.store.Store` that knows the runs of a group."""
+    """The part of the :class:`~watcher.store.api.AsyncStore` that knows a group's runs."""
 
-    def group_members(self, run_group: str) -> Sequence[Member]: ...
+    async def group_members(self, run_group: str) -> Sequence[Member]: ...
 
 
-def group_progress(
+async def group_progress(
     store: GroupStore, run_group: str, *, statuses: Statuses = DEFAULT_STATUSES
 ) -> Progress | None:
     """The registry's view of ``run_group``, or ``None`` when it has no tracked run."""
-    members = store.group_members(run_group)
+    members = await store.group_members(run_group)
     if not members:
         return None
     return Progress.of(((m.status, m.terminal, m.stopped) for m in members), statuses=statuses)

@@ -49,7 +49,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -65,6 +65,7 @@ from watcher.events import Event
 from watcher.notifiers.base import Notifier, NotifyError, Permanent, Rate, Retryable
 from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.models import Delivery
+from watcher.store.pg.lease import LeaseLost
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SCAN_LIMIT = 500
@@ -74,21 +75,25 @@ DeliveryOutcome = Literal["delivered", "retry", "failed", "dead_lettered", "sile
 
 
 class OutboxStore(Protocol):
-    """The part of :class:`watcher.store.Store` the dispatcher uses."""
+    """The part of the :class:`~watcher.store.api.AsyncStore` the dispatcher uses. A fenced
+    mark of a daemon that lost its lease raises ``LeaseLost``: it ends the dispatcher's run
+    (it is not caught here), so the lease supervisor can stop delivery."""
 
-    def pending_deliveries(
+    async def pending_deliveries(
         self, notifier: str | None = None, limit: int = 100
     ) -> list[Delivery]: ...
 
-    def mark_delivered(self, delivery_id: int) -> None: ...
+    async def mark_delivered(self, delivery_id: int) -> None: ...
 
-    def mark_retry(
+    async def mark_retry(
         self, delivery_id: int, *, attempts: int, next_attempt_at: datetime, error: str
     ) -> None: ...
 
-    def mark_dead(self, delivery_id: int, *, error: str, attempts: int | None = None) -> None: ...
+    async def mark_dead(
+        self, delivery_id: int, *, error: str, attempts: int | None = None
+    ) -> None: ...
 
-    def mark_silenced(self, delivery_id: int, reason: str) -> None: ...
+    async def mark_silenced(self, delivery_id: int, reason: str) -> None: ...
 
 
 class DeliveryObserver(Protocol):
@@ -161,7 +166,7 @@ class Dispatcher:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         scan_limit: int = DEFAULT_SCAN_LIMIT,
         uniform: Callable[[], float] = random.random,
-        progress: Callable[[str], Progress | None] | None = None,
+        progress: Callable[[str], Awaitable[Progress | None]] | None = None,
         statuses: Statuses = DEFAULT_STATUSES,
         silences: SilenceCheck | None = None,
     ) -> None:
@@ -313,8 +318,8 @@ class Dispatcher:
                 stopping = self._stopping.is_set()
                 mono = loop.time()
                 if worker.rescan or (mono >= worker.next_scan and not stopping):
-                    self._scan(worker, mono)
-                wait = self._launch(worker, sends, mono, stopping=stopping)
+                    await self._scan(worker, mono)
+                wait = await self._launch(worker, sends, mono, stopping=stopping)
                 if wait <= 0:
                     continue
                 if stopping and not worker.in_flight:
@@ -325,14 +330,14 @@ class Dispatcher:
                     async with asyncio.timeout(None if stopping else wait):
                         await worker.wake.wait()
 
-    def _scan(self, worker: _Worker, mono: float) -> None:
-        rows = self._store.pending_deliveries(worker.name, limit=self._scan_limit)
+    async def _scan(self, worker: _Worker, mono: float) -> None:
+        rows = await self._store.pending_deliveries(worker.name, limit=self._scan_limit)
         worker.pending = {row.id: row for row in rows}
         worker.scan_full = len(rows) >= self._scan_limit
         worker.rescan = False
         worker.next_scan = mono + self._poll_interval
 
-    def _launch(
+    async def _launch(
         self, worker: _Worker, sends: asyncio.TaskGroup, mono: float, *, stopping: bool
     ) -> float:
         """Begin every send that may go now; return how long to wait (0: look again now)."""
@@ -352,8 +357,10 @@ class Dispatcher:
         )
         if planned.wake_at is not None:
             wait = min(wait, max(0.0, (planned.wake_at - now).total_seconds()))
+        if planned.ready and self._silences is not None:
+            await self._silences.refresh()  # reads the store at most once a second
         for planned_send in planned.ready:
-            send = self._unsilenced(worker, planned_send, now)
+            send = await self._unsilenced(worker, planned_send, now)
             if send is None:
                 wait = 0.0  # rows of its run behind it may go now: plan again
                 continue
@@ -369,7 +376,7 @@ class Dispatcher:
             return 0.0
         return wait
 
-    def _unsilenced(self, worker: _Worker, send: Send, now: datetime) -> Send | None:
+    async def _unsilenced(self, worker: _Worker, send: Send, now: datetime) -> Send | None:
         """The planning step's silence check: rows whose event an active silence matches for
         this notifier are settled ``silenced`` (never sent); the rest of the send goes on.
         ``None``: nothing of it is left. Only rows about to go are checked, so a row waiting
@@ -382,7 +389,7 @@ class Dispatcher:
             if silence is None:
                 kept.append(row)
                 continue
-            self._store.mark_silenced(row.id, f"silenced by silence {silence.id}")
+            await self._store.mark_silenced(row.id, f"silenced by silence {silence.id}")
             worker.pending.pop(row.id, None)
             worker.logger.info(
                 "notify_silenced",
@@ -418,7 +425,7 @@ class Dispatcher:
         event: Event | None = None
         failure: NotifyError | None = None
         try:
-            event = self._message(worker, send)
+            event = await self._message(worker, send)
             await attempt(worker.notifier, event, time_limit=worker.policy.timeout)
         except (Retryable, Permanent) as exc:
             failure = exc
@@ -427,9 +434,9 @@ class Dispatcher:
         if isinstance(failure, Retryable) and failure.retry_after:
             # The destination speaks for all of its traffic: hold every send back.
             worker.pacer.pause(loop.time() + honoured(failure.retry_after))
-        self._settle(worker, send, failure, self._message_log(worker, send, event))
+        await self._settle(worker, send, failure, self._message_log(worker, send, event))
 
-    def _message(self, worker: _Worker, send: Send) -> Event:
+    async def _message(self, worker: _Worker, send: Send) -> Event:
         """The event a send carries: its row's own, or a digest of its rows."""
         if len(send.rows) == 1:
             return send.rows[0].event
@@ -437,7 +444,9 @@ class Dispatcher:
         progress = None
         if policy.group_by == "run_group" and send.group and self._progress is not None:
             try:
-                progress = self._progress(send.group)
+                progress = await self._progress(send.group)
+            except LeaseLost:
+                raise  # not ours to send any more
             except Exception as exc:  # the counts are a nicety; the events must still go
                 worker.logger.warning("digest_progress_failed", error=type(exc).__name__)
         try:
@@ -464,7 +473,7 @@ class Dispatcher:
             run_uuid=event.run_uuid, event_id=event.id, group=send.group, events=len(send.rows)
         )
 
-    def _settle(
+    async def _settle(
         self, worker: _Worker, send: Send, failure: NotifyError | None, log: FilteringBoundLogger
     ) -> None:
         """Apply one attempt's result to every row of the send together."""
@@ -474,21 +483,21 @@ class Dispatcher:
         if failure is None:
             oldest = 0.0
             for row in rows:  # only now: the message carrying every row was sent
-                self._store.mark_delivered(row.id)
+                await self._store.mark_delivered(row.id)
                 worker.pending.pop(row.id, None)
                 latency = (now - row.created_at).total_seconds()
                 oldest = max(oldest, latency)
                 self._observe(worker, "delivered", latency)
             log.info("notify_delivered", attempt=number, latency_seconds=round(oldest, 3))
         elif isinstance(failure, Retryable):
-            self._retry(worker, send, failure, number=number, now=now, log=log)
+            await self._retry(worker, send, failure, number=number, now=now, log=log)
         else:
             log.warning("notify_failed", attempt=number, error=failure.reason, permanent=True)
             for row in send.rows:
                 self._observe(worker, "failed", None)
-                self._dead_letter(worker, row, failure.reason)
+                await self._dead_letter(worker, row, failure.reason)
 
-    def _retry(
+    async def _retry(
         self,
         worker: _Worker,
         send: Send,
@@ -510,9 +519,9 @@ class Dispatcher:
                 reason = (
                     f"gave up after {row.attempts + 1} attempts in {age:.0f} s: {failure.reason}"
                 )
-                self._dead_letter(worker, row, reason)
+                await self._dead_letter(worker, row, reason)
                 continue
-            self._store.mark_retry(
+            await self._store.mark_retry(
                 row.id, attempts=row.attempts + 1, next_attempt_at=next_at, error=failure.reason
             )
             if row.id in worker.pending:
@@ -533,9 +542,9 @@ class Dispatcher:
                 retry_after=failure.retry_after,
             )
 
-    def _dead_letter(self, worker: _Worker, row: Delivery, reason: str) -> None:
+    async def _dead_letter(self, worker: _Worker, row: Delivery, reason: str) -> None:
         attempts = row.attempts + 1
-        self._store.mark_dead(row.id, error=reason, attempts=attempts)
+        await self._store.mark_dead(row.id, error=reason, attempts=attempts)
         worker.pending.pop(row.id, None)
         log = worker.logger.bind(
             run_uuid=row.event.run_uuid, event_id=row.event.id, delivery_id=row.id

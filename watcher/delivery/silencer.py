@@ -6,7 +6,9 @@ delivery. :class:`LiveSilences` reads the store's ``silence_version`` (one row) 
 per ``check_every`` seconds (1 s), and the silences themselves only when that number moved,
 so a change is applied at the latest about a second after it was committed.
 
-The dispatcher asks at its planning step (:meth:`LiveSilences.silencing`): only deliveries
+The dispatcher refreshes once per planning step (:meth:`LiveSilences.refresh`, which awaits
+the store only when a second has passed) and then asks for each delivery about to go
+(:meth:`LiveSilences.silencing`, no I/O): only deliveries
 about to be sent are checked, so a delivery waiting for a retry that a new silence matches is
 silenced at its next attempt. A state file that cannot be read keeps the last snapshot (the
 failure is logged once per change of reason); deliveries are never held back for it.
@@ -27,15 +29,19 @@ DEFAULT_CHECK_EVERY = 1.0
 
 
 class SilenceSource(Protocol):
-    """The part of :class:`watcher.store.Store` the daemon's silences read."""
+    """The part of the :class:`~watcher.store.api.AsyncStore` the daemon's silences read."""
 
-    def silence_version(self) -> int: ...
+    async def silence_version(self) -> int: ...
 
-    def current_silences(self) -> list[Silence]: ...
+    async def current_silences(self) -> list[Silence]: ...
 
 
 class SilenceCheck(Protocol):
     """What the dispatcher asks at its planning step (:class:`LiveSilences` answers)."""
+
+    async def refresh(self) -> None:
+        """Reload the silences if they may have changed (once per planning step)."""
+        ...
 
     def silencing(self, event: Event, notifier: str, now: datetime) -> Silence | None: ...
 
@@ -60,17 +66,17 @@ class LiveSilences:
         self._snapshot = Silences()
         self._failed: str | None = None
 
-    def refresh(self) -> None:
+    async def refresh(self) -> None:
         """Reload if the stored silences changed (checked at most every ``check_every`` s)."""
         mono = self._monotonic()
         if mono < self._next_check:
             return
         self._next_check = mono + self._check_every
         try:
-            version = self._source.silence_version()
+            version = await self._source.silence_version()
             if version == self._version:
                 return
-            items = tuple(self._source.current_silences())
+            items = tuple(await self._source.current_silences())
         except StateError as exc:
             if self._failed != str(exc):
                 self._log.warning("silences_unreadable", error=str(exc))
@@ -82,8 +88,8 @@ class LiveSilences:
         self._log.info("silences_loaded", silences=len(items))
 
     def silencing(self, event: Event, notifier: str, now: datetime) -> Silence | None:
-        """The silence that withholds ``event`` from ``notifier`` at ``now``, if any."""
-        self.refresh()
+        """The silence that withholds ``event`` from ``notifier`` at ``now``, if any (as of
+        the last :meth:`refresh`)."""
         if not self._snapshot.items:
             return None
         return self._snapshot.silencing(event, notifier, now)

@@ -124,6 +124,7 @@ from watcher.polling.run_poll import (
     pause_reason,
 )
 from watcher.store import ActiveRun, StateError
+from watcher.store.pg.lease import LeaseLost
 
 MAX_BATCH = DESCRIBE_LIMIT  # one DescribeRuns page answers the whole filter
 
@@ -330,7 +331,7 @@ class BatchPoller(PollingLoop):
         else:
             project.queue.append((run.token, run_uuid))
 
-    def load(self) -> int:
+    async def load(self) -> int:
         """Read every active run from the registry, replacing what was known; returns how many."""
         self._runs.clear()
         for project in self._projects.values():
@@ -339,8 +340,8 @@ class BatchPoller(PollingLoop):
         self._follow_pending.clear()
         self._unstarted_describes = self._unstarted_follows = 0
         self._loaded = True
-        active_runs = self._feed.snapshot()
-        self._refs = self._references(None)
+        active_runs = await self._feed.snapshot()
+        self._refs = await self._references(None)
         now, wall_now = self._now(), self._wall().timestamp()
 
         def last_polled(active: ActiveRun) -> float:
@@ -360,14 +361,14 @@ class BatchPoller(PollingLoop):
             self.first_cycle_done.set()
         return len(self._runs)
 
-    def refresh(self) -> None:
+    async def _refresh(self) -> None:
         """Pick up runs tracked or untracked by other processes; flush poll times."""
-        added, removed = self._feed.changes()
+        added, removed = await self._feed.changes()
         for run_uuid in removed:
             self._runs.pop(run_uuid, None)
             self._refs.pop(run_uuid, None)
         if added:
-            self._refs.update(self._references([active.run_uuid for active in added]))
+            self._refs.update(await self._references([active.run_uuid for active in added]))
         for active in added:
             project = self._project_of(active)
             known = self._runs.get(active.run_uuid)
@@ -381,9 +382,9 @@ class BatchPoller(PollingLoop):
         if added:
             self._naps.wake()
 
-    def _references(self, run_uuids: list[str] | None) -> dict[str, StatusReference]:
+    async def _references(self, run_uuids: list[str] | None) -> dict[str, StatusReference]:
         """What the registry says about when each run's status held (all active: ``None``)."""
-        known = self._store.status_references(run_uuids)
+        known = await self._store.status_references(run_uuids)
         return {
             run_uuid: StatusReference(update_time=update_time, seen_at=seen_at)
             for run_uuid, (update_time, seen_at) in known.items()
@@ -739,7 +740,7 @@ class BatchPoller(PollingLoop):
             else:
                 run.status = recorded.status
                 self._refs[run_uuid] = StatusReference(update_time=update_seconds(summary))
-        except StateError:
+        except (StateError, LeaseLost):
             raise
         except Exception:
             run.retry_at = self._now() + self._opt.crash_retry_seconds  # logged when done

@@ -20,7 +20,9 @@ agree on everything else. The building blocks live here (the loop that assembles
   first: then the registry is believed, never the poller's memory).
 - :func:`task_failed`: log a poll task that died; a :class:`~watcher.store.StateError` among
   them stops the poller (the daemon exits 3), because the run whose result could not be
-  written would otherwise never be polled again, without a trace.
+  written would otherwise never be polled again, without a trace. A
+  :class:`~watcher.store.pg.lease.LeaseLost` stops it too (this daemon is no longer the
+  active one; its lease supervisor decides what comes next).
 
 Nothing here sends a request; time comes from an injected monotonic clock.
 """
@@ -39,7 +41,8 @@ from watcher.omics.models import RunsFilter
 from watcher.polling.outages import Outages
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
-from watcher.store import ActiveRun, StateError, Store
+from watcher.store import ActiveRun, StateError
+from watcher.store.pg.lease import LeaseLost
 
 REFRESH_SECONDS = 1.0  # how often the registry's change feed is read
 MAX_BACKLOG = 2  # requests allowed to wait for one action's limiter permit at once
@@ -108,33 +111,47 @@ def backoff_delay(errors: int, *, base: float, rng: random.Random) -> float:
     return delay * rng.uniform(0.5, 1.0)  # full-ish jitter: failing runs don't march together
 
 
+class FeedStore(Protocol):
+    """The part of the :class:`~watcher.store.api.AsyncStore` the registry feed reads."""
+
+    async def snapshot(self) -> tuple[int, list[ActiveRun]]: ...
+
+    async def changes_since(self, cursor: int) -> tuple[int, list[ActiveRun], list[str]]: ...
+
+    async def record_polls(self, polled: Sequence[tuple[str, datetime]]) -> None: ...
+
+
+# A poll's own failure that must stop the poller instead of being logged and retried.
+StopsPolling = StateError | LeaseLost
+
+
 class RegistryFeed:
     """A poller's cursor over the registry, and its buffer of polls that found no news."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: FeedStore) -> None:
         self._store = store
         self.cursor = 0
         self._polled: list[tuple[str, datetime]] = []
 
-    def snapshot(self) -> list[ActiveRun]:
+    async def snapshot(self) -> list[ActiveRun]:
         """Every active run; the change feed continues from here."""
-        self.cursor, runs = self._store.snapshot()
+        self.cursor, runs = await self._store.snapshot()
         return runs
 
-    def changes(self) -> tuple[list[ActiveRun], list[str]]:
+    async def changes(self) -> tuple[list[ActiveRun], list[str]]:
         """``(tracked or re-tracked, untracked)`` since the last call; flushes polls first."""
-        self.flush()
-        self.cursor, added, removed = self._store.changes_since(self.cursor)
+        await self.flush()
+        self.cursor, added, removed = await self._store.changes_since(self.cursor)
         return added, removed
 
     def polled(self, run_uuid: str, at: datetime) -> None:
         """A successful poll without news; written at the next :meth:`flush`."""
         self._polled.append((run_uuid, at))
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         if self._polled:
             polled, self._polled = self._polled, []
-            self._store.record_polls(polled)
+            await self._store.record_polls(polled)
 
 
 class AuthPause:
@@ -265,8 +282,9 @@ async def record_status(
     )
 
 
-def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StateError | None:
-    """Log ``task`` if it died; return its :class:`StateError` when that is why.
+def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StopsPolling | None:
+    """Log ``task`` if it died; return its :class:`StateError` (or ``LeaseLost``) when that
+    is why.
 
     The caller keeps the first such error and re-raises it from its main loop, exactly as a
     failed write there would: a state file that cannot take what polling saw (locked, full,
@@ -277,8 +295,11 @@ def task_failed(task: asyncio.Task[None], *, log: Any, event: str) -> StateError
     return work_failed(task.exception(), log=log, event=event)
 
 
-def work_failed(error: BaseException | None, *, log: Any, event: str) -> StateError | None:
+def work_failed(error: BaseException | None, *, log: Any, event: str) -> StopsPolling | None:
     """Log poll work that died of ``error`` (a reused worker's poll: it has no task of its
-    own to die with); return the error when it is a :class:`StateError` (see above)."""
+    own to die with); return the error when it stops the poller (see above)."""
+    if isinstance(error, LeaseLost):
+        log.warning(event, error=str(error))
+        return error
     log.error(event, error=repr(error))
     return error if isinstance(error, StateError) else None

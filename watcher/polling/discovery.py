@@ -37,7 +37,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -50,7 +50,7 @@ from watcher.polling.common import (
     RunSummaryLike,
     backoff_delay,
 )
-from watcher.store import DiscoveredRun, Store
+from watcher.store import DiscoveredRun
 
 PAGE_SIZE = DESCRIBE_LIMIT
 FULL_PASS_EVERY = 10
@@ -93,13 +93,25 @@ class _Watch:
     due: float = 0.0  # monotonic
 
 
+class DiscoveryStore(Protocol):
+    """The part of the :class:`~watcher.store.api.AsyncStore` discovery uses."""
+
+    async def track_discovered(
+        self, runs: Sequence[DiscoveredRun], *, baseline: bool, terminal: frozenset[str]
+    ) -> list[str]: ...
+
+    async def discovery_done(self, watch_key: str) -> bool: ...
+
+    async def mark_discovery_done(self, watch_key: str) -> None: ...
+
+
 class Discovery:
     """Runs every ``[[watch]]`` entry's passes; see the module docstring."""
 
     def __init__(
         self,
         *,
-        store: Store,
+        store: DiscoveryStore,
         source: RunLister[RunSummaryLike],
         watches: Sequence[WatchOptions],
         terminal: frozenset[str],
@@ -154,7 +166,7 @@ class Discovery:
     async def discover(self, index: int) -> list[str]:
         """One pass of entry ``index``; the UUIDs it tracked. Raises :class:`OmicsError`."""
         watch = self._watches[index]
-        first = not self._store.discovery_done(watch.key)
+        first = not await self._store.discovery_done(watch.key)
         baseline = first and not watch.settings.notify_existing
         full = first or watch.passes % FULL_PASS_EVERY == 0 or "Status" in watch.settings.filters
         labels = dict(watch.settings.labels)
@@ -177,7 +189,9 @@ class Discovery:
                             _with_group(labels, summary.RunGroupId),
                         )
                     )
-            new = self._store.track_discovered(found, baseline=baseline, terminal=self._terminal)
+            new = await self._store.track_discovered(
+                found, baseline=baseline, terminal=self._terminal
+            )
             if new:
                 added.extend(new)
                 self._on_tracked()
@@ -187,7 +201,7 @@ class Discovery:
             if not full and not new:
                 break  # newest first: below a page of known runs there is nothing new
         if first:
-            self._store.mark_discovery_done(watch.key)
+            await self._store.mark_discovery_done(watch.key)
         watch.passes += 1
         watch.errors = 0
         if added:
@@ -245,7 +259,7 @@ class Discovery:
 def build_discovery(
     options: DiscoveryOptions,
     *,
-    store: Store,
+    store: DiscoveryStore,
     source: RunLister[RunSummaryLike],
     on_tracked: Callable[[], None],
 ) -> Discovery:

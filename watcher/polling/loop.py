@@ -10,7 +10,11 @@ it; everything else they do alike, so it is written once here:
   pause, start the work that is due (:meth:`PollingLoop._work`, the subclass's part), nap
   until more is due or something wakes it (:class:`~watcher.polling.common.Naps`);
 - a poll task that died of a :class:`~watcher.store.StateError` stops the loop (the daemon
-  exits 3), and at stop in-flight requests get ``drain_seconds`` before they are cancelled;
+  exits 3), as does a :class:`~watcher.store.pg.lease.LeaseLost` (the daemon lost its
+  lease), and at stop in-flight requests get ``drain_seconds`` before they are cancelled;
+- :meth:`PollingLoop.refresh` (``POST /v1/runs``, discovery) only asks the loop to read the
+  change feed now; the loop reads it (:meth:`PollingLoop._refresh`), so the feed's cursor
+  has one reader;
 - ``first_cycle_done``, set when the first requests (``_first_wave`` of them) answered.
 """
 
@@ -20,18 +24,20 @@ import abc
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import NotRequired, TypedDict, Unpack
+from typing import NotRequired, Protocol, TypedDict, Unpack
 
 import structlog
 
 from watcher.polling.common import (
     REFRESH_SECONDS,
     AuthPause,
+    FeedStore,
     Naps,
     RegistryFeed,
     StatusSource,
+    StopsPolling,
     task_failed,
     work_failed,
 )
@@ -39,14 +45,26 @@ from watcher.polling.outages import Outages
 from watcher.polling.run_poll import PolledRun, RunPoll, RunPollOptions
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
-from watcher.store import StateError, Store
 from watcher.tasks import drain
+
+
+class PollerStore(FeedStore, Protocol):
+    """The part of the :class:`~watcher.store.api.AsyncStore` the pollers use (the batch
+    poller also reads status references)."""
+
+    async def record_error(
+        self, run_uuid: str, *, consecutive_errors: int, next_poll_after: datetime | None
+    ) -> None: ...
+
+    async def status_references(
+        self, run_uuids: Sequence[str] | None = None
+    ) -> dict[str, tuple[float | None, float | None]]: ...
 
 
 class Collaborators(TypedDict):
     """What every poller is built with, besides its options and its source."""
 
-    store: Store
+    store: PollerStore
     recorder: Recorder
     wall_clock: Callable[[], datetime]
     metrics: NotRequired[Metrics | None]
@@ -81,7 +99,8 @@ class PollingLoop(abc.ABC):
         )
         self._naps = Naps()
         self._loaded = False
-        self._state_error: StateError | None = None  # from a poll task: stops the loop
+        self._state_error: StopsPolling | None = None  # from a poll task: stops the loop
+        self._refresh_asked = False  # refresh(): read the change feed at the next turn
         self._first_wave = 0  # requests whose answers make the first cycle
         self.first_cycle_done = asyncio.Event()
         self._one = RunPoll(
@@ -100,11 +119,17 @@ class PollingLoop(abc.ABC):
         )
 
     @abc.abstractmethod
-    def load(self) -> int:
+    async def load(self) -> int:
         """Read every active run from the registry, replacing what was known; how many."""
 
-    @abc.abstractmethod
     def refresh(self) -> None:
+        """Pick up registry changes now (``POST /v1/runs``) instead of within a second: the
+        loop reads the change feed at its next turn."""
+        self._refresh_asked = True
+        self._naps.wake()
+
+    @abc.abstractmethod
+    async def _refresh(self) -> None:
         """Pick up runs tracked or untracked by other processes; flush poll times."""
 
     @abc.abstractmethod
@@ -133,7 +158,7 @@ class PollingLoop(abc.ABC):
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (or :meth:`_finished`), then let in-flight polls finish."""
         if not self._loaded:
-            self.load()
+            await self.load()
         next_refresh = self._now() + REFRESH_SECONDS
         stopper = self._naps.watch(stop)
         try:
@@ -141,8 +166,9 @@ class PollingLoop(abc.ABC):
                 if self._state_error is not None:
                     raise self._state_error
                 now = self._now()
-                if now >= next_refresh:
-                    self.refresh()
+                if now >= next_refresh or self._refresh_asked:
+                    self._refresh_asked = False
+                    await self._refresh()
                     next_refresh = now + REFRESH_SECONDS
                 wait = next_refresh - now
                 if self._pause.until > now:
@@ -160,7 +186,7 @@ class PollingLoop(abc.ABC):
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight requests, then cancel what is left."""
         await drain(self._tasks(), grace)
-        self._feed.flush()
+        await self._feed.flush()
 
     def _task_done(self, task: asyncio.Task[None], *, event: str) -> None:
         """Log a request task that died; keep the first StateError to stop the loop with."""
@@ -170,7 +196,7 @@ class PollingLoop(abc.ABC):
         """A reused worker's poll died of ``error``: as :meth:`_task_done` for a task."""
         self._keep(work_failed(error, log=self._log, event="poll_crashed"))
 
-    def _keep(self, failed: StateError | None) -> None:
+    def _keep(self, failed: StopsPolling | None) -> None:
         if failed is not None and self._state_error is None:
             self._state_error = failed
             self._naps.wake()

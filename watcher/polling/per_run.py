@@ -118,7 +118,7 @@ class Scheduler(PollingLoop):
             )
         self._schedule(active.run_uuid, due)
 
-    def load(self) -> int:
+    async def load(self) -> int:
         """Read every active run from the registry, replacing what was known; returns how many.
 
         Called again after another poller had the registry for a while (strategy switch):
@@ -128,7 +128,7 @@ class Scheduler(PollingLoop):
         self._heap.clear()
         self._unstarted = 0
         self._loaded = True
-        active_runs = self._feed.snapshot()
+        active_runs = await self._feed.snapshot()
         now, wall_now = self._now(), self._wall().timestamp()
         for active in active_runs:
             self._add(active, now=now, wall_now=wall_now)
@@ -137,9 +137,9 @@ class Scheduler(PollingLoop):
             self.first_cycle_done.set()
         return len(self._runs)
 
-    def refresh(self) -> None:
+    async def _refresh(self) -> None:
         """Pick up runs tracked or untracked by other processes; flush poll times."""
-        added, removed = self._feed.changes()
+        added, removed = await self._feed.changes()
         now, wall_now = self._now(), self._wall().timestamp()
         for run_uuid in removed:
             self._runs.pop(run_uuid, None)
@@ -161,12 +161,18 @@ class Scheduler(PollingLoop):
             return math.inf
         if head[0] > now:
             return head[0] - now
-        if self._unstarted + self._backlog() >= MAX_BACKLOG:
+        backlog = self._unstarted + self._backlog()
+        if backlog >= MAX_BACKLOG:
             # Requests already queue for the limiter: hold this run in the heap, where a
             # newly tracked run can still overtake it. A worker that finishes takes the next
-            # run itself or wakes us, so this timeout matters only while requests hang; 1.5
-            # permits' time still refills the queue before it runs dry.
-            return 1.5 / self._opt.rate_per_second
+            # run itself or wakes us, so a timeout matters only while a request is out (it
+            # may hang): then 1.5 permits' time still refills the queue before it runs dry.
+            # With none out (the steady state on a fast network), no timer: it woke the
+            # process 13 times a second for nothing; the refresh still wakes us each second.
+            busy = len(self._workers) - len(self._parked)
+            if busy > backlog:
+                return 1.5 / self._opt.rate_per_second
+            return math.inf
         if not self._parked and len(self._workers) >= self._max_workers:
             return math.inf  # every worker busy (requests hang): the first one free wakes us
         self._closing = False

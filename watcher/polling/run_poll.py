@@ -45,7 +45,8 @@ from watcher.polling.common import (
 from watcher.polling.outages import Outages
 from watcher.recorder import Recorder
 from watcher.service.metrics import Metrics
-from watcher.store import StateError, Store
+from watcher.store import StateError
+from watcher.store.pg.lease import LeaseLost
 
 
 class Action(enum.Enum):
@@ -143,6 +144,14 @@ class QuickStatusSource(Protocol):
     async def run_status(self, run_uuid: str, project_id: str = "") -> Metadata: ...
 
 
+class ErrorStore(Protocol):
+    """Where a failed poll's backoff is written (the :class:`~watcher.store.api.AsyncStore`)."""
+
+    async def record_error(
+        self, run_uuid: str, *, consecutive_errors: int, next_poll_after: datetime | None
+    ) -> None: ...
+
+
 class RunPoll:
     """GetRunStatus for one run → :func:`action_for` → act; see the module docstring.
 
@@ -156,7 +165,7 @@ class RunPoll:
         runs: dict[str, PolledRun],
         source: StatusSource,
         recorder: Recorder,
-        store: Store,
+        store: ErrorStore,
         feed: RegistryFeed,
         pause: AuthPause,
         outages: Outages,
@@ -184,13 +193,14 @@ class RunPoll:
         self._counted: dict[str, Callable[[], None]] = {}
 
     async def poll(self, run_uuid: str, run: PolledRun) -> Polled:
-        """One poll; raises only :class:`~watcher.store.StateError` (the poller stops)."""
+        """One poll; raises only :class:`~watcher.store.StateError` and
+        :class:`~watcher.store.pg.lease.LeaseLost` (the poller stops)."""
         label = Action.CRASHED.value
         try:
             polled = await self._ask(run_uuid, run)
             label = polled.label
             return polled
-        except StateError:
+        except (StateError, LeaseLost):
             raise
         except Exception as exc:
             # A bug, not an API error: keep watching the run, slowly, rather than forget it
@@ -229,10 +239,10 @@ class RunPoll:
             self._log.error("poll_bad_request", run_uuid=run_uuid, code=exc.code, error=exc.message)
             return Polled(action, retry_in=BAD_REQUEST_BACKOFF_SECONDS)
         else:
-            return Polled(action, retry_in=self._back_off(run_uuid, run, exc))
+            return Polled(action, retry_in=await self._back_off(run_uuid, run, exc))
         return Polled(action)
 
-    def _back_off(self, run_uuid: str, run: PolledRun, exc: OmicsError) -> float:
+    async def _back_off(self, run_uuid: str, run: PolledRun, exc: OmicsError) -> float:
         run.errors += 1
         delay = backoff_delay(run.errors, base=max(self._opt.interval_seconds, 1.0), rng=self._rng)
         # One line per outage and a summary while it lasts, not one per run (Outages).
@@ -244,7 +254,7 @@ class RunPoll:
             errors=run.errors,
             retry_in=round(delay, 1),
         )
-        self._store.record_error(
+        await self._store.record_error(
             run_uuid,
             consecutive_errors=run.errors,
             next_poll_after=self._wall() + timedelta(seconds=delay),

@@ -59,9 +59,11 @@ class Poller(Protocol):
     @property
     def tracked(self) -> int: ...
 
-    def load(self) -> int: ...
+    async def load(self) -> int: ...
 
-    def refresh(self) -> None: ...
+    def refresh(self) -> None:
+        """Read the registry's changes at the next turn instead of within a second."""
+        ...
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
@@ -108,18 +110,18 @@ class PollingStrategy:
     def tracked(self) -> int:
         return self._current.tracked if self._current is not None else 0
 
-    def load(self) -> int:
+    async def load(self) -> int:
         """Choose the first poller and let it read the registry; returns the active runs."""
         if self._mode == "batch":
-            self._use(self._batch_poller(), reason="configured")
+            await self._use(self._batch_poller(), reason="configured")
         elif self._mode == "per-run":
-            self._use(self._scheduler, reason="configured")
+            await self._use(self._scheduler, reason="configured")
         else:
-            active = self._scheduler.load()
+            active = await self._scheduler.load()
             if self._wants_batch(active, batching=False):
-                self._use(self._batch_poller(), reason="auto")
+                await self._use(self._batch_poller(), reason="auto")
             else:
-                self._use(self._scheduler, reason="auto", loaded=True)
+                await self._use(self._scheduler, reason="auto", loaded=True)
         return self.tracked
 
     def refresh(self) -> None:
@@ -139,8 +141,8 @@ class PollingStrategy:
             active, batching=batching, rate_per_second=self._rate, interval_seconds=self._interval
         )
 
-    def _use(self, poller: Poller, *, reason: str, loaded: bool = False) -> None:
-        active = poller.tracked if loaded else poller.load()
+    async def _use(self, poller: Poller, *, reason: str, loaded: bool = False) -> None:
+        active = poller.tracked if loaded else await poller.load()
         self._current = poller
         if poller.first_cycle_done.is_set():
             self.first_cycle_done.set()
@@ -150,7 +152,7 @@ class PollingStrategy:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, switching pollers as the strategy says."""
         if self._current is None:
-            self.load()
+            await self.load()
         while True:
             poller = self._current
             assert poller is not None
@@ -166,7 +168,7 @@ class PollingStrategy:
                     await asyncio.wait({task})
             if following is None:
                 return
-            self._use(following[0], reason=following[1])
+            await self._use(following[0], reason=following[1])
 
     async def _mirror_ready(self, poller: Poller) -> None:
         await poller.first_cycle_done.wait()
