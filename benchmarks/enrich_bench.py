@@ -54,6 +54,7 @@ from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.statuses import Statuses, StatusOptions
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.stuck import StuckChecker, StuckLimits
 
 TERMINAL = frozenset(Settings().polling.terminal)
@@ -85,7 +86,7 @@ def client_for(
 
 def scheduler(store: Store, client: OmicsClient, recorder: Recorder, interval: float) -> Scheduler:
     return Scheduler(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=SchedulerOptions(
@@ -130,17 +131,19 @@ async def stuck(args: argparse.Namespace) -> None:
             store = Store.open(Path(tmp) / "state.db")
             store.track([TrackRequest(u) for u in [*runs, *hung]])
             events: list[Event] = []
-            sink = EventSink(store=store, route=lambda e: [], on_event=[events.append])
+            sink = EventSink(store=SqliteStore(store), route=lambda e: [], on_event=[events.append])
             client = client_for(sim, session, {"default": PacingLimiter(20)})
-            recorder = Recorder(store=store, sink=sink, terminal=TERMINAL, wall_clock=now)
+            recorder = Recorder(
+                store=SqliteStore(store), sink=sink, terminal=TERMINAL, wall_clock=now
+            )
             limits = StuckLimits(after_seconds=args.after)
-            checker = StuckChecker(store=store, sink=sink, limits=limits)
+            checker = StuckChecker(store=SqliteStore(store), sink=sink, limits=limits)
             old_rule: dict[tuple[str, str], float] = {}
             stop = asyncio.Event()
             task = asyncio.create_task(scheduler(store, client, recorder, 0.5).run(stop))
             ended = time.monotonic() + args.seconds
             while time.monotonic() < ended:
-                checker.check()
+                await checker.check()
                 wall = time.time()
                 for run in store.list_runs():
                     if run.terminal or run.status is None or run.status_since is None:
@@ -226,9 +229,13 @@ async def burst_once(args: argparse.Namespace, order: Order, old: bool) -> dict[
         with tempfile.TemporaryDirectory() as tmp:
             store = Store.open(Path(tmp) / "state.db")
             store.track([TrackRequest(u) for u in runs])
-            sink = EventSink(store=store, route=lambda e: [], on_event=[seen])
+            sink = EventSink(store=SqliteStore(store), route=lambda e: [], on_event=[seen])
             recorder = Recorder(
-                store=store, sink=sink, terminal=TERMINAL, wall_clock=now, enricher=enricher
+                store=SqliteStore(store),
+                sink=sink,
+                terminal=TERMINAL,
+                wall_clock=now,
+                enricher=enricher,
             )
             stop = asyncio.Event()
             task = asyncio.create_task(scheduler(store, client, recorder, 0.5).run(stop))

@@ -43,6 +43,7 @@ from watcher.delivery.dispatcher import Dispatcher, Policy
 from watcher.events import Event, new_event_id
 from watcher.notifiers.registry import NotifierSettings, build_notifier
 from watcher.store import Store
+from watcher.store.api import SqliteStore
 
 SECRET = "whsec_" + base64.b64encode(b"b" * 32).decode()
 
@@ -141,7 +142,7 @@ async def phase(
         settings = TypeAdapter(NotifierSettings).validate_python(raw)
         notifier = build_notifier(settings, session=session, logger=logger)
         dispatcher = Dispatcher(
-            store=store,
+            store=SqliteStore(store),
             notifiers={"hook": notifier},
             policies={"hook": Policy(max_in_flight=in_flight)},
             logger=logger,

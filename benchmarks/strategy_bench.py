@@ -78,6 +78,7 @@ from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import Store, TrackRequest
+from watcher.store.api import SqliteStore
 from watcher.transitions import detect
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
@@ -171,11 +172,11 @@ def build(
     limiters: dict[str, PacingLimiter],
     args: argparse.Namespace,
 ) -> Any:
-    sink = EventSink(store=store, route=lambda e: [])
-    recorder = Recorder(store=store, sink=sink, terminal=TERMINAL, wall_clock=now)
+    sink = EventSink(store=SqliteStore(store), route=lambda e: [])
+    recorder = Recorder(store=SqliteStore(store), sink=sink, terminal=TERMINAL, wall_clock=now)
     if strategy == "per-run":
         return Scheduler(
-            store=store,
+            store=SqliteStore(store),
             source=client,
             recorder=recorder,
             options=SchedulerOptions(
@@ -189,7 +190,7 @@ def build(
             rng=random.Random(args.seed),
         )
     return BatchPoller(
-        store=store,
+        store=SqliteStore(store),
         source=client,
         recorder=recorder,
         options=BatchOptions(
@@ -270,7 +271,7 @@ async def measure(
             timeout=10,
         )
         poller = build(strategy, store=store, client=client, limiters=limiters, args=args)
-        poller.load()
+        await poller.load()
         sim.reset_stats()
         started = now().timestamp()
         cpu = time.process_time()
