@@ -36,6 +36,9 @@ from watcher.store.pg.lease import Grant, LeaseLost, fence
 DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A pooled connection whose server session was ended (pg_terminate_backend, a failover)
+    # can fail its next statement with "another operation is in progress".
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
