@@ -239,6 +239,19 @@ def make_watch(
     return Watch(tmp, procs, sim, config, env, port, uuids, db=db, receiver=receiver)
 
 
+def track_new_runs(watch: Watch, bodies: Sequence[dict[str, Any]]) -> list[str]:
+    """Submit runs to the simulator now and track them with ``omics-watcher track -`` beside
+    the running daemon (which polls them within 2 s): their lifecycles start now, not
+    before a daemon that a busy machine was slow to start."""
+    uuids = [watch.sim.post("/_sim/runs", dict(body))["run_uuid"] for body in bodies]
+    done = run_cli(
+        "track", "-c", str(watch.config), "-", env=watch.env, cwd=watch.tmp, stdin="\n".join(uuids)
+    )
+    assert done.returncode == 0, done.stderr
+    watch.runs.extend(uuids)
+    return uuids
+
+
 def sigterm(watch: Watch) -> None:
     daemon = watch.alive()
     started = time.monotonic()
@@ -524,26 +537,46 @@ def _histogram(sim: Simulator) -> dict[int, tuple[int, int]]:
     return {int(second): (int(arrived), int(throttled)) for second, arrived, throttled in rows}
 
 
+def _wait_second_with(sim: Simulator, arrivals: int, *, after: int, what: str) -> int:
+    """The first whole second of simulator uptime later than ``after`` in which at least
+    ``arrivals`` GetRunStatus requests arrived, waited for (up to 20 s)."""
+
+    def found() -> int | None:
+        stats = sim.stats()
+        now = int(stats["uptime_seconds"])
+        rows = stats["histogram"]["GetRunStatus"]
+        done = sorted(int(s) for s, a, _ in rows if after < int(s) < now and int(a) >= arrivals)
+        return done[0] if done else None
+
+    second: int = wait_for(found, timeout=20, interval=0.25, what=what)
+    return second
+
+
 def test_throttling_below_20_per_second_backs_off_and_recovers(
     tmp_path: Path, procs: Processes
 ) -> None:
     """60 runs polled every second want 60 requests/s; the daemon keeps to 20/s. Then the
     simulator's GetRunStatus limit drops to 5/s (other tools share the account) for 7 s and
-    comes back: the daemon slows down (no tight loop of refused requests) and speeds up."""
-    long_runs = [{"durations": [2, 2, 12]} for _ in range(60)]
-    watch = make_watch(tmp_path, procs, seed=31, submit=long_runs, polling={"interval_seconds": 1})
+    comes back: the daemon slows down (no tight loop of refused requests) and speeds up.
+
+    The runs start once the daemon is ready and outlast both phases, and the recovery is
+    awaited rather than measured in a fixed window: runs submitted before the daemon
+    started had ended during that window when a busy machine was slow to start it."""
+    watch = make_watch(tmp_path, procs, seed=31, polling={"interval_seconds": 1})
     daemon = watch.start()
     daemon.wait_ready(timeout=30)
-    time.sleep(1)
+    track_new_runs(watch, [{"durations": [2, 2, 28]} for _ in range(60)])
+    _wait_second_with(watch.sim, 15, after=0, what="the daemon polling near its 20/s")
     limited = 5
     watch.sim.post("/_sim/rate-limit", {"limit": limited, "action": "GetRunStatus"})
     low_from = int(watch.sim.stats()["uptime_seconds"]) + 1
     time.sleep(7)
     watch.sim.post("/_sim/rate-limit", {"limit": 20, "action": "GetRunStatus"})
     low_to = int(watch.sim.stats()["uptime_seconds"]) - 1
-    time.sleep(7)
+    high_to = _wait_second_with(
+        watch.sim, 15, after=low_to + 1, what="GetRunStatus back near 20/s (runs still active)"
+    )
     hist = _histogram(watch.sim)
-    high_to = int(watch.sim.stats()["uptime_seconds"]) - 1
 
     low = [hist.get(s, (0, 0)) for s in range(low_from, low_to + 1)]
     arrived = sum(a for a, _ in low)
@@ -946,11 +979,24 @@ def test_state_file_locked_by_another_process_exits_3_then_recovers(
 ) -> None:
     """Another process holds the write lock (BEGIN EXCLUSIVE) longer than the daemon's 5 s
     busy_timeout: the daemon exits 3 naming the lock (documented: a supervisor restarts
-    it); started again once the lock is gone, it catches up with every run."""
-    watch = make_watch(tmp_path, procs, seed=83, submit=[{"durations": [1, 1, 6]}] * 10)
+    it); started again once the lock is gone, it catches up with every run.
+
+    The runs start once the daemon is ready, and the lock is taken once it has recorded
+    one of them as still active: its next poll of that run must write (a transition or
+    the poll time). Runs submitted before the daemon started could all be over by the time
+    a busy machine had it ready; it then had nothing to write and never met the lock."""
+    watch = make_watch(tmp_path, procs, seed=83)
     daemon = watch.start()
     daemon.wait_ready(timeout=30)
-    time.sleep(1)
+    track_new_runs(watch, [{"durations": [1, 1, 6]}] * 10)
+    wait_for(
+        lambda: (
+            db_query(watch.db, "SELECT 1 FROM runs WHERE status IS NOT NULL AND terminal = 0")
+            or None
+        ),
+        timeout=30,
+        what="a run recorded as active",
+    )
     held = _hold_exclusive(watch.db, 20, daemon)
     assert held >= 5, f"gave up after {held:.1f} s, before its busy_timeout"
     expect_state_exit(watch, timeout=5, phrase="locked by another process")
