@@ -192,7 +192,7 @@ async def test_starting_until_the_first_poll_cycle_then_ready_with_the_gauge(
             assert await d.gauge() == only("starting")
             sim.set_faults(0.0)
             await d.wait_reason(None, timeout=20)
-            assert await d.readyz() == (200, {"status": "ready"})
+            assert await d.readyz() == (200, {"status": "ready", "reason": None})
             gauge = await d.gauge()
             assert gauge == only("polling")
 

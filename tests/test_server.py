@@ -139,7 +139,8 @@ async def test_readiness_transitions(h: Harness) -> None:
 
     h.health.ready = True
     resp = await h.client.get("/readyz")
-    assert (resp.status, await resp.json()) == (200, {"status": "ready"})
+    # interface.md: {"status", "reason"} in every answer (reason null when ready)
+    assert (resp.status, await resp.json()) == (200, {"status": "ready", "reason": None})
 
     h.health.draining = True
     resp = await h.client.get("/readyz")

@@ -277,7 +277,7 @@ class _Probes:
     async def readyz(self, request: web.Request) -> web.Response:
         reason = self._health.not_ready_reason()
         if reason is None:
-            return web.json_response({"status": "ready"})
+            return web.json_response({"status": "ready", "reason": None})
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
