@@ -62,6 +62,17 @@ _M = TypeVar("_M", RunMetadata, RunSummary)
 
 # json.dumps with separators builds a new encoder per call; this one is stateless and reused.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+# The string encoder that encoder uses (ensure_ascii): a GetRunStatus body is built with it
+# directly, the same bytes without walking a dict through the encoder on every poll.
+_JSON_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def status_body(run_uuid: str, project_id: str = "") -> bytes:
+    """The GetRunStatus body :meth:`OmicsClient.call` would send (an empty ProjectId left out)."""
+    text = '{"RunUuid":' + _JSON_STRING(run_uuid)
+    if project_id:
+        text += ',"ProjectId":' + _JSON_STRING(project_id)
+    return (text + "}").encode()
 
 
 def _describe_body(content_type: str, payload: bytes) -> str:
@@ -267,7 +278,10 @@ class OmicsClient:
         """POST one action; its ``Response`` object (``RequestId`` included) or an OmicsError."""
         if params.get("ProjectId") == "":
             params = {k: v for k, v in params.items() if k != "ProjectId"}
-        body = _COMPACT_JSON.encode(params).encode()
+        return await self._send(action, _COMPACT_JSON.encode(params).encode())
+
+    async def _send(self, action: str, body: bytes) -> dict[str, Any]:
+        """:meth:`call` for a body already encoded."""
         limiter = self._limiters.get(action)
         if limiter is None:
             limiter = self._limiters["default"]
@@ -399,11 +413,8 @@ class OmicsClient:
         would refuse (a Metadata that is no object, a missing or blank Status) with the same
         :class:`Transient` errors, and skips building the model: the same outcome, less CPU.
         """
-        # No empty ProjectId to drop in call(): one dict per poll, not two.
-        params = (
-            {"RunUuid": run_uuid, "ProjectId": project_id} if project_id else {"RunUuid": run_uuid}
-        )
-        response = await self.call("GetRunStatus", params)
+        # The body built directly (the bytes call() would send): no dict, no encoder walk.
+        response = await self._send("GetRunStatus", status_body(run_uuid, project_id))
         metadata = response.get("Metadata")
         if metadata is None:
             raise _malformed(response, "answer without Metadata")
