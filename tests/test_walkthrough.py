@@ -17,6 +17,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,11 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         "kill %1",
     ], "the walkthrough changed: update this test's steps with it"
     assert [i for i, b in enumerate(blocks) if _other_terminal(b)] == [4, 7]
+    # The README's receiver port: anything listening there (a receiver left running after
+    # following the README by hand) takes the deliveries the walkthrough shows failing.
+    with socket.socket() as probe:
+        taken = probe.connect_ex(("127.0.0.1", 8321)) == 0
+    assert not taken, "127.0.0.1:8321, the README's receiver port, is in use: stop what listens"
     env = _newcomer_env(tmp_path)
     shell = Shell(env=env, cwd=tmp_path)
     try:
