@@ -860,3 +860,29 @@ async def test_a_new_key_signs_from_its_first_request_and_the_day_rolls_over(
     assert [s.signature_ok for s in omics.seen] == [True, True, True]
     days = [s.headers["Authorization"].split("/")[1] for s in omics.seen]
     assert days == ["2023-11-14", "2023-11-15", "2023-11-15"]
+
+
+@pytest.mark.parametrize(
+    ("run_uuid", "project_id"),
+    [(RUN, ""), (RUN, "prj-1"), ('a"b\\c\n\t\x00', "项目 ü"), ("run-\U0001f600\u2028", "")],
+    ids=["plain", "project", "escapes", "non-bmp"],
+)
+async def test_run_status_sends_the_bytes_get_run_status_sends(
+    fake: tuple[FakeOmics, str],
+    session: aiohttp.ClientSession,
+    limiter: RecordingLimiter,
+    run_uuid: str,
+    project_id: str,
+) -> None:
+    """The pollers' GetRunStatus body is built without the JSON encoder: the same bytes, signed."""
+    omics, endpoint = fake
+    client = make_client(session, endpoint, limiter)
+    await client.get_run_status(run_uuid, project_id)
+    await client.run_status(run_uuid, project_id)
+    first, second = omics.seen
+    assert first.signature_ok
+    assert second.signature_ok
+    assert second.body == first.body
+    assert json.loads(second.body) == (
+        {"RunUuid": run_uuid, "ProjectId": project_id} if project_id else {"RunUuid": run_uuid}
+    )
