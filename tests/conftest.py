@@ -131,9 +131,19 @@ def _no_task_left_behind(request: pytest.FixtureRequest) -> None:
     """Every async test on its own (function-scoped) loop ends with no task of its own left.
 
     Sync tests have no loop to leak on; a test on a wider loop shares it with other tests.
+    An async test finding an event loop marked running in its thread fails at once, naming
+    the usual cause: pytest-asyncio could neither run it nor close its loop ("Cannot run the
+    event loop while another loop is running" at teardown).
     """
     if not is_async_test(request.node):
         return
+    if asyncio._get_running_loop() is not None:
+        pytest.fail(
+            "an event loop is marked running in this thread before this async test: a sync "
+            "Playwright still alive (it marks its loop running between calls; a browser "
+            "fixture must end with its module) or a loop an earlier test left running",
+            pytrace=False,
+        )
     marker = request.node.get_closest_marker("asyncio")
     scope = marker.kwargs.get("loop_scope") if marker is not None else None
     scope = scope or request.config.getini("asyncio_default_test_loop_scope") or "function"

@@ -67,6 +67,20 @@ async def test_fixture_leaks(background: object) -> None:
 
 def test_sync_tests_are_left_alone() -> None:
     assert asyncio.run(asyncio.sleep(0, "done")) == "done"
+
+
+def test_zz_leaves_a_loop_marked_running() -> None:
+    # What a sync Playwright does between its calls: a session-scoped browser fixture left
+    # its loop so for every later test of the worker.
+    asyncio._set_running_loop(asyncio.new_event_loop())
+
+
+async def test_zz_async_after_a_loop_left_running() -> None:
+    pass
+
+
+def test_zzz_clears_it() -> None:
+    asyncio._set_running_loop(None)
 """
 
 
@@ -120,6 +134,11 @@ def test_a_task_dropped_while_pending_fails_the_test(outcome: str) -> None:
 def test_a_fixture_that_leaks_fails_the_test_using_it(outcome: str) -> None:
     assert result_of(outcome, "test_fixture_leaks") == ["ERROR", "PASSED"], outcome
     assert "from-a-fixture: forever" in outcome
+
+
+def test_an_async_test_after_a_loop_left_running_fails_naming_the_cause(outcome: str) -> None:
+    assert result_of(outcome, "test_zz_async_after_a_loop_left_running") == ["ERROR"], outcome
+    assert "an event loop is marked running in this thread before this async test" in outcome
 
 
 @pytest.mark.parametrize(
