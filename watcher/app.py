@@ -63,9 +63,10 @@ from watcher.polling.outages import Outages, OutageTiming
 from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
+from watcher.replica import lease_trace, serve_terms, starts_as_standby
 from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
-from watcher.service.health import Health, PollingStateGauge
+from watcher.service.health import Health, PollingStateGauge, never
 from watcher.service.metrics import ApiRequestMetrics, DeliveryMetrics, Metrics
 from watcher.service.sdnotify import SdNotifier
 from watcher.service.server import AppParts, HttpServer, build_app
@@ -73,8 +74,10 @@ from watcher.service.state_metrics import StateGauges
 from watcher.settings_diff import report_unapplied
 from watcher.sink import EventSink
 from watcher.statuses import Statuses
-from watcher.store.api import AsyncStore, SqliteStore
+from watcher.store.api import AsyncStore, SqliteStore, StateOptions
 from watcher.store.lock import claim_state
+from watcher.store.pg.claim import LeaseClaim
+from watcher.store.pg.store import PgStore
 from watcher.stuck import StuckChecker
 from watcher.ui.pages import StatusPage
 
@@ -113,6 +116,7 @@ class Daemon:
     server: HttpServer
     log: Any
     pruner: Pruner
+    claim: LeaseClaim | None = None  # PostgreSQL: the lease (watcher.replica)
 
 
 async def build(
@@ -130,14 +134,9 @@ async def build(
     """
     log = structlog.get_logger("watcher.app")
     metrics = Metrics()
-    where = state_options(settings)
-    if where.path is not None:
-        # One daemon per state file: claimed before it is opened, released after it closes.
-        # (On PostgreSQL replicas share the state; the lease decides which one is active.)
-        stack.enter_context(claim_state(str(where.path)))
-    store = await where.open()
-    stack.push_async_callback(store.close)
-    session = await stack.enter_async_context(http_session())
+    store, claim = await _open_state(state_options(settings), stack)
+    traces = [lease_trace(claim.holding)] if claim is not None else []
+    session = await stack.enter_async_context(http_session(trace_configs=traces))
     limiters = build_limiters(settings)
     client = _observed_client(
         settings, session=session, environ=environ, limiters=limiters, metrics=metrics
@@ -173,7 +172,7 @@ async def build(
         store=store, recorder=recorder, metrics=metrics, wall_clock=utc_now, outages=outages
     )
     poller = _build_poller(settings, client=client, limiters=limiters, parts=parts)
-    health = Health(polling=outages)
+    health = Health(polling=outages, standby=claim.standby if claim is not None else never)
     return Daemon(
         settings=settings,
         store=store,
@@ -194,7 +193,28 @@ async def build(
         ),
         log=log,
         pruner=Pruner(store=store, options=retention_options(settings)),
+        claim=claim,
     )
+
+
+async def _open_state(
+    where: StateOptions, stack: contextlib.AsyncExitStack
+) -> tuple[AsyncStore, LeaseClaim | None]:
+    """The state (closed by ``stack``) and, on PostgreSQL, the lease claim that decides which
+    replica is active (``watcher.replica``): the store's daemon writes are fenced with its
+    grant, and it is released when the daemon exits."""
+    if where.path is not None:
+        # One daemon per state file: claimed before it is opened, released after it closes.
+        stack.enter_context(claim_state(str(where.path)))
+    store = await where.open()
+    stack.push_async_callback(store.close)
+    if where.url is None:
+        return store, None
+    claim = LeaseClaim(where.url, lease_seconds=where.lease_seconds)
+    assert isinstance(store, PgStore)
+    store.bind(claim.grant)
+    stack.push_async_callback(claim.aclose)
+    return store, claim
 
 
 def _build_dispatcher(
@@ -503,7 +523,7 @@ class Serving:
         """Start every task in ``group``; none of them waits for another to start."""
         d = self._daemon
         self._server = group.create_task(d.server.run(self._server_stop))
-        self._active = group.create_task(self.active(self._drain))
+        self._active = group.create_task(self._terms())
         helpers: list[Coroutine[Any, Any, None]] = [self.become_ready()]
         if reloader is not None:
             helpers.append(reloader.run())
@@ -519,9 +539,27 @@ class Serving:
         finally:
             self.abandoned += term.abandoned
 
+    async def _terms(self) -> None:
+        """On a state file the one term of the daemon's life; on PostgreSQL one term per
+        lease granted (a later one reads the registry afresh), until shutdown drains."""
+        claim = self._daemon.claim
+        if claim is None:
+            await self.active(self._drain)
+            return
+        await serve_terms(
+            claim,
+            lambda drain: self.active(drain, reload=True),
+            stop=self._drain,
+            log=self._daemon.log,
+        )
+
     async def become_ready(self) -> None:
-        """Ready (``/readyz`` 200, sd_notify READY) once every run was polled once."""
+        """Ready (``/readyz`` 200, sd_notify READY) once every run was polled once; a
+        replica that starts as a standby tells systemd it is up at once."""
         poller = self._daemon.poller
+        claim = self._daemon.claim
+        if claim is not None and await starts_as_standby(claim):
+            self._sd.ready("standby: another replica is active")
         await poller.first_cycle_done.wait()
         self._daemon.health.ready = True
         self._sd.ready(f"watching {poller.tracked} runs")
