@@ -15,7 +15,10 @@ process, the receivers):
 - the daemon that lost its lease wrote nothing after the takeover (an audit trigger
   records the database role of every write to runs, events and outbox: each daemon has its
   own role) and sent nothing to its receiver; thawed or reconnected, it is a standby
-  (``/readyz`` 503 ``standby``) and stays one.
+  (``/readyz`` 503 ``standby``) and stays one;
+- the standby serves meanwhile (``/healthz``, ``/metrics`` saying standby, the admin API);
+- SIGTERM on the active daemon releases the lease after draining, and the standby takes
+  over from the release, not from an expiry.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ CREATE FUNCTION audit_lease() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.epoch IS DISTINCT FROM OLD.epoch THEN
         INSERT INTO audit VALUES (current_user, 'lease', 'takeover',
+                                  extract(epoch FROM clock_timestamp()), NEW.epoch);
+    ELSIF NEW.holder IS NULL AND OLD.holder IS NOT NULL THEN
+        INSERT INTO audit VALUES (current_user, 'lease', 'release',
                                   extract(epoch FROM clock_timestamp()), NEW.epoch);
     END IF;
     RETURN NULL;
@@ -151,7 +157,7 @@ class Pair:
     def takeovers(self) -> list[tuple[str, float, int]]:
         rows = query(
             self.admin_url,
-            "SELECT who, at, epoch FROM audit WHERE tbl = 'lease' ORDER BY at",
+            "SELECT who, at, epoch FROM audit WHERE tbl = 'lease' AND op = 'takeover' ORDER BY at",
         )
         return [(r["who"], float(r["at"]), int(r["epoch"])) for r in rows]
 
@@ -280,6 +286,13 @@ def _active_then_standby(pair: Pair) -> None:
     pair.start("watcher_b")
     wait_for(lambda: pair.readiness("watcher_b") == "standby", timeout=60, what="B a standby")
     assert pair.readiness("watcher_a") in ("starting", "ready")
+    # The standby serves: health, metrics (saying standby), the admin API from the database.
+    standby = pair.daemons["watcher_b"]
+    assert standby.request("GET", "/healthz").status == 200
+    assert 'omics_watcher_polling_state{state="standby"} 1.0' in standby.metrics()
+    page = standby.admin("GET", "/v1/runs?limit=5")
+    assert page.status == 200
+    assert len(page.json()["runs"]) == 5
 
 
 def _takeover_by(pair: Pair, role: str, after: float) -> float:
@@ -386,4 +399,19 @@ def test_the_active_daemon_frozen_past_its_lease(pair: Pair) -> None:
     _settle_and_check(pair, lost="watcher_a", lost_at=taken)
     assert pair.readiness("watcher_a") == "standby"
     assert pair.logged("watcher_a", "lease_lost")
+    # SIGTERM on the active daemon drains, then releases the lease: the thawed standby
+    # takes over at its next try, without waiting for the lease to run out.
+    active = pair.daemons["watcher_b"]
+    assert stop(active.proc, signal.SIGTERM, timeout=GRACE + 30) == 0, tail(active.log)
+    assert pair.logged("watcher_b", "lease_released")
+    (released,) = query(
+        pair.admin_url, "SELECT at FROM audit WHERE op = 'release' AND who = 'watcher_b'"
+    )
+    handed = _takeover_by(pair, "watcher_a", taken) - float(released["at"])
+    assert handed < LEASE, f"took {handed:.1f} s after the release"  # no expiry waited out
+    wait_for(
+        lambda: pair.readiness("watcher_a") in ("starting", "ready") or None,
+        timeout=60,
+        what="A active again",
+    )
     _stop_all(pair)
