@@ -7,15 +7,33 @@ and never the URL."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 import pytest
+from notify_receiver import WebhookReceiver
 from pg import Cluster, server_program
+from support import (
+    Processes,
+    clean_env,
+    daemon_config,
+    free_port,
+    list_runs,
+    processes,
+    run_cli,
+    start_daemon,
+    start_simulator,
+    stop,
+    tail,
+    wait_for,
+    write_config,
+)
 
 from watcher.store.api import open_async_store
 from watcher.store.db import StateError
@@ -27,6 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ROLE_SQL = ROOT / "deploy" / "postgresql" / "omics-watcher-role.sql"
 ROLE = "omics_watcher"
 PASSWORD = "role-pass-Zq81"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    with processes() as registry:
+        yield registry
 
 
 def _psql_file(cluster: Cluster, path: Path, database: str, **variables: str) -> None:
@@ -199,3 +224,40 @@ async def test_verify_full_refuses_what_it_cannot_verify(
     assert message.startswith("database postgres")
     assert cluster.password not in message
     assert "postgresql://" not in message
+
+
+def test_the_daemon_and_the_cli_run_as_the_role(
+    role_url: str, tmp_path: Path, procs: Processes
+) -> None:
+    """``track`` creates the schema in the role's own schema, ``run`` polls every run to its
+    end and delivers to a signed webhook, ``list`` reads it back, SIGTERM exits 0, all as the
+    role the SQL file makes."""
+    sim = start_simulator(procs, tmp_path / "sim", "--runs", "5", "--run-seconds", "4")
+    port = free_port()
+    with WebhookReceiver(SECRET) as hook:
+        settings = daemon_config(tmp_path, sim=sim, port=port, grace=5)
+        settings["state"] = {"url": role_url, "lease_seconds": 3}
+        settings["notifiers"] = [
+            {"name": "hook", "type": "webhook", "url": hook.url, "secret": SECRET}
+        ]
+        config = write_config(tmp_path / "watcher.toml", settings)
+        env = clean_env(tmp_path / "home")
+        done = run_cli(
+            "track", "-c", str(config), "-", env=env, cwd=tmp_path, stdin="\n".join(sim.runs)
+        )
+        assert done.returncode == 0, done.stderr
+        daemon = start_daemon(procs, config, port=port, env=env)
+        daemon.wait_ready(timeout=60)
+
+        def finished() -> list[dict[str, Any]] | None:
+            rows = list_runs(config, env=env)
+            return rows if all(row["terminal"] for row in rows) else None
+
+        rows = wait_for(finished, timeout=120, interval=0.5, what="every run finished")
+        assert sorted(row["run_uuid"] for row in rows) == sorted(sim.runs)
+        wait_for(
+            lambda: len(hook.accepted()) >= len(sim.runs) or None, timeout=60, what="deliveries"
+        )
+        assert all(hit.verified for hit in hook.hits())
+        assert stop(daemon.proc, signal.SIGTERM, timeout=40) == 0, tail(daemon.log)
+    assert not [r for r in daemon.logs() if r.get("level") in ("error", "critical")]
