@@ -2,7 +2,10 @@
 
 Exists: :mod:`~watcher.store.pg.schema` (the schema as versioned migrations, run under an
 advisory lock so replicas starting together migrate once) and :mod:`~watcher.store.pg.lease`
-(the active daemon's lease row with its fencing epoch). The driver is asyncpg (README,
+(the active daemon's lease row with its fencing epoch), :mod:`~watcher.store.pg.claim` (the
+lease supervisor of point 5 below, as built) and, outside this package, :mod:`watcher.replica`
+(one term of active work per lease granted; the lease gate on every HTTP request). The
+driver is asyncpg (README,
 "Architecture"; ``benchmarks/pg_driver_bench.py``). Tests run against a real PostgreSQL 15
 (``tests/pg.py``; fixtures ``pg_url`` with the schema, ``pg_empty_url`` without).
 
