@@ -156,7 +156,7 @@ def test_every_state_command_prints_the_same_on_both_backends(
         config = state_config(tmp_path, path=tmp_path / "state.db")
     cli = Cli(capsys, config)
     said = cli_walk(cli, where)
-    delivered = {"state": "delivered", "attempts": 0, "last_error": None}
+    delivered = {"state": "delivered", "attempts": 1, "last_error": None}
     relabelled = f"run {RUN_A}: labels changed {{team=g}} → {{team=h}}\n"
     assert said == [
         "tracked 2 new, 0 already tracked\n",

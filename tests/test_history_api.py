@@ -87,7 +87,7 @@ async def test_a_runs_history_as_delivered_with_its_deliveries(api: Api) -> None
     ]
     assert [e["deliveries"] for e in body] == [
         [
-            {"notifier": "hook", "state": "delivered", "attempts": 0, "last_error": None},
+            {"notifier": "hook", "state": "delivered", "attempts": 1, "last_error": None},
             {"notifier": "chat", "state": "dead", "attempts": 2, "last_error": "HTTP 410 Gone"},
         ],
         [

@@ -46,8 +46,8 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def recorded(path: Path) -> Store:
-    """A state with RUN's two events: hook delivered then dead (an ESC in its error), chat
-    pending then removed from the configuration ("old")."""
+    """A state with RUN's two events: hook delivered at its second try then dead after three
+    (an ESC in its error), chat pending then removed from the configuration ("old")."""
     store = Store.open(path)
     store.track([TrackRequest(RUN, "prj")])
     start = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -58,6 +58,7 @@ def recorded(path: Path) -> Store:
         assert store.record_observation(cur, event, notifiers=["hook", "old"])
         prev = cur
     first, old, second, _ = store.pending_deliveries(limit=10)
+    store.mark_retry(first.id, attempts=1, next_attempt_at=start, error="HTTP 503")
     store.mark_delivered(first.id)
     store.mark_dead(second.id, error="HTTP 500 \x1b[2J boom", attempts=3)
     store.mark_dead(old.id, error="notifier 'old' is no longer configured")
@@ -84,7 +85,8 @@ def test_history_one_line_per_event_escaped_and_json(
     assert len(lines) == 2
     assert lines[0].startswith("2026-11-27T10:00:00.000Z  RUNNING  run.status_changed  evt_")
     assert lines[0].endswith(
-        "hook delivered; old dead #2 after 0 attempts: notifier 'old' is no longer configured"
+        "hook delivered after 2 attempts; "
+        "old dead #2 after 0 attempts: notifier 'old' is no longer configured"
     )
     assert "RUNNING -> FAILED" in lines[1]
     assert "hook dead #3 after 3 attempts: HTTP 500 \\x1b[2J boom" in lines[1]
@@ -93,6 +95,13 @@ def test_history_one_line_per_event_escaped_and_json(
     code, out, _ = cli(capsys, "history", RUN, "--json", "-c", str(config))
     body = json.loads(out)
     assert [e["data"]["status"] for e in body] == ["RUNNING", "FAILED"]
+    # attempts is the number of tries made, as test-notify logs it: the successful one counts
+    assert body[0]["deliveries"][0] == {
+        "notifier": "hook",
+        "state": "delivered",
+        "attempts": 2,
+        "last_error": "HTTP 503",
+    }
     assert body[1]["deliveries"][0] == {
         "notifier": "hook",
         "state": "dead",

@@ -422,16 +422,19 @@ async def test_outbox_lifecycle(astore: AsyncStore, clock: FakeClock) -> None:
     assert await astore.outbox_stats(now=now) == (0, 0.0)
     assert await astore.pending_deliveries() == []
     assert len(await astore.events()) == 2  # delivery does not touch the history
-    # Settled rows stay as the record of what became of each delivery.
+    # Settled rows stay as the record of what became of each delivery; attempts is the
+    # number of tries made: a delivered row counts its successful one.
     history = await astore.run_history(RUN_A)
     assert history is not None
     assert [(d.notifier, d.state, d.attempts) for d in history[0].deliveries] == [
-        ("ops", "delivered", 1),
+        ("ops", "delivered", 2),
         ("chat", "dead", 0),
     ]
     other = await astore.run_history(RUN_B)
     assert other is not None
-    assert [(d.notifier, d.state) for d in other[0].deliveries] == [("ops", "delivered")]
+    assert [(d.notifier, d.state, d.attempts) for d in other[0].deliveries] == [
+        ("ops", "delivered", 1)
+    ]
 
 
 async def test_dead_letter_removed_notifiers(astore: AsyncStore) -> None:

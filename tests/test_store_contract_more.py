@@ -69,7 +69,7 @@ async def test_history_shows_every_state_and_dead_letters_go_back_with_their_eve
     assert history is not None
     assert [entry.event for entry in history] == [first, second]  # oldest first
     assert [(d.notifier, d.state, d.attempts, d.last_error) for d in history[0].deliveries] == [
-        ("hook", "delivered", 0, None),
+        ("hook", "delivered", 1, None),  # the tries made: the successful one counts
         ("chat", "silenced", 0, "silenced by 3 (night rerun)"),
         ("mail", "dead", 5, "gave up: 503"),
     ]

@@ -53,8 +53,8 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 def _delivery_text(d: DeliveryRecord) -> str:
     tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
-    if d.state == "delivered":
-        return f"{d.notifier} delivered"
+    if d.state == "delivered":  # attempts counts the successful try
+        return f"{d.notifier} delivered" + (f" after {tries}" if d.attempts > 1 else "")
     if d.state == "silenced":
         return f"{d.notifier} silenced" + (f" ({d.last_error})" if d.last_error else "")
     if d.state == "dead":

@@ -37,7 +37,11 @@ REDELIVERED_PREFIX = "redelivered:"
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRecord:
-    """What became of one event's delivery to one notifier."""
+    """What became of one event's delivery to one notifier.
+
+    ``attempts`` is the number of tries made: a delivered row counts its successful one, a
+    silenced row was never tried, dead and pending rows count their failed tries.
+    """
 
     id: int
     notifier: str

@@ -71,10 +71,11 @@ class OutboxMixin(StoreBase):
         return [_delivery(row) for row in rows]
 
     def mark_delivered(self, delivery_id: int) -> None:
-        """The row was sent; it stays as the record (state ``delivered``)."""
+        """The row was sent; it stays as the record (state ``delivered``), its ``attempts``
+        counting the successful try too: every surface shows the number of tries made."""
         with self._db.write() as conn:
             conn.execute(
-                "UPDATE outbox SET state = 'delivered', settled_at = ? "
+                "UPDATE outbox SET state = 'delivered', settled_at = ?, attempts = attempts + 1 "
                 "WHERE id = ? AND state = 'pending'",
                 (self._now(), delivery_id),
             )

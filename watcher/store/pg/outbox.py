@@ -73,7 +73,7 @@ class OutboxMixin(PgBase):
     async def mark_delivered(self, delivery_id: int) -> None:
         async with self._write() as conn:
             await conn.execute(
-                "UPDATE outbox SET state = 'delivered', settled_at = $1 "
+                "UPDATE outbox SET state = 'delivered', settled_at = $1, attempts = attempts + 1 "
                 "WHERE id = $2 AND state = 'pending'",
                 self._now(),
                 delivery_id,
