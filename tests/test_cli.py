@@ -470,7 +470,9 @@ def test_a_label_without_equals_sign_is_a_usage_error(
 ) -> None:
     code, _, err = cli(capsys, "track", "-c", str(config), "--label", "team", RUN_A)
     assert code == 2
-    assert "team" in err
+    assert err == "error: --label 'team': expected KEY=VALUE\n"  # the prefix of every error
+    code, _, err = cli(capsys, "track", "-c", str(config), "--label", "k=\udcff", RUN_A)
+    assert (code, err) == (2, "error: --label 'k=\\udcff': not valid UTF-8 text\n")
     assert listed(capsys, config) == []
 
 

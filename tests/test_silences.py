@@ -127,6 +127,13 @@ def test_durations_and_times() -> None:
     for bad in ("0s", "2w", "1h30m", "-5m", "soon", "3651d"):
         with pytest.raises(SilenceError, match="duration"):
             parse_duration(bad)
+    # A well-formed duration that is too long says so, however many digits it has.
+    for long in ("3651d", "10000000d", "9" * 5000 + "s"):
+        with pytest.raises(SilenceError) as raised:
+            parse_duration(long)
+        assert str(raised.value).endswith(": too long, at most 3650d"), str(raised.value)[-80:]
+    with pytest.raises(SilenceError, match="'0s': must be more than 0"):
+        parse_duration("0s")
     assert parse_time("2026-11-27T18:00:00Z") == datetime(2026, 11, 27, 18, tzinfo=UTC)
     assert parse_time("2026-11-28T02:00+08:00") == datetime(2026, 11, 27, 18, tzinfo=UTC)
     with pytest.raises(SilenceError, match="add Z or a UTC offset"):
@@ -379,6 +386,10 @@ def test_silence_commands(tmp_path: Path) -> None:
         (("--match", "lable.team=x", "--for", "1h"), "--match: unknown key 'lable.team'"),
         (("--match", "status", "--for", "1h"), "expected KEY=VALUE"),
         (("--match", "status=X", "--for", "1w"), "--for: duration '1w'"),
+        (
+            ("--match", "status=X", "--for", "10000000d"),
+            "error: --for: duration '10000000d': too long, at most 3650d",
+        ),
         (("--match", "status=X", "--until", "2999-01-01T00:00"), "--until: time"),
         (("--match", "status=X", "--until", "2001-01-01T00:00Z"), "is not in the future"),
         (

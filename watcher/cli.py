@@ -101,7 +101,7 @@ def _text_arg(option: str, value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise Exit(EXIT_USAGE, f"{option} {value!r}: not valid UTF-8 text") from None
+        raise Exit(EXIT_USAGE, f"error: {option} {value!r}: not valid UTF-8 text") from None
     return value
 
 
@@ -110,7 +110,7 @@ def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = _text_arg("--label", pair).partition("=")
         if not sep or not key.strip():
-            raise Exit(EXIT_USAGE, f"--label {pair!r}: expected KEY=VALUE")
+            raise Exit(EXIT_USAGE, f"error: --label {pair!r}: expected KEY=VALUE")
         labels[key.strip()] = value
     problems = label_problems(labels)
     if problems:

@@ -32,7 +32,7 @@ MAX_DURATION = timedelta(days=3650)
 # How long an ended silence stays listed "for the record" before it is deleted.
 KEEP_ENDED = timedelta(days=7)
 
-_DURATION = re.compile(r"([0-9]{1,7})([smhd])")
+_DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 SilenceState = Literal["active", "pending", "expired"]
@@ -84,11 +84,16 @@ def check_matchers(matchers: Iterable[tuple[str, str]]) -> dict[str, str]:
 def parse_duration(text: str) -> timedelta:
     """``30s``, ``90m``, ``2h``, ``1d`` as a positive :class:`timedelta` (at most 3650 days)."""
     found = _DURATION.fullmatch(text.strip())
+    shown = repr(text if len(text) <= 32 else text[:31] + "…")
     if found is None:
-        raise SilenceError(f"duration {text!r}: expected a number and a unit s, m, h or d (90m)")
-    span = timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
-    if span <= timedelta(0) or span > MAX_DURATION:
-        raise SilenceError(f"duration {text!r}: must be more than 0 and at most 3650d")
+        raise SilenceError(f"duration {shown}: expected a number and a unit s, m, h or d (90m)")
+    digits = found.group(1).lstrip("0") or "0"
+    limit = MAX_DURATION.total_seconds()
+    if len(digits) > 12 or int(digits) * _UNITS[found.group(2)] > limit:
+        raise SilenceError(f"duration {shown}: too long, at most {MAX_DURATION.days}d")
+    span = timedelta(seconds=int(digits) * _UNITS[found.group(2)])
+    if span <= timedelta(0):
+        raise SilenceError(f"duration {shown}: must be more than 0")
     return span
 
 
