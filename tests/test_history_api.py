@@ -97,9 +97,12 @@ async def test_a_runs_history_as_delivered_with_its_deliveries(api: Api) -> None
     ]
     unknown = await api.client.get(f"/v1/runs/{OTHER}/events", headers=AUTH)
     assert (unknown.status, await unknown.json()) == (404, {"error": "run not in the registry"})
-    bad = await api.client.get("/v1/runs/not-a-uuid/events", headers=AUTH)
-    assert bad.status == 400
-    assert (await bad.json())["error"].startswith("run_uuid:")
+    # The same mistake gets the same answer wherever a run UUID is asked for.
+    said = set()
+    for path in ("/v1/runs/not-a-uuid/events", "/v1/events?run_uuid=not-a-uuid", "/v1/runs/x"):
+        bad = await api.client.get(path, headers=AUTH)
+        said.add((bad.status, (await bad.json())["error"]))
+    assert said == {(400, "run_uuid: must be a canonical UUID (8-4-4-4-12 hex digits)")}
     # A run tracked but never polled has an empty history, not a 404.
     api.store.track([TrackRequest(OTHER, "prj")])
     empty = await api.client.get(f"/v1/runs/{OTHER}/events", headers=AUTH)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from watcher import __version__
 from watcher.display import printable, printable_json
 from watcher.limits import LabelError, label_problems
+from watcher.run_uuids import RUN_UUID
 
 if TYPE_CHECKING:
     from watcher.store.api import AsyncStore
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class Exit(Exception):
@@ -184,8 +183,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     labels = _parse_labels(args.label)
     given: list[str] = args.run_uuids
     uuids = read_uuid_lines(sys.stdin) if given == ["-"] else given
-    bad = [u for u in uuids if not _UUID.fullmatch(u)]
-    good = list(dict.fromkeys(u.lower() for u in uuids if _UUID.fullmatch(u)))
+    bad = [u for u in uuids if not RUN_UUID.fullmatch(u)]
+    good = list(dict.fromkeys(u.lower() for u in uuids if RUN_UUID.fullmatch(u)))
     if args.project_id is not None:
         _text_arg("--project-id", args.project_id)
     if good:
@@ -201,7 +200,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 async def _untrack(settings: Any, uuids: list[str]) -> list[str]:
     async with opened_state(settings) as store:
         # Only UUIDs can be tracked (track refuses the rest): anything else is "not tracked".
-        return await store.untrack(u.lower() for u in uuids if _UUID.fullmatch(u))
+        return await store.untrack(u.lower() for u in uuids if RUN_UUID.fullmatch(u))
 
 
 def cmd_untrack(args: argparse.Namespace) -> int:
@@ -302,7 +301,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from watcher.connect import one_status
 
     settings = _settings(args)
-    if not _UUID.fullmatch(args.run_uuid):
+    if not RUN_UUID.fullmatch(args.run_uuid):
         raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
     project = args.project_id if args.project_id is not None else settings.tencentcloud.project_id
     try:

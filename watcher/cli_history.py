@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
+
+from watcher.run_uuids import RUN_UUID
 
 if TYPE_CHECKING:
     from watcher.store.api import AsyncStore
     from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _PAGE = 1000  # dead letters read and printed at a time
 
 
@@ -46,7 +46,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from watcher.history_view import history_json, history_line
 
     settings = _settings(args)
-    if not _UUID.fullmatch(args.run_uuid):
+    if not RUN_UUID.fullmatch(args.run_uuid):
         raise Exit(EXIT_USAGE, f"error: not a run UUID: {args.run_uuid!r}")
     run_uuid = args.run_uuid.lower()
     entries = run_on_state(_history(settings, run_uuid))

@@ -25,10 +25,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watcher.history_view import dead_letter_json, history_json
+from watcher.run_uuids import RUN_UUID_HINT, canonical_run_uuid
 from watcher.service.reads import json_body
 from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _LIMIT = re.compile(r"[0-9]{1,7}")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -112,10 +112,10 @@ class HistoryApi:
         router.add_post("/v1/dead-letters/redeliver", self.redeliver)
 
     async def history(self, request: web.Request) -> web.Response:
-        raw = request.match_info["run_uuid"]
-        if not _UUID.fullmatch(raw):
-            raise _bad("run_uuid: expected a run UUID (8-4-4-4-12 hexadecimal digits)")
-        entries = await self._store.run_history(raw.lower())
+        run_uuid = canonical_run_uuid(request.match_info["run_uuid"])
+        if run_uuid is None:
+            raise _bad(f"run_uuid: {RUN_UUID_HINT}")
+        entries = await self._store.run_history(run_uuid)
         if entries is None:
             raise web.HTTPNotFound(text="run not in the registry")
         return web.Response(body=json_body(history_json(entries)), content_type="application/json")

@@ -43,6 +43,7 @@ from pydantic_core import PydanticCustomError
 from watcher.events import Event
 from watcher.limits import LabelError, label_problems
 from watcher.retrack import change_lines, previous_values
+from watcher.run_uuids import RUN_UUID_HINT, canonical_run_uuid
 from watcher.service.connections import (
     ConnectionGuard,
     ConnectionLimits,
@@ -63,13 +64,11 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LIMIT = re.compile(r"[0-9]{1,7}")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,63}")  # a key an error message may repeat
 # What one aiohttp app serves: everything, or the two halves of a split (admin_listen).
 AppParts = Literal["all", "probes", "admin"]
 _ADMIN_PREFIX = "/v1"
-_UUID_HINT = "must be a canonical UUID (8-4-4-4-12 hex digits)"
 _MAX_FILTER_CHARS = 256
 
 
@@ -120,9 +119,10 @@ class TrackBody(BaseModel):
     @field_validator("run_uuid")
     @classmethod
     def _canonical_uuid(cls, value: str) -> str:
-        if not _UUID.fullmatch(value):
-            raise PydanticCustomError("run_uuid", _UUID_HINT)
-        return value.lower()
+        canonical = canonical_run_uuid(value)
+        if canonical is None:
+            raise PydanticCustomError("run_uuid", RUN_UUID_HINT)
+        return canonical
 
     @field_validator("labels")
     @classmethod
@@ -199,10 +199,10 @@ def _json_bytes(body: bytes) -> web.Response:
 
 
 def _path_uuid(request: web.Request) -> str:
-    value = request.match_info["run_uuid"]
-    if not _UUID.fullmatch(value):
-        raise _bad_request(f"run_uuid: {_UUID_HINT}")
-    return value.lower()
+    canonical = canonical_run_uuid(request.match_info["run_uuid"])
+    if canonical is None:
+        raise _bad_request(f"run_uuid: {RUN_UUID_HINT}")
+    return canonical
 
 
 def _is_admin_path(request: web.Request) -> bool:
@@ -378,9 +378,9 @@ class _AdminApi:
         limit, event_type = _limit(request), _text_param(request, "type")
         run_uuid = request.query.get("run_uuid")
         if run_uuid is not None:
-            if not _UUID.fullmatch(run_uuid):
-                raise _bad_request(f"run_uuid: {_UUID_HINT}")
-            run_uuid = run_uuid.lower()
+            run_uuid = canonical_run_uuid(run_uuid)
+            if run_uuid is None:
+                raise _bad_request(f"run_uuid: {RUN_UUID_HINT}")
         found = await self._store.events(limit=limit, run_uuid=run_uuid, event_type=event_type)
         return _json_bytes(json_body([event.to_dict() for event in found]))
 

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from watcher.delivery.silencing import SilenceError
 from watcher.events import isoformat_z
+from watcher.run_uuids import RUN_UUID
 from watcher.store.api import AsyncStore
 from watcher.store.db import utc_now
 from watcher.store.history import Redelivery
@@ -47,7 +48,6 @@ from watcher.ui.lists import (
 
 MAX_IDS = 10_000  # as POST /v1/dead-letters/redeliver
 MAX_FLASHES = 1024
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ID = re.compile(r"[0-9]{1,18}")
 
 
@@ -95,7 +95,7 @@ def _see_other(location: str) -> web.HTTPSeeOther:
 
 def _run_uuid(request: web.Request) -> str:
     raw = request.match_info["run_uuid"]
-    if not _UUID.fullmatch(raw):
+    if not RUN_UUID.fullmatch(raw):
         raise web.HTTPNotFound(text="no such run")
     return raw.lower()
 

@@ -31,6 +31,7 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from watcher.events import isoformat_z
+from watcher.run_uuids import RUN_UUID
 from watcher.service.metrics import Metrics
 from watcher.statuses import Statuses
 from watcher.store.api import AsyncStore
@@ -55,7 +56,6 @@ from watcher.ui.views import (
 RUNS_PER_PAGE = 50
 STATIC_FILES = ("app.css", "app.js")
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 _MAX_FILTER = 256
 
@@ -313,7 +313,7 @@ class StatusPage:
 
     async def run(self, request: web.Request) -> web.Response:
         raw = request.match_info["run_uuid"]
-        if not _UUID.fullmatch(raw):
+        if not RUN_UUID.fullmatch(raw):
             return self._render("missing.html", request, status=404, what="run", page="runs")
         uuid, statuses = raw.lower(), self._statuses
         detail = await read_run(self._store, uuid, statuses)
