@@ -172,6 +172,27 @@ def test_route_problems_are_reported_with_other_problems(tmp_path: Path) -> None
     assert any(p.startswith("polling.rate_per_second:") for p in found)
 
 
+def test_every_name_problem_is_reported_in_one_pass(tmp_path: Path) -> None:
+    """Duplicate and unknown names (notifiers, routes, mute intervals) come with the other
+    problems, all at once, not one per attempt at fixing the file."""
+    names = (
+        '[[notifiers]]\nname = "a"\ntype = "log"\nmute_intervals = ["nite"]\n'
+        '[[notifiers]]\nname = "a"\ntype = "log"\n'
+        '[[routes]]\nnotifiers = ["nope"]\n'
+        '[[mute_intervals]]\nname = "nights"\n[[mute_intervals]]\nname = "nights"\n'
+    )
+    expected = [
+        "notifiers[1].name: duplicate notifier name 'a'",
+        "routes[0].notifiers: unknown notifier 'nope'",
+        "mute_intervals[1].name: duplicate name 'nights'",
+        'notifiers[0].mute_intervals: unknown interval "nite"',
+    ]
+    assert problems(tmp_path, names) == expected  # every field valid: only these
+    found = problems(tmp_path, '[polling]\nrate_per_second = "fast"\n' + names)
+    assert found[: len(expected)] == expected
+    assert [p.split(":")[0] for p in found[len(expected) :]] == ["polling.rate_per_second"]
+
+
 def test_keys_inside_urls_are_redacted_and_masked_in_logs(tmp_path: Path) -> None:
     path = write(
         tmp_path,

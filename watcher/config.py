@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -285,33 +285,49 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        names = [n.name for n in self.notifiers]
-        seen: set[str] = set()
-        for index, name in enumerate(names):
-            if name in seen:
-                raise _KeyedError(f"notifiers[{index}].name", f"duplicate notifier name {name!r}")
-            seen.add(name)
-        for index, route in enumerate(self.routes):
-            for name in route.notifiers:
-                if name not in seen:
-                    raise _KeyedError(f"routes[{index}].notifiers", f"unknown notifier {name!r}")
-        for key, message in _mute_problems(self):
+        # The first problem stops validation; the loader then lists all of them
+        # (_raw_cross_problems, the same checks on the unvalidated input).
+        for key, message in _name_problems(
+            [(n.name, n.mute_intervals) for n in self.notifiers],
+            [route.notifiers for route in self.routes],
+            [interval.name for interval in self.mute_intervals],
+        ):
             raise _KeyedError(key, message)
         if self.state.url is not None and "path" in self.state.model_fields_set:
             raise _KeyedError("state.url", "give either [state] path or url, not both")
         return self
 
 
-def _mute_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Mute interval names are unique and every notifier names only defined ones."""
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
+
+
+def _name_problems(
+    notifiers: Sequence[tuple[object, object]],
+    routes: Sequence[object],
+    intervals: Sequence[object],
+) -> list[tuple[str, str]]:
+    """Notifier and mute interval names are unique, routes name only configured notifiers and
+    notifiers only defined intervals. ``notifiers``: each one's ``(name, mute_intervals)``;
+    ``routes``: each route's notifier names; ``intervals``: each interval's name. Works on
+    validated settings and on raw input alike (values of another type are passed over)."""
     problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for index, (name, _) in enumerate(notifiers):
+        if isinstance(name, str) and name in seen:
+            problems.append((f"notifiers[{index}].name", f"duplicate notifier name {name!r}"))
+        seen.update(_strings([name]))
+    for index, wanted in enumerate(routes):
+        for name in _strings(wanted):
+            if name not in seen:
+                problems.append((f"routes[{index}].notifiers", f"unknown notifier {name!r}"))
     defined: set[str] = set()
-    for index, interval in enumerate(settings.mute_intervals):
-        if interval.name in defined:
-            problems.append((f"mute_intervals[{index}].name", f"duplicate name {interval.name!r}"))
-        defined.add(interval.name)
-    for index, notifier in enumerate(settings.notifiers):
-        for name in notifier.mute_intervals:
+    for index, name in enumerate(intervals):
+        if isinstance(name, str) and name in defined:
+            problems.append((f"mute_intervals[{index}].name", f"duplicate name {name!r}"))
+        defined.update(_strings([name]))
+    for index, (_, wanted) in enumerate(notifiers):
+        for name in _strings(wanted):
             if name not in defined:
                 key = f"notifiers[{index}].mute_intervals"
                 problems.append((key, f"unknown interval {json.dumps(name)}"))
@@ -537,20 +553,20 @@ def load_settings(
 
 
 def _raw_cross_problems(raw: Mapping[str, Any]) -> list[str]:
-    """Route and name checks on unvalidated input.
+    """Every name problem (:func:`_name_problems`) on the unvalidated input.
 
-    ``Settings._cross_checks`` only runs once every field is valid; when other problems
-    stop validation earlier, these are still worth reporting in the same run.
+    ``Settings._cross_checks`` only runs once every field is valid, and stops at the first
+    problem; these are all reported in the same run as the other problems.
     """
-    notifiers = raw.get("notifiers")
-    routes = raw.get("routes")
-    if not isinstance(notifiers, list) or not isinstance(routes, list):
-        return []
-    names = [n.get("name") for n in notifiers if isinstance(n, dict)]
-    problems = []
-    for index, route in enumerate(routes):
-        wanted = route.get("notifiers") if isinstance(route, dict) else None
-        for name in wanted if isinstance(wanted, list) else []:
-            if isinstance(name, str) and name not in names:
-                problems.append(f"routes[{index}].notifiers: unknown notifier {name!r}")
-    return problems
+
+    def entries(key: str) -> list[dict[str, Any]]:
+        value = raw.get(key)
+        items = value if isinstance(value, list) else []
+        return [item if isinstance(item, dict) else {} for item in items]
+
+    problems = _name_problems(
+        [(n.get("name"), n.get("mute_intervals")) for n in entries("notifiers")],
+        [route.get("notifiers") for route in entries("routes")],
+        [interval.get("name") for interval in entries("mute_intervals")],
+    )
+    return [f"{key}: {message}" for key, message in problems]
