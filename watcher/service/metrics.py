@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from watcher.service.request_metrics import LabelledCounter, LabelledHistogram
+
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Recording to delivery: milliseconds when the destination is up, up to hours through retries.
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -89,20 +91,21 @@ class Metrics:
         self.polls = Counter(
             "omics_watcher_polls", "Status polls by outcome.", ["outcome"], registry=r
         )
-        self.api_request_seconds = Histogram(
+        # the two per-request series: plain numbers, the library's exposition (request_metrics)
+        self.api_request_seconds = LabelledHistogram(
             "omics_watcher_api_request_seconds",
             "Omics API request latency (limiter wait excluded).",
-            ["action"],
+            "action",
             buckets=API_BUCKETS,
             registry=r,
         )
         self.throttled = Counter(
             "omics_watcher_throttled", "RequestLimitExceeded answers received.", registry=r
         )
-        self.limiter_wait_seconds = Counter(
+        self.limiter_wait_seconds = LabelledCounter(
             "omics_watcher_limiter_wait_seconds",
             "Time requests spent waiting for the rate limiter.",
-            ["action"],
+            "action",
             registry=r,
         )
         self.transitions = Counter(
