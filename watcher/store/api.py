@@ -56,7 +56,7 @@ from watcher.store.overview import (
     NotifierOutbox,
     WindowPage,
 )
-from watcher.store.registry import RunFilter, RunPage, RunPageJson
+from watcher.store.registry import RunFilter, RunPage, RunPageJson, walk_runs
 from watcher.store.store import Store
 
 T = TypeVar("T")
@@ -342,17 +342,10 @@ class SqliteStore:
     async def list_runs(self) -> list[TrackedRun]:
         return [run async for run in self.iter_runs()]
 
-    async def iter_runs(
+    def iter_runs(
         self, where: RunFilter | None = None, *, page: int = 1000
     ) -> AsyncIterator[TrackedRun]:
-        cursor: str | None = None
-        while True:
-            found = await self.page_runs(limit=page, cursor=cursor, where=where)
-            for run in found.runs:
-                yield run
-            if found.next_cursor is None:
-                return
-            cursor = found.next_cursor
+        return walk_runs(self.page_runs, where, page)
 
     async def page_runs(
         self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None

@@ -26,6 +26,16 @@ from watcher.store.models import DiscoveredRun
 from watcher.store.registry import next_change_seq
 
 
+def distinct_runs(runs: Sequence[DiscoveredRun]) -> dict[str, DiscoveredRun]:
+    """The runs by UUID, the first of each kept; an empty UUID is a caller's bug."""
+    found: dict[str, DiscoveredRun] = {}
+    for run in runs:
+        if not run.run_uuid:
+            raise ValueError("run_uuid must not be empty")
+        found.setdefault(run.run_uuid, run)
+    return found
+
+
 class DiscoveryMixin(StoreBase):
     def track_discovered(
         self, runs: Sequence[DiscoveredRun], *, baseline: bool, terminal: frozenset[str]
@@ -37,11 +47,7 @@ class DiscoveryMixin(StoreBase):
         without an event. Without it, the status stays unknown and the first poll reports
         the run (``previous_status: null``) like any newly tracked run.
         """
-        found: dict[str, DiscoveredRun] = {}
-        for run in runs:
-            if not run.run_uuid:
-                raise ValueError("run_uuid must not be empty")
-            found.setdefault(run.run_uuid, run)
+        found = distinct_runs(runs)
         if not found:
             return []
         now = self._now()

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from watcher.events import NOT_FOUND, RUN_GROUP_LABEL, STATUS_CHANGED
 from watcher.store.db import StoreBase, load_labels, to_ts
+from watcher.store.models import Row
 
 _PATH = f'$."{RUN_GROUP_LABEL}"'
 _GROUP_MEMBERS = (
@@ -45,21 +46,23 @@ class GroupMember:
         return self.terminal or self.stopped
 
 
+def group_member(row: Row) -> GroupMember:
+    """A member from ``run_uuid, project_id, status, terminal, stopped, labels``."""
+    return GroupMember(
+        run_uuid=row[0],
+        project_id=row[1],
+        status=row[2],
+        terminal=bool(row[3]),
+        stopped=bool(row[4]),
+        labels=load_labels(row[5]),
+    )
+
+
 class GroupsMixin(StoreBase):
     def group_members(self, run_group: str) -> list[GroupMember]:
         """The tracked runs labelled ``run_group``, in the order they were tracked."""
         rows = self._db.query(_GROUP_MEMBERS, (run_group,))
-        return [
-            GroupMember(
-                run_uuid=row[0],
-                project_id=row[1],
-                status=row[2],
-                terminal=bool(row[3]),
-                stopped=bool(row[4]),
-                labels=load_labels(row[5]),
-            )
-            for row in rows
-        ]
+        return [group_member(row) for row in rows]
 
     def has_event(self, event_id: str) -> bool:
         """Whether an event with this id was ever recorded (and not pruned)."""

@@ -27,6 +27,7 @@ from typing import Literal
 from watcher.events import Event
 from watcher.store.codec import decode_body
 from watcher.store.db import StoreBase, from_ts
+from watcher.store.models import Row
 
 DeliveryState = Literal["pending", "dead", "delivered", "silenced"]
 
@@ -92,6 +93,21 @@ class Redelivery:
             raise ValueError("choose exactly one of: all, a notifier, delivery ids")
 
 
+def dead_letter_row(row: Row) -> DeadLetter:
+    """A dead letter from ``outbox.id, notifier, event id, run_uuid, type, dead_at, attempts,
+    last_error`` (both backends' ``list_dead_letters`` select these)."""
+    return DeadLetter(
+        id=int(row[0]),
+        notifier=row[1],
+        event_id=row[2],
+        run_uuid=row[3],
+        type=row[4],
+        dead_at=from_ts(row[5] if row[5] is not None else 0.0),
+        attempts=int(row[6]),
+        last_error=row[7],
+    )
+
+
 class HistoryMixin(StoreBase):
     def run_history(self, run_uuid: str) -> list[HistoryEntry] | None:
         """The run's events oldest first, each with its deliveries; ``None`` for a run the
@@ -141,19 +157,7 @@ class HistoryMixin(StoreBase):
             sql += " AND o.notifier = ?"
             params.append(notifier)
         rows = self._db.query(sql + " ORDER BY o.id DESC LIMIT ?", [*params, max(0, limit)])
-        return [
-            DeadLetter(
-                id=int(row[0]),
-                notifier=row[1],
-                event_id=row[2],
-                run_uuid=row[3],
-                type=row[4],
-                dead_at=from_ts(row[5] if row[5] is not None else 0.0),
-                attempts=int(row[6]),
-                last_error=row[7],
-            )
-            for row in rows
-        ]
+        return [dead_letter_row(row) for row in rows]
 
     def redeliver(self, which: Redelivery) -> list[int]:
         """Put the chosen dead letters back in the outbox; returns their ids (unknown ids and

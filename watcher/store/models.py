@@ -9,9 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.events import Event, isoformat_z
+
+
+class Row(Protocol):
+    """A stored row as either backend returns it (a ``sqlite3`` tuple or an ``asyncpg``
+    Record), read by column index: each backend's SELECT lists the columns in the same
+    order, so one decoder per value type serves both."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 def _iso(moment: datetime | None) -> str | None:

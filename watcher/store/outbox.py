@@ -18,12 +18,11 @@ Invariants:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from watcher.events import Event
 from watcher.store.codec import decode_body
 from watcher.store.db import StoreBase, from_ts, to_ts
-from watcher.store.models import Delivery
+from watcher.store.models import Delivery, Row
 
 MAX_ERROR_CHARS = 2000
 
@@ -40,7 +39,8 @@ _SELECT = (
 )
 
 
-def _delivery(row: tuple[Any, ...]) -> Delivery:
+def delivery_row(row: Row) -> Delivery:
+    """A delivery from :data:`_SELECT`'s columns (PostgreSQL's lists the same)."""
     return Delivery(
         id=int(row[0]),
         event=Event.from_json(decode_body(row[1])),
@@ -52,7 +52,7 @@ def _delivery(row: tuple[Any, ...]) -> Delivery:
     )
 
 
-def _cut(error: str) -> str:
+def cut_error(error: str) -> str:
     return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
 
@@ -68,7 +68,7 @@ class OutboxMixin(StoreBase):
                 _SELECT + "WHERE o.state = 'pending' AND o.notifier = ? ORDER BY o.id LIMIT ?",
                 (notifier, max(0, limit)),
             )
-        return [_delivery(row) for row in rows]
+        return [delivery_row(row) for row in rows]
 
     def mark_delivered(self, delivery_id: int) -> None:
         """The row was sent; it stays as the record (state ``delivered``), its ``attempts``
@@ -87,7 +87,7 @@ class OutboxMixin(StoreBase):
             conn.execute(
                 "UPDATE outbox SET state = 'silenced', settled_at = ?, last_error = ? "
                 "WHERE id = ? AND state = 'pending'",
-                (self._now(), _cut(reason), delivery_id),
+                (self._now(), cut_error(reason), delivery_id),
             )
 
     def mark_retry(
@@ -97,7 +97,7 @@ class OutboxMixin(StoreBase):
             conn.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? "
                 "WHERE id = ? AND state = 'pending'",
-                (attempts, to_ts(next_attempt_at), _cut(error), delivery_id),
+                (attempts, to_ts(next_attempt_at), cut_error(error), delivery_id),
             )
 
     def mark_dead(self, delivery_id: int, *, error: str, attempts: int | None = None) -> None:
@@ -107,7 +107,7 @@ class OutboxMixin(StoreBase):
                 "UPDATE outbox SET state = 'dead', dead_at = ?1, settled_at = ?1, "
                 "last_error = ?2, attempts = coalesce(?3, attempts) "
                 "WHERE id = ?4 AND state = 'pending'",
-                (self._now(), _cut(error), attempts, delivery_id),
+                (self._now(), cut_error(error), attempts, delivery_id),
             )
 
     def dead_letters(self, *, limit: int = 100) -> list[Delivery]:
@@ -115,7 +115,7 @@ class OutboxMixin(StoreBase):
         rows = self._db.query(
             _SELECT + "WHERE o.state = 'dead' ORDER BY o.id DESC LIMIT ?", (max(0, limit),)
         )
-        return [_delivery(row) for row in rows]
+        return [delivery_row(row) for row in rows]
 
     def outbox_stats(self, *, now: datetime) -> tuple[int, float]:
         """``(pending deliveries, age in seconds of the oldest one or 0.0)``."""

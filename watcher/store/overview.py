@@ -33,9 +33,9 @@ from watcher.store.registry import (
     _PAGE_STATUS,
     _SELECT_TRACKED,
     RunFilter,
-    _tracked_run,
     decode_cursor,
     encode_cursor,
+    tracked_run,
 )
 
 # The runs page: a filter no index serves is checked row by row, so one page reads at most a
@@ -166,7 +166,7 @@ class OverviewMixin(StoreBase):
         runs: list[TrackedRun] = []
         for status in wanted:  # one index range per status, each cut at ``limit``
             rows = self._db.query(_LATEST_IN_STATUS, (status, max(0, limit)))
-            runs.extend(_tracked_run(row) for row in rows)
+            runs.extend(tracked_run(row) for row in rows)
         runs.sort(key=lambda run: run.status_since or run.tracked_at, reverse=True)
         return runs[:limit]
 
@@ -191,7 +191,7 @@ class OverviewMixin(StoreBase):
             sql += _PAGE_WINDOW
             params.append(after + scan)
         rows = self._db.query(sql + _PAGE_ORDER, [*params, limit + 1])
-        runs = [_tracked_run(row[1:]) for row in rows[:limit]]
+        runs = [tracked_run(row[1:]) for row in rows[:limit]]
         if len(rows) > limit:
             return WindowPage(runs, encode_cursor(int(rows[limit - 1][0])))
         if scan is None:

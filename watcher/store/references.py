@@ -15,10 +15,11 @@ Read-only; one query (the active runs, or the given ones).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from watcher.store.db import StoreBase
+from watcher.store.models import Row
 
 # ``instr`` first: only metadata recorded from a Run mentions UpdateTime, so the JSON of
 # the (larger) GetRunStatus metadata is not parsed.
@@ -51,6 +52,22 @@ def _seconds(text: object) -> float | None:
     return None if moment.tzinfo is None else moment.timestamp()
 
 
+def references(rows: Iterable[Row]) -> dict[str, tuple[float | None, float | None]]:
+    """``{run_uuid: (update_time, seen_at)}`` from ``run_uuid, status_since, has metadata,
+    UpdateTime text`` rows (both backends select these)."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for row in rows:
+        run_uuid, status_since, has_metadata, update_text = row[0], row[1], row[2], row[3]
+        update_time = _seconds(update_text)
+        if update_time is not None:
+            out[run_uuid] = (update_time, None)
+        elif has_metadata and status_since is not None:
+            out[run_uuid] = (None, float(status_since))
+        else:
+            out[run_uuid] = (None, None)
+    return out
+
+
 class ReferencesMixin(StoreBase):
     def status_references(
         self, run_uuids: Sequence[str] | None = None
@@ -61,13 +78,4 @@ class ReferencesMixin(StoreBase):
             rows = self._db.query(_SELECT_ALL)
         else:
             rows = self._db.query(_SELECT_SOME, (json.dumps(list(run_uuids)),))
-        out: dict[str, tuple[float | None, float | None]] = {}
-        for run_uuid, status_since, has_metadata, update_text in rows:
-            update_time = _seconds(update_text)
-            if update_time is not None:
-                out[run_uuid] = (update_time, None)
-            elif has_metadata and status_since is not None:
-                out[run_uuid] = (None, float(status_since))
-            else:
-                out[run_uuid] = (None, None)
-        return out
+        return references(rows)

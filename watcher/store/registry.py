@@ -21,10 +21,10 @@ import binascii
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.limits import check_labels
 from watcher.store.db import (
@@ -35,10 +35,10 @@ from watcher.store.db import (
     load_labels,
     to_ts,
 )
-from watcher.store.models import ActiveRun, TrackedRun, TrackRequest, TrackResult
+from watcher.store.models import ActiveRun, Row, TrackedRun, TrackRequest, TrackResult
 
 # Full statements rather than composed fragments: every query here is a literal, and every
-# value is bound. Column order matches _tracked_run / _active_run.
+# value is bound. Column order matches tracked_run / _active_run.
 _SELECT_TRACKED = (
     "SELECT run_uuid, project_id, status, terminal, labels, tracked_at, last_polled_at, "
     "status_since, stopped, consecutive_errors, next_poll_after FROM runs WHERE tracked = 1 "
@@ -155,6 +155,29 @@ class RunPageJson:
     next_cursor: str | None
 
 
+class PageRuns(Protocol):
+    """A backend's ``page_runs``."""
+
+    def __call__(
+        self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
+    ) -> Awaitable[RunPage]: ...
+
+
+async def walk_runs(
+    page_runs: PageRuns, where: RunFilter | None, page: int
+) -> AsyncIterator[TrackedRun]:
+    """Every run ``where`` selects, ``page`` at a time: the cursor walk of both backends'
+    ``iter_runs``."""
+    cursor: str | None = None
+    while True:
+        found = await page_runs(limit=page, cursor=cursor, where=where)
+        for run in found.runs:
+            yield run
+        if found.next_cursor is None:
+            return
+        cursor = found.next_cursor
+
+
 def _page_query(
     where: RunFilter, after: int, limit: int, select: str = _PAGE_SELECT
 ) -> tuple[str, list[Any]]:
@@ -177,7 +200,8 @@ def _page_query(
     return sql + _PAGE_ORDER, [*params, limit]
 
 
-def _tracked_run(row: tuple[Any, ...]) -> TrackedRun:
+def tracked_run(row: Row) -> TrackedRun:
+    """A tracked run from its columns in the order both backends select them."""
     return TrackedRun(
         run_uuid=row[0],
         project_id=row[1],
@@ -314,7 +338,7 @@ class RegistryMixin(StoreBase):
 
     def get_run(self, run_uuid: str) -> TrackedRun | None:
         rows = self._db.query(_SELECT_TRACKED + "AND run_uuid = ?", (run_uuid,))
-        return _tracked_run(rows[0]) if rows else None
+        return tracked_run(rows[0]) if rows else None
 
     def list_runs(self) -> list[TrackedRun]:
         """Every tracked run, in the order they were first tracked (tests, small registries:
@@ -337,7 +361,7 @@ class RegistryMixin(StoreBase):
         rows = self._db.query(sql, params)
         more = len(rows) > limit
         rows = rows[:limit]
-        runs = [_tracked_run(row[1:]) for row in rows]
+        runs = [tracked_run(row[1:]) for row in rows]
         return RunPage(runs, encode_cursor(int(rows[-1][0])) if more else None)
 
     def page_runs_json(
@@ -455,7 +479,7 @@ class RegistryMixin(StoreBase):
         if after_seconds <= 0:
             return []
         return [
-            _tracked_run(row)
+            tracked_run(row)
             for row in self._db.query(
                 _SELECT_TRACKED + "AND terminal = 0 AND stopped = 0 AND status IS NOT NULL "
                 "AND last_polled_at - status_since >= ? AND stuck_status IS NOT status",

@@ -21,15 +21,16 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 from watcher.delivery.silencing import KEEP_ENDED, Silence
 from watcher.store.db import StoreBase, dump_json, from_ts, to_ts
+from watcher.store.models import Row
 
 _SELECT = "SELECT id, matchers, notifiers, starts_at, ends_at, comment, created_at FROM silences "
 
 
-def _silence(row: tuple[Any, ...]) -> Silence:
+def silence_row(row: Row) -> Silence:
+    """A silence from ``id, matchers, notifiers, starts_at, ends_at, comment, created_at``."""
     return Silence(
         id=int(row[0]),
         matchers={str(k): str(v) for k, v in json.loads(row[1]).items()},
@@ -77,7 +78,7 @@ class SilencesMixin(StoreBase):
             )
             _bump(conn)
             row = conn.execute(_SELECT + "WHERE id = ?", (cursor.lastrowid,)).fetchone()
-        return _silence(row)
+        return silence_row(row)
 
     def expire_silence(self, silence_id: int) -> Silence | None:
         """End the silence now (an ended one stays as it was); ``None``: no such silence."""
@@ -91,14 +92,14 @@ class SilencesMixin(StoreBase):
             )
             _bump(conn)
             row = conn.execute(_SELECT + "WHERE id = ?", (silence_id,)).fetchone()
-        return None if row is None else _silence(row)
+        return None if row is None else silence_row(row)
 
     def get_silence(self, silence_id: int) -> Silence | None:
         rows = self._db.query(
             _SELECT + "WHERE id = ? AND ends_at >= ?",
             (silence_id, self._now() - KEEP_ENDED.total_seconds()),
         )
-        return _silence(rows[0]) if rows else None
+        return silence_row(rows[0]) if rows else None
 
     def silences(self) -> list[Silence]:
         """Active, pending and recently ended silences (ended less than 7 days ago), by id."""
@@ -106,12 +107,12 @@ class SilencesMixin(StoreBase):
             _SELECT + "WHERE ends_at >= ? ORDER BY id",
             (self._now() - KEEP_ENDED.total_seconds(),),
         )
-        return [_silence(row) for row in rows]
+        return [silence_row(row) for row in rows]
 
     def current_silences(self) -> list[Silence]:
         """Silences not ended yet (active or still to start): what a dispatcher applies."""
         rows = self._db.query(_SELECT + "WHERE ends_at > ? ORDER BY id", (self._now(),))
-        return [_silence(row) for row in rows]
+        return [silence_row(row) for row in rows]
 
     def silence_version(self) -> int:
         """A number that changes with every silence written, by any process."""

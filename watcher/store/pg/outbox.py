@@ -18,7 +18,7 @@ import asyncpg
 
 from watcher.events import Event
 from watcher.store.codec import decode_body, encode_body
-from watcher.store.db import from_ts, to_ts
+from watcher.store.db import to_ts
 from watcher.store.history import (
     MAX_HISTORY_EVENTS,
     REDELIVERED_PREFIX,
@@ -26,9 +26,10 @@ from watcher.store.history import (
     DeliveryRecord,
     HistoryEntry,
     Redelivery,
+    dead_letter_row,
 )
 from watcher.store.models import Delivery
-from watcher.store.outbox import MAX_ERROR_CHARS
+from watcher.store.outbox import cut_error, delivery_row
 from watcher.store.pg.base import NO_LIMIT, PgBase, command_count
 
 _SELECT = (
@@ -36,22 +37,6 @@ _SELECT = (
     "CASE WHEN e.held_until IS NULL THEN o.next_attempt_at ELSE 253402300799.0 END, "
     "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
 )
-
-
-def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery(
-        id=int(row[0]),
-        event=Event.from_json(decode_body(bytes(row[1]))),
-        notifier=row[2],
-        attempts=int(row[3]),
-        created_at=from_ts(row[4]),
-        next_attempt_at=from_ts(row[5]),
-        last_error=row[6],
-    )
-
-
-def _cut(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class OutboxMixin(PgBase):
@@ -68,7 +53,7 @@ class OutboxMixin(PgBase):
                 notifier,
                 max(0, limit),
             )
-        return [_delivery(row) for row in rows]
+        return [delivery_row(row) for row in rows]
 
     async def mark_delivered(self, delivery_id: int) -> None:
         async with self._write() as conn:
@@ -85,7 +70,7 @@ class OutboxMixin(PgBase):
                 "UPDATE outbox SET state = 'silenced', settled_at = $1, last_error = $2 "
                 "WHERE id = $3 AND state = 'pending'",
                 self._now(),
-                _cut(reason),
+                cut_error(reason),
                 delivery_id,
             )
 
@@ -98,7 +83,7 @@ class OutboxMixin(PgBase):
                 "WHERE id = $4 AND state = 'pending'",
                 attempts,
                 to_ts(next_attempt_at),
-                _cut(error),
+                cut_error(error),
                 delivery_id,
             )
 
@@ -109,7 +94,7 @@ class OutboxMixin(PgBase):
                 "last_error = $2, attempts = coalesce($3, attempts) "
                 "WHERE id = $4 AND state = 'pending'",
                 self._now(),
-                _cut(error),
+                cut_error(error),
                 attempts,
                 delivery_id,
             )
@@ -118,7 +103,7 @@ class OutboxMixin(PgBase):
         rows = await self._fetch(
             _SELECT + "WHERE o.state = 'dead' ORDER BY o.id DESC LIMIT $1", max(0, limit)
         )
-        return [_delivery(row) for row in rows]
+        return [delivery_row(row) for row in rows]
 
     async def outbox_stats(self, *, now: datetime) -> tuple[int, float]:
         rows = await self._fetch(
@@ -197,19 +182,7 @@ class HistoryMixin(PgBase):
             sql += " AND o.notifier = $2"
         params.append(max(0, limit))
         rows = await self._fetch(sql + f" ORDER BY o.id DESC LIMIT ${len(params)}", *params)
-        return [
-            DeadLetter(
-                id=int(row[0]),
-                notifier=row[1],
-                event_id=row[2],
-                run_uuid=row[3],
-                type=row[4],
-                dead_at=from_ts(row[5] if row[5] is not None else 0.0),
-                attempts=int(row[6]),
-                last_error=row[7],
-            )
-            for row in rows
-        ]
+        return [dead_letter_row(row) for row in rows]
 
     async def redeliver(self, which: Redelivery) -> list[int]:
         now = self._now()

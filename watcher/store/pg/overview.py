@@ -20,8 +20,8 @@ from watcher.store.overview import (
     WindowPage,
 )
 from watcher.store.pg.base import PgBase
-from watcher.store.pg.registry import SELECT_TRACKED, TRACKED_COLUMNS, filter_sql, tracked_run
-from watcher.store.registry import RunFilter, decode_cursor, encode_cursor
+from watcher.store.pg.registry import SELECT_TRACKED, TRACKED_COLUMNS, filter_sql
+from watcher.store.registry import RunFilter, decode_cursor, encode_cursor, tracked_run
 
 _ACTIVE_GROUPS = (
     "SELECT DISTINCT labels ->> 'run_group' FROM runs "

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from watcher.limits import check_labels
-from watcher.store.db import dump_json, from_ts, from_ts_opt, load_labels, to_ts
+from watcher.store.db import dump_json, load_labels, to_ts
 from watcher.store.models import ActiveRun, TrackedRun, TrackRequest, TrackResult
 from watcher.store.pg.base import PgBase, next_change_seq
 from watcher.store.registry import (
@@ -30,6 +30,8 @@ from watcher.store.registry import (
     _merge_requests,
     decode_cursor,
     encode_cursor,
+    tracked_run,
+    walk_runs,
 )
 
 TRACKED_COLUMNS = (
@@ -41,22 +43,6 @@ _SELECT_ACTIVE = (
     "SELECT run_uuid, project_id, status, last_polled_at, next_poll_after FROM runs "
     "WHERE tracked AND NOT terminal AND NOT stopped"
 )
-
-
-def tracked_run(row: asyncpg.Record | Sequence[Any]) -> TrackedRun:
-    return TrackedRun(
-        run_uuid=row[0],
-        project_id=row[1],
-        status=row[2],
-        terminal=bool(row[3]),
-        labels=load_labels(row[4]),
-        tracked_at=from_ts(row[5]),
-        last_polled_at=from_ts_opt(row[6]),
-        status_since=from_ts_opt(row[7]),
-        stopped=bool(row[8]),
-        consecutive_errors=int(row[9]),
-        next_poll_after=from_ts_opt(row[10]),
-    )
 
 
 def _active_run(row: asyncpg.Record) -> ActiveRun:
@@ -239,17 +225,10 @@ class RegistryMixin(PgBase):
     async def list_runs(self) -> list[TrackedRun]:
         return [run async for run in self.iter_runs()]
 
-    async def iter_runs(
+    def iter_runs(
         self, where: RunFilter | None = None, *, page: int = 1000
     ) -> AsyncIterator[TrackedRun]:
-        cursor: str | None = None
-        while True:
-            found = await self.page_runs(limit=page, cursor=cursor, where=where)
-            for run in found.runs:
-                yield run
-            if found.next_cursor is None:
-                return
-            cursor = found.next_cursor
+        return walk_runs(self.page_runs, where, page)
 
     async def _page_rows(
         self, limit: int, cursor: str | None, where: RunFilter | None

@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from watcher.events import NOT_FOUND, RUN_GROUP_LABEL, STATUS_CHANGED
-from watcher.store.db import dump_json, load_labels, to_ts
-from watcher.store.groups import GroupMember
+from watcher.store.db import dump_json, to_ts
+from watcher.store.discovery import distinct_runs
+from watcher.store.groups import GroupMember, group_member
 from watcher.store.models import DiscoveredRun
 from watcher.store.pg.base import PgBase, lock_change_seq, next_change_seq
-from watcher.store.references import _seconds
+from watcher.store.references import references
 
 assert RUN_GROUP_LABEL == "run_group"  # spelled literally below and in the index
 
@@ -37,11 +38,7 @@ class DiscoveryMixin(PgBase):
     async def track_discovered(
         self, runs: Sequence[DiscoveredRun], *, baseline: bool, terminal: frozenset[str]
     ) -> list[str]:
-        found: dict[str, DiscoveredRun] = {}
-        for run in runs:
-            if not run.run_uuid:
-                raise ValueError("run_uuid must not be empty")
-            found.setdefault(run.run_uuid, run)
+        found = distinct_runs(runs)
         if not found:
             return []
         now = self._now()
@@ -99,17 +96,7 @@ class GroupsMixin(PgBase):
             "WHERE tracked AND labels ->> 'run_group' = $1 ORDER BY tracked_at, id",
             run_group,
         )
-        return [
-            GroupMember(
-                run_uuid=row[0],
-                project_id=row[1],
-                status=row[2],
-                terminal=bool(row[3]),
-                stopped=bool(row[4]),
-                labels=load_labels(row[5]),
-            )
-            for row in rows
-        ]
+        return [group_member(row) for row in rows]
 
     async def has_event(self, event_id: str) -> bool:
         return bool(await self._fetch("SELECT 1 FROM events WHERE id = $1", event_id))
@@ -136,13 +123,4 @@ class GroupsMixin(PgBase):
             rows = await self._fetch(
                 _REFERENCES + " AND run_uuid = ANY($1::text[])", list(run_uuids)
             )
-        out: dict[str, tuple[float | None, float | None]] = {}
-        for run_uuid, status_since, has_metadata, update_text in rows:
-            update_time = _seconds(update_text)
-            if update_time is not None:
-                out[run_uuid] = (update_time, None)
-            elif has_metadata and status_since is not None:
-                out[run_uuid] = (None, float(status_since))
-            else:
-                out[run_uuid] = (None, None)
-        return out
+        return references(rows)

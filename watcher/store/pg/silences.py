@@ -15,22 +15,11 @@ from datetime import datetime
 import asyncpg
 
 from watcher.delivery.silencing import KEEP_ENDED, Silence
-from watcher.store.db import dump_json, from_ts, to_ts
+from watcher.store.db import dump_json, to_ts
 from watcher.store.pg.base import PgBase, command_count
+from watcher.store.silences import silence_row
 
 _SELECT = "SELECT id, matchers, notifiers, starts_at, ends_at, comment, created_at FROM silences "
-
-
-def _silence(row: asyncpg.Record) -> Silence:
-    return Silence(
-        id=int(row[0]),
-        matchers={str(k): str(v) for k, v in json.loads(row[1]).items()},
-        notifiers=tuple(str(n) for n in json.loads(row[2])),
-        starts_at=from_ts(row[3]),
-        ends_at=from_ts(row[4]),
-        comment=str(row[5]),
-        created_at=from_ts(row[6]),
-    )
 
 
 async def _bump(conn: asyncpg.Connection) -> None:
@@ -72,7 +61,7 @@ class SilencesMixin(PgBase):
             )
             await _bump(conn)
         assert row is not None
-        return _silence(row)
+        return silence_row(row)
 
     async def expire_silence(self, silence_id: int) -> Silence | None:
         now = self._now()
@@ -86,7 +75,7 @@ class SilencesMixin(PgBase):
             )
             await _bump(conn)
             row = await conn.fetchrow(_SELECT + "WHERE id = $1", silence_id)
-        return None if row is None else _silence(row)
+        return None if row is None else silence_row(row)
 
     async def get_silence(self, silence_id: int) -> Silence | None:
         rows = await self._fetch(
@@ -94,17 +83,17 @@ class SilencesMixin(PgBase):
             silence_id,
             self._now() - KEEP_ENDED.total_seconds(),
         )
-        return _silence(rows[0]) if rows else None
+        return silence_row(rows[0]) if rows else None
 
     async def silences(self) -> list[Silence]:
         rows = await self._fetch(
             _SELECT + "WHERE ends_at >= $1 ORDER BY id", self._now() - KEEP_ENDED.total_seconds()
         )
-        return [_silence(row) for row in rows]
+        return [silence_row(row) for row in rows]
 
     async def current_silences(self) -> list[Silence]:
         rows = await self._fetch(_SELECT + "WHERE ends_at > $1 ORDER BY id", self._now())
-        return [_silence(row) for row in rows]
+        return [silence_row(row) for row in rows]
 
     async def silence_version(self) -> int:
         rows = await self._fetch("SELECT value FROM counters WHERE name = 'silence_seq'")
