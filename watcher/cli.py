@@ -261,29 +261,43 @@ async def _list_pages(
         cursor = page.next_cursor
 
 
+async def write_json_pages(pages: AsyncIterator[Iterable[T]], as_json: Callable[[T], Any]) -> None:
+    """One JSON array of every item of ``pages``, written as the pages come: byte for byte
+    what ``json.dump`` of the whole list printed before reading commands paged."""
+    sep = "["
+    async for page in pages:
+        for item in page:
+            sys.stdout.write(sep + json.dumps(as_json(item), ensure_ascii=False))
+            sep = ", "
+    sys.stdout.write("[]\n" if sep == "[" else "]\n")
+
+
+async def print_table_pages(
+    header: Sequence[str], pages: AsyncIterator[Iterable[T]], cells: Callable[[T], Sequence[str]]
+) -> bool:
+    """A table of ``pages`` printed page by page (the header above the first; columns widen
+    as longer cells come); whether there was a page at all."""
+    widths = [len(h) for h in header]
+    shown = False
+    async for page in pages:
+        table = [cells(item) for item in page]
+        widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
+        if not shown:
+            table.insert(0, header)
+            shown = True
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return shown
+
+
 async def _list(settings: Any, args: argparse.Namespace) -> int:
     async with opened_state(settings) as store:
         pages = _list_pages(store, args)
         if args.json:
-            # Byte for byte what json.dump of the whole array printed before paging.
-            sep = "["
-            async for rows in pages:
-                for obj in rows:
-                    sys.stdout.write(sep + json.dumps(obj, ensure_ascii=False))
-                    sep = ", "
-            sys.stdout.write("[]\n" if sep == "[" else "]\n")
+            await write_json_pages(pages, lambda obj: obj)
             return EXIT_OK
-        widths = [len(h) for h in _LIST_HEADER]
-        header_done = False
         when = _list_time(sys.stdout.isatty())
-        async for rows in pages:
-            table = [_list_cells(r, when) for r in rows]
-            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
-            if not header_done:
-                table.insert(0, _LIST_HEADER)
-                header_done = True
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        await print_table_pages(_LIST_HEADER, pages, lambda r: _list_cells(r, when))
     return EXIT_OK
 
 

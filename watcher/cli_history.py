@@ -76,30 +76,14 @@ async def _dead_letter_pages(
 
 
 async def _dead_letters(settings: Any, notifier: str | None, as_json: bool) -> int:
-    from watcher.cli import EXIT_OK, opened_state
+    from watcher.cli import EXIT_OK, opened_state, print_table_pages, write_json_pages
     from watcher.history_view import DEAD_LETTER_HEADER, dead_letter_cells, dead_letter_json
 
     async with opened_state(settings) as store:
         pages = _dead_letter_pages(store, notifier)
         if as_json:
-            sep = "["
-            async for page in pages:
-                for letter in page:
-                    sys.stdout.write(sep + json.dumps(dead_letter_json(letter), ensure_ascii=False))
-                    sep = ", "
-            sys.stdout.write("[]\n" if sep == "[" else "]\n")
-            return EXIT_OK
-        widths = [len(h) for h in DEAD_LETTER_HEADER]
-        shown = False
-        async for page in pages:
-            table = [dead_letter_cells(letter) for letter in page]
-            widths = [max([w, *(len(row[i]) for row in table)]) for i, w in enumerate(widths)]
-            if not shown:
-                table.insert(0, DEAD_LETTER_HEADER)
-                shown = True
-            for row in table:
-                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if not shown:
+            await write_json_pages(pages, dead_letter_json)
+        elif not await print_table_pages(DEAD_LETTER_HEADER, pages, dead_letter_cells):
             print("no dead letters")
     return EXIT_OK
 

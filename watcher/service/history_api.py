@@ -74,7 +74,8 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _limit(request: web.Request) -> int:
+def limit_param(request: web.Request) -> int:
+    """``?limit=`` of a listing route (the admin API's every one): 1 to 1000, default 100."""
     raw = request.query.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
@@ -122,7 +123,7 @@ class HistoryApi:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """Dead letters, most recent first: ``?notifier=``, ``?limit=`` (default 100)."""
-        limit, notifier = _limit(request), _notifier_param(request)
+        limit, notifier = limit_param(request), _notifier_param(request)
         found = await self._store.list_dead_letters(notifier=notifier, limit=limit)
         body = json_body([dead_letter_json(letter) for letter in found])
         return web.Response(body=body, content_type="application/json")

@@ -52,7 +52,7 @@ from watcher.service.connections import (
     body_timeout_middleware,
 )
 from watcher.service.health import Health as Health  # the probes' state, decided there
-from watcher.service.history_api import HistoryApi, HistoryStore
+from watcher.service.history_api import HistoryApi, HistoryStore, limit_param
 from watcher.service.metrics import Metrics
 from watcher.service.reads import json_body
 from watcher.service.silences_api import SilencesApi, SilenceStore
@@ -60,11 +60,8 @@ from watcher.store import RunFilter, TrackedRun, TrackRequest, TrackResult
 from watcher.store.registry import RunPageJson, decode_cursor
 
 MAX_BODY_BYTES = 64 * 1024
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_LIMIT = re.compile(r"[0-9]{1,7}")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,63}")  # a key an error message may repeat
 # What one aiohttp app serves: everything, or the two halves of a split (admin_listen).
 AppParts = Literal["all", "probes", "admin"]
@@ -147,16 +144,6 @@ def _describe(exc: ValidationError) -> str:
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=message)
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    value = int(raw) if _LIMIT.fullmatch(raw) else 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise _bad_request(f"limit: must be an integer from 1 to {MAX_LIMIT}")
-    return value
 
 
 def _text_param(request: web.Request, name: str) -> str | None:
@@ -304,7 +291,7 @@ class _AdminApi:
     async def list_runs(self, request: web.Request) -> web.Response:
         """One page of the registry (each run's JSON comes rendered by the store: only
         joined here)."""
-        limit, cursor, where = _limit(request), _cursor(request), _runs_filter(request)
+        limit, cursor, where = limit_param(request), _cursor(request), _runs_filter(request)
         page = await self._store.page_runs_json(limit=limit, cursor=cursor, where=where)
         runs = ",".join(page.runs)
         cursor_json = json_body(page.next_cursor).decode("ascii")
@@ -375,7 +362,7 @@ class _AdminApi:
 
     async def events(self, request: web.Request) -> web.Response:
         """The newest events (of one run, of one type)."""
-        limit, event_type = _limit(request), _text_param(request, "type")
+        limit, event_type = limit_param(request), _text_param(request, "type")
         run_uuid = request.query.get("run_uuid")
         if run_uuid is not None:
             run_uuid = canonical_run_uuid(run_uuid)
