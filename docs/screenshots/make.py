@@ -5,12 +5,15 @@ taken, not drawn: the project's simulator, a real daemon polling it (with a webh
 whose receiver is down, so the health panel and the deliveries show a failing notifier) and
 Debian's Chromium driven by Playwright, started as the browser tests start it. A run group
 of 24 samples is given a known mix (succeeded, failed, running, queued) through the
-simulator's hooks, so the overview's bar has every part.
+simulator's hooks, so the overview's bar has every part. A second notifier, also down, gives
+up after a few seconds, so the dead letters page has letters; two silences (one active,
+holding back the other team's runs, one expired) fill the silences page.
 
     .venv/bin/python docs/screenshots/make.py          # writes docs/screenshots/*.png
 
-Files: ``{login,overview,runs,run}-{light,dark}.png`` at 1280 px wide and
-``{overview,runs,run}-phone.png`` at 390 px (the page's own phone layout).
+Files: ``{login,overview,runs,run,dead-letters,silences}-{light,dark}.png`` at 1280 px wide
+and ``{overview,runs,run,dead-letters,silences}-phone.png`` at 390 px (the page's own phone
+layout).
 """
 
 from __future__ import annotations
@@ -75,11 +78,23 @@ def stage(procs: Processes, work: Path) -> tuple[Daemon, list[str]]:
         sim=sim,
         port=port,
         admin_token=TOKEN,
-        notifiers=[{"name": "lab-webhook", "type": "webhook", "url": dead, "secret": SECRET}],
+        notifiers=[
+            {"name": "lab-webhook", "type": "webhook", "url": dead, "secret": SECRET},
+            # gives up at once: the dead letters page has letters to show
+            {"name": "archive", "type": "webhook", "url": dead, "max_age_seconds": 3},
+        ],
     )
     path = write_config(work / "daemon" / "omics-watcher.toml", config)
     daemon = start_daemon(procs, path, port=port, env=clean_env(work / "daemon"), admin_token=TOKEN)
     daemon.wait_ready()
+    silences: tuple[tuple[dict[str, str], str, str], ...] = (
+        ({"label.team": "rnaseq"}, "4h", "RNA-seq batch rerun, known failures"),
+        ({"project_id": "1234567"}, "1h", "maintenance window"),
+    )
+    for matchers, duration, comment in silences:
+        body = {"matchers": matchers, "duration": duration, "comment": comment}
+        made = daemon.admin("POST", "/v1/silences", body=body).json()
+    daemon.admin("DELETE", f"/v1/silences/{made['id']}")  # the second one ended early
     for n, (uuid, _) in enumerate(samples):
         labels = {"run_group": "plate-2026-11-A", "sample": f"S{n + 1:02d}", "team": "genomics"}
         daemon.admin("POST", "/v1/runs", body={"run_uuid": uuid, "labels": labels})
@@ -93,6 +108,12 @@ def stage(procs: Processes, work: Path) -> tuple[Daemon, list[str]]:
         return True if set(failed) <= done and len(done) >= 14 else None
 
     wait_for(settled, timeout=90, interval=0.5, what="the group's outcomes recorded")
+    wait_for(
+        lambda: daemon.admin("GET", "/v1/dead-letters?limit=5").json() or None,
+        timeout=60,
+        interval=0.5,
+        what="dead letters of the archive notifier",
+    )
     time.sleep(2)  # the enrichment of the last failure, a few delivery attempts
     return daemon, failed
 
@@ -109,6 +130,8 @@ def shoot(browser: Browser, daemon: Daemon, failed: str) -> None:
         "overview": "/ui/",
         "runs": "/ui/runs",
         "run": f"/ui/runs/{failed}",
+        "dead-letters": "/ui/dead-letters",
+        "silences": "/ui/silences",
     }
     for scheme in ("light", "dark"):
         context = browser.new_context(viewport=DESKTOP, color_scheme=scheme)  # type: ignore[arg-type]
