@@ -32,11 +32,12 @@ result applied to every row of the send together). The rules:
 
 Rows are found by :meth:`Dispatcher.notify` (called right after events are recorded) and by
 polling the outbox every ``poll_interval`` seconds (rows written by other processes, retries
-coming due). :meth:`Dispatcher.stop` ends it: one last look, what is due now is sent, in-flight
-sends get until the deadline, the rest stays in the outbox. Logs: ``notify_delivered``,
-``notify_retry``, ``notify_failed`` (per send), ``notify_dead_lettered`` (per row), bound to
-``notifier``, ``run_uuid`` and ``event_id``; reasons come from the notifiers already redacted,
-so no secret is logged or stored.
+coming due); with an ``outbox_version`` that poll reads only when the outbox was written
+since the last read. :meth:`Dispatcher.stop` ends it: one last look, what is due now is
+sent, in-flight sends get until the deadline, the rest stays in the outbox. Logs:
+``notify_delivered``, ``notify_retry``, ``notify_failed`` (per send), ``notify_dead_lettered``
+(per row), bound to ``notifier``, ``run_uuid`` and ``event_id``; reasons come from the
+notifiers already redacted, so no secret is logged or stored.
 
 Wall-clock stamps come from the injected ``clock`` (the store's times are wall clock); waits
 and pacing use the event loop's monotonic time.
@@ -49,7 +50,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -136,6 +137,7 @@ class _Worker:
     # The last scan of the outbox, by id in outbox order; a settled row leaves it at once.
     pending: dict[int, Delivery] = dataclasses.field(default_factory=dict)
     scan_full: bool = False
+    seen: Hashable | None = None  # the outbox version the last scan read
     next_scan: float = -math.inf
     # Sends in flight, by the id of their first row (a row is in flight at most once).
     in_flight: dict[int, Send] = dataclasses.field(default_factory=dict)
@@ -169,11 +171,16 @@ class Dispatcher:
         progress: Callable[[str], Awaitable[Progress | None]] | None = None,
         statuses: Statuses = DEFAULT_STATUSES,
         silences: SilenceCheck | None = None,
+        outbox_version: Callable[[], Hashable] | None = None,
     ) -> None:
         """``progress`` tells a digest where its run group stands (``group_progress``);
         ``statuses`` how a digest counts its runs (succeeded, failed ...); ``silences``
-        which rows to settle as silenced instead of sending (:meth:`_unsilenced`)."""
+        which rows to settle as silenced instead of sending (:meth:`_unsilenced`);
+        ``outbox_version`` changes whenever the outbox may have (SQLite:
+        :class:`~watcher.store.outbox_changes.OutboxChanges`): while it stays the same, the
+        ``poll_interval`` re-read is skipped (``None``: re-read every time)."""
         self._store = store
+        self._outbox_version = outbox_version
         self._silences = silences
         self._progress = progress
         self._statuses = statuses
@@ -317,7 +324,9 @@ class Dispatcher:
             while not worker.retired:
                 stopping = self._stopping.is_set()
                 mono = loop.time()
-                if worker.rescan or (mono >= worker.next_scan and not stopping):
+                if worker.rescan or (
+                    mono >= worker.next_scan and not stopping and self._may_differ(worker, mono)
+                ):
                     await self._scan(worker, mono)
                 wait = await self._launch(worker, sends, mono, stopping=stopping)
                 if wait <= 0:
@@ -330,7 +339,21 @@ class Dispatcher:
                     async with asyncio.timeout(None if stopping else wait):
                         await worker.wake.wait()
 
+    def _may_differ(self, worker: _Worker, mono: float) -> bool:
+        """Whether the timed re-read could find anything the last one did not. Rows due
+        later (retries, digest and mute windows) are in the last read with their times, so
+        only a write can change what there is to send; while nothing was written the
+        re-read is skipped until the next interval."""
+        if self._outbox_version is None or worker.scan_full or worker.seen is None:
+            return True
+        if self._outbox_version() != worker.seen:
+            return True
+        worker.next_scan = mono + self._poll_interval
+        return False
+
     async def _scan(self, worker: _Worker, mono: float) -> None:
+        # The version before the read: a write landing during it shows at the next look.
+        worker.seen = None if self._outbox_version is None else self._outbox_version()
         rows = await self._store.pending_deliveries(worker.name, limit=self._scan_limit)
         worker.pending = {row.id: row for row in rows}
         worker.scan_full = len(rows) >= self._scan_limit

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from watcher.store.outbox_changes import OutboxChanges
+
 MEMORY = ":memory:"
 
 
@@ -114,7 +116,7 @@ def _create_private(name: str) -> None:
 class Database:
     """An open SQLite connection with the watcher's settings and transaction helpers."""
 
-    __slots__ = ("_conn", "_identity", "path")
+    __slots__ = ("_conn", "_identity", "_outbox_changes", "path")
 
     def __init__(
         self, conn: sqlite3.Connection, path: str, identity: tuple[int, int] | None = None
@@ -122,6 +124,7 @@ class Database:
         self._conn = conn
         self.path = path
         self._identity = identity  # (st_dev, st_ino) of the file opened; None in memory
+        self._outbox_changes: OutboxChanges | None = None  # made on first use
 
     def _check_identity(self) -> None:
         """Raise :class:`StateError` if the path no longer names the file we opened."""
@@ -240,6 +243,12 @@ class Database:
         except sqlite3.Error as exc:
             raise StateError(describe(self.path, exc)) from exc
 
+    def outbox_changes(self) -> OutboxChanges:
+        """The outbox's change signal on this connection (:mod:`watcher.store.outbox_changes`)."""
+        if self._outbox_changes is None:  # one per connection: its trigger calls this one
+            self._outbox_changes = OutboxChanges(self._conn)
+        return self._outbox_changes
+
     def set_autocheckpoint(self, pages: int) -> None:
         """Commits on this connection checkpoint the WAL once it holds ``pages`` (0: never)."""
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {max(0, int(pages))}").fetchall()
@@ -264,6 +273,10 @@ class StoreBase:
         """Let this connection's commits checkpoint the WAL only past ``pages`` (a safety
         net): the daemon checkpoints off its loop (:mod:`watcher.checkpoints`)."""
         self._db.set_autocheckpoint(pages)
+
+    def outbox_changes(self) -> OutboxChanges:
+        """What lets an idle dispatcher skip re-reading the outbox (the daemon, SQLite)."""
+        return self._db.outbox_changes()
 
     def _now(self) -> float:
         return to_ts(self._clock())
