@@ -79,3 +79,56 @@ def test_a_cancelled_checkpointer_closes_its_connection(tmp_path: Path) -> None:
         grow_wal(store, 50)
     # Last connection closed: SQLite checkpointed and removed the WAL (no reader left open).
     assert not os.path.exists(f"{path}-wal")
+
+
+class CountingCheckpointer(Checkpointer):
+    """The daemon's checkpointer, counting its passes (each one a real checkpoint)."""
+
+    passes = 0
+
+    def _checkpoint(self) -> tuple[int, int]:
+        self.passes += 1
+        return super()._checkpoint()
+
+
+def test_a_pass_runs_when_worth_it_a_burst_at_once_the_trickle_after_max_defer(
+    tmp_path: Path,
+) -> None:
+    """Issue 12 item 5: a pass every 2 s cost CPU in steady polling; it now runs for a burst
+    of writes at the next check, and otherwise only after ``max_defer_seconds``."""
+    path = tmp_path / "state.db"
+    with Store.open(path) as store:
+        quiet = CountingCheckpointer(store, interval_seconds=0.02, max_defer_seconds=3600)
+        stop = asyncio.Event()
+
+        async def scenario() -> tuple[int, int, int, int]:
+            task = asyncio.create_task(quiet.run(stop))
+            await asyncio.sleep(0.3)
+            at_start = quiet.passes  # the first check passes
+            store.track([TrackRequest(f"run-{i}", "p") for i in range(10)])  # a trickle
+            await asyncio.sleep(0.3)
+            after_trickle = quiet.passes
+            before = path.stat().st_size
+            grow_wal(store, 1500)  # a burst: thousands of rows
+            await asyncio.sleep(0.5)
+            stop.set()
+            await task
+            return at_start, after_trickle, quiet.passes, path.stat().st_size - before
+
+        at_start, after_trickle, after_burst, copied = asyncio.run(scenario())
+        assert at_start == 1
+        assert after_trickle == 1  # ten rows and an hour to go: no pass yet
+        assert after_burst >= 2  # the burst: checkpointed at the next check
+        assert copied > 1000 * PAGE
+
+        stop = asyncio.Event()
+        deferred = CountingCheckpointer(store, interval_seconds=0.02, max_defer_seconds=0.2)
+
+        async def trickle() -> int:
+            task = asyncio.create_task(deferred.run(stop))
+            await asyncio.sleep(1.0)
+            stop.set()
+            await task
+            return deferred.passes
+
+        assert asyncio.run(trickle()) >= 2  # after max_defer, even with nothing written
