@@ -28,6 +28,18 @@ DEFAULT_POOL_SIZE = 10
 CONNECT_TIMEOUT = 10.0
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a released connection: nothing beyond asyncpg's own rollback.
+
+    asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` at every release: a second round trip and four statements for every store
+    call, most of which are one statement (``benchmarks/backend_bench.py``). The store leaves
+    no session state to undo: settings are transaction-local (``set_config(..., true)``),
+    advisory locks transaction-level, no LISTEN, no cursor outlives its transaction; and the
+    pool still rolls back a transaction left open (and drops listeners) before calling this.
+    """
+
+
 class PgStore(
     RegistryMixin,
     RecordingMixin,
@@ -79,6 +91,7 @@ class PgStore(
                 max_size=pool_size,
                 timeout=CONNECT_TIMEOUT,
                 server_settings=session_settings(lease_seconds),
+                reset=keep_session,
             )
         except DB_ERRORS as exc:
             raise StateError(describe(name, exc, secret)) from None
