@@ -13,21 +13,12 @@ lock and never blocks the writer or readers; what a reader still needs stays in 
 the next pass. The loop connection keeps an automatic checkpoint only as a safety net, far
 above what a pass leaves behind (:data:`SAFETY_NET_PAGES`), so the WAL stays bounded even if
 this worker falls behind. An in-memory store has no WAL: nothing runs.
-
-A pass costs a thread hand-off, page copies and a sync; in steady polling the loop writes only
-the poll times once a second, about 0.03x of the CPU per poll when passed every 2 s (issue 12
-item 5). So a pass runs when it has work worth doing: at the first check after the loop
-connection wrote :data:`ROWS_PER_PASS` rows since the last pass (a burst is still checkpointed
-within ``interval_seconds``), and otherwise once ``max_defer_seconds`` went by (the poll times,
-and what other processes left in the WAL). Durability does not depend on it: every commit is in
-the WAL already.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -36,25 +27,16 @@ from watcher.store import StateError, Store
 from watcher.store.db import MEMORY, Database
 
 SAFETY_NET_PAGES = 16_384  # 64 MiB at the default page size; SQLite's default is 1,000
-INTERVAL_SECONDS = 2.0  # how often whether a pass is due is checked
-ROWS_PER_PASS = 1000  # rows written through the loop connection that make a pass due
-MAX_DEFER_SECONDS = 10.0  # the longest between two passes
+INTERVAL_SECONDS = 2.0
 BUSY_TIMEOUT_SECONDS = 5.0
 
 
 class Checkpointer:
     """Checkpoints the state file's WAL in its own thread until stopped."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        interval_seconds: float = INTERVAL_SECONDS,
-        max_defer_seconds: float = MAX_DEFER_SECONDS,
-    ) -> None:
+    def __init__(self, store: Store, *, interval_seconds: float = INTERVAL_SECONDS) -> None:
         self._store = store
         self._interval = interval_seconds
-        self._max_defer = max_defer_seconds
         self._worker: ThreadPoolExecutor | None = None
         self._db: Database | None = None  # the worker thread's own connection
         self._log = structlog.get_logger("watcher.checkpoints")
@@ -64,29 +46,22 @@ class Checkpointer:
         return self._store.path != MEMORY
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Every ``interval_seconds`` until ``stop`` is set (or cancelled), a checkpoint if
-        one is due (see the module docstring)."""
+        """A checkpoint every ``interval_seconds`` until ``stop`` is set (or cancelled)."""
         if not self.enabled:
             return
         self._store.defer_checkpoints(SAFETY_NET_PAGES)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         loop = asyncio.get_running_loop()
         failures = 0
-        last_pass, written = -math.inf, -ROWS_PER_PASS  # the first check passes
         try:
             while not stop.is_set():
-                rows, now = self._store.rows_written(), loop.time()
-                if rows - written >= ROWS_PER_PASS or now - last_pass >= self._max_defer:
-                    last_pass, written = now, rows
-                    try:
-                        await loop.run_in_executor(self._worker, self._checkpoint)
-                        failures = 0
-                    except StateError as exc:
-                        failures += 1
-                        if failures in (1, 10, 100):  # the daemon's own writes report it too
-                            self._log.warning(
-                                "checkpoint_failed", error=str(exc), failures=failures
-                            )
+                try:
+                    await loop.run_in_executor(self._worker, self._checkpoint)
+                    failures = 0
+                except StateError as exc:
+                    failures += 1
+                    if failures in (1, 10, 100):  # the daemon's own writes report a bad file
+                        self._log.warning("checkpoint_failed", error=str(exc), failures=failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._interval)
         finally:

@@ -249,10 +249,6 @@ class Database:
             self._outbox_changes = OutboxChanges(self._conn)
         return self._outbox_changes
 
-    def rows_written(self) -> int:
-        """Rows inserted, updated or deleted through this connection since it was opened."""
-        return self._conn.total_changes
-
     def set_autocheckpoint(self, pages: int) -> None:
         """Commits on this connection checkpoint the WAL once it holds ``pages`` (0: never)."""
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {max(0, int(pages))}").fetchall()
@@ -277,10 +273,6 @@ class StoreBase:
         """Let this connection's commits checkpoint the WAL only past ``pages`` (a safety
         net): the daemon checkpoints off its loop (:mod:`watcher.checkpoints`)."""
         self._db.set_autocheckpoint(pages)
-
-    def rows_written(self) -> int:
-        """Rows this store's connection wrote so far (the checkpointer's measure of work)."""
-        return self._db.rows_written()
 
     def outbox_changes(self) -> OutboxChanges:
         """What lets an idle dispatcher skip re-reading the outbox (the daemon, SQLite)."""
