@@ -161,18 +161,12 @@ class Scheduler(PollingLoop):
             return math.inf
         if head[0] > now:
             return head[0] - now
-        backlog = self._unstarted + self._backlog()
-        if backlog >= MAX_BACKLOG:
+        if self._unstarted + self._backlog() >= MAX_BACKLOG:
             # Requests already queue for the limiter: hold this run in the heap, where a
             # newly tracked run can still overtake it. A worker that finishes takes the next
-            # run itself or wakes us, so a timeout matters only while a request is out (it
-            # may hang): then 1.5 permits' time still refills the queue before it runs dry.
-            # With none out (the steady state on a fast network), no timer: it woke the
-            # process 13 times a second for nothing; the refresh still wakes us each second.
-            busy = len(self._workers) - len(self._parked)
-            if busy > backlog:
-                return 1.5 / self._opt.rate_per_second
-            return math.inf
+            # run itself or wakes us, so this timeout matters only while requests hang; 1.5
+            # permits' time still refills the queue before it runs dry.
+            return 1.5 / self._opt.rate_per_second
         if not self._parked and len(self._workers) >= self._max_workers:
             return math.inf  # every worker busy (requests hang): the first one free wakes us
         self._closing = False
