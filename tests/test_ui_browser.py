@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 from notify_receiver import WebhookReceiver
-from playwright.sync_api import Browser, BrowserContext, Dialog, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 from support import (
     Daemon,
     Processes,
@@ -213,7 +221,9 @@ def test_live_feed_shows_a_new_transition(stack: Stack, context: BrowserContext)
     page = context.new_page()
     login(page, stack, token=VIEWER)
     assert page.inner_text(".role") == "viewer"
-    page.wait_for_function("document.getElementById('feed-state').textContent.startsWith('Live')")
+    # A locator wait polls from Playwright's own script world; wait_for_function would eval a
+    # string in the page, which the page's CSP (no 'unsafe-eval') refuses whenever it must poll.
+    expect(page.locator("#feed-state")).to_have_text(re.compile(r"^Live"), timeout=30_000)
     reply = stack.daemon.admin("POST", "/v1/runs", body={"run_uuid": stack.spare})
     assert reply.status == 201
     # When the daemon recorded the run's first status, the page shows it within 2 s.
