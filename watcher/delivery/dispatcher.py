@@ -539,8 +539,10 @@ class Dispatcher:
             if age >= worker.policy.max_age and (  # time held in a mute window does not count
                 unmuted_seconds(worker.policy.mute, row.created_at, now) >= worker.policy.max_age
             ):
+                tries = row.attempts + 1
                 reason = (
-                    f"gave up after {row.attempts + 1} attempts in {age:.0f} s: {failure.reason}"
+                    f"gave up after {tries} attempt{'s' if tries != 1 else ''} in {age:.0f} s: "
+                    f"{failure.reason}"
                 )
                 await self._dead_letter(worker, row, reason)
                 continue
