@@ -22,8 +22,15 @@ fool it):
 - the rendered output (and any block or macro output inside it) is cut off past
   :data:`MAX_OUTPUT` characters: the render fails and the caller falls back.
 
-Rendering time is not bounded (nested ``for`` loops over ``range`` can still spin); the
-sandbox bounds ``range`` to 100,000 items.
+Bounded in time too, because a render runs on the event loop: the sandbox bounds ``range``
+to 100,000 items, but nested loops (``range(100000)`` inside ``range(100000)``) or a macro
+that calls itself twice per level run for hours on few bytes of output. Every loop
+iteration and every call (macros, methods, ``loop(...)`` of a recursive loop) is a *step*:
+a render may take at most :data:`MAX_STEPS` steps and :data:`MAX_RENDER_SECONDS` of wall
+time (checked at each step; a single step is bounded by the size limits above), else it
+fails like any other render error and the caller falls back to the default message. Why not
+a worker thread with a timeout: a Python thread cannot be stopped, so a runaway template
+would keep spinning (and holding the GIL) after its caller gave up on it.
 
 Each compile builds its own environment: there is no shared, mutable Jinja state.
 """
@@ -34,7 +41,9 @@ import functools
 import itertools
 import re
 import string
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from contextvars import ContextVar
 from typing import Any
 
 import jinja2
@@ -50,6 +59,10 @@ MAX_OUTPUT = 100_000
 MAX_WORK = 100 * MAX_OUTPUT
 #: Bits of an integer built by ``*`` or ``**``.
 MAX_INT_BITS = 4096
+#: Loop iterations plus calls in one render (a notification template needs a few hundred).
+MAX_STEPS = 100_000
+#: Wall time of one render; a template needs well under a millisecond.
+MAX_RENDER_SECONDS = 0.25
 
 _WIDTHS = re.compile(r"\d+")
 _FORMATTER = string.Formatter()
@@ -58,6 +71,35 @@ _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([-#0 +]*)(\*|\d*)(?:\.(\*|\d*))?[a-
 
 class TemplateLimitError(SecurityError):
     """A template tried to build a value or output over the limits."""
+
+
+class _Budget:
+    """What one render may still spend: steps left and a deadline (monotonic)."""
+
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps = MAX_STEPS
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+
+    def step(self) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise TemplateLimitError(f"more than {MAX_STEPS:,} loop iterations and calls")
+        if time.monotonic() > self.deadline:
+            raise TemplateLimitError(f"rendering took more than {MAX_RENDER_SECONDS:g} s")
+
+
+# The running render's budget. A context variable rather than an attribute of the compiled
+# template: the same template may be rendered by several tasks or threads at once, and each
+# render gets its own budget (set by :func:`render_template`, reset when it returns).
+_BUDGET: ContextVar[_Budget | None] = ContextVar("template_budget", default=None)
+
+
+def _step() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.step()
 
 
 def _size(value: Any, budget: int = MAX_WORK) -> int:
@@ -181,7 +223,14 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator, with ``~`` concatenation checked before it joins."""
+    """Jinja's code generator, with ``~`` concatenation checked before it joins and every
+    ``for`` loop's iterable counted a step per item."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        counted = nodes.EnvironmentAttribute("counted_steps", lineno=node.lineno)
+        if not (isinstance(node.iter, nodes.Call) and node.iter.node == counted):
+            node.iter = nodes.Call(counted, [node.iter], [], None, None, lineno=node.lineno)
+        super().visit_For(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.check_concat(")
@@ -239,7 +288,15 @@ class _BoundedEnvironment(SandboxedEnvironment):
 
         return checked
 
+    @staticmethod
+    def counted_steps(items: Iterable[Any]) -> Iterator[Any]:
+        """A ``for`` loop's items, one step each (see :class:`_Budget`)."""
+        for item in items:
+            _step()
+            yield item
+
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _step()
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes | list | tuple | dict | set):
             what = f"method {getattr(__obj, '__name__', 'call')!r}"
@@ -326,6 +383,8 @@ class TemplateRenderError(Exception):
 
 
 def render_template(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    """``template`` rendered for one event, within the step and time budget."""
+    token = _BUDGET.set(_Budget())
     try:
         return template.render(**context).strip()
     except jinja2.TemplateError as exc:  # includes SecurityError and UndefinedError
@@ -335,3 +394,5 @@ def render_template(template: jinja2.Template, context: Mapping[str, Any]) -> st
         # ``cycler()`` without items...) is that template's failure for this event: the
         # caller falls back to the default message instead of retrying the delivery.
         raise TemplateRenderError(type(exc).__name__) from None
+    finally:
+        _BUDGET.reset(token)
