@@ -60,3 +60,35 @@ def test_bad_url_and_lease_are_refused_without_quoting_the_url(tmp_path: Path) -
     assert "config error: state.url: must be a postgresql:// URL" in done.stderr
     assert "state.lease_seconds:" in done.stderr
     assert "t0p-s3cret-1" not in done.stdout + done.stderr
+
+
+def test_check_config_names_the_state_backend_without_the_password(tmp_path: Path) -> None:
+    """Which state ``run`` would use: the database's name, never its URL (the errors that
+    name the database say it the same way), or the SQLite file."""
+    url_file = tmp_path / "state-url"
+    url_file.write_text(URL + "\n", encoding="utf-8")
+    keys = '[tencentcloud]\nsecret_id = "AKIDtest"\nsecret_key = "k3y-t3st-v4lue"\n'
+    path = write(tmp_path, f'{keys}[state]\nurl_file = "{url_file}"\n')
+    done = run_cli("check-config", "-c", path, env=clean_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "state: PostgreSQL database omics (lease_seconds 15)\n" in done.stderr
+    assert "pa55-w0rd-xyz" not in done.stdout + done.stderr
+    assert "db.example.org" not in done.stdout + done.stderr
+
+    path = write(tmp_path, f'{keys}[state]\npath = "here.db"\n')
+    done = run_cli("check-config", "-c", path, env=clean_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "state: SQLite file " in done.stderr
+    assert "here.db\n" in done.stderr
+
+
+def test_an_unparsable_url_is_a_config_error(tmp_path: Path) -> None:
+    """A URL urllib cannot split (a bad IPv6 host, a port that is not a number) exits 2
+    naming the key, not with a traceback, and without quoting the URL."""
+    for url in ("postgresql://u:t0p-s3cret-1@[::1/db", "postgresql://u:t0p-s3cret-1@h:port/db"):
+        path = write(tmp_path, f'[state]\nurl = "{url}"\n')
+        done = run_cli("list", "-c", path, env=clean_env(tmp_path), cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "config error: state.url: not a valid URL" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert "t0p-s3cret-1" not in done.stdout + done.stderr

@@ -1,5 +1,5 @@
-"""``check-config``'s report: which config file was read, which credential source ``run`` would
-use, and (``--probe``) whether one read-only API call with them succeeds.
+"""``check-config``'s report: which config file was read, which state and credential source ``run``
+would use, and (``--probe``) whether one read-only API call with them succeeds.
 
 Why a module of its own: the credential source is found by the very function ``run`` uses
 (:func:`watcher.connect.credential_provider`), so ``check-config`` cannot disagree with the
@@ -20,6 +20,7 @@ from watcher.config import ENV_PREFIX, Settings
 from watcher.connect import build_client, build_limiters, credential_provider, http_session
 from watcher.omics.client import OmicsClient
 from watcher.omics.errors import OmicsError
+from watcher.options import state_options
 
 _TC_ENV = f"{ENV_PREFIX}TENCENTCLOUD__"
 
@@ -36,6 +37,20 @@ def config_file_line(config_file: Path | None) -> str:
     if config_file is None:
         return "config file: none (built-in defaults and OMICS_WATCHER_* environment)"
     return f"config file: {config_file}"
+
+
+def state_line(settings: Settings) -> str:
+    """Which state ``run`` would open: the PostgreSQL database by its name (as the store's
+    errors name it; the URL itself is a secret) or the SQLite file."""
+    options = state_options(settings)
+    if options.url is not None:
+        from watcher.store.pg.base import database_name
+
+        return (
+            f"state: PostgreSQL database {database_name(options.url)} "
+            f"(lease_seconds {options.lease_seconds:g})"
+        )
+    return f"state: SQLite file {options.path}"
 
 
 def _file_keys(config_file: Path | None) -> dict[str, Any]:

@@ -332,7 +332,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """The effective configuration on stdout (JSON); on stderr which file and credential
     source were used and, with ``--probe``, the outcome of one read-only API call. Without
     credentials it fails as ``run`` does (exit 2, the same line)."""
-    from watcher.check_config import config_file_line, inspect
+    from watcher.check_config import config_file_line, inspect, state_line
     from watcher.config import find_config_file
     from watcher.secrets import redacted
 
@@ -341,6 +341,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     config_file = find_config_file(args.config, os.environ)
     print(printable(config_file_line(config_file)), file=sys.stderr)
+    print(printable(state_line(settings)), file=sys.stderr)
     try:
         line, probe = asyncio.run(
             inspect(settings, config_file=config_file, environ=os.environ, probe=args.probe)

@@ -27,6 +27,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -122,6 +123,11 @@ class StateSettings(_Section):
             ("postgresql://", "postgres://")
         ):
             raise ValueError("must be a postgresql:// URL")
+        if value is not None:
+            try:  # what the store splits it with: a bad IPv6 host or port raises there
+                urlsplit(value.get_secret_value()).port  # noqa: B018
+            except ValueError:
+                raise ValueError("not a valid URL (host or port)") from None
         return value
 
 
