@@ -137,6 +137,28 @@ class Metrics:
             "Estimated server clock minus local clock, from SignatureExpire answers.",
             registry=r,
         )
+        # the HTTP server's own defences (watcher.service.auth_failures, .connections)
+        self.admin_auth_failures = Counter(
+            "omics_watcher_admin_auth_failures",
+            "Refused authentications on the admin listener (api: bearer token, ui_login).",
+            ["via"],
+            registry=r,
+        )
+        for via in ("api", "ui_login"):
+            self.admin_auth_failures.labels(via=via)
+        self.http_connections_shed = Counter(
+            "omics_watcher_http_connections_shed",
+            "Connections the server closed to protect itself, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("capacity", "descriptors", "head_timeout", "body_timeout"):
+            self.http_connections_shed.labels(reason=reason)
+        self.http_connections_open = Gauge(
+            "omics_watcher_http_connections_open",
+            "Open HTTP connections (every listener).",
+            registry=r,
+        )
 
     def watch_state(self, snapshot: Callable[[], StateSnapshot | None]) -> None:
         """Export the state's gauges from ``snapshot()`` at every scrape (``None``: leave them

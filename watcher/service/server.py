@@ -44,6 +44,7 @@ from watcher.events import Event
 from watcher.limits import LabelError, label_problems
 from watcher.retrack import change_lines, previous_values
 from watcher.run_uuids import RUN_UUID_HINT, canonical_run_uuid
+from watcher.service.auth_failures import AUTH_FAILURES, AuthFailureLog
 from watcher.service.connections import (
     ConnectionGuard,
     ConnectionLimits,
@@ -223,7 +224,7 @@ def _error_middleware(log: Any) -> Middleware:
     return json_errors
 
 
-def _auth_middleware(token: str, log: Any) -> Middleware:
+def _auth_middleware(token: str, failures: AuthFailureLog) -> Middleware:
     expected = token.encode("utf-8")
 
     @web.middleware
@@ -238,11 +239,12 @@ def _auth_middleware(token: str, log: Any) -> Middleware:
                 challenge = 'Bearer realm="omics-watcher", error="invalid_token"'
             else:
                 return await handler(request)
-            log.warning(
+            failures.failed(  # counted; logged bounded (watcher.service.auth_failures)
+                request.remote,
+                "api",
                 "admin_auth_failed",
                 method=request.method,
                 path=request.path,
-                remote=request.remote,
                 reason=reason,
             )
             raise web.HTTPUnauthorized(text=reason, headers={"WWW-Authenticate": challenge})
@@ -398,9 +400,16 @@ def build_app(
     """
     log = structlog.get_logger("watcher.server")
     middlewares = [_error_middleware(log)]
+    failures = None
     if admin_token and parts != "probes":
-        middlewares.append(_auth_middleware(admin_token, log))
+        failures = AuthFailureLog(
+            log=log, count=lambda via: metrics.admin_auth_failures.labels(via=via).inc()
+        )
+        middlewares.append(_auth_middleware(admin_token, failures))
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    if failures is not None:  # the status page reports its failed logins here too
+        app[AUTH_FAILURES] = failures
+        app.on_cleanup.append(failures.on_cleanup)
     if parts != "admin":
         probes = _Probes(health=health, metrics=metrics)
         app.router.add_get("/healthz", probes.healthz, allow_head=True)

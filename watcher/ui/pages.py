@@ -32,6 +32,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from watcher.events import isoformat_z
 from watcher.run_uuids import RUN_UUID
+from watcher.service.auth_failures import AUTH_FAILURES, AuthFailureLog
 from watcher.service.metrics import Metrics
 from watcher.statuses import Statuses
 from watcher.store.api import AsyncStore
@@ -150,6 +151,7 @@ class StatusPage:
         self._static = _Static()
         self._sampler: asyncio.Task[None] | None = None
         self._log = structlog.get_logger("watcher.ui")
+        self._failures: AuthFailureLog | None = None
         self._env = Environment(
             loader=PackageLoader("watcher.ui", "templates"),
             autoescape=True,
@@ -161,6 +163,7 @@ class StatusPage:
     def install(self, app: web.Application) -> None:
         """Add the pages, the guard and the lifecycle hooks to the admin app."""
         app.middlewares.append(guard.guard_middleware(self.sessions))
+        self._failures = app.get(AUTH_FAILURES)  # build_app's: counted, logged bounded
         app.on_response_prepare.append(guard.add_security_headers)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._shutdown)
@@ -239,6 +242,7 @@ class StatusPage:
         client = request.remote or "?"
         wait = self.throttle.retry_after(client)
         if wait > 0:
+            self._login_failed(client, "too many failed logins")
             return self._login_page(
                 request,
                 error=f"Too many failed logins: try again in {int(wait) + 1} s.",
@@ -253,7 +257,7 @@ class StatusPage:
             )
         if role is None:
             self.throttle.failed(client)
-            self._log.warning("ui_login_failed", remote=client)
+            self._login_failed(client, "invalid token")
             return self._login_page(request, error="That token is not valid here.", status=401)
         session_id, _ = self.sessions.create(role)
         self._log.info("ui_login", remote=client, role=role)
@@ -261,6 +265,12 @@ class StatusPage:
         guard.set_cookie(request, response, guard.SESSION_COOKIE, session_id)
         guard.clear_cookie(response, guard.LOGIN_COOKIE)
         return response
+
+    def _login_failed(self, client: str, reason: str) -> None:
+        if self._failures is not None:
+            self._failures.failed(client, "ui_login", "ui_login_failed", reason=reason)
+        else:  # installed on an app without the admin token's middleware (tests)
+            self._log.warning("ui_login_failed", remote=client, reason=reason)
 
     async def logout(self, request: web.Request) -> web.Response:
         self.sessions.end(request.cookies.get(guard.SESSION_COOKIE))
