@@ -318,7 +318,11 @@ def _build_server(
             ui=page.install if page is not None else None,
         )
 
-    return HttpServer(app("probes" if split else "all"), admin_app=app("admin") if split else None)
+    return HttpServer(
+        app("probes" if split else "all"),
+        admin_app=app("admin") if split else None,
+        metrics=metrics,  # shed connections, open connections
+    )
 
 
 def _status_page(

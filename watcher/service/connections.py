@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Literal, Protocol, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -50,6 +50,18 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 # accept() failures about one connection that went away before it was taken: skip it.
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 MAX_CONNECTIONS_CEILING = 4096
+# Why the server closed a connection itself: full (``capacity``), out of descriptors at
+# accept() (``descriptors``), no complete request head in time (``head_timeout``: bytes of a
+# request had arrived; an idle keep-alive connection closing is not shed), no body in time.
+ShedReason = Literal["capacity", "descriptors", "head_timeout", "body_timeout"]
+
+
+class ConnectionObserver(Protocol):
+    """Told of every shed connection and of the open count (the daemon's metrics)."""
+
+    def shed(self, reason: ShedReason) -> None: ...
+
+    def open_connections(self, count: int) -> None: ...
 
 
 def default_max_connections() -> int:
@@ -92,7 +104,13 @@ class ConnectionGuard:
     """The open connections of every listener, oldest first; makes room when full."""
 
     def __init__(
-        self, limit: int, *, log: Any, log_every: float, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int,
+        *,
+        log: Any,
+        log_every: float,
+        clock: Callable[[], float] = time.monotonic,
+        observer: ConnectionObserver | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -106,19 +124,49 @@ class ConnectionGuard:
         self._shed = 0  # since the last log line
         self._accept_failures = 0
         self._last_error = ""
+        self._observer = observer
+        self._partial: set[asyncio.Transport] = set()  # request bytes, no complete head yet
+        self.stopping = False  # closes while the server stops are not shed
 
     @property
     def open_count(self) -> int:
         return len(self._open)
 
     def opened(self, transport: asyncio.Transport) -> None:
-        while len(self._open) >= self.limit and self._close_one():
+        while len(self._open) >= self.limit and self._close_one("capacity"):
             pass
         self._open[transport] = None
+        self._tell_open()
 
-    def closed(self, transport: asyncio.Transport) -> None:
-        self._open.pop(transport, None)
+    def closed(self, transport: asyncio.Transport, *, by_server: bool = False) -> None:
+        """Forget ``transport``; ``by_server``: we closed it (not the client, not an error),
+        so with a request head still incomplete it was a header timeout."""
+        if self._open.pop(transport, False) is not False:
+            if by_server and transport in self._partial and not self.stopping:
+                self._count("head_timeout")
+            self._tell_open()
         self._busy.pop(transport, None)
+        self._partial.discard(transport)
+
+    def received(self, transport: asyncio.Transport) -> None:
+        """Request bytes arrived; :meth:`head_done` (or a refusal) clears the mark."""
+        self._partial.add(transport)
+
+    def head_done(self, transport: asyncio.Transport | None) -> None:
+        if transport is not None:
+            self._partial.discard(transport)
+
+    def body_timed_out(self, transport: asyncio.Transport | None) -> None:
+        self._count("body_timeout")
+        self.head_done(transport)
+
+    def _count(self, reason: ShedReason) -> None:
+        if self._observer is not None:
+            self._observer.shed(reason)
+
+    def _tell_open(self) -> None:
+        if self._observer is not None:
+            self._observer.open_connections(len(self._open))
 
     @contextlib.contextmanager
     def busy(self, transport: asyncio.Transport | None) -> Any:
@@ -141,11 +189,11 @@ class ConnectionGuard:
         close one connection. True when one was closed (so trying again at once may work)."""
         self._accept_failures += 1
         self._last_error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        freed = make_room and self._close_one()
+        freed = make_room and self._close_one("descriptors")
         self._maybe_log()
         return freed
 
-    def _close_one(self) -> bool:
+    def _close_one(self, reason: ShedReason) -> bool:
         victim = next((t for t in self._open if t not in self._busy), None)
         if victim is None:
             victim = next(iter(self._open), None)  # all inside handlers: the oldest anyway
@@ -154,6 +202,7 @@ class ConnectionGuard:
         self.closed(victim)
         victim.abort()  # at once, without waiting for a client that reads nothing
         self._shed += 1
+        self._count(reason)
         self._maybe_log()
         return True
 
@@ -183,6 +232,10 @@ class _QuietHandler(web.RequestHandler):
     Here the body is ``{"error": "<reason phrase>"}`` and only server errors are logged.
     """
 
+    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -192,6 +245,7 @@ class _QuietHandler(web.RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500:
             self.logger.error("http_protocol_error status=%s", status, exc_info=exc)
+        self._guard.head_done(request.transport)  # refused, not timed out: not shed
         if request.writer.output_size > 0:  # an answer had started: the connection is broken
             raise ConnectionError("the response had started before the error")
         try:
@@ -206,12 +260,13 @@ class _QuietHandler(web.RequestHandler):
 class _Tracked(asyncio.Protocol):
     """Forwards every protocol call to aiohttp's handler; tells the guard of open and close."""
 
-    __slots__ = ("_guard", "_inner", "_transport")
+    __slots__ = ("_eof", "_guard", "_inner", "_transport")
 
     def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
         self._inner = inner
         self._guard = guard
         self._transport: asyncio.Transport | None = None
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a TCP stream transport
@@ -220,13 +275,16 @@ class _Tracked(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
-            self._guard.closed(self._transport)
+            self._guard.closed(self._transport, by_server=exc is None and not self._eof)
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is not None and data:
+            self._guard.received(self._transport)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        self._eof = True
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
@@ -245,11 +303,19 @@ def body_timeout_middleware(guard: ConnectionGuard, seconds: float) -> Middlewar
 
     @web.middleware
     async def bounded_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard.head_done(request.transport)
+        try:
+            return await _read_then_handle(request, handler)
+        finally:
+            guard.head_done(request.transport)  # the body's bytes were not a head
+
+    async def _read_then_handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.body_exists:
             try:
                 async with asyncio.timeout(seconds):
                     await request.read()
             except TimeoutError:
+                guard.body_timed_out(request.transport)
                 raise web.HTTPRequestTimeout(
                     text=f"request body not received within {seconds:g} s",
                     headers={"Connection": "close"},
@@ -317,7 +383,7 @@ class Listener:
 
     def _protocol(self) -> asyncio.Protocol:
         loop = asyncio.get_running_loop()
-        handler = _QuietHandler(self._server, loop=loop, **self._handler_args)
+        handler = _QuietHandler(self._server, loop=loop, guard=self._guard, **self._handler_args)
         return _Tracked(handler, self._guard)
 
     async def _accept(self, sock: socket.socket) -> None:

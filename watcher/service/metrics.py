@@ -211,6 +211,19 @@ class ApiRequestMetrics:
         self._durations[action](seconds)
 
 
+class HttpMetrics:
+    """What the HTTP server's connection guard reports: shed connections, the open count."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def shed(self, reason: str) -> None:
+        self._metrics.http_connections_shed.labels(reason=reason).inc()
+
+    def open_connections(self, count: int) -> None:
+        self._metrics.http_connections_open.set(count)
+
+
 class DeliveryMetrics:
     """The dispatcher's observer: every row's outcome, and how long a delivered one took."""
 

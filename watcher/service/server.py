@@ -54,7 +54,7 @@ from watcher.service.connections import (
 )
 from watcher.service.health import Health as Health  # the probes' state, decided there
 from watcher.service.history_api import HistoryApi, HistoryStore, limit_param
-from watcher.service.metrics import Metrics
+from watcher.service.metrics import HttpMetrics, Metrics
 from watcher.service.reads import json_body
 from watcher.service.silences_api import SilencesApi, SilenceStore
 from watcher.store import RunFilter, TrackedRun, TrackRequest, TrackResult
@@ -474,8 +474,11 @@ class HttpServer:
         admin_app: web.Application | None = None,
         limits: ConnectionLimits | None = None,
         shutdown_timeout: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._app = app
+        self._metrics = metrics  # shed connections and the open count, when given
+        self._guard: ConnectionGuard | None = None
         self._admin_app = admin_app
         self._limits = limits or ConnectionLimits()
         self._shutdown_timeout = shutdown_timeout
@@ -504,7 +507,11 @@ class HttpServer:
         if (admin is None) != (self._admin_app is None):
             raise ValueError("an admin address goes with an admin app, and only with one")
         limits = self._limits
-        guard = ConnectionGuard(limits.resolved_max(), log=self._log, log_every=limits.log_every)
+        observer = HttpMetrics(self._metrics) if self._metrics is not None else None
+        guard = ConnectionGuard(
+            limits.resolved_max(), log=self._log, log_every=limits.log_every, observer=observer
+        )
+        self._guard = guard
         targets = [(self._app, host, port)]
         if self._admin_app is not None and admin is not None:
             targets.append((self._admin_app, *admin))
@@ -542,6 +549,8 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close. Idempotent."""
         served, self._served = self._served, []
+        if self._guard is not None:
+            self._guard.stopping = True  # connections closed from here on are not shed
         for one in served:
             await one.listener.close()
         for one in served:
