@@ -109,6 +109,20 @@ def test_two_replicas_replace_the_statefulset(built: list[dict[str, Any]]) -> No
     assert pod["terminationGracePeriodSeconds"] > grace
 
 
+def test_the_pod_user_can_read_the_mounted_secret(built: list[dict[str, Any]]) -> None:
+    """The kubelet writes a Secret volume's files owned by root, mode ``defaultMode``; only
+    with ``fsGroup`` are they given that group and made group-readable. A non-root pod
+    without it cannot read a 0400 ``database_url`` and exits 2 before it ever starts."""
+    pod = _one(built, "Deployment")["spec"]["template"]["spec"]
+    context = {**pod["securityContext"], **_container(built)["securityContext"]}
+    assert context["runAsUser"] != 0
+    (secret,) = [v["secret"] for v in pod["volumes"] if "secret" in v]
+    mode = int(secret.get("defaultMode", 0o644))
+    world_readable = bool(mode & 0o004)
+    group_readable = pod["securityContext"].get("fsGroup") == context["runAsGroup"]
+    assert world_readable or group_readable, "the secret files are root's alone"
+
+
 def test_the_standby_stays_in_rotation_and_in_the_budget(built: list[dict[str, Any]]) -> None:
     """Readiness on /healthz: /readyz is 503 'standby' by design, and a pod that is not
     Ready would leave the admin Service and count as disrupted in the budget."""
