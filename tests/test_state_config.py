@@ -52,9 +52,7 @@ def test_path_and_url_together_exit_2_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_bad_url_and_lease_are_refused_without_quoting_the_url(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, '[state]\nurl = "mysql://root:t0p-s3cret-1@db/x"\nlease_seconds = 0\n'
-    )
+    path = write(tmp_path, '[state]\nurl = "mysql://root:t0p-s3cret-1@db/x"\nlease_seconds = 0\n')
     done = run_cli("check-config", "-c", path, env=clean_env(tmp_path), cwd=tmp_path)
     assert done.returncode == 2
     assert "config error: state.url: must be a postgresql:// URL" in done.stderr
