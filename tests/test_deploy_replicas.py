@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -107,6 +108,19 @@ def test_two_replicas_replace_the_statefulset(built: list[dict[str, Any]]) -> No
     assert _container(built)["securityContext"]["readOnlyRootFilesystem"] is True
     grace = float(_config(built)["daemon"].get("shutdown_grace_seconds", DEFAULT_GRACE))
     assert pod["terminationGracePeriodSeconds"] > grace
+
+
+def test_the_replica_manifests_validate_against_the_kubernetes_schema(
+    built: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    validate = shutil.which("kubernetes-validate") or shutil.which(
+        "kubernetes-validate", path=str(Path(sys.executable).parent)
+    )
+    assert validate is not None, "kubernetes-validate comes with the test extras"
+    manifests = tmp_path / "replicas.yaml"
+    manifests.write_text(yaml.safe_dump_all(built))
+    result = _run([validate, "--strict", "--quiet", str(manifests)])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_pod_user_can_read_the_mounted_secret(built: list[dict[str, Any]]) -> None:
