@@ -149,7 +149,7 @@ def measure_daemon(args: argparse.Namespace, sim: Sim) -> dict[str, Any]:
     with daemon(sim, rate=args.rate, interval=1.0) as d:
         d.track(sim.runs[: args.runs])
         os.environ.update({k: v for k, v in d.env.items() if k.startswith("TENCENTCLOUD_")})
-        settings = load_settings(d.config_path)
+        settings = load_settings(str(d.config_path))
         _configure_logging(settings)
 
         async def main() -> dict[str, Any]:

@@ -100,7 +100,7 @@ class Limiter(Protocol):
 class _RoundTrips:
     """The fastest round trip seen, once there are enough samples to trust it."""
 
-    __slots__ = ("_count", "_fastest", "_margin", "_skip", "_warmup")
+    __slots__ = ("_count", "_fastest", "_margin", "_skip", "_warmup", "value")
 
     def __init__(self, *, margin: float, skip: int, warmup: int) -> None:
         self._margin = margin
@@ -108,20 +108,23 @@ class _RoundTrips:
         self._warmup = warmup
         self._count = 0
         self._fastest = math.inf
+        # credit(), kept up to date by observe() and forget(): read twice per request.
+        self.value = 0.0
 
     def observe(self, seconds: float) -> None:
         self._count += 1
         if self._count > self._skip:
-            self._fastest = min(self._fastest, seconds)
+            if seconds < self._fastest:
+                self._fastest = seconds
+            if self._count >= self._skip + self._warmup:
+                self.value = max(0.0, self._fastest - self._margin)
 
     def forget(self) -> None:
-        self._count, self._fastest = 0, math.inf
+        self._count, self._fastest, self.value = 0, math.inf, 0.0
 
     def credit(self) -> float:
         """How much earlier than completion + 1 s the next window may open (see above)."""
-        if self._count < self._skip + self._warmup:
-            return 0.0
-        return max(0.0, self._fastest - self._margin)
+        return self.value
 
 
 class _Grant:
@@ -162,6 +165,7 @@ class PacingLimiter:
         self._min_rate = max(rate * min_fraction, 0.05)
         self._clock = clock
         self._sleep = sleep
+        self._full_capacity = max(1, math.floor(rate + 1e-9))  # _capacity() at max_rate
         self._grants: deque[_Grant] = deque(maxlen=max(1, math.floor(rate)))
         self._last_due = -math.inf  # when the previous grant was due (rule 1's schedule)
         self._paused_until = -math.inf
@@ -187,14 +191,22 @@ class PacingLimiter:
 
     def _earliest(self, now: float) -> float:
         """When the next request may start, given the rules in the module docstring."""
-        self._recover_rate(now)
-        at = max(self._last_due + 1.0 / self._rate, self._paused_until)
-        capacity = self._capacity()
+        # Runs twice per request: the common case (full rate, no pause) without calls.
+        if self._rate < self.max_rate:
+            self._recover_rate(now)
+        else:
+            self._rate_changed_at = now
+        at = self._last_due + 1.0 / self._rate
+        if self._paused_until > at:
+            at = self._paused_until
+        capacity = self._capacity() if self._rate != self.max_rate else self._full_capacity
         if len(self._grants) >= capacity:
             oldest = self._grants[-capacity]
             arrived_by = oldest.granted_at + self._guard  # in flight: the guard's bound
             if oldest.busy_until < math.inf:
-                arrived_by = min(arrived_by, oldest.busy_until - self.credit)
+                credit = self._round_trips.value if self._latency_credit else 0.0
+                if oldest.busy_until - credit < arrived_by:
+                    arrived_by = oldest.busy_until - credit
             at = max(at, arrived_by + WINDOW_SECONDS + _EPSILON)
         return at
 

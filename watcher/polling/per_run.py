@@ -101,7 +101,8 @@ class Scheduler(PollingLoop):
 
     def _jittered(self, seconds: float) -> float:
         spread = self._opt.jitter
-        return seconds * (1 + self._rng.uniform(-spread, spread))
+        # random.uniform(-spread, spread), inlined (the same arithmetic): once per poll.
+        return seconds * (1 + (-spread + (spread + spread) * self._rng.random()))
 
     def _add(self, active: ActiveRun, *, now: float, wall_now: float) -> None:
         self._runs[active.run_uuid] = PolledRun(self._project_of(active), active.status)

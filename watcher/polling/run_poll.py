@@ -125,6 +125,12 @@ class Polled:
         return "changed" if self.changed else self.action.value
 
 
+# The quiet poll's answer (most polls): immutable, so one for all instead of one per poll.
+QUIET = Polled(Action.ANSWERED)
+_CRASHED = Action.CRASHED.value
+_OK = Action.ANSWERED.value  # QUIET.label, without the enum's descriptor per poll
+
+
 @dataclass(frozen=True, slots=True)
 class RunPollOptions:
     interval_seconds: float  # the backoff base (at least a second)
@@ -195,10 +201,10 @@ class RunPoll:
     async def poll(self, run_uuid: str, run: PolledRun) -> Polled:
         """One poll; raises only :class:`~watcher.store.StateError` and
         :class:`~watcher.store.pg.lease.LeaseLost` (the poller stops)."""
-        label = Action.CRASHED.value
+        label = _CRASHED
         try:
             polled = await self._ask(run_uuid, run)
-            label = polled.label
+            label = _OK if polled is QUIET else polled.label
             return polled
         except (StateError, LeaseLost):
             raise
@@ -266,7 +272,7 @@ class RunPoll:
             # Quiet. (For a batch follow-up: DescribeRuns saw another status than GetRunStatus
             # does now; it changed back, or the listing lags. Nothing happened.)
             self._feed.polled(run_uuid, self._wall())
-            return Polled(Action.ANSWERED)
+            return QUIET
         recorded = await record_status(
             self._recorder,
             run_uuid=run_uuid,
