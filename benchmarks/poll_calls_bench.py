@@ -163,6 +163,8 @@ def measure_daemon(args: argparse.Namespace, sim: Sim) -> dict[str, Any]:
             finally:
                 stop.set()
                 await task
+            if args.dump is not None:
+                prof.dump_stats(args.dump)  # for pstats: print_callers(), print_callees()
             return _profile_stats(prof)
 
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -321,6 +323,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25, help="functions listed (default 25)")
     p.add_argument("--code", type=Path, help="run this source tree instead (default: this one)")
     p.add_argument("--json", action="store_true", help="print the result as JSON as well")
+    p.add_argument("--dump", type=Path, help="write the daemon's profile here (default: none)")
     args = p.parse_args()
     if args.code is not None:
         argv = [a for a in sys.argv[1:] if a != "--code" and a != str(args.code)]

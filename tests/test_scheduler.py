@@ -45,6 +45,7 @@ def make_scheduler(
     )
     return Scheduler(
         backlog=lambda: limiter.waiting,
+        when_drained=limiter.when_drained,  # as the daemon wires it (app.py)
         store=SqliteStore(store),
         source=client,
         recorder=recorder,
@@ -134,6 +135,32 @@ async def test_over_budget_every_run_is_polled_in_turn(
             counts = [polls.get(u, 0) for u in sim.run_uuids]
             assert min(counts) >= 1, "a run starved"
             assert max(counts) - min(counts) <= 1, counts
+
+
+async def test_requests_keep_starting_at_the_budget_while_earlier_ones_hang(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # Every answer takes 3 s (under the 5 s request timeout), so no worker comes back to
+    # refill the limiter's queue: the limiter says when its queue ran dry and the loop
+    # refills it at once. Without a refill the loop would only look at its 1 s registry
+    # turn (about two requests a second); with it, requests start at the 20/s budget.
+    config = SimulatorConfig(
+        runs=60,
+        seed=9,
+        kinds={"forever": 1.0},
+        fault_rate=1.0,
+        fault_kinds=("slow",),
+        slow_seconds=3.0,
+    )
+    async with running_simulator(config) as sim:
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            scheduler = make_scheduler(store, sim, session)
+            await run_until(scheduler, lambda: False, limit=2.5)
+            stats = sim.stats(timeline=False)
+            asked = sum(stats["polls"].values())
+            assert asked >= 20, f"{asked} requests in 2.5 s while answers hang"
+            assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
 
 
 async def test_run_tracked_while_running_is_polled_within_two_seconds(

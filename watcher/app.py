@@ -274,6 +274,7 @@ def _build_poller(
         source=client,
         options=scheduler_options(settings),
         backlog=lambda: status_limiter.waiting,
+        when_drained=status_limiter.when_drained,
         **parts,
     )
     return build_poller(

@@ -173,6 +173,7 @@ class PacingLimiter:
         self._rate_changed_at = clock()
         self._lock = asyncio.Lock()
         self.waiting = 0  # callers queued for a permit right now
+        self._on_drained: list[Callable[[], None]] = []
 
     @property
     def rate(self) -> float:
@@ -234,7 +235,17 @@ class PacingLimiter:
                 self._last_due = at if on_time else now
         finally:
             self.waiting -= 1
+            if not self.waiting:
+                for hook in self._on_drained:
+                    hook()
         return grant
+
+    def when_drained(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever the queue empties (the last waiter granted or cancelled).
+
+        A poller that keeps requests queued learns that it should refill the queue without
+        a timer while its requests are out (the per-run scheduler's wake-up)."""
+        self._on_drained.append(hook)
 
     def release(self, grant: _Grant, *, answered: bool = True) -> None:
         """The request is complete (response body read): its window starts now.

@@ -66,6 +66,7 @@ class Scheduler(PollingLoop):
         source: StatusSource,
         options: SchedulerOptions,
         backlog: Callable[[], int] = lambda: 0,
+        when_drained: Callable[[Callable[[], None]], None] | None = None,
         **parts: Unpack[Collaborators],  # store, recorder, wall_clock; metrics, rng
     ) -> None:
         super().__init__(
@@ -80,6 +81,12 @@ class Scheduler(PollingLoop):
         )
         self._opt = options
         self._backlog = backlog
+        # Told when the limiter's queue empties (PacingLimiter.when_drained): then the loop
+        # need not look every 1.5 permits whether the queue has room while it is full.
+        self._full_nap = 1.5 / options.rate_per_second
+        if when_drained is not None:
+            when_drained(self._drained)
+            self._full_nap = math.inf
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._workers: set[asyncio.Task[None]] = set()
@@ -165,14 +172,20 @@ class Scheduler(PollingLoop):
         if self._unstarted + self._backlog() >= MAX_BACKLOG:
             # Requests already queue for the limiter: hold this run in the heap, where a
             # newly tracked run can still overtake it. A worker that finishes takes the next
-            # run itself or wakes us, so this timeout matters only while requests hang; 1.5
-            # permits' time still refills the queue before it runs dry.
-            return 1.5 / self._opt.rate_per_second
+            # run itself or wakes us; while requests hang, the limiter says when its queue
+            # ran dry (when_drained), which is before the next permit is due. Without that
+            # hook, 1.5 permits' time still refills the queue before it runs dry.
+            return self._full_nap
         if not self._parked and len(self._workers) >= self._max_workers:
             return math.inf  # every worker busy (requests hang): the first one free wakes us
         self._closing = False
         self._hand(self._pop())
         return None
+
+    def _drained(self) -> None:
+        """The limiter's queue is empty: the loop refills it (if a run is due)."""
+        if self._unstarted < MAX_BACKLOG:
+            self._naps.wake()
 
     def _tasks(self) -> Iterable[asyncio.Task[None]]:
         return self._workers
