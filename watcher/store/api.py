@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from watcher.delivery.silencing import Silence
 from watcher.events import Event, RunState
@@ -300,7 +300,50 @@ class AsyncStore(Protocol):
     async def notifier_outboxes(self) -> list[NotifierOutbox]: ...
 
 
-class SqliteStore:
+class DerivedReads:
+    """The reads both backends derive the same way from another of their methods:
+    ``list_runs`` and ``iter_runs`` walk ``page_runs``; ``events`` is ``event_log``
+    without the sequence numbers. :class:`SqliteStore` and
+    :class:`~watcher.store.pg.store.PgStore` both inherit them."""
+
+    if TYPE_CHECKING:
+
+        async def event_log(
+            self,
+            *,
+            limit: int = 100,
+            run_uuid: str | None = None,
+            before_seq: int | None = None,
+            event_type: str | None = None,
+        ) -> list[tuple[int, Event]]: ...
+
+        async def page_runs(
+            self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
+        ) -> RunPage: ...
+
+    async def list_runs(self) -> list[TrackedRun]:
+        return [run async for run in self.iter_runs()]
+
+    def iter_runs(
+        self, where: RunFilter | None = None, *, page: int = 1000
+    ) -> AsyncIterator[TrackedRun]:
+        return walk_runs(self.page_runs, where, page)
+
+    async def events(
+        self,
+        *,
+        limit: int = 100,
+        run_uuid: str | None = None,
+        before_seq: int | None = None,
+        event_type: str | None = None,
+    ) -> list[Event]:
+        found = await self.event_log(
+            limit=limit, run_uuid=run_uuid, before_seq=before_seq, event_type=event_type
+        )
+        return [event for _, event in found]
+
+
+class SqliteStore(DerivedReads):
     """:class:`AsyncStore` over the sync SQLite :class:`~watcher.store.Store` (see the module
     docstring: writes and cheap reads on the loop, heavy reads off it)."""
 
@@ -338,14 +381,6 @@ class SqliteStore:
 
     async def get_run(self, run_uuid: str) -> TrackedRun | None:
         return self._store.get_run(run_uuid)
-
-    async def list_runs(self) -> list[TrackedRun]:
-        return [run async for run in self.iter_runs()]
-
-    def iter_runs(
-        self, where: RunFilter | None = None, *, page: int = 1000
-    ) -> AsyncIterator[TrackedRun]:
-        return walk_runs(self.page_runs, where, page)
 
     async def page_runs(
         self, *, limit: int, cursor: str | None = None, where: RunFilter | None = None
@@ -430,19 +465,6 @@ class SqliteStore:
         if event_type is None:  # an index range (by seq, or by run): cheap on the loop
             return read(self._store)
         return await self._off_loop(read)
-
-    async def events(
-        self,
-        *,
-        limit: int = 100,
-        run_uuid: str | None = None,
-        before_seq: int | None = None,
-        event_type: str | None = None,
-    ) -> list[Event]:
-        found = await self.event_log(
-            limit=limit, run_uuid=run_uuid, before_seq=before_seq, event_type=event_type
-        )
-        return [event for _, event in found]
 
     async def prune_events(self, *, before: datetime) -> int:
         return self._store.prune_events(before=before)

@@ -156,19 +156,6 @@ class JournalMixin(PgBase):
         rows = await self._fetch(sql + f" ORDER BY seq DESC LIMIT ${len(params)}", *params)
         return [(int(seq), Event.from_json(decode_body(bytes(body)))) for seq, body in rows]
 
-    async def events(
-        self,
-        *,
-        limit: int = 100,
-        run_uuid: str | None = None,
-        before_seq: int | None = None,
-        event_type: str | None = None,
-    ) -> list[Event]:
-        found = await self.event_log(
-            limit=limit, run_uuid=run_uuid, before_seq=before_seq, event_type=event_type
-        )
-        return [e for _, e in found]
-
     async def prune_events(self, *, before: datetime) -> int:
         async with self._write() as conn:
             status = await conn.execute(

@@ -13,7 +13,7 @@ writer does. Pages of JSON are rendered in Python from the same rows
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,6 @@ from watcher.store.registry import (
     decode_cursor,
     encode_cursor,
     tracked_run,
-    walk_runs,
 )
 
 TRACKED_COLUMNS = (
@@ -221,14 +220,6 @@ class RegistryMixin(PgBase):
     async def get_run(self, run_uuid: str) -> TrackedRun | None:
         rows = await self._fetch(SELECT_TRACKED + "AND run_uuid = $1", run_uuid)
         return tracked_run(rows[0]) if rows else None
-
-    async def list_runs(self) -> list[TrackedRun]:
-        return [run async for run in self.iter_runs()]
-
-    def iter_runs(
-        self, where: RunFilter | None = None, *, page: int = 1000
-    ) -> AsyncIterator[TrackedRun]:
-        return walk_runs(self.page_runs, where, page)
 
     async def _page_rows(
         self, limit: int, cursor: str | None, where: RunFilter | None

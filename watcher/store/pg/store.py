@@ -13,6 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
+from watcher.store.api import DerivedReads
 from watcher.store.db import StateError, StateMissing, utc_now
 from watcher.store.pg.base import DB_ERRORS, database_name, describe, secret_of
 from watcher.store.pg.journal import JournalMixin, RecordingMixin
@@ -51,6 +52,7 @@ class PgStore(
     GroupsMixin,
     OverviewMixin,
     SilencesMixin,
+    DerivedReads,
 ):
     """The watcher's state in PostgreSQL (:class:`~watcher.store.api.AsyncStore`)."""
 
