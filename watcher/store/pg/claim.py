@@ -26,7 +26,7 @@ How (a :class:`LeaseClaim`, one task, :meth:`LeaseClaim.run`):
 - :meth:`LeaseClaim.grant` is what :meth:`PgStore.bind <watcher.store.pg.base.PgBase.bind>`
   fences writes with; :meth:`LeaseClaim.standby` is what ``/readyz`` and the polling_state
   gauge read; :meth:`LeaseClaim.holding` gates every API request
-  (:class:`watcher.replica.LeaseGate`).
+  (:func:`watcher.replica.lease_trace`).
 - :meth:`LeaseClaim.aclose` (SIGTERM, after the daemon drained) releases the lease so a
   standby takes over at once, and closes the connection.
 
@@ -120,8 +120,12 @@ class LeaseClaim:
 
     def holding(self) -> bool:
         """True while this daemon is the active one: the lease is ours by the local clock and
-        the takeover pause is over. Gates every API request."""
-        return self.grant() is not None and self._monotonic() >= self._active_from
+        the takeover pause is over. Gates every API request (one clock read)."""
+        grant = self._grant
+        if grant is None:
+            return False
+        now = self._monotonic()
+        return self._active_from <= now < grant.deadline
 
     def standby(self) -> bool:
         """``/readyz`` says ``standby`` while this is true."""
