@@ -29,13 +29,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import aiohttp
+from aiohttp import web
 
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, CredentialProvider, StaticProvider
@@ -592,3 +593,20 @@ def make_client(
         limiters=limiters if limiters is not None else {"default": PacingLimiter(20)},
         timeout=timeout,
     )
+
+
+@contextlib.asynccontextmanager
+async def serve_hook(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A local receiver answering ``POST /hook`` on 127.0.0.1 with ``handle``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()

@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 from standardwebhooks import Webhook
+from support import serve_hook
 
 from watcher.app import run_daemon
 from watcher.config import Settings
@@ -506,22 +507,15 @@ async def test_a_digest_counts_its_runs_by_the_vocabulary_the_dispatcher_was_giv
         bodies.append(await request.json())
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finished = [status_event(r, "DONE") for r in runs(3)]
-    finished = [
-        Event(type=e.type, id=e.id, timestamp=e.timestamp, data={**e.data, "terminal": True})
-        for e in finished
-    ]
-    record_events(store, finished, ["hook"])
-    done = frozenset({"DONE"})
-    done_is_success = Statuses(StatusOptions(terminal=done, success=done))
-    try:
+    async with serve_hook(handle) as url:
+        finished = [status_event(r, "DONE") for r in runs(3)]
+        finished = [
+            Event(type=e.type, id=e.id, timestamp=e.timestamp, data={**e.data, "terminal": True})
+            for e in finished
+        ]
+        record_events(store, finished, ["hook"])
+        done = frozenset({"DONE"})
+        done_is_success = Statuses(StatusOptions(terminal=done, success=done))
         async with aiohttp.ClientSession() as session:
             hook = build_notifier(
                 TypeAdapter(NotifierSettings).validate_python(
@@ -542,8 +536,6 @@ async def test_a_digest_counts_its_runs_by_the_vocabulary_the_dispatcher_was_giv
             await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
             await target.stop(asyncio.get_running_loop().time() + 5)
             await task
-    finally:
-        await runner.cleanup()
     (digest,) = bodies
     assert digest["type"] == DIGEST
     counts = digest["data"]["counts"]
@@ -564,17 +556,10 @@ async def test_a_stop_in_mid_send_leaves_the_whole_digest_pending_for_the_next_s
         bodies.append(body)
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    events = [status_event(r, "SUCCESS") for r in runs(5)]
-    record_events(store, events, ["hook"])
-    policy = Policy(digest=DigestPolicy(window=0.0, max_items=10))
-    try:
+    async with serve_hook(handle) as url:
+        events = [status_event(r, "SUCCESS") for r in runs(5)]
+        record_events(store, events, ["hook"])
+        policy = Policy(digest=DigestPolicy(window=0.0, max_items=10))
         async with aiohttp.ClientSession() as session:
             hook = build_notifier(
                 TypeAdapter(NotifierSettings).validate_python(
@@ -595,8 +580,6 @@ async def test_a_stop_in_mid_send_leaves_the_whole_digest_pending_for_the_next_s
             await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
             await second.stop(asyncio.get_running_loop().time() + 5)
             await task
-    finally:
-        await runner.cleanup()
     digests = [b for b in bodies if b["type"] == DIGEST]
     assert digests
     assert sorted(digests[-1]["data"]["event_ids"]) == sorted(e.id for e in events)
@@ -611,16 +594,9 @@ async def test_webhook_receivers_get_a_signed_digest_event_with_every_event(
         received.append((dict(request.headers), await request.read()))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    events = mixed_events(30)
-    record_events(store, events, ["hook"])
-    try:
+    async with serve_hook(handle) as url:
+        events = mixed_events(30)
+        record_events(store, events, ["hook"])
         async with aiohttp.ClientSession() as session:
             hook = build_notifier(
                 TypeAdapter(NotifierSettings).validate_python(
@@ -635,8 +611,6 @@ async def test_webhook_receivers_get_a_signed_digest_event_with_every_event(
             await until(lambda: store.outbox_stats(now=Clock()())[0] == 0, timeout=10)
             await target.stop(asyncio.get_running_loop().time() + 5)
             await task
-    finally:
-        await runner.cleanup()
     verifier = Webhook(SECRET)
     ids: list[str] = []
     for headers, body in received:

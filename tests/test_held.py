@@ -23,7 +23,7 @@ import pytest
 import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
-from support import now
+from support import now, serve_hook
 
 from watcher.delivery.dispatcher import Dispatcher
 from watcher.events import RUN_GROUP_LABEL, Event, RunState
@@ -61,15 +61,9 @@ async def inbox() -> AsyncIterator[Inbox]:
         state.bodies.append(json.loads(await request.read()))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield state
-    await runner.cleanup()
+    async with serve_hook(handle) as url:
+        state.url = url
+        yield state
 
 
 def webhook(inbox: Inbox, session: aiohttp.ClientSession) -> Notifier:

@@ -37,6 +37,7 @@ from support import (
     list_runs,
     processes,
     run_cli,
+    serve_hook,
     start_daemon,
     start_simulator,
     wait_for,
@@ -373,15 +374,9 @@ async def hook() -> AsyncIterator[Hook]:
         state.bodies.append(json.loads(raw))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield state
-    await runner.cleanup()
+    async with serve_hook(handle) as url:
+        state.url = url
+        yield state
 
 
 @pytest.fixture
