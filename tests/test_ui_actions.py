@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from notify_receiver import WebhookReceiver
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 from support import (
     Daemon,
     Processes,
@@ -35,7 +35,8 @@ from support import (
     wait_for,
     write_config,
 )
-from test_ui_browser import CHROMIUM, CHROMIUM_FLAGS, check_axe
+from ui_support import check_axe, chromium, fresh_context
+from ui_support import login as sign_in
 
 ADMIN = "admin-token-for-the-actions-0123456789"
 VIEWER = "viewer-token-for-the-actions-0123456789"
@@ -106,28 +107,21 @@ def stack() -> Iterator[Stack]:
         receiver.close()
 
 
-@pytest.fixture(scope="module")  # module, as test_ui_browser's: see its note
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Chromium missing: run ./scripts/test-deps"
-    with sync_playwright() as pw:
-        yield pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    opened = browser.new_context()
-    try:
+    with fresh_context(browser) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 def login(context: BrowserContext, stack: Stack, token: str = ADMIN) -> Page:
     page = context.new_page()
-    page.goto(stack.daemon.url + "/ui/login")
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.daemon.url + "/ui/")
+    sign_in(page, stack.daemon.url, token)
     return page
 
 

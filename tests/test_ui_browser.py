@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
 from notify_receiver import WebhookReceiver
@@ -26,9 +25,7 @@ from playwright.sync_api import (
     BrowserContext,
     Dialog,
     Page,
-    Playwright,
     expect,
-    sync_playwright,
 )
 from support import (
     Daemon,
@@ -42,19 +39,8 @@ from support import (
     wait_for,
     write_config,
 )
+from ui_support import check_axe, chromium, fresh_context, submit_token
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-AXE = Path(__file__).resolve().parent.parent / ".test-deps/node_modules/axe-core/axe.min.js"
 ADMIN = "admin-token-for-the-page-0123456789"
 VIEWER = "viewer-token-for-the-page-0123456789"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -113,33 +99,22 @@ def stack() -> Iterator[Stack]:
         receiver.close()
 
 
-@pytest.fixture(scope="module")  # not session: Playwright's loop would outlive the module and
-def browser() -> Iterator[Browser]:  # break the asyncio tests a worker runs after it
-    assert Path(CHROMIUM).exists(), "Chromium missing: run ./scripts/test-deps"
-    with sync_playwright() as pw:
-        yield _launch(pw)
-
-
-def _launch(pw: Playwright) -> Browser:
-    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    # A new context is a new, empty profile (cookies, storage) for each test.
-    opened = browser.new_context()
-    try:
+    with fresh_context(browser) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 def login(page: Page, stack: Stack, token: str = ADMIN) -> None:
     page.goto(stack.daemon.url + "/ui/")
     assert page.url.endswith("/ui/login")  # no session: the login page
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(stack.daemon.url + "/ui/")
+    submit_token(page, stack.daemon.url, token)
 
 
 def finished(stack: Stack) -> dict[str, str]:
@@ -153,24 +128,6 @@ def finished(stack: Stack) -> dict[str, str]:
         return final if done else None
 
     return wait_for(recorded, timeout=60, interval=0.25, what="every tracked run recorded finished")
-
-
-def check_axe(page: Page) -> None:
-    """No serious or critical axe-core violation; and the page, with its CSS and JavaScript,
-    stays under 150 KB."""
-    static = (Path(__file__).resolve().parent.parent / "watcher/ui/static").glob("*")
-    weight = len(page.content().encode()) + sum(f.stat().st_size for f in static)
-    assert weight < 150_000, weight
-    assert AXE.exists(), "axe-core missing: run ./scripts/test-deps"
-    # Evaluated through the DevTools protocol: the page's CSP (no inline script) stays on.
-    page.evaluate(AXE.read_text(encoding="utf-8"))
-    result: dict[str, Any] = page.evaluate("async () => await axe.run(document)")
-    bad = [
-        (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
-        for v in result["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not bad, bad
 
 
 def test_pages_show_the_simulators_runs_escaped_and_accessible(

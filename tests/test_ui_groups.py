@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import sync_playwright
 from support import (
     Daemon,
     Processes,
@@ -30,7 +30,7 @@ from support import (
     wait_for,
     write_config,
 )
-from test_ui_browser import CHROMIUM, CHROMIUM_FLAGS, check_axe
+from ui_support import check_axe, launch, login
 
 ADMIN = "admin-token-for-the-groups-0123456789"
 GROUP = "plate-96"
@@ -91,13 +91,6 @@ def _settled(daemon: Daemon, sim: Simulator, parts: dict[str, str]) -> dict[str,
     return recorded if recorded == in_sim == wanted else None
 
 
-def _login(page: Page, daemon: Daemon) -> None:
-    page.goto(daemon.url + "/ui/login")
-    page.fill("#token", ADMIN)
-    page.click("button[type=submit]")
-    page.wait_for_url(daemon.url + "/ui/")
-
-
 def test_a_96_sample_groups_bar_shows_the_simulators_mix(
     group: tuple[Daemon, Simulator, dict[str, str]],
 ) -> None:
@@ -111,10 +104,10 @@ def test_a_96_sample_groups_bar_shows_the_simulators_mix(
     expected = Counter(parts.values())
     assert expected == {"succeeded": 40, "failed": 6, "running": 30, "queued": 20}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
-            _login(page, daemon)
+            login(page, daemon.url, ADMIN)
             block = page.locator(".group", has=page.get_by_role("link", name=GROUP))
             summary = "40 succeeded, 6 failed, 30 running, 20 queued of 96"
             assert block.locator(".muted").first.inner_text() == summary

@@ -40,7 +40,7 @@ from support import (  # noqa: E402
     wait_for,
     write_config,
 )
-from test_ui_browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+from ui_support import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
 
 TOKEN = "screenshot-admin-token-0123456789"  # noqa: S105 - a throwaway local daemon
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - the receiver is never up
