@@ -90,6 +90,4 @@ class LiveSilences:
     def silencing(self, event: Event, notifier: str, now: datetime) -> Silence | None:
         """The silence that withholds ``event`` from ``notifier`` at ``now``, if any (as of
         the last :meth:`refresh`)."""
-        if not self._snapshot.items:
-            return None
         return self._snapshot.silencing(event, notifier, now)

@@ -88,10 +88,10 @@ class LabelledHistogram(Collector):
         registry.register(self)
 
     def labels(self, **labels: str) -> HistogramChild:
-        (value,) = labels.values()
-        child = self._children.get(value)
+        key = str(next(iter(labels.values())))
+        child = self._children.get(key)
         if child is None:
-            child = self._children[str(value)] = HistogramChild(self._bounds)
+            child = self._children[key] = HistogramChild(self._bounds)
         return child
 
     def count(self, value: str) -> int:
@@ -130,10 +130,10 @@ class LabelledCounter(Collector):
         registry.register(self)
 
     def labels(self, **labels: str) -> CounterChild:
-        (value,) = labels.values()
-        child = self._children.get(value)
+        key = str(next(iter(labels.values())))
+        child = self._children.get(key)
         if child is None:
-            child = self._children[str(value)] = CounterChild()
+            child = self._children[key] = CounterChild()
         return child
 
     def describe(self) -> list[Metric]:
