@@ -3,6 +3,7 @@
 - ``--run-slow`` runs the long fault and end-to-end tests too;
 - ``session``, ``clock``, ``store``, ``simulator`` and ``client``: the pieces most tests
   build on (plain helpers such as :func:`support.make_client` are in ``support.py``);
+- ``procs``: the child processes (simulators, daemons) an end-to-end test starts;
 - ``pg_cluster``, ``pg_url`` and ``pg_empty_url``: a real PostgreSQL 15 for the PostgreSQL
   backend, a fresh database per test (``pg.py``);
 - every async test fails when it leaves asyncio tasks pending on its loop: a task nobody
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from pytest_asyncio import is_async_test
-from support import FakeClock, make_client
+from support import FakeClock, Processes, make_client, processes
 
 from watcher.omics.client import OmicsClient
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
@@ -57,6 +58,14 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """One HTTP client session for the test, closed at its end."""
     async with aiohttp.ClientSession() as opened:
         yield opened
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    """The test's child processes (simulators, daemons): any still alive at its end are
+    killed by pid, so a failing test leaves none behind."""
+    with processes() as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -71,12 +70,6 @@ INTERFACE_FAMILIES = {
     "omics_watcher_outbox_pending": ("gauge", set()),
     "omics_watcher_oldest_pending_delivery_seconds": ("gauge", set()),
 }
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def setup_watch(

@@ -26,7 +26,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -39,12 +38,6 @@ from test_daemon_e2e import all_events, check_budget, check_event_log, check_fin
 TOKEN = "pg-e2e-admin-token-3b9d7f1a5c2e4d6f8a0b"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 RUNS = 30
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 @pytest.fixture

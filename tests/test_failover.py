@@ -43,7 +43,6 @@ from support import (
     clean_env,
     daemon_config,
     free_port,
-    processes,
     start_daemon,
     start_simulator,
     stop,
@@ -199,12 +198,6 @@ class BothReceivers:
 
     def accepted(self) -> list[Hit]:
         return [hit for hit in self.hits() if hit.ok]
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def _roles(cluster: Cluster, database: str) -> None:

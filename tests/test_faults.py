@@ -59,7 +59,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -92,12 +91,6 @@ EXIT_STARTUP = 3
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from support import (
     daemon_config,
     free_port,
     http,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -40,12 +39,6 @@ TOKEN = "admin-token-for-history-tests-0123"
 SECRET = "whsec_" + base64.b64encode(bytes(range(41, 73))).decode()
 RUNS = 3
 QUICK = {"durations": [1.5, 1.5, 1.5], "kind": "finishing", "outcome": "SUCCESS"}
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     serve_hook,
     start_daemon,
@@ -612,12 +611,6 @@ async def test_a_stop_inside_a_window_sends_nothing_and_keeps_every_row(
 
 
 # ---- a running daemon: held until a SIGHUP lifts the window ------------------------------------
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def gauge(text: str, sample: str) -> float | None:

@@ -42,7 +42,6 @@ from support import (
     clean_env,
     daemon_config,
     free_port,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -76,12 +75,6 @@ Transition = tuple[str, str | None, str]  # (run_uuid, previous_status, status)
 
 
 # -- fixtures and small helpers -------------------------------------------------------------
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -46,12 +45,6 @@ ROLE_SQL = ROOT / "deploy" / "postgresql" / "omics-watcher-role.sql"
 ROLE = "omics_watcher"
 PASSWORD = "role-pass-Zq81"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def _psql_file(cluster: Cluster, path: Path, database: str, **variables: str) -> None:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pydantic import SecretStr
 from support import (
     Processes,
     clean_env,
     daemon_config,
     free_port,
-    processes,
     start_daemon,
     start_simulator,
     wait_for,
@@ -24,12 +21,6 @@ from watcher.config import Settings
 from watcher.settings_diff import RELOADABLE, unapplied_keys
 
 NEW_SECRET = "a-new-secret-key-never-logged-8f3a"
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def test_only_keys_outside_the_reloadable_sections_are_named_by_path() -> None:

@@ -31,7 +31,6 @@ from support import (
     free_port,
     list_runs,
     make_client,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -287,12 +286,6 @@ def test_an_event_costs_at_most_800_bytes_on_disk(tmp_path: Path) -> None:
 
 
 # -- end to end: the real daemon ------------------------------------------------------------
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 RETENTION_SECONDS = 6.0

@@ -9,26 +9,17 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from support import (
     Processes,
     clean_env,
     daemon_config,
     free_port,
-    processes,
     start_daemon,
     start_simulator,
     write_config,
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def receive_until(sock: socket.socket, wanted: str, deadline: float) -> list[str]:

@@ -29,7 +29,6 @@ from support import (
     clean_env,
     daemon_config,
     free_port,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -87,12 +86,6 @@ def receiver() -> Iterator[Receiver]:
         yield hook
     finally:
         hook.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 class Cli:

@@ -35,7 +35,6 @@ from support import (
     clean_env,
     daemon_config,
     free_port,
-    processes,
     run_cli,
     start_simulator,
     stop,
@@ -57,12 +56,6 @@ HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: stalled
 
 def _daemon_limits() -> None:  # runs in the child, between fork and exec
     resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from support import (
     daemon_config,
     free_port,
     list_runs,
-    processes,
     run_cli,
     start_daemon,
     start_simulator,
@@ -29,12 +27,6 @@ from support import (
 
 from watcher.store import StateError
 from watcher.store.lock import StateInUse, claim_file, claim_state, lock_path
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as registry:
-        yield registry
 
 
 def in_use(state: Path, pid: int) -> str:
