@@ -1,7 +1,8 @@
 """Retention and compact event storage: what a user of a months-old state file sees.
 
 - Pruning deletes runs finished longer ago than ``retention_days`` with their events,
-  deliveries and dead letters; active runs keep their whole history; run-less events go by age.
+  deliveries and dead letters once every delivery is settled (one still owed keeps its run:
+  ``test_retention_owed.py``); active runs keep their whole history; run-less events go by age.
 - End to end through the real daemon: with a retention of seconds, finished runs vanish from
   ``list``, ``/v1/events`` and the file's rows while the active run's events stay.
 - A state file written before this version migrates: its events are still readable and its
@@ -119,8 +120,8 @@ def test_finished_runs_leave_with_their_history_active_runs_keep_everything(
     store.track([TrackRequest(r, "prj", {"team": "ngs"}) for r in (done, active, gone, recent)])
     observe(store, done, None, "RUNNING", T0)
     observe(store, done, "RUNNING", "FAILED", T0 + timedelta(hours=1))
-    dead, _still_pending = store.pending_deliveries(limit=2)
-    store.mark_dead(dead.id, error="HTTP 500")  # a dead letter and a pending delivery
+    dead, _delivered_below = store.pending_deliveries(limit=2)
+    store.mark_dead(dead.id, error="HTTP 500")  # a dead letter and a delivery
     observe(store, active, None, "QUEUED", T0)
     observe(store, active, "QUEUED", "RUNNING", T0 + timedelta(hours=2))
     gone_run = store.get_run(gone)
@@ -133,9 +134,9 @@ def test_finished_runs_leave_with_their_history_active_runs_keep_everything(
     assert store.record_event(digest, notifiers=["hook"])
     clock.now = T0 + 31 * DAY
     observe(store, recent, None, "SUCCESS", clock.now)
+    # Every delivery settled: a delivery still owed keeps its run (test_retention_owed.py).
     for delivery in store.pending_deliveries(limit=100):
-        if delivery.event.run_uuid in (active, recent):
-            store.mark_delivered(delivery.id)
+        store.mark_delivered(delivery.id)
     # Delivered rows stay as the runs' delivery history until retention removes the run.
     assert counts(path) == {"runs": 4, "events": 7, "outbox": 12}
 
@@ -166,6 +167,8 @@ def test_retention_measures_from_the_end_of_a_run_not_its_start(
     store.track([TrackRequest("long", "prj")])
     observe(store, "long", None, "RUNNING", T0)
     observe(store, "long", "RUNNING", "SUCCESS", T0 + 40 * DAY)  # ran for 40 days
+    for delivery in store.pending_deliveries(limit=100):
+        store.mark_delivered(delivery.id)
     clock.now = T0 + 45 * DAY
     assert prune(store, clock, retention=30 * DAY).runs == 0
     assert len(store.events(run_uuid="long")) == 2

@@ -8,9 +8,15 @@ Invariants:
   is byte-for-byte what notifiers get.
 - :meth:`JournalMixin.prune_events` never removes an event with a delivery still owed
   (``pending``) or dead (it may be re-queued); settled rows go with their event.
-  Retention (:meth:`JournalMixin.prune_finished_runs`) removes a finished run with all its
-  events, whose outbox rows (pending or dead) go with them by ``ON DELETE CASCADE``; a run
-  that is not finished keeps everything. Each call is one short, bounded transaction.
+- Retention never removes a delivery still owed, nor its event, nor its run: a ``pending``
+  row may be held by a mute window, a digest window, a failure's lookup or a retry for any
+  time (a notifier muted longer than ``retention_days`` still gets everything when its
+  window ends). So :meth:`JournalMixin.prune_finished_runs` removes a finished run with all
+  its events only once none of them owes a delivery (:data:`OWES_NOTHING`); their settled
+  rows (delivered, silenced, dead) go with them by ``ON DELETE CASCADE``. A run that is not
+  finished, or still owes one, keeps everything; it goes at the first pass after its last
+  row settles. Run-less events likewise (:meth:`JournalMixin.prune_orphan_events`). Each
+  call is one short, bounded transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ from watcher.store.codec import decode_body, encode_body
 from watcher.store.db import StoreBase, to_ts
 
 _NO_LIMIT = 2**63 - 1  # above any seq: "no upper bound" without composing SQL
+
+# Retention's rule, one SQL condition for both backends: the run (in a query over ``runs``)
+# has no delivery still owed. ``state = 'pending'`` is spelled literally, as the partial
+# indexes are; the lookup reads ``events_by_run`` and the outbox's index on ``event_seq``.
+OWES_NOTHING = (
+    "NOT EXISTS (SELECT 1 FROM events e JOIN outbox o ON o.event_seq = e.seq "
+    "WHERE e.run_uuid = runs.run_uuid AND o.state = 'pending')"
+)
+# The same for an event (in a query over ``events``).
+EVENT_OWES_NOTHING = (
+    "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = events.seq AND o.state = 'pending')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,22 +151,24 @@ class JournalMixin(StoreBase):
         """Delete up to ``limit`` runs finished before ``finished_before``, with their events.
 
         Finished: terminal since ``status_since``, or stopped as not found since
-        ``stopped_at``. Their deliveries and dead letters go with the events (cascade).
+        ``stopped_at``; and owing no delivery (a pending row keeps its whole run). Their
+        settled deliveries and dead letters go with the events (cascade).
         """
         cutoff = to_ts(finished_before)
         with self._db.write() as conn:
             uuids = [
                 uuid
                 for (uuid,) in conn.execute(
-                    "SELECT run_uuid FROM runs WHERE terminal = 1 AND status_since < ? LIMIT ?",
+                    "SELECT run_uuid FROM runs WHERE terminal = 1 AND status_since < ? "  # noqa: S608 - literals
+                    f"AND {OWES_NOTHING} LIMIT ?",
                     (cutoff, limit),
                 )
             ]
             uuids += [
                 uuid
                 for (uuid,) in conn.execute(
-                    "SELECT run_uuid FROM runs WHERE stopped = 1 AND terminal = 0 "
-                    "AND stopped_at < ? LIMIT ?",
+                    "SELECT run_uuid FROM runs WHERE stopped = 1 AND terminal = 0 "  # noqa: S608 - literals
+                    f"AND stopped_at < ? AND {OWES_NOTHING} LIMIT ?",
                     (cutoff, max(0, limit - len(uuids))),
                 )
             ]
@@ -166,7 +186,8 @@ class JournalMixin(StoreBase):
     def prune_orphan_events(
         self, *, recorded_before: datetime, after_seq: int, limit: int
     ) -> tuple[int, int | None]:
-        """Delete old events that belong to no registry run (digests, roll-ups, leftovers).
+        """Delete old events that belong to no registry run (digests, roll-ups, leftovers)
+        and owe no delivery.
 
         Scans at most ``limit`` events after ``after_seq`` in log order and stops at the first
         one recorded at or after ``recorded_before``. Returns ``(deleted, next after_seq)``,
@@ -183,8 +204,9 @@ class JournalMixin(StoreBase):
             deleted = 0
             if old:
                 deleted = conn.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
-                    "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_uuid = events.run_uuid)",
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "  # noqa: S608 - literals
+                    "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_uuid = events.run_uuid) "
+                    f"AND {EVENT_OWES_NOTHING}",
                     (json.dumps(old),),
                 ).rowcount
         if len(old) < len(rows) or len(rows) < limit:

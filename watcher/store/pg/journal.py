@@ -5,6 +5,12 @@ Same invariants as SQLite's: a new status, its event and one outbox row per noti
 in one transaction, compare-and-set on the stored status (here under the run row's lock,
 ``FOR UPDATE``, since PostgreSQL runs writers side by side where SQLite runs one at a time);
 an event id is stored once; retention steps are bounded and never drop an owed delivery.
+
+Retention deletes settled outbox rows first, then the events left without rows, then the runs
+left without events, where SQLite relies on the cascade. Why: PostgreSQL runs writers side by
+side, so a dead letter another connection redelivers (back to ``pending``) after the step
+chose its runs is re-checked under that row's lock by the first ``DELETE`` and kept, and its
+event and run with it; an event appended meanwhile keeps its run too.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncpg
 from watcher.events import STUCK, Event, RunState
 from watcher.store.codec import decode_body, encode_body
 from watcher.store.db import dump_json, to_ts
-from watcher.store.journal import PruneStep, notifier_names
+from watcher.store.journal import OWES_NOTHING, PruneStep, notifier_names
 from watcher.store.pg.base import NO_LIMIT, PgBase, command_count
 
 
@@ -172,7 +178,8 @@ class JournalMixin(PgBase):
             uuids = [
                 row[0]
                 for row in await conn.fetch(
-                    "SELECT run_uuid FROM runs WHERE terminal AND status_since < $1 LIMIT $2",
+                    "SELECT run_uuid FROM runs WHERE terminal AND status_since < $1 "  # noqa: S608 - literals
+                    f"AND {OWES_NOTHING} LIMIT $2",
                     cutoff,
                     limit,
                 )
@@ -180,19 +187,23 @@ class JournalMixin(PgBase):
             uuids += [
                 row[0]
                 for row in await conn.fetch(
-                    "SELECT run_uuid FROM runs WHERE stopped AND NOT terminal "
-                    "AND stopped_at < $1 LIMIT $2",
+                    "SELECT run_uuid FROM runs WHERE stopped AND NOT terminal "  # noqa: S608 - literals
+                    f"AND stopped_at < $1 AND {OWES_NOTHING} LIMIT $2",
                     cutoff,
                     max(0, limit - len(uuids)),
                 )
             ]
             if not uuids:
                 return PruneStep(runs=0, events=0, more=False)
-            events = command_count(
-                await conn.execute("DELETE FROM events WHERE run_uuid = ANY($1::text[])", uuids)
+            events = await _delete_settled(conn, "e.run_uuid = ANY($1::text[])", uuids)
+            runs = command_count(
+                await conn.execute(
+                    "DELETE FROM runs WHERE run_uuid = ANY($1::text[]) "
+                    "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.run_uuid = runs.run_uuid)",
+                    uuids,
+                )
             )
-            await conn.execute("DELETE FROM runs WHERE run_uuid = ANY($1::text[])", uuids)
-        return PruneStep(runs=len(uuids), events=events, more=len(uuids) >= limit)
+        return PruneStep(runs=runs, events=events, more=len(uuids) >= limit)
 
     async def prune_orphan_events(
         self, *, recorded_before: datetime, after_seq: int, limit: int
@@ -207,12 +218,11 @@ class JournalMixin(PgBase):
             old = [int(seq) for seq, _ in takewhile(lambda row: row[1] < cutoff, rows)]
             deleted = 0
             if old:
-                deleted = command_count(
-                    await conn.execute(
-                        "DELETE FROM events WHERE seq = ANY($1::bigint[]) "
-                        "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_uuid = events.run_uuid)",
-                        old,
-                    )
+                deleted = await _delete_settled(
+                    conn,
+                    "e.seq = ANY($1::bigint[]) "
+                    "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_uuid = e.run_uuid)",
+                    old,
                 )
         if len(old) < len(rows) or len(rows) < limit:
             return deleted, None
@@ -221,3 +231,21 @@ class JournalMixin(PgBase):
     async def release_free_pages(self, max_pages: int) -> int:
         """Nothing to do: PostgreSQL's autovacuum reuses and returns space."""
         return 0
+
+
+async def _delete_settled(conn: asyncpg.Connection, chosen: str, arg: Sequence[object]) -> int:
+    """Delete the events ``chosen`` (a condition on ``e``, its value ``$1``) that owe no
+    delivery, settled rows first (see the module docstring); returns how many events."""
+    await conn.execute(
+        "DELETE FROM outbox o USING events e WHERE o.event_seq = e.seq "  # noqa: S608 - literals
+        f"AND {chosen} AND o.state <> 'pending' AND NOT EXISTS "
+        "(SELECT 1 FROM outbox p WHERE p.event_seq = e.seq AND p.state = 'pending')",
+        arg,
+    )
+    return command_count(
+        await conn.execute(
+            f"DELETE FROM events e WHERE {chosen} "  # noqa: S608 - literals
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)",
+            arg,
+        )
+    )
