@@ -179,4 +179,4 @@ def test_redeliver_choices_and_what_it_says(
             0,
             None,
         )
-        assert store.redelivery_counts() == {"hook": 1}
+        assert store.state_figures(now=datetime.now(UTC)).redeliveries == {"hook": 1}

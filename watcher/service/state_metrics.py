@@ -27,18 +27,17 @@ import structlog
 from watcher.service.metrics import Metrics, StateSnapshot
 from watcher.service.redeliveries import RedeliveryCollector
 from watcher.store.db import utc_now
+from watcher.store.figures import StateFigures
 
 READ_TIMEOUT_SECONDS = 5.0  # below Prometheus's default scrape timeout (10 s)
 
 
 class StateReads(Protocol):
-    """The part of :class:`~watcher.store.api.AsyncStore` the metrics read."""
+    """The part of :class:`~watcher.store.api.AsyncStore` the metrics read: one call, one
+    statement on either backend (:mod:`watcher.store.figures`), so a scrape costs one
+    connection use or round trip and its families agree with each other."""
 
-    async def count_by_status(self) -> dict[str | None, int]: ...
-
-    async def outbox_stats(self, *, now: datetime) -> tuple[int, float]: ...
-
-    async def redelivery_counts(self) -> dict[str, int]: ...
+    async def state_figures(self, *, now: datetime) -> StateFigures: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +84,11 @@ class StateGauges:
             self._log.warning("metrics_state_read_failed", error=type(exc).__name__)
 
     async def _read(self) -> _Read:
-        counts = await self._store.count_by_status()
-        pending, oldest = await self._store.outbox_stats(now=self._clock())
-        redeliveries = await self._store.redelivery_counts()
+        figures = await self._store.state_figures(now=self._clock())
+        counts = figures.runs_by_status
         snapshot = StateSnapshot(
             runs_by_status={(k if k is not None else "unknown"): v for k, v in counts.items()},
-            outbox_pending=pending,
-            oldest_pending_seconds=oldest,
+            outbox_pending=figures.outbox_pending,
+            oldest_pending_seconds=figures.oldest_pending_seconds,
         )
-        return _Read(snapshot, dict(redeliveries))
+        return _Read(snapshot, figures.redeliveries)

@@ -38,6 +38,7 @@ from watcher.delivery.silencing import Silence
 from watcher.events import Event, RunState
 from watcher.service.reads import OffLoopReads
 from watcher.store.db import StateMissing, utc_now
+from watcher.store.figures import StateFigures
 from watcher.store.groups import GroupMember
 from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
 from watcher.store.journal import PruneStep
@@ -220,9 +221,12 @@ class AsyncStore(Protocol):
         self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
     ) -> list[DeadLetter]: ...
 
+    async def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None: ...
+
     async def redeliver(self, which: Redelivery) -> list[int]: ...
 
-    async def redelivery_counts(self) -> dict[str, int]: ...
+    # -- what /metrics reports of the state ------------------------------------------------
+    async def state_figures(self, *, now: datetime) -> StateFigures: ...
 
     # -- silences --------------------------------------------------------------------------
     async def add_silence(
@@ -526,11 +530,15 @@ class SqliteStore(DerivedReads):
             )
         )
 
+    async def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None:
+        return await self._off_loop(lambda store: store.run_dead_letters(run_uuid))
+
     async def redeliver(self, which: Redelivery) -> list[int]:
         return self._store.redeliver(which)
 
-    async def redelivery_counts(self) -> dict[str, int]:
-        return self._store.redelivery_counts()
+    # -- what /metrics reports of the state (off the loop: it counts the pending rows) -----
+    async def state_figures(self, *, now: datetime) -> StateFigures:
+        return await self._off_loop(lambda store: store.state_figures(now=now))
 
     # -- silences --------------------------------------------------------------------------
     async def add_silence(

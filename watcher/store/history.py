@@ -93,6 +93,26 @@ class Redelivery:
             raise ValueError("choose exactly one of: all, a notifier, delivery ids")
 
 
+# A run's dead letters in one statement (both backends; ``{p}``: the backend's placeholder
+# for the run). The inner read goes from the run's events (``events_by_run``) to their rows,
+# so it costs what the run has, never every dead letter; the outer join to the run's own row
+# tells a run without dead letters (one row of NULLs) from an unknown run (no row).
+RUN_DEAD_LETTERS = (
+    "SELECT d.* FROM runs r LEFT JOIN ("
+    "SELECT o.id, o.notifier, e.id AS event_id, e.run_uuid, e.type, o.dead_at, o.attempts, "
+    "o.last_error FROM events e JOIN outbox o ON o.event_seq = e.seq "
+    "WHERE e.run_uuid = {p} AND o.state = 'dead'"
+    ") d ON true WHERE r.run_uuid = {p} ORDER BY d.id DESC"
+)
+
+
+def run_dead_letters(rows: Sequence[Row]) -> list[DeadLetter] | None:
+    """The dead letters from the rows of :data:`RUN_DEAD_LETTERS` (``None``: no such run)."""
+    if not rows:
+        return None
+    return [dead_letter_row(row) for row in rows if row[0] is not None]
+
+
 def dead_letter_row(row: Row) -> DeadLetter:
     """A dead letter from ``outbox.id, notifier, event id, run_uuid, type, dead_at, attempts,
     last_error`` (both backends' ``list_dead_letters`` select these)."""
@@ -159,6 +179,13 @@ class HistoryMixin(StoreBase):
         rows = self._db.query(sql + " ORDER BY o.id DESC LIMIT ?", [*params, max(0, limit)])
         return [dead_letter_row(row) for row in rows]
 
+    def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None:
+        """The run's dead letters, most recent first; ``None`` for a run the registry does not
+        have. Reads the run's events (``events_by_run``) and their rows, not its history's
+        bodies nor anyone else's dead letters: what redelivering one run needs."""
+        rows = self._db.query(RUN_DEAD_LETTERS.format(p="?1"), (run_uuid,))
+        return run_dead_letters(rows)
+
     def redeliver(self, which: Redelivery) -> list[int]:
         """Put the chosen dead letters back in the outbox; returns their ids (unknown ids and
         rows that are not dead are left alone)."""
@@ -181,14 +208,6 @@ class HistoryMixin(StoreBase):
                 (REDELIVERED_PREFIX, json.dumps(ids)),
             )
         return ids
-
-    def redelivery_counts(self) -> dict[str, int]:
-        """Redelivered rows so far, by notifier (for ``/metrics``)."""
-        rows = self._db.query(
-            "SELECT substr(name, ?), value FROM counters WHERE name >= ? AND name < ?",
-            (len(REDELIVERED_PREFIX) + 1, REDELIVERED_PREFIX, REDELIVERED_PREFIX[:-1] + ";"),
-        )
-        return {name: int(value) for name, value in rows}
 
 
 def _dead_ids(conn: sqlite3.Connection, which: Redelivery) -> list[int]:

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from watcher.store.db import MEMORY, Database, utc_now
 from watcher.store.discovery import DiscoveryMixin
+from watcher.store.figures import FiguresMixin
 from watcher.store.groups import GroupsMixin
 from watcher.store.history import HistoryMixin
 from watcher.store.holds import HoldsMixin
@@ -41,6 +42,7 @@ class Store(
     ReferencesMixin,
     OverviewMixin,
     SilencesMixin,
+    FiguresMixin,
 ):
     """The watcher's SQLite state: registry, event log and outbox. One instance per process."""
 

@@ -164,13 +164,13 @@ class UiActions:
         raise _see_other("/ui/dead-letters")
 
     async def redeliver_run(self, request: web.Request) -> web.Response:
-        """The run's dead letters, every one of them."""
+        """The run's dead letters, every one of them (read alone: not the run's history)."""
         _admin(request)
         run_uuid = _run_uuid(request)
-        history = await self._store.run_history(run_uuid)
-        if history is None:
+        letters = await self._store.run_dead_letters(run_uuid)
+        if letters is None:
             raise web.HTTPNotFound(text="no such run")
-        ids = [d.id for h in history for d in h.deliveries if d.state == "dead"]
+        ids = [letter.id for letter in letters]
         done: list[int] = []
         if ids:
             done = await self._store.redeliver(Redelivery(ids=tuple(ids), configured=self._known()))

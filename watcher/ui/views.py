@@ -263,6 +263,7 @@ class RunDetail:
     metadata: list[tuple[str, str]]
     failure: Failure | None
     history: list[HistoryEntry] = field(default_factory=list)
+    dead_letters: int = 0  # in the whole history, not only the newest events shown
 
 
 def _scalar(value: Any) -> str:
@@ -297,4 +298,5 @@ async def read_run(store: AsyncStore, run_uuid: str, statuses: Statuses) -> RunD
         metadata=metadata,
         failure=failure_of(failing[-1]) if failing else None,
         history=history[-HISTORY_SHOWN:],
+        dead_letters=sum(d.state == "dead" for h in history for d in h.deliveries),
     )

@@ -22,11 +22,13 @@ from watcher.store.db import to_ts
 from watcher.store.history import (
     MAX_HISTORY_EVENTS,
     REDELIVERED_PREFIX,
+    RUN_DEAD_LETTERS,
     DeadLetter,
     DeliveryRecord,
     HistoryEntry,
     Redelivery,
     dead_letter_row,
+    run_dead_letters,
 )
 from watcher.store.models import Delivery
 from watcher.store.outbox import cut_error, delivery_row
@@ -37,6 +39,8 @@ _SELECT = (
     "CASE WHEN e.held_until IS NULL THEN o.next_attempt_at ELSE 253402300799.0 END, "
     "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
 )
+
+_RUN_DEAD_LETTERS = RUN_DEAD_LETTERS.format(p="$1")  # one round trip
 
 
 class OutboxMixin(PgBase):
@@ -184,6 +188,9 @@ class HistoryMixin(PgBase):
         rows = await self._fetch(sql + f" ORDER BY o.id DESC LIMIT ${len(params)}", *params)
         return [dead_letter_row(row) for row in rows]
 
+    async def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None:
+        return run_dead_letters(await self._fetch(_RUN_DEAD_LETTERS, run_uuid))
+
     async def redeliver(self, which: Redelivery) -> list[int]:
         now = self._now()
         async with self._write(fenced=False) as conn:
@@ -206,14 +213,6 @@ class HistoryMixin(PgBase):
                 ids,
             )
         return ids
-
-    async def redelivery_counts(self) -> dict[str, int]:
-        rows = await self._fetch(
-            "SELECT substr(name, $1), value FROM counters WHERE starts_with(name, $2)",
-            len(REDELIVERED_PREFIX) + 1,
-            REDELIVERED_PREFIX,
-        )
-        return {name: int(value) for name, value in rows}
 
 
 async def _dead_ids(conn: asyncpg.Connection, which: Redelivery) -> list[int]:

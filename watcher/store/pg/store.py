@@ -16,6 +16,7 @@ import asyncpg
 from watcher.store.api import DerivedReads
 from watcher.store.db import StateError, StateMissing, utc_now
 from watcher.store.pg.base import DB_ERRORS, database_name, describe, secret_of
+from watcher.store.pg.figures import FiguresMixin
 from watcher.store.pg.journal import JournalMixin, RecordingMixin
 from watcher.store.pg.lease import Grant, session_settings
 from watcher.store.pg.outbox import HistoryMixin, HoldsMixin, OutboxMixin
@@ -52,6 +53,7 @@ class PgStore(
     GroupsMixin,
     OverviewMixin,
     SilencesMixin,
+    FiguresMixin,
     DerivedReads,
 ):
     """The watcher's state in PostgreSQL (:class:`~watcher.store.api.AsyncStore`)."""
