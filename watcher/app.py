@@ -172,7 +172,7 @@ async def build(
         store=store, recorder=recorder, metrics=metrics, wall_clock=utc_now, outages=outages
     )
     poller = _build_poller(settings, client=client, limiters=limiters, parts=parts)
-    health = Health(polling=outages, standby=claim.standby if claim is not None else never)
+    health = _health(outages, claim, poller)
     return Daemon(
         settings=settings,
         store=store,
@@ -186,7 +186,11 @@ async def build(
         recorder=recorder,
         poller=poller,
         discovery=build_discovery(
-            discovery_options(settings), store=store, source=client, on_tracked=poller.refresh
+            discovery_options(settings),
+            store=store,
+            source=client,
+            on_tracked=poller.refresh,
+            outages=outages,  # DescribeRuns failing is the same outage as polls failing
         ),
         server=_build_server(
             settings, store=store, metrics=metrics, health=health, poller=poller, live=notifiers
@@ -195,6 +199,13 @@ async def build(
         pruner=Pruner(store=store, options=retention_options(settings)),
         claim=claim,
     )
+
+
+def _health(outages: Outages, claim: LeaseClaim | None, poller: Poller) -> Health:
+    """What ``/readyz``, the polling-state gauge and systemd's ``STATUS=`` say, from the
+    pollers' and discovery's outages, the lease (standby) and the poller's run count."""
+    standby = claim.standby if claim is not None else never
+    return Health(polling=outages, standby=standby, tracked=lambda: poller.tracked)
 
 
 async def _open_state(
@@ -537,6 +548,7 @@ class Serving:
         if reloader is not None:
             helpers.append(reloader.run())
         helpers.append(self._sd.watchdog_loop(healthy=d.health.alive))
+        helpers.append(self._sd.status_loop(d.health.status_line))  # STATUS= on changes
         self._helpers = [group.create_task(h) for h in helpers]
 
     async def active(self, drain: asyncio.Event, *, reload: bool = False) -> None:
@@ -564,14 +576,22 @@ class Serving:
 
     async def become_ready(self) -> None:
         """Ready (``/readyz`` 200, sd_notify READY) once every run was polled once; a
-        replica that starts as a standby tells systemd it is up at once."""
-        poller = self._daemon.poller
+        replica that starts as a standby tells systemd it is up at once.
+
+        READY=1 means started (listening, state open, first poll cycle run), not healthy:
+        it goes out even when that cycle was refused or got no answer, with a STATUS= that
+        says so (``auth_paused: ...``). Withheld, a ``Type=notify`` unit would fail its
+        start after ``TimeoutStartSec`` and be restarted until systemd gives up: restarts
+        cannot fix credentials or reach the API, and probes, admin API and delivery would
+        stop meanwhile, while the daemon resumes by itself once the API answers (a CAM
+        policy fixed, the network back). ``/readyz`` stays 503 until then."""
+        health = self._daemon.health
         claim = self._daemon.claim
         if claim is not None and await starts_as_standby(claim):
-            self._sd.ready("standby: another replica is active")
-        await poller.first_cycle_done.wait()
-        self._daemon.health.ready = True
-        self._sd.ready(f"watching {poller.tracked} runs")
+            self._sd.ready(health.status_line())
+        await self._daemon.poller.first_cycle_done.wait()
+        health.ready = True
+        self._sd.ready(health.status_line())
         self._wiring.on_ready(self._port)
 
     async def shutdown(self) -> int:
@@ -588,7 +608,7 @@ class Serving:
     async def _stop_readiness(self) -> None:
         """``/readyz`` 503 and STOPPING=1 first, so no balancer sends us new work."""
         self._daemon.health.draining = True
-        self._sd.stopping("draining")
+        self._sd.stopping(self._daemon.health.status_line())  # "draining"
         self._daemon.log.info("daemon_stopping", grace_seconds=self._grace)
         for helper in self._helpers:
             helper.cancel()

@@ -19,7 +19,10 @@ Invariants:
 - Never raises (cancellation from outside excepted): an API error, a malformed answer or the
   overall timeout ends the walk, is logged once (``failure_enrichment_incomplete``), and
   whatever was found so far is returned, missing fields as ``""``. A failure to explain a
-  failure must never hold back or lose the event.
+  failure must never hold back or lose the event. It is not reported to the pollers'
+  :class:`~watcher.polling.outages.Outages`: that line is what names the event left without
+  details, and a walk only starts right after a poll was answered, so its failures cannot
+  tell an unreachable API, while one run's failing GetRunCalls would open a polling outage.
 - Bounded: at most ``max_depth`` levels and ``max_listings`` GetRunCalls requests, one
   GetRunJobLog request, all within ``timeout`` seconds (``[polling] enrich_timeout_seconds``),
   counted from the detection: no event waits longer for its details. The requests go

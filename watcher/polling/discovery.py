@@ -27,6 +27,13 @@ Invariants:
 - Failures never end discovery: transient ones and throttling retry within the entry's
   interval with backoff, credential or permission refusals back off up to the interval,
   refused filters (a configuration mistake) are logged as errors and retried rarely.
+- The API as discovery sees it is reported to the pollers'
+  :class:`~watcher.polling.outages.Outages`: every answer, and every failure a poller would
+  back off on (connection, timeout, HTTP status, Tencent internal errors), which then is
+  logged as part of the one outage (its first line ``discovery_failed``, then the
+  summaries) and counts toward ``api_unreachable``: a daemon that only discovers is not
+  "ready" while the API is down. Refusals and refused filters are not outages (polling is
+  not paused by them) and keep their own lines, as does throttling.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ from watcher.polling.common import (
     RunSummaryLike,
     backoff_delay,
 )
+from watcher.polling.outages import Outages
+from watcher.polling.run_poll import Action, action_for
 from watcher.store import DiscoveredRun
 
 PAGE_SIZE = DESCRIBE_LIMIT
@@ -120,9 +129,11 @@ class Discovery:
         rng: random.Random | None = None,
         retention_seconds: float = 0.0,
         wall_clock: Callable[[], float] = time.time,
+        outages: Outages | None = None,
     ) -> None:
         self._store = store
         self._source = source
+        self._outages = outages or Outages(host="")  # the daemon's: shared with the pollers
         self._terminal = terminal
         self._retention = retention_seconds
         self._wall_clock = wall_clock
@@ -177,6 +188,7 @@ class Discovery:
             total, page = await self._source.describe_runs(
                 project_id=watch.project_id, filters=watch.filters, limit=PAGE_SIZE, offset=offset
             )
+            self._outages.answered()
             found = []
             for summary in page:
                 if summary.RunUuid not in seen and not self._past_retention(summary):
@@ -251,6 +263,17 @@ class Discovery:
                 return delay
         else:
             delay = min(interval, backoff)
+            if action_for(exc) is Action.BACK_OFF:  # the API failing: part of an outage
+                self._outages.failed(
+                    exc,
+                    runs=(),
+                    event="discovery_failed",
+                    watch=watch.index,
+                    project_id=watch.project_id,
+                    errors=watch.errors,
+                    retry_in=round(delay, 1),
+                )
+                return delay
         if watch.errors in (1, 5, 20):
             self._log.warning("discovery_failed", retry_in=round(delay, 1), **fields)
         return delay
@@ -262,9 +285,10 @@ def build_discovery(
     store: DiscoveryStore,
     source: RunLister[RunSummaryLike],
     on_tracked: Callable[[], None],
+    outages: Outages | None = None,
 ) -> Discovery:
     """Discovery for the configured ``[[watch]]`` entries (its ``run`` returns at once if
-    there are none)."""
+    there are none), reporting the API's failures and answers to ``outages``."""
     return Discovery(
         store=store,
         source=source,
@@ -273,6 +297,7 @@ def build_discovery(
         default_project_id=options.default_project_id,
         on_tracked=on_tracked,
         retention_seconds=options.retention_seconds,
+        outages=outages,
     )
 
 

@@ -26,7 +26,17 @@ through four calls, and :class:`Outages` keeps the condition and writes bounded 
 :attr:`OutageTiming.unreachable_seconds` without a single answer, else ``None``. Counting
 from the first failure (not from the last answer) is what makes it mean "while runs are
 due": a daemon with nothing to poll for an hour is not unreachable at its first failure.
-Time comes from an injected monotonic clock; nothing here sleeps or starts a task.
+:meth:`Outages.detail` says the condition's words for people (``systemctl status``): the
+refusal's error code, or the host and since when it has not answered.
+
+Discovery reports here too (its DescribeRuns passes ask the same API): any answer, and the
+failures the pollers would back off on; its refusals and refused filters stay its own
+lines, since they do not pause polling. Failure enrichment does not (see
+:mod:`watcher.enrich`): it asks only right after a poll was answered, and its per-event
+``failure_enrichment_incomplete`` line is what says which event went without details.
+
+Time comes from injected clocks (monotonic for every decision, wall only to say "since");
+nothing here sleeps or starts a task.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -85,9 +96,16 @@ class _Tally:
 
 @dataclass(slots=True)
 class _Outage:
+    """One outage: from its first failure until answers came back and stayed
+    (:attr:`OutageTiming.recovery_quiet_seconds`)."""
+
     started: float
     last_failure: float
     next_summary: float
+    # The first failure since the last answer (monotonic, and wall time to say "since");
+    # None once an answer came, while the outage waits to be over.
+    failing_since: float | None
+    failing_since_wall: float
     window: _Tally = field(default_factory=_Tally)  # since the last line
     total: _Tally = field(default_factory=_Tally)  # since the outage began
 
@@ -101,23 +119,23 @@ class Outages:
         host: str,
         timing: OutageTiming | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         log: Any = None,
     ) -> None:
         self.host = host  # the API endpoint the pollers ask (scheme and path aside)
         self._timing = timing or OutageTiming()
         self._clock = clock
+        self._wall_clock = wall_clock
         self._log = log if log is not None else structlog.get_logger("watcher.polling")
-        self._failing_since: float | None = None  # first failure since the last answer
         self._paused: str | None = None  # why polling is paused (auth), None when not
-        self._outage: _Outage | None = None
+        self._outage: _Outage | None = None  # None while all is well
         self._last_line = -float("inf")  # when the last first-line or summary was written
-        self._attention = False  # any of the three above is set: answered() must look
 
     # -- what the pollers report ----------------------------------------------------------
 
     def answered(self) -> None:
-        """A request got a successful answer."""
-        if self._attention:
+        """A request got a successful answer (two attribute tests while all is well)."""
+        if self._outage is not None or self._paused is not None:
             self._answered_after_trouble()
 
     def failed(
@@ -126,9 +144,6 @@ class Outages:
         """A request got no usable answer; ``runs``: the runs it was about; ``event`` and
         ``fields``: the per-failure log line (``poll_failed`` with ``run_uuid``, ...)."""
         now = self._clock()
-        self._attention = True
-        if self._failing_since is None:
-            self._failing_since = now
         cause = error.cause
         line = {
             **fields,
@@ -138,9 +153,15 @@ class Outages:
             "error": error.message[:MAX_ERROR_CHARS],
         }
         outage = self._outage
+        if outage is not None and outage.failing_since is None:
+            outage.failing_since, outage.failing_since_wall = now, self._wall_clock()
         if outage is None:
             outage = self._outage = _Outage(
-                started=now, last_failure=now, next_summary=now + self._timing.summary_seconds
+                started=now,
+                last_failure=now,
+                next_summary=now + self._timing.summary_seconds,
+                failing_since=now,
+                failing_since_wall=self._wall_clock(),
             )
             if now - self._last_line >= self._timing.summary_seconds:
                 self._last_line = now
@@ -161,7 +182,6 @@ class Outages:
     def paused(self, reason: str) -> None:
         """Credentials or permissions were refused; polling pauses until an answer."""
         self._paused = reason
-        self._attention = True
 
     # -- what readiness reads -------------------------------------------------------------
 
@@ -169,27 +189,38 @@ class Outages:
         """``AUTH_PAUSED``, ``API_UNREACHABLE`` or ``None`` (nothing wrong seen)."""
         if self._paused is not None:
             return PollingState.AUTH_PAUSED
-        since = self._failing_since
+        outage = self._outage
+        since = outage.failing_since if outage is not None else None
         if since is not None and self._clock() - since >= self._timing.unreachable_seconds:
             return PollingState.API_UNREACHABLE
         return None
 
+    def detail(self) -> str:
+        """The words for :meth:`condition` (``""`` when it is ``None``): the refusal's error
+        code, or the host not answering and since when (UTC, to the second). Never a secret:
+        an error code and the configured endpoint's host."""
+        condition = self.condition()
+        if condition is PollingState.AUTH_PAUSED:
+            return f"{self._paused}: polling paused, check credentials and permissions"
+        if condition is PollingState.API_UNREACHABLE and self._outage is not None:
+            when = datetime.fromtimestamp(self._outage.failing_since_wall, UTC)
+            return f"no answer from {self.host} since {when:%Y-%m-%d %H:%M:%S} UTC"
+        return ""
+
     # -- internals ------------------------------------------------------------------------
 
     def _answered_after_trouble(self) -> None:
-        self._failing_since = None
         self._paused = None
         outage = self._outage
         if outage is None:
-            self._attention = False
             return
+        outage.failing_since = None
         now = self._clock()
         outage.window.answers += 1
         outage.total.answers += 1
         if now - outage.last_failure < self._timing.recovery_quiet_seconds:
             return  # answers again, but failures too until a moment ago: not over yet
         self._outage = None
-        self._attention = False
         self._log.info(
             "poll_recovered",
             lasted_seconds=round(outage.last_failure - outage.started, 1),

@@ -17,6 +17,11 @@ Precedence, first that holds: draining, standby, auth_paused, api_unreachable, s
 else polling (ready). A daemon that is leaving or not in charge has nothing else to say;
 refused credentials and an unreachable API say more than "starting" (and keep a daemon
 from ever finishing its first cycle). Nothing here imports the server or the pollers.
+
+:meth:`Health.status_line` words the same state for people, as ``systemctl status`` shows
+it (sd_notify ``STATUS=``, sent by :meth:`~watcher.service.sdnotify.SdNotifier.status_loop`
+whenever the line changes): ``watching 300 runs``, ``auth_paused: <error code>: ...``,
+``api_unreachable: no answer from <host> since ...``, ``standby: ...``, ``draining``.
 """
 
 from __future__ import annotations
@@ -42,9 +47,12 @@ class PollingState(enum.StrEnum):
 
 
 class PollingCondition(Protocol):
-    """What the pollers saw of the API: ``AUTH_PAUSED``, ``API_UNREACHABLE`` or ``None``."""
+    """What the pollers saw of the API: ``AUTH_PAUSED``, ``API_UNREACHABLE`` or ``None``,
+    and its words for people (``""`` when there is nothing to say; never a secret)."""
 
     def condition(self) -> PollingState | None: ...
+
+    def detail(self) -> str: ...
 
 
 def always() -> bool:
@@ -55,15 +63,22 @@ def never() -> bool:
     return False
 
 
+def nothing_tracked() -> int:
+    return 0
+
+
 class _NothingSeen:
     def condition(self) -> PollingState | None:
         return None
+
+    def detail(self) -> str:
+        return ""
 
 
 class Health:
     """Process health as the probes report it; see the module docstring."""
 
-    __slots__ = ("_alive", "_polling", "_standby", "draining", "ready")
+    __slots__ = ("_alive", "_polling", "_standby", "_tracked", "draining", "ready")
 
     def __init__(
         self,
@@ -71,12 +86,14 @@ class Health:
         alive: Callable[[], bool] = always,
         polling: PollingCondition | None = None,
         standby: Callable[[], bool] = never,
+        tracked: Callable[[], int] = nothing_tracked,
     ) -> None:
         self.ready = False
         self.draining = False
         self._alive = alive
         self._polling: PollingCondition = polling or _NothingSeen()
         self._standby = standby
+        self._tracked = tracked  # runs the poller watches, for the status line
 
     def alive(self) -> bool:
         return self._alive()
@@ -104,6 +121,22 @@ class Health:
             return "unhealthy"
         state = self.state()
         return None if state is PollingState.POLLING else state.value
+
+    def status_line(self) -> str:
+        """:meth:`state` in one line for ``systemctl status``: the state's value first
+        (what ``/readyz`` says), then what an operator acts on. Stable while nothing
+        changes, so a sender can compare lines to tell a change."""
+        state = self.state()
+        if state is PollingState.POLLING:
+            return f"watching {self._tracked()} runs"
+        if state is PollingState.STARTING:
+            return f"starting: first poll of {self._tracked()} runs"
+        if state is PollingState.STANDBY:
+            return "standby: another replica is active"
+        if state is PollingState.DRAINING:
+            return "draining"
+        detail = self._polling.detail()  # auth_paused, api_unreachable
+        return f"{state.value}: {detail}" if detail else state.value
 
 
 class PollingStateGauge(Collector):

@@ -16,7 +16,10 @@ Invariants:
   a send succeeds again) and reported as ``False``.
 - Sending never blocks the event loop: the socket is non-blocking; a full receive queue drops the
   datagram, which is what ``sd_notify(3)`` itself does. No method needs to be awaited except
-  :meth:`SdNotifier.watchdog_loop`, the long-lived task that pings the watchdog.
+  the long-lived tasks :meth:`SdNotifier.watchdog_loop` (pings the watchdog) and
+  :meth:`SdNotifier.status_loop` (keeps ``STATUS=`` up to date).
+- ``STATUS=`` is one line the caller words (the daemon: ``Health.status_line``); the last
+  line handed over is remembered, so the status loop sends only changes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from collections.abc import Callable, Mapping
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-__all__ = ["SdNotifier"]
+__all__ = ["STATUS_CHECK_SECONDS", "SdNotifier"]
+
+STATUS_CHECK_SECONDS = 1.0  # how often status_loop looks for a changed line
+
+
+def _one_line(text: str) -> str:
+    """An assignment on one line: a value can never smuggle in a second assignment."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 class SdNotifier:
@@ -56,6 +66,7 @@ class SdNotifier:
         self._address = self._parse_address(environ.get("NOTIFY_SOCKET", ""))
         self._sock: socket.socket | None = None
         self._failing = False
+        self._status: str | None = None  # the last STATUS= value handed over
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -112,7 +123,7 @@ class SdNotifier:
         """
         if self._address is None or not assignments:
             return False
-        clean = [line.replace("\r", " ").replace("\n", " ") for line in assignments]
+        clean = [_one_line(line) for line in assignments]
         payload = "\n".join(clean).encode("utf-8", errors="replace")
         try:
             sock = self._socket()
@@ -126,6 +137,9 @@ class SdNotifier:
         if self._failing:
             self._log.info("sd_notify_recovered")
             self._failing = False
+        for line in clean:
+            if line.startswith("STATUS="):
+                self._status = line.removeprefix("STATUS=")
         return True
 
     def _socket(self) -> socket.socket:
@@ -155,6 +169,27 @@ class SdNotifier:
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: keep-alive; systemd kills the unit when these stop coming."""
         return self.notify("WATCHDOG=1")
+
+    async def status_loop(
+        self, describe: Callable[[], str], *, every: float = STATUS_CHECK_SECONDS
+    ) -> None:
+        """Send ``STATUS=describe()`` whenever it differs from the last status handed over
+        (by this loop, :meth:`ready` or :meth:`stopping`), looking every ``every`` seconds,
+        until cancelled. Returns at once without ``NOTIFY_SOCKET``: nothing to wake for.
+
+        Why look instead of being told: the daemon's state is computed from clocks and
+        flags (``api_unreachable`` begins a minute after the first failure with no event to
+        hook, a replica's lease expires on its own), so a look at the one function that
+        decides it can never drift from ``/readyz``; it costs one wake-up a second, and only
+        under systemd. A send that failed is tried again at the next look.
+        """
+        if not self.enabled:
+            return
+        while True:
+            line = _one_line(describe())
+            if line != self._status:
+                self.status(line)
+            await asyncio.sleep(every)
 
     async def watchdog_loop(self, *, healthy: Callable[[], bool] | None = None) -> None:
         """Ping the watchdog every :meth:`watchdog_interval` seconds until cancelled.
