@@ -18,6 +18,7 @@ Plain helpers for the in-process tests live here too (fixtures are in ``conftest
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -38,6 +39,9 @@ from typing import IO, Any, Protocol, TypeVar
 import aiohttp
 from aiohttp import web
 
+from watcher.app import Wiring, run_daemon
+from watcher.config import Settings
+from watcher.delivery.dispatcher import Dispatcher
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, CredentialProvider, StaticProvider
 from watcher.omics.limiter import Limiter, PacingLimiter
@@ -596,17 +600,85 @@ def make_client(
 
 
 @contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1 at a free port for the block; yields ``http://127.0.0.1:PORT``.
+
+    The one way these tests stand up a local peer (receiver, fake API, the daemon's own app),
+    so each states only its routes. Teardown waits at most 0.1 s for handlers still running:
+    a receiver a test told to hang must not hold the test up for aiohttp's default minute. No
+    access log: a test's peer is not what the test reads logs of.
+    """
+    runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def serve_hook(
     handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> AsyncIterator[str]:
     """A local receiver answering ``POST /hook`` on 127.0.0.1 with ``handle``; yields its URL."""
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
+    async with serve(app) as base:
+        yield base + "/hook"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Yield to the loop (every 20 ms) until ``condition()`` holds; ``TimeoutError`` after
+    ``timeout`` s. The default is generous because a busy machine is slow, not wrong: only a
+    test whose point is "soon" passes a shorter one."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def delivering(dispatcher: Dispatcher, *, grace: float) -> AsyncIterator[Dispatcher]:
+    """``dispatcher.run()`` in the background for the block, then stopped with ``grace`` s to
+    finish what it is sending, and awaited, so no delivery task outlives the test."""
+    task = asyncio.create_task(dispatcher.run())
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        yield dispatcher
     finally:
-        await runner.cleanup()
+        await dispatcher.stop(asyncio.get_running_loop().time() + grace)
+        await task
+
+
+@contextlib.asynccontextmanager
+async def daemon_task(
+    settings: Settings, *, wiring: Wiring | None = None, stop_timeout: float | None = None
+) -> AsyncIterator[asyncio.Task[int]]:
+    """``run_daemon`` in this process (no environment, so only ``settings`` count) for the
+    block; yields its task so a wait can give up early when it ends. At the end the daemon is
+    asked to stop and must exit 0 (within ``stop_timeout`` s when given)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_daemon(settings, stop=stop, environ={}, wiring=wiring))
+    try:
+        yield task
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, stop_timeout) == 0
+
+
+def find_sample(text: str, sample: str) -> float | None:
+    """The value of the line ``sample`` (a metric name with its labels as exported, e.g.
+    ``x_total{via="api"}``) in a /metrics page, or ``None`` when there is none: read as text,
+    by exact prefix, as an operator's grep would."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def sample_value(text: str, sample: str) -> float:
+    """:func:`find_sample`, failing the test when the page has no such line."""
+    value = find_sample(text, sample)
+    if value is None:
+        raise AssertionError(f"{sample} not in /metrics")
+    return value

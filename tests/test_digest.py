@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 from standardwebhooks import Webhook
-from support import serve_hook
+from support import serve, serve_hook, until
 
 from watcher.app import run_daemon
 from watcher.config import Settings
@@ -320,14 +320,9 @@ async def wecom() -> AsyncIterator[WeCom]:
     state = WeCom()
     app = web.Application()
     app.router.add_post("/cgi-bin/webhook/send", state.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state.url = f"http://127.0.0.1:{port}/cgi-bin/webhook/send?key=robot-key-123"
-    yield state
-    await runner.cleanup()
+    async with serve(app) as base:
+        state.url = f"{base}/cgi-bin/webhook/send?key=robot-key-123"
+        yield state
 
 
 @dataclass
@@ -394,12 +389,6 @@ class Clock:
 def record_events(store: Store, events: list[Event], notifiers: list[str]) -> None:
     for event in events:
         assert store.record_event(event, notifiers=notifiers)
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def dispatcher(store: Store, notifiers: dict[str, Notifier], policy: Policy) -> Dispatcher:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
-from support import now, serve_hook
+from support import delivering, now, serve_hook, until
 
 from watcher.delivery.dispatcher import Dispatcher
 from watcher.events import RUN_GROUP_LABEL, Event, RunState
@@ -72,26 +73,15 @@ def webhook(inbox: Inbox, session: aiohttp.ClientSession) -> Notifier:
     return build_notifier(settings, session=session, logger=structlog.get_logger(), clock=now)
 
 
-class Dispatching:
+def dispatching(store: Store, notifier: Notifier) -> AbstractAsyncContextManager[Dispatcher]:
     """A dispatcher (one webhook) delivering in the background during an ``async with``."""
-
-    def __init__(self, store: Store, notifier: Notifier) -> None:
-        self.dispatcher = Dispatcher(
-            store=SqliteStore(store),
-            notifiers={"hook": notifier},
-            logger=structlog.get_logger(),
-            poll_interval=0.1,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Dispatcher:
-        self._task = asyncio.create_task(self.dispatcher.run())
-        return self.dispatcher
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.dispatcher.stop(asyncio.get_running_loop().time() + 1.0)
-        assert self._task is not None
-        await self._task
+    dispatcher = Dispatcher(
+        store=SqliteStore(store),
+        notifiers={"hook": notifier},
+        logger=structlog.get_logger(),
+        poll_interval=0.1,
+    )
+    return delivering(dispatcher, grace=1.0)
 
 
 class BlockingEnricher:
@@ -117,12 +107,6 @@ def sink_for(store: Store, on_recorded: Callable[[], None] = lambda: None) -> Ev
     )
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def held_failure(store: Store, run_uuid: str, *, held_for: float = 10.0) -> Event:
     """Record RUNNING → EXECUTOR_ERROR for ``run_uuid`` with its deliveries held."""
     sink = sink_for(store)
@@ -142,7 +126,7 @@ async def test_failure_is_listed_while_its_details_wait_and_its_webhook_carries_
     store = Store.open(tmp_path / "state.db")
     store.track([TrackRequest(RUN, "prj-a"), TrackRequest(OTHER, "prj-a")])
     enricher = BlockingEnricher()
-    async with Dispatching(store, webhook(inbox, session)) as dispatcher:
+    async with dispatching(store, webhook(inbox, session)) as dispatcher:
         recorder = Recorder(
             store=SqliteStore(store),
             sink=sink_for(store, on_recorded=dispatcher.notify),
@@ -195,7 +179,7 @@ async def test_held_rows_are_never_sent_and_a_late_release_changes_nothing(
     (row,) = store.pending_deliveries("hook")
     assert row.event.id == event.id
     assert row.next_attempt_at.timestamp() == HELD_NEXT_ATTEMPT  # never due
-    async with Dispatching(store, webhook(inbox, session)) as dispatcher:
+    async with dispatching(store, webhook(inbox, session)) as dispatcher:
         await asyncio.sleep(0.5)
         assert inbox.bodies == []
         enriched = Event(
@@ -237,7 +221,7 @@ async def test_restart_completes_what_a_dead_process_held(
     assert store.held_runs([RUN]) == {RUN}
     enricher = BlockingEnricher()
     enricher.gate.set()
-    async with Dispatching(store, webhook(inbox, session)) as dispatcher:
+    async with dispatching(store, webhook(inbox, session)) as dispatcher:
         recorder = Recorder(
             store=SqliteStore(store),
             sink=sink_for(store, on_recorded=dispatcher.notify),

@@ -11,11 +11,10 @@ windows, and the held rows are exported as ``omics_watcher_deliveries_muted``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,12 +32,14 @@ from support import (
     Processes,
     clean_env,
     daemon_config,
+    delivering,
     free_port,
     list_runs,
     run_cli,
     serve_hook,
     start_daemon,
     start_simulator,
+    until,
     wait_for,
     write_config,
 )
@@ -416,29 +417,6 @@ def record(store: Store, clock: Clock, run: str, status: str, group: str = "rg-1
     return event.id
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
-class Running:
-    """A dispatcher delivering in the background for the length of an ``async with``."""
-
-    def __init__(self, target: Dispatcher) -> None:
-        self.target = target
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Dispatcher:
-        self.task = asyncio.create_task(self.target.run())
-        return self.target
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.target.stop(asyncio.get_running_loop().time() + 1.0)
-        assert self.task is not None
-        await self.task
-
-
 def dispatcher(store: Store, notifier: Notifier, clock: Clock, policy: Policy) -> Dispatcher:
     return Dispatcher(
         store=SqliteStore(store),
@@ -464,7 +442,7 @@ async def test_a_window_holds_a_groups_events_then_releases_one_digest_per_group
     target = dispatcher(store, webhook(hook.url, session, clock), clock, policy)
     expected: dict[str, list[str]] = {"rg-1": [], "rg-2": []}
     with structlog.testing.capture_logs() as logs:
-        async with Running(target):
+        async with delivering(target, grace=1.0):
             for hour, (run, status, group) in enumerate(
                 [
                     ("r1", "RUNNING", "rg-1"),
@@ -503,7 +481,7 @@ async def test_a_plain_notifier_gets_every_held_event_after_the_window(
 ) -> None:
     target = dispatcher(store, webhook(hook.url, session, clock), clock, Policy(mute=(nights(),)))
     recorded: list[str] = []
-    async with Running(target):
+    async with delivering(target, grace=1.0):
         for index in range(6):
             clock.set(NIGHT + timedelta(hours=index))
             recorded.append(record(store, clock, f"r{index % 2}", f"S{index}"))
@@ -523,7 +501,7 @@ async def test_a_row_held_longer_than_max_age_is_delivered_not_dead_lettered(
 ) -> None:
     policy = Policy(max_age=600.0, mute=(nights(),))  # ten minutes, the night is ten hours
     target = dispatcher(store, webhook(hook.url, session, clock), clock, policy)
-    async with Running(target):
+    async with delivering(target, grace=1.0):
         held = record(store, clock, "r1", "SUCCEEDED")
         await a_night(store, clock, target, held=1)
         # The first attempt after the window fails: the row is 10 hours old, but only its
@@ -543,7 +521,7 @@ async def test_outside_its_windows_max_age_still_runs(
     policy = Policy(max_age=600.0, mute=(nights(),))
     target = dispatcher(store, webhook(hook.url, session, clock), clock, policy)
     hook.fail_next = 1_000_000
-    async with Running(target):
+    async with delivering(target, grace=1.0):
         record(store, clock, "r1", "SUCCEEDED")
         await until(lambda: hook.refused >= 1)
         clock.set(MORNING + timedelta(hours=2))
@@ -577,7 +555,7 @@ async def test_a_reload_brings_new_windows_to_a_running_dispatcher(
     )
     metrics = Metrics()
     metrics.watch_muted(target.muted)
-    async with Running(target):
+    async with delivering(target, grace=1.0):
         first = record(store, clock, "r1", "RUNNING")
         await a_night(store, clock, target, held=1)
         assert 'omics_watcher_deliveries_muted{notifier="hook"} 1.0' in metrics.render().decode()
@@ -601,7 +579,7 @@ async def test_a_stop_inside_a_window_sends_nothing_and_keeps_every_row(
     hook: Hook, store: Store, clock: Clock, session: aiohttp.ClientSession
 ) -> None:
     target = dispatcher(store, webhook(hook.url, session, clock), clock, Policy(mute=(nights(),)))
-    async with Running(target):
+    async with delivering(target, grace=1.0):
         for index in range(3):
             record(store, clock, f"r{index}", "SUCCEEDED")
         await a_night(store, clock, target, held=3)

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +34,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import TypeAdapter
 from standardwebhooks.webhooks import Webhook
+from support import free_port, serve
 
 from watcher.delivery.retry import attempt
 from watcher.events import Event
@@ -150,15 +150,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_route("POST", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state.base = f"http://127.0.0.1:{port}"
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serve(app) as state.base:
+        yield state
+        state.release.set()
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +207,6 @@ class SmtpHandler:
         self.messages.append(envelope.original_content or envelope.content)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 2.0.0 queued"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
@@ -495,23 +483,10 @@ async def test_redirect_is_permanent_and_not_followed(receiver: Receiver) -> Non
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", moved)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            notifier = build(
-                "slack",
-                settings_for("slack", f"http://127.0.0.1:{port}", None),
-                session,
-                datetime.now(UTC),
-            )
-            with pytest.raises(Permanent, match="redirect"):
-                await attempt(notifier, failed_event(), time_limit=5)
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base, aiohttp.ClientSession() as session:
+        notifier = build("slack", settings_for("slack", base, None), session, datetime.now(UTC))
+        with pytest.raises(Permanent, match="redirect"):
+            await attempt(notifier, failed_event(), time_limit=5)
 
 
 async def test_connection_refused_is_retryable_and_redacted() -> None:

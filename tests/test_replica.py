@@ -18,6 +18,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from support import until
 
 from watcher.replica import lease_trace, serve_terms
 from watcher.store.api import open_async_store
@@ -53,14 +54,6 @@ async def claims(pg_url: str) -> AsyncIterator[Callable[..., LeaseClaim]]:
     yield make
     for claim in made:
         await claim.aclose()
-
-
-async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for ``check()`` (a generous bound: the machine may be busy)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def row(pg_url: str) -> lease.LeaseState:
@@ -165,7 +158,7 @@ async def test_the_active_work_stops_at_once_when_the_lease_is_lost_and_drains_o
 
     stop = asyncio.Event()
     serving = asyncio.ensure_future(serve_terms(a, term, stop=stop, log=log))
-    await until(lambda: events == ["started"])
+    await until(lambda: events == ["started"], timeout=30)
     # Another daemon takes the row over (as after a freeze): a's next renewal finds it gone.
     admin = await asyncpg.connect(pg_url)
     try:
@@ -173,11 +166,11 @@ async def test_the_active_work_stops_at_once_when_the_lease_is_lost_and_drains_o
             "UPDATE lease SET holder = 'daemon-x', epoch = epoch + 1, "
             "expires_at = extract(epoch FROM clock_timestamp()) + 3600"
         )
-        await until(lambda: events == ["started", "cancelled"])
+        await until(lambda: events == ["started", "cancelled"], timeout=30)
         assert a.standby()
         assert not serving.done()  # a standby again, waiting for a new term
         await admin.execute("UPDATE lease SET holder = NULL, expires_at = 0")
-        await until(lambda: events == ["started", "cancelled", "started"])
+        await until(lambda: events == ["started", "cancelled", "started"], timeout=30)
         epoch = (await lease.state(admin)).epoch
         stop.set()
         await asyncio.wait_for(serving, 30)
@@ -240,7 +233,7 @@ async def test_a_database_failure_of_the_active_work_hands_the_lease_over(
     stop = asyncio.Event()
     serving = asyncio.ensure_future(serve_terms(a, term, stop=stop, log=log))
     try:
-        await until(lambda: len(terms) == 2)
+        await until(lambda: len(terms) == 2, timeout=30)
         assert terms[1] == terms[0] + 1  # released, then taken again: a new epoch
     finally:
         stop.set()

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from support import make_client
+from support import make_client, serve
 
 from watcher.config import Settings
 from watcher.events import Event
@@ -64,15 +64,8 @@ async def echo_server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/", omics)
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield base
 
 
 def logged(secrets: list[str], text: str) -> str:

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import TypeAdapter
-from support import clean_env, run_cli, write_config
+from support import clean_env, run_cli, serve, until, write_config
 
 from watcher.delivery.dispatcher import DeliveryOutcome, Dispatcher
 from watcher.delivery.silencer import LiveSilences
@@ -168,13 +168,8 @@ async def hook() -> AsyncIterator[Hook]:
 
     app = web.Application()
     app.router.add_post("/{name}", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield state
-    await runner.cleanup()
+    async with serve(app) as state.url:
+        yield state
 
 
 def webhook(name: str, hook: Hook, session: aiohttp.ClientSession) -> Notifier:
@@ -189,12 +184,6 @@ class Outcomes:
 
     def delivery(self, *, notifier: str, outcome: DeliveryOutcome, latency: float | None) -> None:
         self.seen.append((notifier, outcome))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def states(store: Store, run_uuid: str) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
+from support import serve
 
 from watcher.config import load_settings
 from watcher.options import ui_options
@@ -124,15 +124,10 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
             default_project_id="",
             ui=page.install,
         )
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            yield f"http://127.0.0.1:{port}"
+            async with serve(app) as base:
+                yield base
         finally:
-            await runner.cleanup()
             await adapted.close()
 
 
