@@ -176,9 +176,6 @@ def dispatcher(
         metrics=metrics,
         poll_interval=poll_interval,
         uniform=lambda: uniform,
-        # as the daemon on SQLite: the timed re-read only after a write (retries come due
-        # from what the last read held)
-        outbox_version=store.outbox_changes().version,
     )
 
 

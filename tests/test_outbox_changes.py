@@ -91,7 +91,6 @@ def dispatcher(store: SqliteStore, notifier: Recorder, *, poll_interval: float) 
         logger=structlog.get_logger(),
         poll_interval=poll_interval,
         uniform=lambda: 0.0,
-        outbox_version=store.sync.outbox_changes().version,
     )
 
 

@@ -242,10 +242,6 @@ def _build_dispatcher(
         progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
         statuses=statuses,
         silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
-        # SQLite: skip the idle per-second outbox re-read (PostgreSQL re-reads every second)
-        outbox_version=(
-            store.sync.outbox_changes().version if isinstance(store, SqliteStore) else None
-        ),
     )
     metrics.watch_muted(dispatcher.muted)  # rows held in mute windows, at scrape time
     return dispatcher

@@ -31,9 +31,11 @@ result applied to every row of the send together). The rules:
   event an active silence matches for the notifier is settled ``silenced`` and never sent.
 
 Rows are found by :meth:`Dispatcher.notify` (called right after events are recorded) and by
-polling the outbox every ``poll_interval`` seconds (rows written by other processes, retries
-coming due); with an ``outbox_version`` that poll reads only when the outbox was written
-since the last read. :meth:`Dispatcher.stop` ends it: one last look, what is due now is
+looking every ``poll_interval`` seconds whether the outbox changed (rows written by other
+processes: a CLI ``redeliver``, another replica's admin API): the store's
+``outbox_version`` (:mod:`watcher.store.outbox_changes`, one cheap read on either backend)
+tells, and only a change re-reads the rows. Retries, digest and mute windows come due from
+the rows the last read holds. :meth:`Dispatcher.stop` ends it: one last look, what is due now is
 sent, in-flight sends get until the deadline, the rest stays in the outbox. Logs:
 ``notify_delivered``, ``notify_retry``, ``notify_failed`` (per send), ``notify_dead_lettered``
 (per row), bound to ``notifier``, ``run_uuid`` and ``event_id``; reasons come from the
@@ -95,6 +97,8 @@ class OutboxStore(Protocol):
     ) -> None: ...
 
     async def mark_silenced(self, delivery_id: int, reason: str) -> None: ...
+
+    async def outbox_version(self) -> Hashable: ...
 
 
 class DeliveryObserver(Protocol):
@@ -171,16 +175,11 @@ class Dispatcher:
         progress: Callable[[str], Awaitable[Progress | None]] | None = None,
         statuses: Statuses = DEFAULT_STATUSES,
         silences: SilenceCheck | None = None,
-        outbox_version: Callable[[], Hashable] | None = None,
     ) -> None:
         """``progress`` tells a digest where its run group stands (``group_progress``);
         ``statuses`` how a digest counts its runs (succeeded, failed ...); ``silences``
-        which rows to settle as silenced instead of sending (:meth:`_unsilenced`);
-        ``outbox_version`` changes whenever the outbox may have (SQLite:
-        :class:`~watcher.store.outbox_changes.OutboxChanges`): while it stays the same, the
-        ``poll_interval`` re-read is skipped (``None``: re-read every time)."""
+        which rows to settle as silenced instead of sending (:meth:`_unsilenced`)."""
         self._store = store
-        self._outbox_version = outbox_version
         self._silences = silences
         self._progress = progress
         self._statuses = statuses
@@ -324,12 +323,10 @@ class Dispatcher:
             while not worker.retired:
                 stopping = self._stopping.is_set()
                 mono = loop.time()
-                if worker.rescan or (
-                    mono >= worker.next_scan and not stopping and self._may_differ(worker, mono)
-                ):
-                    await self._scan(worker, mono)
+                if worker.rescan or (mono >= worker.next_scan and not stopping):
+                    await self._look(worker, mono)
                 wait = await self._launch(worker, sends, mono, stopping=stopping)
-                if wait <= 0:
+                if wait <= 0 or worker.rescan:  # rescan: notify() came during the look
                     continue
                 if stopping and not worker.in_flight:
                     break  # the final pass: nothing else can go right now
@@ -339,25 +336,25 @@ class Dispatcher:
                     async with asyncio.timeout(None if stopping else wait):
                         await worker.wake.wait()
 
-    def _may_differ(self, worker: _Worker, mono: float) -> bool:
-        """Whether the timed re-read could find anything the last one did not. Rows due
-        later (retries, digest and mute windows) are in the last read with their times, so
-        only a write can change what there is to send; while nothing was written the
-        re-read is skipped until the next interval."""
-        if self._outbox_version is None or worker.scan_full or worker.seen is None:
-            return True
-        if self._outbox_version() != worker.seen:
-            return True
-        worker.next_scan = mono + self._poll_interval
-        return False
+    async def _look(self, worker: _Worker, mono: float) -> None:
+        """Re-read the worker's pending rows if they may differ from the last read.
 
-    async def _scan(self, worker: _Worker, mono: float) -> None:
-        # The version before the read: a write landing during it shows at the next look.
-        worker.seen = None if self._outbox_version is None else self._outbox_version()
-        rows = await self._store.pending_deliveries(worker.name, limit=self._scan_limit)
-        worker.pending = {row.id: row for row in rows}
-        worker.scan_full = len(rows) >= self._scan_limit
-        worker.rescan = False
+        Rows due later (retries, digest and mute windows) are in the last read with their
+        times, so only a write can change what there is to send: the store's
+        ``outbox_version`` is read first (one cheap read on either backend), and while it is
+        the one read before the last scan the rows are not read again. A notify, a full
+        last scan (``scan_limit`` rows: more exist) or no scan yet always re-reads. The
+        version is taken before the rows, so a write landing during the read shows at the
+        next look.
+        """
+        forced = worker.rescan or worker.scan_full or worker.seen is None
+        worker.rescan = False  # a notify() during the awaits below asks for another look
+        version = await self._store.outbox_version()
+        if forced or version != worker.seen:
+            rows = await self._store.pending_deliveries(worker.name, limit=self._scan_limit)
+            worker.pending = {row.id: row for row in rows}
+            worker.scan_full = len(rows) >= self._scan_limit
+            worker.seen = version
         worker.next_scan = mono + self._poll_interval
 
     async def _launch(

@@ -28,7 +28,15 @@ PostgreSQL store, :class:`~watcher.store.pg.lease.LeaseLost`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -213,6 +221,15 @@ class AsyncStore(Protocol):
     async def outbox_stats(self, *, now: datetime) -> tuple[int, float]: ...
 
     async def dead_letter_removed_notifiers(self, *, known_notifiers: set[str]) -> list[int]: ...
+
+    async def outbox_version(self) -> Hashable:
+        """A cheap value that changes whenever a row may have become due to send other
+        than through the dispatcher's own marks: a row inserted (by any process), put back
+        by ``redeliver``, or released from hold. Equal at two reads: none of these committed
+        in between, so an idle dispatcher need not re-read the outbox
+        (:mod:`watcher.store.outbox_changes`). It may change more often (one re-read too
+        many), never less."""
+        ...
 
     # -- delivery history and redelivery ---------------------------------------------------
     async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
@@ -516,6 +533,9 @@ class SqliteStore(DerivedReads):
 
     async def dead_letter_removed_notifiers(self, *, known_notifiers: set[str]) -> list[int]:
         return self._store.dead_letter_removed_notifiers(known_notifiers=known_notifiers)
+
+    async def outbox_version(self) -> Hashable:
+        return self._store.outbox_changes().version()
 
     # -- delivery history and redelivery ---------------------------------------------------
     async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None:

@@ -11,7 +11,7 @@ the transaction that releases its held event. Marks and releases are the daemon'
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from datetime import datetime
 
 import asyncpg
@@ -140,6 +140,20 @@ class OutboxMixin(PgBase):
                 [f"notifier {name!r} is no longer configured" for name in names],
             )
         return sorted(int(row[0]) for row in rows)
+
+    async def outbox_version(self) -> Hashable:
+        """The ``outbox_seq`` counter (bumped by triggers whenever a row may have become due:
+        :mod:`watcher.store.outbox_changes`) and the server's start time: after a failover
+        or a restart the counter may be back at a value seen before (commits the old
+        primary had not replicated), and the start time tells the two apart. One
+        primary-key lookup. Without the row (a database edited by hand) every answer is new,
+        so the dispatcher re-reads every interval as it used to."""
+        rows = await self._fetch(
+            "SELECT value, pg_postmaster_start_time() FROM counters WHERE name = 'outbox_seq'"
+        )
+        if not rows:
+            return object()
+        return int(rows[0][0]), rows[0][1]
 
 
 class HistoryMixin(PgBase):

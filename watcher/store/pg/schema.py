@@ -47,7 +47,8 @@ Choices (and why they differ from SQLite):
 Mirrored: SQLite's versions 1 to 5 as version 1 (registry, events, outbox, discovery, run
 counts, retention, held deliveries), its versions 6 and 7 as version 2 (delivery history,
 silences) and its version 8 as version 3 (the status page's indexes). A later SQLite
-migration gets its twin appended here.
+migration gets its twin appended here. Some are PostgreSQL's alone: the run counts by
+statement, and the outbox's change signal (SQLite's lives in the connection, not the file).
 """
 
 from __future__ import annotations
@@ -299,11 +300,46 @@ _COUNTS_BY_STATEMENT: tuple[str, ...] = (
     """,
 )
 
+# The idle dispatcher's change signal (``PgStore.outbox_version``, no SQLite twin: SQLite's
+# is connection-local, ``PRAGMA data_version`` and TEMP triggers, nothing stored): the
+# ``outbox_seq`` counter row, bumped in the writer's own transaction whenever a row may have
+# become due other than by the dispatcher's marks (an outbox insert, a row put back to
+# pending by ``redeliver``, a held event released), so a reader sees the bump exactly when it
+# can see the rows. Once per transaction (a transaction-local flag): a redeliver of 50,000
+# rows bumps it once, not 50,000 versions of one row. The marks (delivered, retry, dead,
+# silenced) never fire it: their WHEN is false or their SET leaves ``state`` alone, so the
+# delivery path takes no lock on it and pays no function call. Deletes do not bump it: no
+# delete makes a row due (retention deletes settled rows only), and a bump in the pruner's
+# transaction, which takes ``run_counts`` rows after the outbox's, would order the two locks
+# the other way round from a recording's (run counts, then the outbox): a deadlock.
+_OUTBOX_CHANGES: tuple[str, ...] = (
+    "INSERT INTO counters (name, value) VALUES ('outbox_seq', 0) ON CONFLICT (name) DO NOTHING",
+    """
+    CREATE FUNCTION outbox_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_setting('omics_watcher.outbox_changed', true) IS DISTINCT FROM 'yes' THEN
+            UPDATE counters SET value = value + 1 WHERE name = 'outbox_seq';
+            PERFORM set_config('omics_watcher.outbox_changed', 'yes', true);
+        END IF;
+        RETURN NULL;
+    END
+    $$
+    """,
+    "CREATE TRIGGER outbox_changed_insert AFTER INSERT ON outbox "
+    "FOR EACH STATEMENT EXECUTE FUNCTION outbox_changed()",
+    "CREATE TRIGGER outbox_changed_pending AFTER UPDATE OF state ON outbox FOR EACH ROW "
+    "WHEN (OLD.state <> 'pending' AND NEW.state = 'pending') EXECUTE FUNCTION outbox_changed()",
+    "CREATE TRIGGER outbox_changed_released AFTER UPDATE OF held_until ON events FOR EACH ROW "
+    "WHEN (OLD.held_until IS NOT NULL AND NEW.held_until IS NULL) "
+    "EXECUTE FUNCTION outbox_changed()",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     _HISTORY_AND_SILENCES,
     _UI_READS,
     _COUNTS_BY_STATEMENT,
+    _OUTBOX_CHANGES,
 )
 
 # Tables that say a database without a version row is not empty (and so not ours to create).
