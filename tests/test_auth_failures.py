@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from support import sample_value
 
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, HttpServer, build_app
@@ -29,13 +30,6 @@ ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 PER_ADDRESS = 300
 WINDOW = 60.0  # AuthFailureLog's default, as the daemon uses it
 DETAILED = 5
-
-
-def _metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{sample} not in /metrics")
 
 
 async def _hammer(port: int, address: str) -> None:
@@ -80,8 +74,8 @@ async def test_many_failed_tokens_log_bounded_and_count_all(store: Store) -> Non
 
     assert healthz
     assert set(healthz) == {200}
-    assert _metric(scraped, 'omics_watcher_admin_auth_failures_total{via="api"}') == total
-    assert _metric(scraped, 'omics_watcher_admin_auth_failures_total{via="ui_login"}') == 0
+    assert sample_value(scraped, 'omics_watcher_admin_auth_failures_total{via="api"}') == total
+    assert sample_value(scraped, 'omics_watcher_admin_auth_failures_total{via="ui_login"}') == 0
 
     full = [e for e in logs if e["event"] == "admin_auth_failed"]
     summaries = [e for e in logs if e["event"] == "auth_failures_suppressed"]

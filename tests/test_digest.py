@@ -28,9 +28,8 @@ import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
 from standardwebhooks import Webhook
-from support import serve, serve_hook, until
+from support import daemon_task, serve, serve_hook, until
 
-from watcher.app import run_daemon
 from watcher.config import Settings
 from watcher.delivery.digest import DigestPolicy, Progress, digest_event, plan
 from watcher.delivery.dispatcher import Dispatcher, Policy
@@ -765,17 +764,12 @@ async def test_96_runs_of_one_group_reach_wecom_at_20_per_minute_as_digests(
                 }
             ],
         )
-        stop = asyncio.Event()
         started = loop.time()
-        daemon = asyncio.create_task(run_daemon(settings, stop=stop, environ={}))
-        try:
+        async with daemon_task(settings) as daemon:
             await until(
                 lambda: any(m.startswith("### 🏁") for m in wecom.accepted) or daemon.done(),
                 timeout=55,
             )
-        finally:
-            stop.set()
-            assert await daemon == 0
         elapsed = loop.time() - started
         final = {
             uuid_[:8]: DEFAULT_STATUSES.category(sim.status(uuid_), terminal=True)

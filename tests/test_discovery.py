@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import structlog
-from support import make_client, now
+from support import daemon_task, make_client, now
 
 from watcher.config import WatchSettings
 from watcher.events import Event
@@ -293,7 +293,7 @@ def test_untracked_run_is_never_rediscovered_even_on_a_first_pass(tmp_path: Path
 
 async def test_daemon_discovers_and_batch_polls(tmp_path: Path) -> None:
     """The wiring: run_daemon with strategy = "batch" and one [[watch]] entry."""
-    from watcher.app import Wiring, run_daemon
+    from watcher.app import Wiring
     from watcher.config import Settings
 
     async with running_simulator(mixed(30)) as sim:
@@ -312,16 +312,11 @@ async def test_daemon_discovers_and_batch_polls(tmp_path: Path) -> None:
         )
         events: list[Event] = []
         ready = asyncio.Event()
-        stop = asyncio.Event()
         wiring = Wiring(on_event=events.append, on_ready=lambda port: ready.set())
-        daemon = asyncio.create_task(run_daemon(settings, stop=stop, environ={}, wiring=wiring))
-        try:
+        async with daemon_task(settings, wiring=wiring, stop_timeout=15):
             await asyncio.wait_for(ready.wait(), 10)
             new = sim.submit_run(kind="finishing", outcome="SUCCESS", durations=(0.3, 0.3, 0.5))
             await wait_for(lambda: any(e.terminal and e.run_uuid == new for e in events), 10)
-        finally:
-            stop.set()
-            assert await asyncio.wait_for(daemon, 15) == 0
         assert {e.run_uuid for e in events} == {new}  # the first pass was a silent baseline
         assert [e.status for e in events][-1] == "SUCCESS"
         assert all(e.labels["team"] == "genomics" for e in events)

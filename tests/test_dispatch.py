@@ -22,6 +22,7 @@ import pytest
 import structlog
 from aiohttp import web
 from pydantic import TypeAdapter
+from support import delivering, serve, until
 
 from watcher.delivery.digest import DigestPolicy
 from watcher.delivery.dispatcher import DeliveryObserver, DeliveryOutcome, Dispatcher, Policy
@@ -86,15 +87,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/{name}/" + TOKEN, handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state.base = f"http://127.0.0.1:{port}"
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serve(app) as state.base:
+        yield state
+        state.release.set()
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -179,29 +174,6 @@ def dispatcher(
     )
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
-class Running:
-    """Runs a dispatcher in the background for the duration of an ``async with``."""
-
-    def __init__(self, target: Dispatcher) -> None:
-        self.target = target
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Dispatcher:
-        self.task = asyncio.create_task(self.target.run())
-        return self.target
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.target.stop(asyncio.get_running_loop().time() + 0.5)
-        assert self.task is not None
-        await self.task
-
-
 # ---- the tests -----------------------------------------------------------------------------
 
 
@@ -219,8 +191,11 @@ async def test_outage_then_recovery_delivers_each_event_once_in_order(
     second = record(store, clock, "run-2", 3, ["a"])
     metrics = Observer()
     with structlog.testing.capture_logs() as logs:
-        async with Running(
-            dispatcher(store, {"a": webhook("a", receiver, session, clock)}, clock, metrics=metrics)
+        async with delivering(
+            dispatcher(
+                store, {"a": webhook("a", receiver, session, clock)}, clock, metrics=metrics
+            ),
+            grace=0.5,
         ):
             await until(lambda: len(receiver.delivered("a")) == 7)
     delivered = receiver.delivered("a")
@@ -264,14 +239,15 @@ async def test_retry_after_is_honoured(
     # (the second run's row too, since a 429 speaks for the whole destination). One send at a
     # time, so the second row is not already on its way when the 429 comes back.
     policies = {"a": Policy(max_in_flight=1)}
-    async with Running(
+    async with delivering(
         dispatcher(
             store,
             {"a": webhook("a", receiver, session, clock)},
             clock,
             uniform=0.0,
             policies=policies,
-        )
+        ),
+        grace=0.5,
     ):
         await until(lambda: len(receiver.delivered("a")) == 2)
     first, *rest = receiver.attempts("a")
@@ -296,7 +272,7 @@ async def test_a_dead_destination_does_not_delay_another(
     policies = {"dead": Policy(timeout=5.0), "live": Policy(timeout=5.0)}
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with Running(dispatcher(store, notifiers, clock, policies=policies)):
+    async with delivering(dispatcher(store, notifiers, clock, policies=policies), grace=0.5):
         await until(lambda: len(receiver.delivered("live")) == 6)
         assert loop.time() - started < 4.0
         assert receiver.delivered("dead") == []
@@ -316,8 +292,8 @@ async def test_restart_on_the_same_file_resumes_pending_rows(
     path = tmp_path / "state.db"
     with Store.open(path, clock=clock) as first_store:
         ids = record(first_store, clock, "run-1", 3, ["a"])
-        async with Running(
-            dispatcher(first_store, {"a": webhook("a", receiver, session, clock)}, clock)
+        async with delivering(
+            dispatcher(first_store, {"a": webhook("a", receiver, session, clock)}, clock), grace=0.5
         ):
             await until(lambda: len(receiver.attempts("a")) >= 2)
         (head, *_) = first_store.pending_deliveries("a")
@@ -325,8 +301,9 @@ async def test_restart_on_the_same_file_resumes_pending_rows(
         assert head.last_error is not None
     down = False
     with Store.open(path, clock=clock) as second_store:
-        async with Running(
-            dispatcher(second_store, {"a": webhook("a", receiver, session, clock)}, clock)
+        async with delivering(
+            dispatcher(second_store, {"a": webhook("a", receiver, session, clock)}, clock),
+            grace=0.5,
         ):
             await until(lambda: len(receiver.delivered("a")) == 3)
         assert second_store.pending_deliveries("a") == []
@@ -343,7 +320,7 @@ async def test_dead_letter_after_max_age(
     (stale,) = record(store, clock, "run-1", 1, ["a"])
     metrics = Observer()
     with structlog.testing.capture_logs() as logs:
-        async with Running(
+        async with delivering(
             dispatcher(
                 store,
                 {"a": webhook("a", receiver, session, clock)},
@@ -351,7 +328,8 @@ async def test_dead_letter_after_max_age(
                 policies={"a": Policy(max_age=3600)},
                 uniform=0.1,
                 metrics=metrics,
-            )
+            ),
+            grace=0.5,
         ):
             await until(lambda: len(receiver.attempts("a")) >= 2)
             assert store.dead_letters() == []
@@ -379,7 +357,9 @@ async def test_permanent_failure_dead_letters_at_once_and_unblocks_the_run(
     receiver.behaviours["a"] = refuse_first
     ids = record(store, clock, "run-1", 2, ["a"])
     with structlog.testing.capture_logs() as logs:
-        async with Running(dispatcher(store, {"a": webhook("a", receiver, session, clock)}, clock)):
+        async with delivering(
+            dispatcher(store, {"a": webhook("a", receiver, session, clock)}, clock), grace=0.5
+        ):
             await until(lambda: receiver.delivered("a") == [ids[1]])
     (dead,) = store.dead_letters()
     assert dead.event.id == ids[0]
@@ -399,10 +379,11 @@ async def test_pacing_spreads_a_burst(
     for index in range(6):
         record(store, clock, f"run-{index}", 1, ["a"])
     policy = Policy(rates=(Rate(limit=2, period=0.5),))
-    async with Running(
+    async with delivering(
         dispatcher(
             store, {"a": webhook("a", receiver, session, clock)}, clock, policies={"a": policy}
-        )
+        ),
+        grace=0.5,
     ):
         await until(lambda: len(receiver.delivered("a")) == 6)
     times = [hit.at for hit in receiver.attempts("a")]
@@ -418,7 +399,7 @@ async def test_notify_wakes_workers_at_once_and_polling_finds_other_writers(
     slow_poll = dispatcher(
         store, {"a": webhook("a", receiver, session, clock)}, clock, poll_interval=30
     )
-    async with Running(slow_poll):
+    async with delivering(slow_poll, grace=0.5):
         await asyncio.sleep(0.1)
         record(store, clock, "run-1", 1, ["a"])
         started = loop.time()
@@ -428,7 +409,7 @@ async def test_notify_wakes_workers_at_once_and_polling_finds_other_writers(
     fast_poll = dispatcher(
         store, {"a": webhook("a", receiver, session, clock)}, clock, poll_interval=0.2
     )
-    async with Running(fast_poll):
+    async with delivering(fast_poll, grace=0.5):
         await asyncio.sleep(0.1)
         with Store.open(tmp_path / "state.db", clock=clock) as other_process:
             record(other_process, clock, "run-2", 1, ["a"])
@@ -439,7 +420,7 @@ async def test_replace_notifiers_keeps_rows_of_removed_ones(
     receiver: Receiver, store: Store, clock: Clock, session: aiohttp.ClientSession
 ) -> None:
     target = dispatcher(store, {"a": webhook("a", receiver, session, clock)}, clock)
-    async with Running(target):
+    async with delivering(target, grace=0.5):
         target.replace_notifiers({"b": webhook("b", receiver, session, clock)})
         record(store, clock, "run-1", 2, ["a", "b"])
         target.notify()
@@ -511,7 +492,9 @@ async def test_delivery_latency_is_exported_per_notifier_from_the_recording(
     record(store, clock, "run-2", 1, ["a"])
     metrics = Metrics()
     notifiers = {name: webhook(name, receiver, session, clock) for name in ("a", "b")}
-    async with Running(dispatcher(store, notifiers, clock, metrics=DeliveryMetrics(metrics))):
+    async with delivering(
+        dispatcher(store, notifiers, clock, metrics=DeliveryMetrics(metrics)), grace=0.5
+    ):
         await until(lambda: len(receiver.delivered("a")) == 3 == len(receiver.delivered("b")) + 1)
 
     def sample(name: str, **labels: str) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 import support
-from support import now
+from support import daemon_task, now, serve_hook
 
 from watcher.config import Settings
 from watcher.connect import build_limiters
@@ -411,8 +411,6 @@ async def test_the_daemon_posts_failure_details_and_stuck_alerts(tmp_path: Path)
     """``run_daemon`` as ``omics-watcher run`` wires it: the webhook body carries both."""
     from aiohttp import web
 
-    from watcher.app import Wiring, run_daemon
-
     bodies: list[dict[str, Any]] = []
     arrived = asyncio.Event()
 
@@ -421,69 +419,50 @@ async def test_the_daemon_posts_failure_details_and_stuck_alerts(tmp_path: Path)
         arrived.set()
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        async with running_simulator(SimulatorConfig(runs=0, seed=7)) as sim:
-            (failed,) = failing_runs(sim, 1)
-            hung = sim.submit_run(kind="hung", durations=(0.1, 0.1, 1.0))
-            state = tmp_path / "state.db"
-            with Store.open(state) as store:
-                store.track([TrackRequest(failed), TrackRequest(hung)])
-            settings = Settings(
-                tencentcloud={
-                    "endpoint": sim.endpoint,
-                    "secret_id": sim.secret_id,
-                    "secret_key": sim.secret_key,
-                },
-                polling={"interval_seconds": 0.3},
-                state={"path": state},
-                server={"listen": "127.0.0.1:0"},
-                stuck={"after_seconds": 1},
-                notifiers=[{"name": "hook", "type": "webhook", "url": hook_url}],
-            )
-            stop = asyncio.Event()
-            daemon = asyncio.create_task(
-                run_daemon(settings, stop=stop, environ={}, wiring=Wiring())
-            )
+    async with (
+        serve_hook(hook) as hook_url,
+        running_simulator(SimulatorConfig(runs=0, seed=7)) as sim,
+    ):
+        (failed,) = failing_runs(sim, 1)
+        hung = sim.submit_run(kind="hung", durations=(0.1, 0.1, 1.0))
+        state = tmp_path / "state.db"
+        with Store.open(state) as store:
+            store.track([TrackRequest(failed), TrackRequest(hung)])
+        settings = Settings(
+            tencentcloud={
+                "endpoint": sim.endpoint,
+                "secret_id": sim.secret_id,
+                "secret_key": sim.secret_key,
+            },
+            polling={"interval_seconds": 0.3},
+            state={"path": state},
+            server={"listen": "127.0.0.1:0"},
+            stuck={"after_seconds": 1},
+            notifiers=[{"name": "hook", "type": "webhook", "url": hook_url}],
+        )
 
-            def seen() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-                fail = next(
-                    (b for b in bodies if b["data"].get("status") == "EXECUTOR_ERROR"), None
-                )
-                stuck_bodies = (b for b in bodies if b["type"] == "run.stuck")
-                stuck = next((b for b in stuck_bodies if b["data"]["run_uuid"] == hung), None)
-                return fail, stuck
+        def seen() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            fail = next((b for b in bodies if b["data"].get("status") == "EXECUTOR_ERROR"), None)
+            stuck_bodies = (b for b in bodies if b["type"] == "run.stuck")
+            stuck = next((b for b in stuck_bodies if b["data"]["run_uuid"] == hung), None)
+            return fail, stuck
 
-            try:
-                async with asyncio.timeout(20):
-                    while None in seen():
-                        arrived.clear()
-                        await arrived.wait()
-            finally:
-                stop.set()
-                assert await daemon == 0
-            fail, stuck = seen()
-            assert fail is not None
-            assert stuck is not None
-            suffix, _ = expected_task(sim, failed)
-            assert fail["data"]["failure"]["task"].endswith(suffix)
-            assert fail["data"]["failure"]["stderr_tail"].endswith(ERROR_LINE)
-            assert stuck["data"]["status"] == "INITIALIZING"
-            # Once per run and status: a slow machine may see the failed run stuck too.
-            stuck_pairs = [
-                (b["data"]["run_uuid"], b["data"]["status"])
-                for b in bodies
-                if b["type"] == "run.stuck"
-            ]
-            assert len(stuck_pairs) == len(set(stuck_pairs))
-    finally:
-        await runner.cleanup()
+        async with daemon_task(settings), asyncio.timeout(20):
+            while None in seen():
+                arrived.clear()
+                await arrived.wait()
+        fail, stuck = seen()
+        assert fail is not None
+        assert stuck is not None
+        suffix, _ = expected_task(sim, failed)
+        assert fail["data"]["failure"]["task"].endswith(suffix)
+        assert fail["data"]["failure"]["stderr_tail"].endswith(ERROR_LINE)
+        assert stuck["data"]["status"] == "INITIALIZING"
+        # Once per run and status: a slow machine may see the failed run stuck too.
+        stuck_pairs = [
+            (b["data"]["run_uuid"], b["data"]["status"]) for b in bodies if b["type"] == "run.stuck"
+        ]
+        assert len(stuck_pairs) == len(set(stuck_pairs))
 
 
 # -- one vocabulary: what is enriched is what renders as a failure ----------------------------

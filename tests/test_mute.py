@@ -33,6 +33,7 @@ from support import (
     clean_env,
     daemon_config,
     delivering,
+    find_sample,
     free_port,
     list_runs,
     run_cli,
@@ -591,15 +592,8 @@ async def test_a_stop_inside_a_window_sends_nothing_and_keeps_every_row(
 # ---- a running daemon: held until a SIGHUP lifts the window ------------------------------------
 
 
-def gauge(text: str, sample: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def muted_gauge(text: str) -> float | None:
-    return gauge(text, 'omics_watcher_deliveries_muted{notifier="hook"}')
+    return find_sample(text, 'omics_watcher_deliveries_muted{notifier="hook"}')
 
 
 def test_a_daemon_holds_a_muted_notifiers_events_until_a_sighup_lifts_the_window(
@@ -631,7 +625,7 @@ def test_a_daemon_holds_a_muted_notifiers_events_until_a_sighup_lifts_the_window
             # Every run finished (no event to come) and every pending row is held.
             if active or held is None or held < len(runs):
                 return None
-            return held if held == gauge(text, "omics_watcher_outbox_pending") else None
+            return held if held == find_sample(text, "omics_watcher_outbox_pending") else None
 
         held = wait_for(everything_held, timeout=60, what="every run's events held")
         assert receiver.hits() == []

@@ -11,12 +11,13 @@ due although nothing re-reads the outbox.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import structlog
+from support import until
 
 from watcher.delivery.dispatcher import Dispatcher
 from watcher.events import Event, new_event_id
@@ -76,12 +77,6 @@ def record(store: Store, run: str, notifiers: list[str]) -> str:
     )
     assert store.record_event(event, notifiers=notifiers)
     return event.id
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def dispatcher(store: SqliteStore, notifier: Recorder, *, poll_interval: float) -> Dispatcher:

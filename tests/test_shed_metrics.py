@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+from support import sample_value
+
 from watcher.service.connections import ConnectionLimits
 from watcher.service.metrics import Metrics
 from watcher.service.server import Health, HttpServer, build_app
@@ -20,13 +22,6 @@ from watcher.store.api import SqliteStore
 
 TOKEN = "adm-0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d"
 HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-
-
-def _value(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{sample} not in /metrics")
 
 
 async def _exchange(port: int, data: bytes) -> bytes:
@@ -45,7 +40,7 @@ async def _scrape(port: int) -> str:
 
 
 def _shed(text: str, reason: str) -> float:
-    return _value(text, f'omics_watcher_http_connections_shed_total{{reason="{reason}"}}')
+    return sample_value(text, f'omics_watcher_http_connections_shed_total{{reason="{reason}"}}')
 
 
 async def test_shed_connections_are_counted_by_reason(store: Store) -> None:
@@ -91,4 +86,4 @@ async def test_shed_connections_are_counted_by_reason(store: Store) -> None:
     assert _shed(text, "body_timeout") == 1
     assert _shed(text, "descriptors") == 0
     # The scrape's own connection is open while /metrics renders.
-    assert _value(text, "omics_watcher_http_connections_open") >= 1
+    assert sample_value(text, "omics_watcher_http_connections_open") >= 1

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from support import daemon_task
 
-from watcher.app import Wiring, run_daemon
+from watcher.app import Wiring
 from watcher.config import Settings
 from watcher.events import GROUP_COMPLETED, RUN_GROUP_LABEL, STATUS_CHANGED, STUCK, Event, RunState
 from watcher.service.metrics import Metrics
@@ -149,20 +150,14 @@ async def test_the_daemon_counts_and_announces_rollups_and_stuck_alerts(tmp_path
             notifiers=[{"name": "log", "type": "log", "rollup": True}],
         )
         wiring = Wiring(on_event=seen.append, on_ready=ports.append)
-        stop = asyncio.Event()
-        daemon = asyncio.create_task(run_daemon(settings, stop=stop, environ={}, wiring=wiring))
-        try:
-            async with asyncio.timeout(20):
-                while not ports or not {GROUP_COMPLETED, STUCK} <= {e.type for e in seen}:
-                    await asyncio.sleep(0.1)
-                async with (
-                    aiohttp.ClientSession() as session,
-                    session.get(f"http://127.0.0.1:{ports[0]}/metrics") as response,
-                ):
-                    text = await response.text()
-        finally:
-            stop.set()
-            assert await daemon == 0
+        async with daemon_task(settings, wiring=wiring), asyncio.timeout(20):
+            while not ports or not {GROUP_COMPLETED, STUCK} <= {e.type for e in seen}:
+                await asyncio.sleep(0.1)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{ports[0]}/metrics") as response,
+            ):
+                text = await response.text()
     (rollup,) = [e for e in seen if e.type == GROUP_COMPLETED]
     assert rollup.data["run_group"] == "rg-1"
     assert any(e.type == STUCK and e.run_uuid == hung for e in seen)
