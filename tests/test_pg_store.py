@@ -3,6 +3,7 @@ database but never its URL or password. Against the real test cluster (``tests/p
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -63,6 +64,89 @@ async def test_bound_writes_are_fenced_by_the_lease(pg_url: str, clock: FakeCloc
     finally:
         await conn.close()
         await store.close()
+
+
+async def _bound_with_one_pending_row(
+    pg_url: str, clock: FakeClock, conn: asyncpg.Connection
+) -> tuple[PgStore, Grant, int]:
+    """A store bound to a lease it holds (60 s), with one pending outbox row."""
+    store = await PgStore.open(pg_url, clock=clock)
+    await store.track([TrackRequest(RUN)])
+    grant = await lease.acquire(conn, "me", 60)
+    assert grant is not None
+    store.bind(lambda: grant)
+    state = RunState(RUN, "", "RUNNING", FAKE_START)
+    assert await store.record_observation(
+        state, detect(None, state, terminal=TERMINAL), notifiers=["ops"]
+    )
+    [row] = await store.pending_deliveries()
+    return store, grant, row.id
+
+
+async def _waits_on_a_lock(watch: asyncpg.Connection, query: str) -> None:
+    """Until a session running a statement that starts with ``query`` waits on a lock."""
+    while not await watch.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND starts_with(query, $1)",
+        query,
+    ):
+        await asyncio.sleep(0.02)
+
+
+async def test_a_takeover_waits_for_a_mark_in_flight(pg_url: str, clock: FakeClock) -> None:
+    # A mark is one statement carrying the fence: a takeover that comes while it runs waits
+    # until it has committed, so the mark is ordered before the new epoch.
+    conn, blocker, taker = [await asyncpg.connect(pg_url) for _ in range(3)]
+    store, grant, row_id = await _bound_with_one_pending_row(pg_url, clock, conn)
+    try:
+        async with blocker.transaction():  # holds the outbox row: the mark stops mid-way
+            await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", row_id)
+            marking = asyncio.ensure_future(store.mark_delivered(row_id))
+            await _waits_on_a_lock(conn, "WITH fence")
+            await conn.execute("UPDATE lease SET expires_at = 0")
+            taking = asyncio.ensure_future(lease.acquire(taker, "other", 60, lock_wait=60))
+            await _waits_on_a_lock(conn, "SELECT holder")
+            assert not marking.done()
+            assert not taking.done()
+        await marking
+        new = await taking
+        assert new is not None
+        assert new.epoch == grant.epoch + 1
+        assert await store.pending_deliveries() == []
+    finally:
+        await store.close()
+        for c in (conn, blocker, taker):
+            await c.close()
+
+
+async def test_a_mark_behind_a_takeover_writes_nothing(pg_url: str, clock: FakeClock) -> None:
+    # The other way round: a takeover holds the lease row when the mark comes; the mark's
+    # fence waits, then finds the new epoch, and the row stays pending for the new holder.
+    conn, taker = [await asyncpg.connect(pg_url) for _ in range(2)]
+    store, _, row_id = await _bound_with_one_pending_row(pg_url, clock, conn)
+    try:
+        async with taker.transaction():
+            await taker.execute("SELECT 1 FROM lease WHERE name = 'active' FOR UPDATE")
+            await taker.execute(
+                "UPDATE lease SET holder = 'other', epoch = epoch + 1 WHERE name = 'active'"
+            )
+            marking = asyncio.ensure_future(store.mark_delivered(row_id))
+            await _waits_on_a_lock(conn, "WITH fence")
+        with pytest.raises(LeaseLost):
+            await marking
+        for mark in (
+            store.mark_silenced(row_id, "silenced"),
+            store.mark_retry(row_id, attempts=1, next_attempt_at=FAKE_START, error="boom"),
+            store.mark_dead(row_id, error="dead"),
+        ):
+            with pytest.raises(LeaseLost):
+                await mark
+        [row] = await store.pending_deliveries()
+        assert (row.id, row.attempts, row.last_error) == (row_id, 0, None)
+    finally:
+        await store.close()
+        for c in (conn, taker):
+            await c.close()
 
 
 async def test_errors_name_the_database_never_the_url(pg_cluster: Cluster, pg_url: str) -> None:

@@ -40,6 +40,11 @@ Invariants and the reasoning behind them:
   carries on with the same epoch if it renews in time, else it finds itself fenced out.
 - :func:`release` hands over at once (``holder = NULL``, expired); the epoch is kept, so the
   next :func:`acquire` bumps it.
+- A write of one statement (the dispatcher's marks) carries the fence in that statement
+  (:func:`fence_query` as a ``WITH`` the write joins): one round trip where BEGIN, fence,
+  write and COMMIT take four, with the same guarantee, since the statement is its own
+  transaction (the lock is held until it commits) and its write matches no row unless the
+  fence found the lease row under the lock.
 """
 
 from __future__ import annotations
@@ -204,17 +209,28 @@ async def release(conn: asyncpg.Connection, grant: Grant) -> bool:
     return bool(status == "UPDATE 1")
 
 
+def fence_query(first: int = 1) -> str:
+    """The fence's query: the lease row if ``grant`` (name, holder, epoch: parameters
+    ``$first`` to ``$first + 2``) is still the lease, ``KEY SHARE`` locked until the
+    transaction ends. One text for :func:`fence` and for a one-statement write's ``WITH``
+    (:meth:`~watcher.store.pg.base.PgBase._write_one`), whose parameters come first."""
+    return (
+        f"SELECT epoch FROM lease WHERE name = ${first} AND holder = ${first + 1} "  # noqa: S608 - numbers
+        f"AND epoch = ${first + 2} FOR KEY SHARE"
+    )
+
+
+def fence_args(grant: Grant) -> tuple[str, str, int]:
+    """The parameters of :func:`fence_query`, in its order."""
+    return grant.name, grant.holder, grant.epoch
+
+
 async def fence(conn: asyncpg.Connection, grant: Grant) -> None:
     """Inside a write transaction, first: raise :class:`LeaseLost` unless ``grant`` is still
     the lease; otherwise hold a ``KEY SHARE`` lock on it until the transaction ends."""
     if not conn.is_in_transaction():
         raise RuntimeError("fence() must run inside the write transaction it guards")
-    found = await conn.fetchval(
-        "SELECT epoch FROM lease WHERE name = $1 AND holder = $2 AND epoch = $3 FOR KEY SHARE",
-        grant.name,
-        grant.holder,
-        grant.epoch,
-    )
+    found = await conn.fetchval(fence_query(), *fence_args(grant))
     if found is None:
         raise LeaseLost(grant.holder, grant.epoch)
 

@@ -60,48 +60,44 @@ class OutboxMixin(PgBase):
         return [delivery_row(row) for row in rows]
 
     async def mark_delivered(self, delivery_id: int) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE outbox SET state = 'delivered', settled_at = $1, attempts = attempts + 1 "
-                "WHERE id = $2 AND state = 'pending'",
-                self._now(),
-                delivery_id,
-            )
+        await self._write_one(
+            "UPDATE outbox SET state = 'delivered', settled_at = $1, attempts = attempts + 1 "
+            "FROM fence WHERE outbox.id = $2 AND outbox.state = 'pending'",
+            self._now(),
+            delivery_id,
+        )
 
     async def mark_silenced(self, delivery_id: int, reason: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE outbox SET state = 'silenced', settled_at = $1, last_error = $2 "
-                "WHERE id = $3 AND state = 'pending'",
-                self._now(),
-                cut_error(reason),
-                delivery_id,
-            )
+        await self._write_one(
+            "UPDATE outbox SET state = 'silenced', settled_at = $1, last_error = $2 "
+            "FROM fence WHERE outbox.id = $3 AND outbox.state = 'pending'",
+            self._now(),
+            cut_error(reason),
+            delivery_id,
+        )
 
     async def mark_retry(
         self, delivery_id: int, *, attempts: int, next_attempt_at: datetime, error: str
     ) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 "
-                "WHERE id = $4 AND state = 'pending'",
-                attempts,
-                to_ts(next_attempt_at),
-                cut_error(error),
-                delivery_id,
-            )
+        await self._write_one(
+            "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 "
+            "FROM fence WHERE outbox.id = $4 AND outbox.state = 'pending'",
+            attempts,
+            to_ts(next_attempt_at),
+            cut_error(error),
+            delivery_id,
+        )
 
     async def mark_dead(self, delivery_id: int, *, error: str, attempts: int | None = None) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE outbox SET state = 'dead', dead_at = $1, settled_at = $1, "
-                "last_error = $2, attempts = coalesce($3, attempts) "
-                "WHERE id = $4 AND state = 'pending'",
-                self._now(),
-                cut_error(error),
-                attempts,
-                delivery_id,
-            )
+        await self._write_one(
+            "UPDATE outbox SET state = 'dead', dead_at = $1, settled_at = $1, "
+            "last_error = $2, attempts = coalesce($3, attempts) "
+            "FROM fence WHERE outbox.id = $4 AND outbox.state = 'pending'",
+            self._now(),
+            cut_error(error),
+            attempts,
+            delivery_id,
+        )
 
     async def dead_letters(self, *, limit: int = 100) -> list[Delivery]:
         rows = await self._fetch(
