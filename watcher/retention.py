@@ -7,6 +7,13 @@ letters; a run still active keeps its whole history however old. Events that bel
 (digests, run-group roll-ups) go once they are older than the retention.
 
 Invariants:
+- Retention never loses a delivery: a run (or run-less event) that still owes one, a row
+  ``pending`` for however long (a mute window longer than the retention, a digest window, a
+  failure's lookup, retries up to ``max_age_seconds``), keeps everything until its last row
+  settles (delivered, dead or silenced); the next pass then takes it
+  (:data:`watcher.store.journal.OWES_NOTHING`, the same rule on both backends). Rows of a
+  notifier removed from the configuration are dead-lettered at start and on reload
+  (:func:`watcher.notifier_set.forget_removed_notifiers`), so they never hold a run forever.
 - Pruning never stalls polling. It works in small steps, each one short write transaction of
   at most :attr:`RetentionOptions.batch_runs` runs (on SQLite on a connection of its own in a
   worker thread, so SQLite time is spent off the event loop; on PostgreSQL the server's),

@@ -45,6 +45,19 @@ OWES_NOTHING = (
 EVENT_OWES_NOTHING = (
     "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = events.seq AND o.state = 'pending')"
 )
+_FINISHED_OWING_NOTHING = (
+    "SELECT run_uuid FROM runs WHERE terminal = 1 AND status_since < ? "  # noqa: S608 - literals
+    f"AND {OWES_NOTHING} LIMIT ?"
+)
+_STOPPED_OWING_NOTHING = (
+    "SELECT run_uuid FROM runs WHERE stopped = 1 AND terminal = 0 "  # noqa: S608 - literals
+    f"AND stopped_at < ? AND {OWES_NOTHING} LIMIT ?"
+)
+_STILL_PRUNABLE = (  # the chosen runs that are still finished and still owe nothing
+    "SELECT run_uuid FROM runs WHERE run_uuid IN (SELECT value FROM json_each(?)) "  # noqa: S608 - literals
+    "AND ((terminal = 1 AND status_since < ?) OR (stopped = 1 AND terminal = 0 "
+    f"AND stopped_at < ?)) AND {OWES_NOTHING}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,27 +166,27 @@ class JournalMixin(StoreBase):
         Finished: terminal since ``status_since``, or stopped as not found since
         ``stopped_at``; and owing no delivery (a pending row keeps its whole run). Their
         settled deliveries and dead letters go with the events (cascade).
+
+        The runs are chosen by a read, outside the write lock: passing over runs that still
+        owe (a notifier muted for weeks keeps every run it was sent) costs time in
+        proportion to them, and the daemon's writes must not wait for it. Under the lock the
+        choice is checked again, cheaply, before anything is deleted.
         """
         cutoff = to_ts(finished_before)
+        chosen = [uuid for (uuid,) in self._db.query(_FINISHED_OWING_NOTHING, (cutoff, limit))]
+        chosen += [
+            uuid
+            for (uuid,) in self._db.query(
+                _STOPPED_OWING_NOTHING, (cutoff, max(0, limit - len(chosen)))
+            )
+        ]
+        if not chosen:
+            return PruneStep(runs=0, events=0, more=False)
         with self._db.write() as conn:
             uuids = [
                 uuid
-                for (uuid,) in conn.execute(
-                    "SELECT run_uuid FROM runs WHERE terminal = 1 AND status_since < ? "  # noqa: S608 - literals
-                    f"AND {OWES_NOTHING} LIMIT ?",
-                    (cutoff, limit),
-                )
+                for (uuid,) in conn.execute(_STILL_PRUNABLE, (json.dumps(chosen), cutoff, cutoff))
             ]
-            uuids += [
-                uuid
-                for (uuid,) in conn.execute(
-                    "SELECT run_uuid FROM runs WHERE stopped = 1 AND terminal = 0 "  # noqa: S608 - literals
-                    f"AND stopped_at < ? AND {OWES_NOTHING} LIMIT ?",
-                    (cutoff, max(0, limit - len(uuids))),
-                )
-            ]
-            if not uuids:
-                return PruneStep(runs=0, events=0, more=False)
             events = conn.executemany(
                 "DELETE FROM events WHERE run_uuid = ?", [(uuid,) for uuid in uuids]
             ).rowcount
@@ -181,7 +194,7 @@ class JournalMixin(StoreBase):
                 "DELETE FROM runs WHERE run_uuid IN (SELECT value FROM json_each(?))",
                 (json.dumps(uuids),),
             )
-        return PruneStep(runs=len(uuids), events=events, more=len(uuids) >= limit)
+        return PruneStep(runs=len(uuids), events=events, more=len(chosen) >= limit)
 
     def prune_orphan_events(
         self, *, recorded_before: datetime, after_seq: int, limit: int
