@@ -18,7 +18,8 @@ from watcher.simulator.network import Network, NetworkSettings
 
 
 class VirtualClock:
-    """Time that moves only when the limiter sleeps, so results do not depend on the machine."""
+    """Time that moves only when the limiter's timer fires, so results do not depend on the
+    machine: a timer runs on the next turn of the loop, with the clock moved to its instant."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -26,9 +27,15 @@ class VirtualClock:
     def __call__(self) -> float:
         return self.now
 
-    async def sleep(self, seconds: float) -> None:
+    def advance(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
+        def fire() -> None:
+            self.advance(seconds)
+            callback()
+
+        asyncio.get_running_loop().call_soon(fire)
 
 
 def max_in_any_window(times: list[float], width: float = 1.0) -> int:
@@ -52,7 +59,7 @@ async def test_never_more_than_rate_in_any_window_and_sustains_97_percent(
     latency: float,
 ) -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later)
     grants = await drive(limiter, clock, 2000, latency)
     # The server sees each request somewhere between its grant and its completion: check
     # the worst case, grants for early requests and completions for late ones, by shifting.
@@ -64,7 +71,7 @@ async def test_never_more_than_rate_in_any_window_and_sustains_97_percent(
 
 async def test_a_request_that_hangs_holds_its_window_only_for_the_guard() -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(20, guard=0.25, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, guard=0.25, clock=clock, call_later=clock.call_later)
     hung = await limiter.acquire()  # never released
     others = await drive(limiter, clock, 40, 0.001)
     assert max_in_any_window([hung.granted_at, *others]) <= 20
@@ -74,7 +81,7 @@ async def test_a_request_that_hangs_holds_its_window_only_for_the_guard() -> Non
 
 async def test_fractional_rates_pace_evenly() -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(2.5, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(2.5, clock=clock, call_later=clock.call_later)
     grants = await drive(limiter, clock, 50, 0.001)
     assert max_in_any_window(grants) <= 2
     gaps = [b - a for a, b in itertools.pairwise(grants)]
@@ -82,15 +89,15 @@ async def test_fractional_rates_pace_evenly() -> None:
 
 
 class LateClock(VirtualClock):
-    """Every sleep ends 1 ms late, as a busy event loop wakes up."""
+    """Every timer fires 1 ms late, as on a busy event loop."""
 
-    async def sleep(self, seconds: float) -> None:
-        await super().sleep(seconds + 0.001)
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds + 0.001)
 
 
 async def test_a_late_wake_up_is_made_up_at_the_next_grant_not_lost_for_good() -> None:
     clock = LateClock()
-    limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later)
     grants = await drive(limiter, clock, 1000, 0.0005)
     assert max_in_any_window(grants) <= 20
     # Spaced from the previous *actual* grant, 1 ms late each, this was 1 / 0.051 = 19.6/s.
@@ -101,7 +108,7 @@ async def test_a_late_wake_up_is_made_up_at_the_next_grant_not_lost_for_good() -
 
 async def test_throttling_halves_the_rate_once_per_burst_then_recovers() -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep, recover_per_second=0.1)
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, recover_per_second=0.1)
     await drive(limiter, clock, 10, 0.001)
     for _ in range(15):  # fifteen throttled answers to one burst
         limiter.throttled()
@@ -115,7 +122,7 @@ async def test_throttling_halves_the_rate_once_per_burst_then_recovers() -> None
 
 async def test_repeated_throttling_never_stops_traffic() -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(20, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later)
     for _ in range(30):
         limiter.throttled()
         clock.now += 1.1
@@ -125,7 +132,7 @@ async def test_repeated_throttling_never_stops_traffic() -> None:
 
 async def test_waiters_are_served_in_arrival_order() -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(5, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(5, clock=clock, call_later=clock.call_later)
     order: list[int] = []
 
     async def caller(i: int) -> None:
@@ -163,9 +170,8 @@ class EventClock(VirtualClock):
             action()
         self.now = max(self.now, target)
 
-    async def sleep(self, seconds: float) -> None:
+    def advance(self, seconds: float) -> None:
         self.run_until(self.now + max(0.0, seconds))
-        await asyncio.sleep(0)
 
 
 async def over_network(
@@ -203,7 +209,7 @@ async def test_the_new_rule_never_lets_the_server_see_more_than_rate_and_gives_t
     runs = {}
     for credit in (False, True):
         clock = EventClock()
-        limiter = PacingLimiter(20, latency_credit=credit, clock=clock, sleep=clock.sleep)
+        limiter = PacingLimiter(20, latency_credit=credit, clock=clock, call_later=clock.call_later)
         network = Network(NetworkSettings(rtt_ms, 10.0, uplink_share), seed=7)
         grants, arrivals = await over_network(limiter, clock, network, 2000)
         assert max_in_any_window(arrivals) <= 20, (credit, rtt_ms, uplink_share)
@@ -218,7 +224,7 @@ async def test_no_credit_until_enough_round_trips_vouch_for_the_network() -> Non
     # limiter trusted the first samples, the fastest "round trip" would include a handshake.
     # (A guard long enough for those: the in-flight bound is another rule's assumption.)
     clock = EventClock()
-    limiter = PacingLimiter(20, guard=1.0, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, guard=1.0, clock=clock, call_later=clock.call_later)
     network = Network(NetworkSettings(150.0, 10.0, 0.5), seed=3)
     _, arrivals = await over_network(
         limiter, clock, network, 400, extra_uplink=lambda i: 0.3 if i < 30 else 0.0
@@ -229,7 +235,7 @@ async def test_no_credit_until_enough_round_trips_vouch_for_the_network() -> Non
 
 async def test_cancelled_requests_are_not_round_trips_and_throttling_forgets_them() -> None:
     clock = EventClock()
-    limiter = PacingLimiter(20, warmup=5, clock=clock, sleep=clock.sleep)
+    limiter = PacingLimiter(20, warmup=5, clock=clock, call_later=clock.call_later)
     for i in range(25):  # the first 20 open the connection pool: not samples of the route
         grant = await limiter.acquire()
         clock.now += 0.1 if i >= 20 else 0.01
@@ -242,3 +248,48 @@ async def test_cancelled_requests_are_not_round_trips_and_throttling_forgets_the
     limiter.throttled()
     assert limiter.credit == 0.0
     assert PacingLimiter(20, latency_credit=False).credit == 0.0
+
+
+async def test_a_caller_cancelled_in_the_queue_gives_its_turn_to_the_next() -> None:
+    clock = VirtualClock()
+    limiter = PacingLimiter(5, clock=clock, call_later=clock.call_later)
+    drained: list[int] = []
+    limiter.when_drained(lambda: drained.append(limiter.waiting))
+    first = await limiter.acquire()  # nobody queued: at once
+    granted: dict[str, float] = {}
+
+    async def caller(name: str) -> None:
+        granted[name] = (await limiter.acquire()).granted_at
+
+    tasks = {name: asyncio.create_task(caller(name)) for name in ("a", "b", "c")}
+    await asyncio.sleep(0)  # all three queued behind the first grant
+    assert limiter.waiting == 3
+    tasks["b"].cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    assert list(granted) == ["a", "c"]
+    assert limiter.waiting == 0
+    assert drained == [0, 0]  # the first grant left nobody queued; then the last one did
+    # "b"'s turn was not spent: "c" went one interval after "a", not two.
+    assert granted["c"] - first.granted_at == pytest.approx(2 / 5)
+
+
+async def test_a_caller_cancelled_after_its_grant_releases_it() -> None:
+    # Rate 5, guard 0.25: the seventh request may start once the second one arrived + 1 s.
+    # Released when cancelled, the second one "arrived" at its grant; held, only after the
+    # guard, which would delay the seventh by a quarter of a second.
+    clock = VirtualClock()
+    limiter = PacingLimiter(5, guard=0.25, clock=clock, call_later=clock.call_later)
+    first = await limiter.acquire()
+    limiter.release(first)
+    task = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # queued; the timer grants it on the next turn of the loop
+    await asyncio.sleep(0)
+    cancelled_at = clock.now
+    task.cancel()  # granted, but cancelled before it ran
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.waiting == 0
+    for _ in range(4):
+        limiter.release(await limiter.acquire())
+    seventh = await limiter.acquire()
+    assert seventh.granted_at - cancelled_at == pytest.approx(1.0, abs=0.01)
