@@ -88,10 +88,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._before_scrape: list[Callable[[], Awaitable[None]]] = []
         r = self.registry
-        self.polls = Counter(
-            "omics_watcher_polls", "Status polls by outcome.", ["outcome"], registry=r
+        # the per-request series: plain numbers, the library's exposition (request_metrics)
+        self.polls = LabelledCounter(
+            "omics_watcher_polls", "Status polls by outcome.", "outcome", registry=r
         )
-        # the two per-request series: plain numbers, the library's exposition (request_metrics)
         self.api_request_seconds = LabelledHistogram(
             "omics_watcher_api_request_seconds",
             "Omics API request latency (limiter wait excluded).",

@@ -1,9 +1,10 @@
-"""The two per-request series as plain numbers, rendered like prometheus_client's own.
+"""The per-request series as plain numbers, rendered like prometheus_client's own.
 
-Why not prometheus_client's ``Histogram`` and ``Counter``: every Omics request observes both
-(the limiter wait and the request's duration), about twenty times a second, and each of their
-observations takes a lock and walks the buckets in Python; measured beside the prepared-body
-floor that was about 0.05x of the daemon's CPU per poll (benchmarks/REPORT.md, issue 12 item 5).
+Why not prometheus_client's ``Histogram`` and ``Counter``: every Omics request observes two
+series (the limiter wait and the request's duration) and every poll counts its outcome, about
+twenty times a second, and each of the library's observations takes a lock (and a histogram's
+walks the buckets in Python); measured beside the prepared-body floor the two observations
+were about 0.05x of the daemon's CPU per poll (benchmarks/REPORT.md, issue 12 item 5).
 The daemon observes them on its one event loop, and ``/metrics`` renders on that loop too, so
 the numbers need no lock: an observation is a ``bisect`` and two additions.
 
@@ -11,7 +12,7 @@ The exposition is the library's, sample for sample (names, labels, ``le`` spelli
 ``_sum``/``_count``/``_created`` samples, ``PROMETHEUS_DISABLE_CREATED_SERIES``), because the
 collectors yield the same :class:`~prometheus_client.metrics_core.Metric` families that
 ``generate_latest`` turns into text; ``tests/test_request_metrics.py`` compares the two texts.
-The ``labels(action=...)`` children keep the library's ``observe``/``inc`` shape.
+The ``labels(...)`` children keep the library's ``observe``/``inc`` shape.
 """
 
 from __future__ import annotations
