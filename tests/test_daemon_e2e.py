@@ -265,10 +265,11 @@ def test_150_runs_reach_the_simulators_final_status_with_and_without_a_sigkill_m
     crash.wait_ready(timeout=30)
 
     # Midway: every run seen once and some have moved on; then SIGKILL, and start again.
+    # (A count, not a time: on a loaded machine the first cycle alone may take 20 s.)
     recorded = wait_for(
-        lambda: (n := len(crash.admin("GET", "/v1/events?limit=1000").json())) >= 220 and n,
-        timeout=30,
-        what="220 events recorded",
+        lambda: (n := len(crash.admin("GET", "/v1/events?limit=1000").json())) >= 170 and n,
+        timeout=60,
+        what="170 events recorded",
     )
     crash.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
