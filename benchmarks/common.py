@@ -288,7 +288,9 @@ class Daemon:
     source: Path | None = None  # run the daemon from this source tree instead of the venv's
 
     def command(self) -> list[str]:
-        return [PYTHON, "-m", "watcher"] if self.source else omics_watcher_exe()
+        # -P: no working directory first on sys.path, else run from the repository root
+        # ``-m watcher`` imports the working tree's package instead of ``source``'s.
+        return [PYTHON, "-P", "-m", "watcher"] if self.source else omics_watcher_exe()
 
     def track(self, uuids: Sequence[str]) -> float:
         """``omics-watcher track -c FILE -`` with the UUIDs on stdin; returns seconds taken."""
