@@ -203,8 +203,23 @@ class RunPoll:
         :class:`~watcher.store.pg.lease.LeaseLost` (the poller stops)."""
         label = _CRASHED
         try:
-            polled = await self._ask(run_uuid, run)
-            label = _OK if polled is QUIET else polled.label
+            try:
+                metadata = await self._status(run_uuid, run.project)
+            except OmicsError as exc:
+                polled = await self._failed(run_uuid, run, exc)
+                label = polled.label
+                return polled
+            self._pause.resume()
+            run.errors = 0
+            if metadata.Status == run.status:
+                # Quiet, as most polls are: no coroutine beyond this one. (For a batch
+                # follow-up: DescribeRuns saw another status than GetRunStatus does now; it
+                # changed back, or the listing lags. Nothing happened.)
+                self._feed.polled(run_uuid, self._wall())
+                label = _OK
+                return QUIET
+            polled = await self._changed(run_uuid, run, metadata)
+            label = polled.label
             return polled
         except (StateError, LeaseLost):
             raise
@@ -222,15 +237,6 @@ class RunPoll:
             outcome = self._opt.metric_prefix + label
             inc = self._counted[label] = self._metrics.polls.labels(outcome=outcome).inc
         inc()
-
-    async def _ask(self, run_uuid: str, run: PolledRun) -> Polled:
-        try:
-            metadata = await self._status(run_uuid, run.project)
-        except OmicsError as exc:
-            return await self._failed(run_uuid, run, exc)
-        self._pause.resume()
-        run.errors = 0
-        return await self._answered(run_uuid, run, metadata)
 
     async def _failed(self, run_uuid: str, run: PolledRun, exc: OmicsError) -> Polled:
         action = action_for(exc)
@@ -267,12 +273,7 @@ class RunPoll:
         )
         return delay
 
-    async def _answered(self, run_uuid: str, run: PolledRun, metadata: Metadata) -> Polled:
-        if metadata.Status == run.status:
-            # Quiet. (For a batch follow-up: DescribeRuns saw another status than GetRunStatus
-            # does now; it changed back, or the listing lags. Nothing happened.)
-            self._feed.polled(run_uuid, self._wall())
-            return QUIET
+    async def _changed(self, run_uuid: str, run: PolledRun, metadata: Metadata) -> Polled:
         recorded = await record_status(
             self._recorder,
             run_uuid=run_uuid,
