@@ -60,7 +60,9 @@ Design note for the next wave: the async store interface
 
 4. Where the fencing check sits: in ``PgStore``'s one write helper, ``async with
    self._write() as conn``, which is ``pool.acquire()`` + transaction +
-   :func:`~watcher.store.pg.lease.fence` when the store is bound to a lease. The daemon binds
+   :func:`~watcher.store.pg.lease.fence` when the store is bound to a lease (a write of one
+   statement, the outbox marks, goes through ``self._write_one(sql, ...)`` instead: the same
+   fence as a ``WITH`` of that statement, one round trip). The daemon binds
    it (``store.bind(lease_supervisor)``, which hands over the current
    :class:`~watcher.store.pg.lease.Grant` or ``None``); the daemon's writes (recording,
    outbox marks, holds, discovery, polls and errors, pruning) are then fenced, and on a
