@@ -19,8 +19,9 @@ request), POSTs it and ``json.loads`` the answer; ``prepared`` (issue 12's floor
 body with headers signed once before the loop and reads the answer's bytes. Nothing else.
 
 ``daemon(..., source=DIR)`` runs the daemon from another source tree (``PYTHONPATH=DIR
-python -m watcher``), e.g. an export of an older commit, to measure old and new code side by
-side with the same benchmark.
+python -P -m watcher``: without ``-P`` the working directory's ``watcher`` would come
+first), e.g. an export of an older commit, to measure old and new code side by side with the
+same benchmark.
 """
 
 from __future__ import annotations
