@@ -98,10 +98,6 @@ class Health:
     def alive(self) -> bool:
         return self._alive()
 
-    def watch_standby(self, standby: Callable[[], bool]) -> None:
-        """Answer ``standby`` whenever ``standby()`` is true (the replica lease's check)."""
-        self._standby = standby
-
     def state(self) -> PollingState:
         """The one decision (precedence in the module docstring)."""
         if self.draining:
