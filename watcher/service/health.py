@@ -10,7 +10,7 @@ connect. :meth:`Health.state` is the one function that decides, from:
 - a :class:`PollingCondition`, what the pollers saw of the API
   (:class:`~watcher.polling.outages.Outages`: ``auth_paused``, ``api_unreachable``);
 - a ``standby`` check: true while another replica is the active one (a daemon that shares
-  its database with others; :func:`never` until replicas exist);
+  its database with others: the lease's ``LeaseClaim.standby``; :func:`never` without one);
 - an ``alive`` check for ``/healthz`` (``/readyz`` says ``unhealthy`` when it fails).
 
 Precedence, first that holds: draining, standby, auth_paused, api_unreachable, starting,

@@ -11,7 +11,7 @@ read and decoded again each second).
 The contract (``AsyncStore.outbox_version``, the same for both backends): a value that
 changes whenever a row may have become due to send other than through the dispatcher's own
 marks, i.e. a row inserted (by any process), put back by ``redeliver`` or released from
-hold. The dispatcher (:meth:`~watcher.delivery.dispatcher.Dispatcher._may_differ`) reads it
+hold. The dispatcher (:meth:`~watcher.delivery.dispatcher.Dispatcher._look`) reads it
 before each outbox read and skips the timed re-read while it is unchanged: rows due later
 (retries, digest and mute windows) are in the last read with their times. It may change
 more often than needed (one re-read too many), never less.

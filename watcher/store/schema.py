@@ -34,10 +34,12 @@ Tables (times are unix seconds, REAL):
   own transaction. Partial indexes ``runs_active`` and ``runs_tracked_by_status`` serve the
   active-run snapshot and the filtered pages of the registry.
 - Retention: finished runs (``terminal`` since ``status_since``, or ``stopped`` since
-  ``stopped_at``) older than ``[state] retention_days`` are deleted with their events, and the
-  events' outbox rows by cascade (see :mod:`watcher.retention`). Event bodies written since
-  are compressed BLOBs (:mod:`watcher.store.codec`); older TEXT bodies stay readable as they
-  are. ``runs.metadata`` is dropped when a run becomes terminal (its events carry it).
+  ``stopped_at``) older than ``[state] retention_days`` and owing no delivery (no
+  ``pending`` row) are deleted with their events, and the events' settled outbox rows by
+  cascade (see :mod:`watcher.retention`, :data:`watcher.store.journal.OWES_NOTHING`). Event
+  bodies written since are compressed BLOBs (:mod:`watcher.store.codec`); older TEXT bodies
+  stay readable as they are. ``runs.metadata`` is dropped when a run becomes terminal (its
+  events carry it).
 """
 
 from __future__ import annotations
