@@ -18,13 +18,13 @@ this worker falls behind. An in-memory store has no WAL: nothing runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
 from watcher.store import StateError, Store
 from watcher.store.db import MEMORY, Database
+from watcher.tasks import wait_set
 
 SAFETY_NET_PAGES = 16_384  # 64 MiB at the default page size; SQLite's default is 1,000
 INTERVAL_SECONDS = 2.0
@@ -62,8 +62,7 @@ class Checkpointer:
                     failures += 1
                     if failures in (1, 10, 100):  # the daemon's own writes report a bad file
                         self._log.warning("checkpoint_failed", error=str(exc), failures=failures)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._interval)
+                await wait_set(stop, self._interval)
         finally:
             self._close()
 

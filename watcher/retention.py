@@ -43,6 +43,7 @@ from watcher.store import StateError, Store
 from watcher.store.api import AsyncStore, SqliteStore
 from watcher.store.db import MEMORY, utc_now
 from watcher.store.journal import PruneStep
+from watcher.tasks import wait_set
 
 T = TypeVar("T")
 
@@ -121,8 +122,7 @@ class Pruner:
             while not stop.is_set():
                 with contextlib.suppress(StateError):
                     await self.prune_once()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._options.interval_seconds)
+                await wait_set(stop, self._options.interval_seconds)
         finally:
             self.close()
 

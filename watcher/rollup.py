@@ -30,7 +30,6 @@ Logs: ``run_group_completed`` (group, runs, notifiers), ``rollup_check_failed``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from watcher.sink import EventSink
 from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.groups import GroupMember
 from watcher.store.pg.lease import LeaseLost
+from watcher.tasks import wait_set
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_SINCE_SECONDS = 86400.0
@@ -140,8 +140,7 @@ class RollupTracker:
                 woken.cancel()
             if not stop.is_set():
                 # Let a burst of finishing runs collect before reading the registry.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._interval)
+                await wait_set(stop, self._interval)
             await self._check_dirty()
         await self._check_dirty()
 

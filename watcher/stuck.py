@@ -35,7 +35,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +44,7 @@ import structlog
 from watcher.events import Event
 from watcher.sink import EventSink
 from watcher.store import StateError, TrackedRun
+from watcher.tasks import wait_set
 from watcher.transitions import stuck_event
 
 MIN_INTERVAL_SECONDS = 1.0
@@ -167,5 +167,4 @@ class StuckChecker:
             if len(recorded) >= self._max_per_pass:
                 await asyncio.sleep(0)  # more to do: let polling run, then carry on
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
+            await wait_set(stop, self._interval)

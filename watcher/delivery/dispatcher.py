@@ -48,7 +48,6 @@ and pacing use the event loop's monotonic time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import random
@@ -69,6 +68,7 @@ from watcher.notifiers.base import Notifier, NotifyError, Permanent, Rate, Retry
 from watcher.statuses import DEFAULT_STATUSES, Statuses
 from watcher.store.models import Delivery
 from watcher.store.pg.lease import LeaseLost
+from watcher.tasks import wait_set
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SCAN_LIMIT = 500
@@ -331,10 +331,8 @@ class Dispatcher:
                 if stopping and not worker.in_flight:
                     break  # the final pass: nothing else can go right now
                 worker.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    # While stopping, only a finishing send (or the deadline) ends the wait.
-                    async with asyncio.timeout(None if stopping else wait):
-                        await worker.wake.wait()
+                # While stopping, only a finishing send (or the deadline) ends the wait.
+                await wait_set(worker.wake, None if stopping else wait)
 
     async def _look(self, worker: _Worker, mono: float) -> None:
         """Re-read the worker's pending rows if they may differ from the last read.

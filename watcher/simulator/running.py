@@ -20,6 +20,7 @@ from aiohttp import web
 
 from watcher.simulator.config import SimulatorConfig
 from watcher.simulator.simulator import Simulator
+from watcher.tasks import wait_set
 
 
 def _url_host(host: str) -> str:
@@ -86,8 +87,7 @@ async def serve(
         if arrivals_per_minute > 0:
             arrivals = asyncio.create_task(_arrive(sim, 60.0 / arrivals_per_minute, out))
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=duration)
+            await wait_set(stop, duration)
         finally:
             if arrivals is not None:
                 arrivals.cancel()

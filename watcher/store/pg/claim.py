@@ -50,6 +50,7 @@ import structlog
 from watcher.store.pg import lease
 from watcher.store.pg.base import DB_ERRORS, database_name, describe, secret_of
 from watcher.store.pg.lease import Grant
+from watcher.tasks import wait_set
 
 RETRY_SECONDS = 1.0
 TAKEOVER_PAUSE = 1.0
@@ -189,8 +190,7 @@ class LeaseClaim:
             wake = min(last_sent + renew_every, current.deadline)
             if now < wake:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wake - now)
+                await wait_set(self._wake, wake - now)
                 continue
             last_sent = now
             renewed = await self._renew(current)
