@@ -153,8 +153,6 @@ class Outages:
             "error": error.message[:MAX_ERROR_CHARS],
         }
         outage = self._outage
-        if outage is not None and outage.failing_since is None:
-            outage.failing_since, outage.failing_since_wall = now, self._wall_clock()
         if outage is None:
             outage = self._outage = _Outage(
                 started=now,
@@ -172,6 +170,8 @@ class Outages:
                 )
                 outage.total.add(self.host, cause, runs)
                 return
+        elif outage.failing_since is None:  # failing again after an answer, still in it
+            outage.failing_since, outage.failing_since_wall = now, self._wall_clock()
         outage.last_failure = now
         outage.window.add(self.host, cause, runs)
         outage.total.add(self.host, cause, runs)
