@@ -12,14 +12,16 @@ failing test never leaves a simulator or daemon behind.
 - :func:`http` is a tiny proxy-free HTTP client for probes, metrics and the ``/_sim`` hooks.
 
 Plain helpers for the in-process tests live here too (fixtures are in ``conftest.py``):
-:func:`now`, :class:`FakeClock` (wall and monotonic time that move only when told) and
-:func:`make_client` (the real :class:`OmicsClient` against a simulator's endpoint).
+:func:`now`, :class:`FakeClock` (wall and monotonic time that move only when told),
+:func:`make_client` (the real :class:`OmicsClient` against a simulator's endpoint) and
+:func:`in_process_daemon` (``run_daemon`` with short outage periods and its log captured).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import select
@@ -37,7 +39,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import aiohttp
+import structlog
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.app import Wiring, run_daemon
 from watcher.config import Settings
@@ -45,6 +49,8 @@ from watcher.delivery.dispatcher import Dispatcher
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, CredentialProvider, StaticProvider
 from watcher.omics.limiter import Limiter, PacingLimiter
+from watcher.polling.outages import OutageTiming
+from watcher.service.logs import configure
 
 T = TypeVar("T")
 
@@ -664,6 +670,107 @@ async def daemon_task(
     finally:
         stop.set()
         assert await asyncio.wait_for(task, stop_timeout) == 0
+
+
+# Outage periods of seconds, not minutes, for a daemon run in this process (Wiring.outages).
+SHORT_OUTAGES = OutageTiming(
+    unreachable_seconds=2.0, summary_seconds=1.0, recovery_quiet_seconds=0.5
+)
+
+
+@dataclass
+class InProcessDaemon:
+    """A daemon run by :func:`in_process_daemon`: its probes, gauge and JSON log lines."""
+
+    url: str
+    http: aiohttp.ClientSession
+    log: io.StringIO
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(self.url + "/readyz") as resp:
+            return resp.status, await resp.json()
+
+    async def reason(self) -> str | None:
+        """What ``/readyz`` says is wrong (``None``: ready)."""
+        _, body = await self.readyz()
+        reason = body["reason"]
+        assert reason is None or isinstance(reason, str)
+        return reason
+
+    async def gauge(self) -> dict[str, float]:
+        async with self.http.get(self.url + "/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            if family.name == "omics_watcher_polling_state":
+                return {s.labels["state"]: s.value for s in family.samples}
+        raise AssertionError("no omics_watcher_polling_state in /metrics")
+
+    async def wait_reason(self, reason: str | None, *, timeout: float) -> None:
+        """Until ``/readyz`` gives ``reason`` (``None``: 200 ready)."""
+        seen: list[tuple[int, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            status, body = await self.readyz()
+            seen.append((status, body.get("reason")))
+            if (reason is None and status == 200) or (status == 503 and body["reason"] == reason):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"/readyz never said {reason!r} in {timeout} s; saw {seen[-5:]}")
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        found = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
+        return [r for r in found if event is None or r["event"] == event]
+
+    async def wait_logged(self, event: str, *, timeout: float) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.records(event):
+            if loop.time() >= deadline:
+                raise AssertionError(f"no {event} line in {timeout} s: {self.records()[-5:]}")
+            await asyncio.sleep(0.1)
+        return self.records(event)
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(
+    settings: Settings,
+    *,
+    port: int,
+    timing: OutageTiming = SHORT_OUTAGES,
+    stop: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AsyncIterator[InProcessDaemon]:
+    """``run_daemon`` with JSON logs captured, from its first ``/healthz`` 200 until the block
+    ends (then stopped cleanly, exit 0). ``timing``: its outage periods (short by default, so
+    ``api_unreachable`` comes in seconds); ``environ``: its environment (``NOTIFY_SOCKET``)."""
+    log = io.StringIO()
+    configure(fmt="json", level="info", stream=log)
+    stop = stop or asyncio.Event()
+    task = asyncio.create_task(
+        run_daemon(settings, stop=stop, environ=environ or {}, wiring=Wiring(outages=timing))
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            running = InProcessDaemon(f"http://127.0.0.1:{port}", http, log)
+            for _ in range(200):
+                if task.done():
+                    task.result()
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(running.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+            yield running
+            stop.set()
+            assert await asyncio.wait_for(task, 30) == 0
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        structlog.reset_defaults()
 
 
 def find_sample(text: str, sample: str) -> float | None:

@@ -11,11 +11,8 @@ credentials refused), ``api_unreachable`` (closed port; a server that stops answ
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import json
 import socket
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +23,19 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, make_client
+from support import SHORT_OUTAGES, free_port, in_process_daemon, make_client
 
-from watcher.app import Wiring, run_daemon
 from watcher.config import Settings
 from watcher.omics.errors import OmicsError
 from watcher.omics.limiter import PacingLimiter
-from watcher.polling.outages import UNREACHABLE_SECONDS, Outages, OutageTiming
+from watcher.polling.outages import UNREACHABLE_SECONDS, Outages
 from watcher.service.health import Health, PollingState, PollingStateGauge
-from watcher.service.logs import configure
 from watcher.service.metrics import Metrics
 from watcher.service.server import build_app
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 from watcher.store.api import SqliteStore
 
-SHORT = OutageTiming(unreachable_seconds=2.0, summary_seconds=1.0, recovery_quiet_seconds=0.5)
 STATES = {state.value for state in PollingState}
 
 
@@ -50,52 +44,7 @@ def only(state: str) -> dict[str, float]:
     return {s: float(s == state) for s in STATES}
 
 
-# -- a daemon in this process ---------------------------------------------------------------
-
-
-@dataclass
-class Running:
-    url: str
-    http: aiohttp.ClientSession
-    log: io.StringIO
-
-    async def readyz(self) -> tuple[int, dict[str, Any]]:
-        async with self.http.get(self.url + "/readyz") as resp:
-            return resp.status, await resp.json()
-
-    async def gauge(self) -> dict[str, float]:
-        async with self.http.get(self.url + "/metrics") as resp:
-            text = await resp.text()
-        for family in text_string_to_metric_families(text):
-            if family.name == "omics_watcher_polling_state":
-                return {s.labels["state"]: s.value for s in family.samples}
-        raise AssertionError("no omics_watcher_polling_state in /metrics")
-
-    async def wait_reason(self, reason: str | None, *, timeout: float) -> None:
-        """Until ``/readyz`` gives ``reason`` (``None``: 200 ready)."""
-        seen: list[tuple[int, Any]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            status, body = await self.readyz()
-            seen.append((status, body.get("reason")))
-            if (reason is None and status == 200) or (status == 503 and body["reason"] == reason):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"/readyz never said {reason!r} in {timeout} s; saw {seen[-5:]}")
-
-    def records(self, event: str | None = None) -> list[dict[str, Any]]:
-        found = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
-        return [r for r in found if event is None or r["event"] == event]
-
-    async def wait_logged(self, event: str, *, timeout: float) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.records(event):
-            if loop.time() >= deadline:
-                raise AssertionError(f"no {event} line in {timeout} s: {self.records()[-5:]}")
-            await asyncio.sleep(0.1)
-        return self.records(event)
+# -- a daemon in this process (support.in_process_daemon) ----------------------------------
 
 
 def settings_for(
@@ -130,44 +79,6 @@ def track(tmp_path: Path, runs: list[str], project_id: str = "") -> None:
         store.track([TrackRequest(run_uuid, project_id) for run_uuid in runs])
 
 
-@contextlib.asynccontextmanager
-async def daemon(
-    settings: Settings,
-    *,
-    port: int,
-    timing: OutageTiming = SHORT,
-    stop: asyncio.Event | None = None,
-) -> AsyncIterator[Running]:
-    """``run_daemon`` with JSON logs captured, until the block ends (then stopped cleanly)."""
-    log = io.StringIO()
-    configure(fmt="json", level="info", stream=log)
-    stop = stop or asyncio.Event()
-    task = asyncio.create_task(
-        run_daemon(settings, stop=stop, environ={}, wiring=Wiring(outages=timing))
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            running = Running(f"http://127.0.0.1:{port}", http, log)
-            for _ in range(200):
-                if task.done():
-                    task.result()
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(running.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            yield running
-            stop.set()
-            assert await asyncio.wait_for(task, 30) == 0
-    finally:
-        stop.set()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        structlog.reset_defaults()
-
-
 def closed_port() -> int:
     """A port nothing listens on (bound, then closed, so the kernel refuses connections)."""
     with socket.socket() as sock:
@@ -186,7 +97,7 @@ async def test_starting_until_the_first_poll_cycle_then_ready_with_the_gauge(
         track(tmp_path, sim.run_uuids, sim.project_id)
         port = free_port()
         settings = settings_for(tmp_path, sim.endpoint, sim, port=port, request_timeout_seconds=10)
-        async with daemon(settings, port=port) as d:
+        async with in_process_daemon(settings, port=port) as d:
             status, body = await d.readyz()
             assert (status, body) == (503, {"status": "not_ready", "reason": "starting"})
             assert await d.gauge() == only("starting")
@@ -209,7 +120,7 @@ async def test_auth_paused_when_the_api_refuses_permission_or_credentials(
         settings = settings_for(tmp_path, sim.endpoint, sim, port=port, secret_key=wrong)
         if refused == "permission":
             sim.deny_action("GetRunStatus")  # a CAM policy without it
-        async with daemon(settings, port=port) as d:
+        async with in_process_daemon(settings, port=port) as d:
             await d.wait_reason("auth_paused", timeout=15)
             gauge = await d.gauge()
             assert gauge == only("auth_paused")
@@ -230,7 +141,7 @@ async def test_api_unreachable_on_a_closed_port_logs_host_cause_and_summaries(
     dead = closed_port()
     port = free_port()
     settings = settings_for(tmp_path, f"http://127.0.0.1:{dead}", None, port=port)
-    async with daemon(settings, port=port) as d:
+    async with in_process_daemon(settings, port=port) as d:
         await d.wait_reason("api_unreachable", timeout=20)
         gauge = await d.gauge()
         assert gauge == only("api_unreachable")
@@ -259,7 +170,7 @@ async def test_api_unreachable_when_the_server_stops_answering_then_recovered(
         track(tmp_path, sim.run_uuids, sim.project_id)
         port = free_port()
         settings = settings_for(tmp_path, sim.endpoint, sim, port=port, request_timeout_seconds=1)
-        async with daemon(settings, port=port) as d:
+        async with in_process_daemon(settings, port=port) as d:
             await d.wait_reason(None, timeout=20)
             sim.set_faults(1.0, ["slow"])  # every answer comes after the request timeout
             await d.wait_reason("api_unreachable", timeout=20)
@@ -286,7 +197,7 @@ async def test_draining_once_stop_is_set_until_the_server_stops(tmp_path: Path) 
         port = free_port()
         settings = settings_for(tmp_path, sim.endpoint, sim, port=port, request_timeout_seconds=10)
         stop = asyncio.Event()
-        async with daemon(settings, port=port, stop=stop) as d:
+        async with in_process_daemon(settings, port=port, stop=stop) as d:
             await d.wait_reason(None, timeout=20)
             sim.set_faults(1.0, ["slow"])  # polls in flight for 3 s when the stop comes
             for _ in range(100):
@@ -338,7 +249,7 @@ def _gauge(registry: CollectorRegistry) -> dict[str, float]:
 
 def test_auth_pause_says_more_than_starting_and_unreachable_counts_from_the_first_failure() -> None:
     now = [0.0]
-    outages = Outages(host="api.example", timing=SHORT, clock=lambda: now[0])
+    outages = Outages(host="api.example", timing=SHORT_OUTAGES, clock=lambda: now[0])
     health = Health(polling=outages)
     assert health.state() is PollingState.STARTING
     outages.paused("AuthFailure.SecretIdNotFound")
@@ -349,7 +260,7 @@ def test_auth_pause_says_more_than_starting_and_unreachable_counts_from_the_firs
     now[0] = 3600.0  # an hour with nothing to poll, then one failure: not unreachable yet
     outages.failed(_refused(), runs=["r1"], event="poll_failed")
     assert health.state() is PollingState.POLLING
-    now[0] += SHORT.unreachable_seconds
+    now[0] += SHORT_OUTAGES.unreachable_seconds
     assert health.state() is PollingState.API_UNREACHABLE
     outages.answered()
     assert health.state() is PollingState.POLLING

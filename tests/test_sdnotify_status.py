@@ -13,40 +13,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import json
 import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import structlog
 from support import (
+    SHORT_OUTAGES,
     Processes,
     clean_env,
     daemon_config,
     free_port,
+    in_process_daemon,
     start_daemon,
     start_simulator,
     write_config,
 )
 
-from watcher.app import Wiring, run_daemon
 from watcher.config import Settings
 from watcher.omics.errors import OmicsError
-from watcher.polling.outages import Outages, OutageTiming
+from watcher.polling.outages import Outages
 from watcher.service.health import Health
-from watcher.service.logs import configure
 from watcher.service.sdnotify import SdNotifier
 from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
-
-SHORT = OutageTiming(unreachable_seconds=2.0, summary_seconds=1.0, recovery_quiet_seconds=0.5)
 
 
 @contextlib.contextmanager
@@ -104,56 +98,6 @@ class Manager:
         return asyncio.run(self.wait(key, value_starts, timeout=timeout))
 
 
-@dataclass
-class InProcess:
-    url: str
-    http: aiohttp.ClientSession
-    log: io.StringIO
-
-    async def reason(self) -> str | None:
-        async with self.http.get(self.url + "/readyz") as resp:
-            reason = (await resp.json())["reason"]
-            assert reason is None or isinstance(reason, str)
-            return reason
-
-    def records(self, event: str) -> list[dict[str, Any]]:
-        found = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
-        return [r for r in found if r["event"] == event]
-
-
-@contextlib.asynccontextmanager
-async def daemon(settings: Settings, *, port: int, notify: str) -> AsyncIterator[InProcess]:
-    """``run_daemon`` under a fake systemd, JSON logs captured; stopped cleanly at the end."""
-    log = io.StringIO()
-    configure(fmt="json", level="info", stream=log)
-    stop = asyncio.Event()
-    environ = {"NOTIFY_SOCKET": notify}
-    task = asyncio.create_task(
-        run_daemon(settings, stop=stop, environ=environ, wiring=Wiring(outages=SHORT))
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            running = InProcess(f"http://127.0.0.1:{port}", http, log)
-            for _ in range(200):
-                if task.done():
-                    task.result()
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(running.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            yield running
-            stop.set()
-            assert await asyncio.wait_for(task, 30) == 0
-    finally:
-        stop.set()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        structlog.reset_defaults()
-
-
 def settings(
     tmp_path: Path, endpoint: str, secret_id: str, secret_key: str, *, port: int, **more: Any
 ) -> Settings:
@@ -181,7 +125,7 @@ async def test_refused_permission_is_ready_for_systemd_with_auth_paused_then_wat
         config = settings(tmp_path, sim.endpoint, sim.secret_id, sim.secret_key, port=port)
         with notify_socket() as (sock, path):
             manager = Manager(sock)
-            async with daemon(config, port=port, notify=path) as d:
+            async with in_process_daemon(config, port=port, environ={"NOTIFY_SOCKET": path}) as d:
                 # Started for systemd (no endless "activating"), and saying why it is not
                 # ready, as /readyz does.
                 await manager.wait("READY", "1", timeout=20)
@@ -241,7 +185,9 @@ async def test_discovery_failing_makes_api_unreachable_then_recovered(tmp_path: 
         host = sim.endpoint.removeprefix("http://")
         with notify_socket() as (sock, path):
             manager = Manager(sock)
-            async with daemon(daemon_settings, port=port, notify=path) as d:
+            async with in_process_daemon(
+                daemon_settings, port=port, environ={"NOTIFY_SOCKET": path}
+            ) as d:
                 ready = await manager.wait("READY", "1", timeout=20)
                 assert ready["STATUS"] == "watching 0 runs"
                 unreachable = await manager.wait("STATUS", "api_unreachable", timeout=20)
@@ -252,10 +198,7 @@ async def test_discovery_failing_makes_api_unreachable_then_recovered(tmp_path: 
                 assert await d.reason() == "api_unreachable"
                 sim.set_faults(0.0)
                 await manager.wait("STATUS", "watching ", timeout=30)  # what it found
-                for _ in range(200):
-                    if d.records("poll_recovered"):
-                        break
-                    await asyncio.sleep(0.1)
+                await d.wait_logged("poll_recovered", timeout=20)
             await asyncio.sleep(config.slow_seconds)  # the simulator's last slow answers
     failed = d.records("discovery_failed")
     assert [r["level"] for r in failed] == ["warning"]  # one line for the outage
@@ -273,7 +216,7 @@ def test_status_line_words_each_state() -> None:
     now = [100.0]
     outages = Outages(
         host="omics.tencentcloudapi.com",
-        timing=SHORT,
+        timing=SHORT_OUTAGES,
         clock=lambda: now[0],
         wall_clock=lambda: 1_700_000_000.0,  # 2023-11-14 22:13:20 UTC
     )
@@ -291,7 +234,7 @@ def test_status_line_words_each_state() -> None:
     refused = OmicsError("ConnectionError", "Cannot connect", cause="connection refused")
     outages.failed(refused, runs=["r1"], event="poll_failed")
     assert health.status_line() == "watching 300 runs"  # failing, not yet for long
-    now[0] += SHORT.unreachable_seconds
+    now[0] += SHORT_OUTAGES.unreachable_seconds
     unreachable = (
         "api_unreachable: no answer from omics.tencentcloudapi.com since 2023-11-14 22:13:20 UTC"
     )
