@@ -89,6 +89,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def lock_waited(watch: asyncpg.Connection, query: str = "", *, timeout: float = 30.0) -> None:
+    """Until another session of ``watch``'s database, running a statement that starts with
+    ``query``, waits on a lock: how a test knows a statement has reached the lock it is meant
+    to wait on before it lets the holder go. ``TimeoutError`` after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not await watch.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid() AND datname = current_database() "
+            "AND starts_with(query, $1)",
+            query,
+        ):
+            await asyncio.sleep(0.02)
+
+
 @dataclass
 class Cluster:
     """A running throwaway cluster; :meth:`start` makes one, :meth:`stop` removes it."""

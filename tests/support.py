@@ -635,13 +635,18 @@ async def serve_hook(
         yield base + "/hook"
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
     """Yield to the loop (every 20 ms) until ``condition()`` holds; ``TimeoutError`` after
     ``timeout`` s. The default is generous because a busy machine is slow, not wrong: only a
-    test whose point is "soon" passes a shorter one."""
+    test whose point is "soon" passes a shorter one. A condition that must await (a store
+    read) is an ``async def``: its answer is awaited."""
     async with asyncio.timeout(timeout):
-        while not condition():
+        while not await _holds(condition()):
             await asyncio.sleep(0.02)
+
+
+async def _holds(answer: bool | Awaitable[bool]) -> bool:
+    return answer if isinstance(answer, bool) else await answer
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pg import Cluster
+from pg import Cluster, lock_waited
 from support import FAKE_START, FakeClock
 
 from watcher.events import RunState
@@ -83,16 +83,6 @@ async def _bound_with_one_pending_row(
     return store, grant, row.id
 
 
-async def _waits_on_a_lock(watch: asyncpg.Connection, query: str) -> None:
-    """Until a session running a statement that starts with ``query`` waits on a lock."""
-    while not await watch.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND starts_with(query, $1)",
-        query,
-    ):
-        await asyncio.sleep(0.02)
-
-
 async def test_a_takeover_waits_for_a_mark_in_flight(pg_url: str, clock: FakeClock) -> None:
     # A mark is one statement carrying the fence: a takeover that comes while it runs waits
     # until it has committed, so the mark is ordered before the new epoch.
@@ -102,10 +92,10 @@ async def test_a_takeover_waits_for_a_mark_in_flight(pg_url: str, clock: FakeClo
         async with blocker.transaction():  # holds the outbox row: the mark stops mid-way
             await blocker.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", row_id)
             marking = asyncio.ensure_future(store.mark_delivered(row_id))
-            await _waits_on_a_lock(conn, "WITH fence")
+            await lock_waited(conn, "WITH fence")
             await conn.execute("UPDATE lease SET expires_at = 0")
             taking = asyncio.ensure_future(lease.acquire(taker, "other", 60, lock_wait=60))
-            await _waits_on_a_lock(conn, "SELECT holder")
+            await lock_waited(conn, "SELECT holder")
             assert not marking.done()
             assert not taking.done()
         await marking
@@ -131,7 +121,7 @@ async def test_a_mark_behind_a_takeover_writes_nothing(pg_url: str, clock: FakeC
                 "UPDATE lease SET holder = 'other', epoch = epoch + 1 WHERE name = 'active'"
             )
             marking = asyncio.ensure_future(store.mark_delivered(row_id))
-            await _waits_on_a_lock(conn, "WITH fence")
+            await lock_waited(conn, "WITH fence")
         with pytest.raises(LeaseLost):
             await marking
         for mark in (

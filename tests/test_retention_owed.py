@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +30,9 @@ import pytest
 import structlog
 from aiohttp import web
 from astore import Backend, astore, backend, observe
+from pg import lock_waited
 from pydantic import TypeAdapter
-from support import FakeClock, delivering, serve_hook
+from support import FakeClock, delivering, serve_hook, until
 
 from watcher.delivery.dispatcher import Dispatcher, Policy
 from watcher.delivery.muting import MuteInterval
@@ -51,6 +52,7 @@ DAY = timedelta(days=1)
 SATURDAY = datetime.fromisoformat("2026-11-28T00:00:00+00:00")
 MONDAY = SATURDAY + 2 * DAY
 WEEKEND = MuteInterval(name="weekend", weekdays=frozenset({5, 6}))  # whole days, UTC
+WAIT = 30.0  # seconds: the dispatcher on a busy machine
 
 
 def set_clock(clock: FakeClock, at: datetime) -> None:
@@ -190,12 +192,6 @@ def webhook(name: str, url: str, session: aiohttp.ClientSession) -> Notifier:
     return build_notifier(built, session=session, logger=structlog.get_logger())
 
 
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.02)
-
-
 async def test_a_notifier_muted_longer_than_the_retention_gets_every_row_when_its_window_ends(
     astore: AsyncStore,
     backend: Backend,
@@ -226,7 +222,7 @@ async def test_a_notifier_muted_longer_than_the_retention_gets_every_row_when_it
         async def plain_sent_and_muted_held() -> bool:
             return len(receiver.ids(plain)) == 2 and target.muted() == {"chat": 2, "ops": 0}
 
-        await until(plain_sent_and_muted_held)
+        await until(plain_sent_and_muted_held, timeout=WAIT)
         # Sunday night: the muted run finished 45 hours ago, a retention of one day.
         set_clock(clock, MONDAY - timedelta(hours=1))
         result = await prune(astore, clock, retention=DAY)
@@ -244,13 +240,13 @@ async def test_a_notifier_muted_longer_than_the_retention_gets_every_row_when_it
             rows = await astore.pending_deliveries("chat")
             return any(row.attempts == 1 for row in rows)
 
-        await until(retry_recorded)
+        await until(retry_recorded, timeout=WAIT)
         clock.advance(10)  # the retry's backoff
 
         async def both_delivered() -> bool:
             return len(receiver.ids(muted)) == 2
 
-        await until(both_delivered)
+        await until(both_delivered, timeout=WAIT)
     assert receiver.refused == 1
     events = await astore.events(run_uuid=muted)
     assert receiver.ids(muted) == [e.id for e in reversed(events)]  # in order, same ids
@@ -296,7 +292,7 @@ async def test_a_dead_letter_redelivered_while_its_run_is_pruned_is_kept(
         step = asyncio.create_task(
             store.prune_finished_runs(finished_before=clock.now - 30 * DAY, limit=10)
         )
-        await until(lambda: _waits_for_a_lock(other))
+        await lock_waited(other)
         await redeliver.commit()
         done = await step
     finally:
@@ -315,12 +311,3 @@ async def test_a_dead_letter_redelivered_while_its_run_is_pruned_is_kept(
         assert await store.redeliver(Redelivery(all=True)) == []
     finally:
         await store.close()
-
-
-async def _waits_for_a_lock(conn: asyncpg.Connection) -> bool:
-    """Whether a backend other than ``conn``'s is waiting for a row lock."""
-    waiting = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND pid <> pg_backend_pid() AND datname = current_database()"
-    )
-    return int(waiting) > 0
