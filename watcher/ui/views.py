@@ -178,7 +178,8 @@ def active_runs(counts: Mapping[str | None, int], statuses: Statuses) -> int:
 
 async def read_overview(store: AsyncStore, statuses: Statuses, now: datetime) -> Overview:
     """Everything the overview shows but the watcher's in-memory health."""
-    counts = await store.count_by_status()
+    figures = await store.state_figures(now=now)  # the runs by status and the outbox at once
+    counts = figures.runs_by_status
     shown: list[tuple[str, int, str]] = sorted(
         ((s or "unknown"), n, statuses.severity(s)) for s, n in counts.items() if n
     )
@@ -188,7 +189,6 @@ async def read_overview(store: AsyncStore, statuses: Statuses, now: datetime) ->
     failures = [(run, failure_of(await store.last_event_of(run.run_uuid))) for run in failed]
     logged = await store.event_log(limit=FEED_EVENTS)
     events = [event_view(seq, e, statuses) for seq, e in logged]
-    pending, oldest = await store.outbox_stats(now=now)
     return Overview(
         counts=shown,
         total=sum(counts.values()),
@@ -198,8 +198,8 @@ async def read_overview(store: AsyncStore, statuses: Statuses, now: datetime) ->
         failures=failures,
         events=events,
         outboxes=await store.notifier_outboxes(),
-        pending=pending,
-        oldest_pending=oldest,
+        pending=figures.outbox_pending,
+        oldest_pending=figures.oldest_pending_seconds,
         dead=await store.dead_letter_count(),
     )
 
