@@ -14,8 +14,10 @@ process, the receivers):
 - at most 20 GetRunStatus arrived in any 1 s window over the whole test, across both;
 - the daemon that lost its lease wrote nothing after the takeover (an audit trigger
   records the database role of every write to runs, events and outbox: each daemon has its
-  own role) and sent nothing to its receiver; thawed or reconnected, it is a standby
-  (``/readyz`` 503 ``standby``) and stays one;
+  own role) and began no send after it: nothing reached its receiver after the takeover,
+  except, from the frozen one, sends it had begun before SIGSTOP (by their signed
+  ``webhook-timestamp``), which leave at the thaw and which the new active daemon delivered
+  too; thawed or reconnected, it is a standby (``/readyz`` 503 ``standby``) and stays one;
 - the standby serves meanwhile (``/healthz``, ``/metrics`` saying standby, the admin API);
 - SIGTERM on the active daemon releases the lease after draining, and the standby takes
   over from the release, not from an expiry.
@@ -300,7 +302,26 @@ def _takeover_by(pair: Pair, role: str, after: float) -> float:
     return wait_for(found, timeout=60, interval=0.2, what=f"{role} to take over")
 
 
-def _settle_and_check(pair: Pair, *, lost: str, lost_at: float) -> None:
+def _begun_at(hit: Hit) -> int:
+    """When the daemon began this send, to the second: its signed ``webhook-timestamp``.
+
+    The webhook notifier signs in the same step of the event loop as the lease gate
+    (:func:`watcher.replica.lease_trace`, aiohttp's request-start hook) lets the request
+    start: nothing between them awaits."""
+    return int(hit.headers["webhook-timestamp"])
+
+
+def _settle_and_check(
+    pair: Pair, *, lost: str, lost_at: float, stopped_at: float | None = None
+) -> None:
+    """Wait until every final status is recorded and every event delivered, then judge.
+
+    ``stopped_at``: when the daemon that lost the lease was frozen (SIGSTOP), if it was. A
+    request the lease gate let start before then is not recalled: its bytes may leave at
+    the thaw, after the takeover (its mark is fenced out, so the new active daemon sends
+    the event too). Anything begun later fails the test.
+    """
+
     def settled() -> dict[str, list[str]] | None:
         truth = pair.truth()
         if any(seq[-1] not in TERMINAL for seq in truth.values()):
@@ -331,10 +352,18 @@ def _settle_and_check(pair: Pair, *, lost: str, lost_at: float) -> None:
     )
     assert stats["max_window_arrivals"]["GetRunStatus"] <= 20, stats["max_window_arrivals"]
     assert stats["throttled_total"] == 0
-    # The daemon that lost the lease wrote nothing after the takeover, sent nothing.
+    # The daemon that lost the lease wrote nothing after the takeover, began no send after.
     assert pair.writes_after(lost, lost_at) == []
     late = [hit for hit in pair.receivers[lost].hits() if hit.wall > lost_at]
-    assert late == [], f"{len(late)} deliveries from {lost} after it lost the lease"
+    print(f"failover: {len(late)} sends from {lost} reached its receiver after the takeover")
+    begun_late = [hit for hit in late if stopped_at is None or _begun_at(hit) >= stopped_at]
+    assert begun_late == [], [
+        (hit.webhook_id, _begun_at(hit), round(hit.wall - lost_at, 3)) for hit in begun_late
+    ]
+    # Begun before the freeze: the new active daemon delivered each of them too.
+    (taker,) = (role for role in ROLES if role != lost)
+    again = {hit.webhook_id for hit in pair.receivers[taker].accepted()}
+    assert {hit.webhook_id for hit in late} <= again
 
 
 def _stop_all(pair: Pair) -> None:
@@ -376,6 +405,18 @@ def test_the_active_daemon_cut_off_from_the_database(pair: Pair) -> None:
     _stop_all(pair)
 
 
+def _stopped(pid: int) -> float:
+    """The time by which the process ``pid``, sent SIGSTOP, is stopped (``T`` in
+    ``/proc/PID/stat``): it runs no code from then until SIGCONT."""
+
+    def state() -> str:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    wait_for(lambda: state() == "T", timeout=30, interval=0.01, what="the daemon stopped")
+    return time.time()
+
+
 def test_the_active_daemon_frozen_past_its_lease(pair: Pair) -> None:
     _active_then_standby(pair)
     time.sleep(8)
@@ -383,13 +424,15 @@ def test_the_active_daemon_frozen_past_its_lease(pair: Pair) -> None:
     frozen_at = pair.disrupted_at = time.time()
     frozen.send_signal(signal.SIGSTOP)
     try:
+        stopped_at = _stopped(frozen.pid)
         taken = _takeover_by(pair, "watcher_b", frozen_at)
         assert taken - frozen_at <= LEASE + INTERVAL, f"took {taken - frozen_at:.1f} s"
         time.sleep(LEASE)  # well past its lease, with the new active daemon at work
     finally:
         frozen.send_signal(signal.SIGCONT)
     wait_for(lambda: pair.readiness("watcher_a") == "standby", timeout=60, what="A a standby")
-    _settle_and_check(pair, lost="watcher_a", lost_at=taken)
+    # Frozen for more than LEASE seconds: one-second timestamps tell its sides apart.
+    _settle_and_check(pair, lost="watcher_a", lost_at=taken, stopped_at=stopped_at)
     assert pair.readiness("watcher_a") == "standby"
     assert pair.logged("watcher_a", "lease_lost")
     # SIGTERM on the active daemon drains, then releases the lease: the thawed standby

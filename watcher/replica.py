@@ -23,7 +23,9 @@ root runs around it:
   a stalled VM) the loop may first resume polls and deliveries that were due long ago, and
   this hook is what keeps any GetRunStatus, enrichment call or notification from leaving a
   daemon that lost its lease, whatever code path it came from. A gated request parks until
-  its task is cancelled.
+  its task is cancelled. It gates the start, not every byte: a request it let start before
+  a freeze is not recalled, and may leave at the thaw, after a takeover; a notification's
+  mark is then fenced out, so the new active daemon sends it again (at least once).
 """
 
 from __future__ import annotations
