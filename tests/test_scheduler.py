@@ -32,6 +32,7 @@ def make_scheduler(
     interval: float = 1.0,
     events: list[Event] | None = None,
     route: Callable[[Event], list[str]] = lambda e: [],
+    drain_seconds: float = 5.0,
 ) -> Scheduler:
     """The scheduler with the real client; it watches the backlog of the client's limiter."""
     sink = events if events is not None else []
@@ -54,6 +55,7 @@ def make_scheduler(
             rate_per_second=20,
             request_timeout_seconds=5,
             terminal=TERMINAL,
+            drain_seconds=drain_seconds,
         ),
         wall_clock=now,
         rng=random.Random(7),
@@ -161,6 +163,38 @@ async def test_requests_keep_starting_at_the_budget_while_earlier_ones_hang(
             asked = sum(stats["polls"].values())
             assert asked >= 20, f"{asked} requests in 2.5 s while answers hang"
             assert stats["max_window_arrivals"]["GetRunStatus"] <= 20
+
+
+async def test_a_cancelled_scheduler_does_not_wait_for_its_polls_in_flight(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # A lost lease cancels the active daemon's work: polls in flight are cancelled with it
+    # rather than given the stop's drain grace (their requests may not start anyway). Every
+    # answer takes 6 s: waiting for them, the cancelled scheduler would end 6 s after its
+    # first request; it ends at once (well within 3 s).
+    slow = 6.0
+    config = SimulatorConfig(
+        runs=20,
+        seed=9,
+        kinds={"forever": 1.0},
+        fault_rate=1.0,
+        fault_kinds=("slow",),
+        slow_seconds=slow,
+    )
+    async with running_simulator(config) as sim:
+        with Store.open(tmp_path / "state.db") as store:
+            store.track(TrackRequest(u, sim.project_id) for u in sim.run_uuids)
+            scheduler = make_scheduler(store, sim, session, drain_seconds=600)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            task = asyncio.create_task(scheduler.run(asyncio.Event()))
+            while sim.stats(timeline=False)["requests"].get("GetRunStatus", 0) < 3:
+                await asyncio.sleep(0.05)  # polls are in flight
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=slow / 2)
+            assert done == {task}
+            assert task.cancelled()
+            await asyncio.sleep(max(0.0, started + slow + 0.5 - loop.time()))  # the answers
 
 
 async def test_run_tracked_while_running_is_polled_within_two_seconds(

@@ -181,7 +181,11 @@ class PollingLoop(abc.ABC):
                 await self._naps.sleep(wait, stopper)
         finally:
             stopper.cancel()
-            await self.drain(self._drain_seconds)
+            # Cancelled (a lost lease ends the term): the polls in flight go at once, since
+            # their requests may not start anyway; a stop lets them finish within the grace.
+            task = asyncio.current_task()
+            cancelled = task is not None and task.cancelling() > 0
+            await self.drain(0.0 if cancelled else self._drain_seconds)
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight requests, then cancel what is left."""
