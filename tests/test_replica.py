@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import until
 
-from watcher.replica import lease_trace, serve_terms
+from watcher.replica import lease_gate, lease_trace, serve_terms
 from watcher.store.api import open_async_store
 from watcher.store.db import StateError
 from watcher.store.models import TrackRequest
@@ -196,7 +196,8 @@ async def test_no_http_request_leaves_the_session_without_the_lease() -> None:
     await server.start_server()
     holding = False
     try:
-        async with aiohttp.ClientSession(trace_configs=[lease_trace(lambda: holding)]) as http:
+        trace = lease_trace(lease_gate(lambda: holding))
+        async with aiohttp.ClientSession(trace_configs=[trace]) as http:
             url = f"http://127.0.0.1:{server.port}/hook"
             sending = asyncio.ensure_future(http.post(url, data=b"{}"))
             await asyncio.sleep(0.3)

@@ -63,7 +63,7 @@ from watcher.polling.outages import Outages, OutageTiming
 from watcher.polling.per_run import Scheduler
 from watcher.polling.strategy import Poller, build_poller
 from watcher.recorder import Recorder
-from watcher.replica import lease_trace, serve_terms, starts_as_standby
+from watcher.replica import Gate, lease_gate, lease_trace, serve_terms, starts_as_standby
 from watcher.retention import Pruner
 from watcher.rollup import RollupTracker
 from watcher.service.health import Health, PollingStateGauge, never
@@ -135,15 +135,14 @@ async def build(
     log = structlog.get_logger("watcher.app")
     metrics = Metrics()
     store, claim = await _open_state(state_options(settings), stack)
-    traces = [lease_trace(claim.holding)] if claim is not None else []
-    session = await stack.enter_async_context(http_session(trace_configs=traces))
+    session, gate = await _session(claim, stack)
     limiters = build_limiters(settings)
     client = _observed_client(
         settings, session=session, environ=environ, limiters=limiters, metrics=metrics
     )
     notifiers = LiveNotifiers(NotifierSet.build(settings, session=session))
     statuses = status_vocabulary(settings)
-    dispatcher = _build_dispatcher(store, notifiers=notifiers, metrics=metrics, statuses=statuses)
+    dispatcher = _build_dispatcher(store, notifiers, metrics, statuses, gate)
     # One sink for every producer: routed by the live notifier set, announced to the
     # roll-up tracker, the caller's hook and the dispatcher, counted in the metrics.
     sink = EventSink(
@@ -228,11 +227,28 @@ async def _open_state(
     return store, claim
 
 
+async def _session(
+    claim: LeaseClaim | None, stack: contextlib.AsyncExitStack
+) -> tuple[aiohttp.ClientSession, Gate | None]:
+    """The one HTTP session (closed by ``stack``) and, on replicas, the lease's gate: every
+    request of the session awaits it, and the dispatcher awaits it before every send (email
+    over SMTP too), so nothing leaves a daemon without the lease by either way out."""
+    gate = lease_gate(claim.holding) if claim is not None else None
+    traces = [lease_trace(gate)] if gate is not None else []
+    return await stack.enter_async_context(http_session(trace_configs=traces)), gate
+
+
 def _build_dispatcher(
-    store: AsyncStore, *, notifiers: LiveNotifiers, metrics: Metrics, statuses: Statuses
+    store: AsyncStore,
+    notifiers: LiveNotifiers,
+    metrics: Metrics,
+    statuses: Statuses,
+    gate: Gate | None,
+    /,
 ) -> Dispatcher:
     """Delivery: one worker per notifier in force, silences applied at its planning step,
-    digests counted with the status vocabulary, rows held in mute windows exported."""
+    digests counted with the status vocabulary, rows held in mute windows exported, each
+    send behind the lease's gate on replicas."""
     dispatcher = Dispatcher(
         store=store,
         notifiers=notifiers.current.notifiers,
@@ -242,6 +258,7 @@ def _build_dispatcher(
         progress=lambda run_group: group_progress(store, run_group, statuses=statuses),
         statuses=statuses,
         silences=LiveSilences(store, logger=structlog.get_logger("watcher.silences")),
+        gate=gate,
     )
     metrics.watch_muted(dispatcher.muted)  # rows held in mute windows, at scrape time
     return dispatcher

@@ -17,15 +17,19 @@ root runs around it:
   :class:`~watcher.store.db.StateError` (the database failed a write: a connection cut,
   the server restarting) ends it too and hands the lease over at once, instead of ending
   the process: it keeps serving as a standby and may be granted the next term itself.
-- :func:`lease_trace` reads :meth:`LeaseClaim.holding` (the clock, not a flag) at the last
-  moment: a trace hook on the daemon's one HTTP session, run by aiohttp just before each
-  request is sent. The cancellation above needs the loop to run; after a freeze (SIGSTOP,
-  a stalled VM) the loop may first resume polls and deliveries that were due long ago, and
-  this hook is what keeps any GetRunStatus, enrichment call or notification from leaving a
-  daemon that lost its lease, whatever code path it came from. A gated request parks until
-  its task is cancelled. It gates the start, not every byte: a request it let start before
-  a freeze is not recalled, and may leave at the thaw, after a takeover; a notification's
-  mark is then fenced out, so the new active daemon sends it again (at least once).
+- :func:`lease_gate` reads :meth:`LeaseClaim.holding` (the clock, not a flag) at the last
+  moment before anything leaves the daemon, and parks the caller until its task is cancelled
+  when the lease is not held. The cancellation above needs the loop to run; after a freeze
+  (SIGSTOP, a stalled VM) the loop may first resume polls and deliveries that were due long
+  ago, and this gate is what keeps them from leaving a daemon that lost its lease, whatever
+  code path they came from. It has two users, so every way out reads the same answer:
+  :func:`lease_trace`, a trace hook on the daemon's one HTTP session run by aiohttp just
+  before each request is sent (GetRunStatus, enrichment calls, HTTP notifications), and the
+  dispatcher, which awaits it right before each notifier's attempt (every kind, email over
+  SMTP too, which does not use that session). It gates the start, not every byte: a request
+  or an SMTP session it let start before a freeze is not recalled, and may leave at the
+  thaw, after a takeover; a notification's mark is then fenced out, so the new active daemon
+  sends it again (at least once).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from watcher.store.pg.claim import LeaseClaim
 from watcher.store.pg.lease import LeaseLost
 
 Term = Callable[[asyncio.Event], Awaitable[None]]
+# Awaited right before something leaves the daemon: returns while it may, else never.
+Gate = Callable[[], Awaitable[None]]
 
 
 async def _park() -> None:
@@ -50,16 +56,28 @@ async def _park() -> None:
     await asyncio.Event().wait()
 
 
-def lease_trace(holding: Callable[[], bool]) -> aiohttp.TraceConfig:
-    """A trace hook for the daemon's HTTP session: a request starts only while ``holding()``."""
+def lease_gate(holding: Callable[[], bool]) -> Gate:
+    """The gate to await right before sending anything: it returns at once while
+    ``holding()`` (one call, no suspension) and otherwise parks until the caller's task is
+    cancelled, which a lost lease does to all of the term's work."""
+
+    async def gate() -> None:
+        if not holding():
+            await _park()
+
+    return gate
+
+
+def lease_trace(gate: Gate) -> aiohttp.TraceConfig:
+    """A trace hook for the daemon's HTTP session: each request awaits ``gate`` (the
+    :func:`lease_gate` the dispatcher awaits too) before it starts."""
 
     async def on_request_start(
         session: aiohttp.ClientSession,
         context: SimpleNamespace,
         params: aiohttp.TraceRequestStartParams,
     ) -> None:
-        if not holding():
-            await _park()
+        await gate()
 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_request_start)

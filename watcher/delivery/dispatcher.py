@@ -29,6 +29,8 @@ result applied to every row of the send together). The rules:
   not count towards ``max_age``, so a held row is never dead-lettered for waiting there;
 * silences (:mod:`~watcher.delivery.silencer`): at the planning step, a row about to go whose
   event an active silence matches for the notifier is settled ``silenced`` and never sent.
+* replicas: every attempt first awaits the ``gate`` (:func:`watcher.replica.lease_gate`), so
+  a daemon that lost its lease begins no send of any kind (email too) and marks nothing.
 
 Rows are found by :meth:`Dispatcher.notify` (called right after events are recorded) and by
 looking every ``poll_interval`` seconds whether the outbox changed (rows written by other
@@ -175,11 +177,16 @@ class Dispatcher:
         progress: Callable[[str], Awaitable[Progress | None]] | None = None,
         statuses: Statuses = DEFAULT_STATUSES,
         silences: SilenceCheck | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``progress`` tells a digest where its run group stands (``group_progress``);
         ``statuses`` how a digest counts its runs (succeeded, failed ...); ``silences``
-        which rows to settle as silenced instead of sending (:meth:`_unsilenced`)."""
+        which rows to settle as silenced instead of sending (:meth:`_unsilenced`); ``gate``
+        is awaited right before each attempt, whatever the notifier's kind (replicas: the
+        lease's :func:`~watcher.replica.lease_gate`, which parks a send until it is
+        cancelled once the lease is lost; ``None``, one daemon per state file: no gate)."""
         self._store = store
+        self._gate = gate
         self._silences = silences
         self._progress = progress
         self._statuses = statuses
@@ -444,6 +451,8 @@ class Dispatcher:
         failure: NotifyError | None = None
         try:
             event = await self._message(worker, send)
+            if self._gate is not None:
+                await self._gate()  # outside the attempt's time limit: parking is no failure
             await attempt(worker.notifier, event, time_limit=worker.policy.timeout)
         except (Retryable, Permanent) as exc:
             failure = exc
