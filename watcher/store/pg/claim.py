@@ -25,8 +25,8 @@ How (a :class:`LeaseClaim`, one task, :meth:`LeaseClaim.run`):
   already stopped its work, and it starts a new term with a new epoch.
 - :meth:`LeaseClaim.grant` is what :meth:`PgStore.bind <watcher.store.pg.base.PgBase.bind>`
   fences writes with; :meth:`LeaseClaim.standby` is what ``/readyz`` and the polling_state
-  gauge read; :meth:`LeaseClaim.holding` gates every API request
-  (:func:`watcher.replica.lease_trace`).
+  gauge read; :meth:`LeaseClaim.holding` gates every API request and every notification
+  (:func:`watcher.replica.lease_gate`).
 - :meth:`LeaseClaim.aclose` (SIGTERM, after the daemon drained) releases the lease so a
   standby takes over at once, and closes the connection.
 
@@ -121,7 +121,7 @@ class LeaseClaim:
 
     def holding(self) -> bool:
         """True while this daemon is the active one: the lease is ours by the local clock and
-        the takeover pause is over. Gates every API request (one clock read)."""
+        the takeover pause is over. Gates every API request and notification (one clock read)."""
         grant = self._grant
         if grant is None:
             return False
