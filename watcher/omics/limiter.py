@@ -228,6 +228,7 @@ class PacingLimiter:
 
     async def acquire(self) -> _Grant:
         """Wait for a permit; first come, first served."""
+        delay = 0.0  # with callers queued, the timer is armed for the head already
         if not self.waiting:
             now = self._clock()
             at = self._earliest(now)
@@ -236,13 +237,11 @@ class PacingLimiter:
                 self._drained()
                 return grant
             delay = at - now
-        else:
-            delay = -1.0  # the timer is armed for the head of the queue
         waiter: asyncio.Future[_Grant] = self._bound_loop().create_future()
         self._queue.append(waiter)
         self.waiting += 1
         if not self._armed:
-            self._arm(max(0.0, delay))
+            self._arm(delay)
         try:
             return await waiter
         except asyncio.CancelledError:
