@@ -31,8 +31,6 @@ from watcher.store.models import Row
 
 DeliveryState = Literal["pending", "dead", "delivered", "silenced"]
 
-# A run's history is a handful of events; the bound only keeps a pathological one finite.
-MAX_HISTORY_EVENTS = 10_000
 REDELIVERED_PREFIX = "redelivered:"
 
 
@@ -106,6 +104,38 @@ RUN_DEAD_LETTERS = (
 )
 
 
+# A run's history in two reads of one snapshot (both backends; ``{p}``: the backend's
+# placeholder for the run): its events oldest first, then every delivery row of those events
+# in outbox order. The caller first checks that the run exists (an unknown run has no history,
+# a known one may have no events yet). A run's history is a handful of events; the bound
+# only keeps a pathological one finite.
+RUN_HISTORY_EVENTS = "SELECT seq, body FROM events WHERE run_uuid = {p} ORDER BY seq LIMIT 10000"
+RUN_HISTORY_DELIVERIES = (
+    "SELECT o.event_seq, o.id, o.notifier, o.state, o.attempts, o.last_error "
+    "FROM events e JOIN outbox o ON o.event_seq = e.seq "
+    "WHERE e.run_uuid = {p} ORDER BY o.id"
+)
+
+
+def history_entries(events: Sequence[Row], deliveries: Sequence[Row]) -> list[HistoryEntry]:
+    """A run's history from the rows of :data:`RUN_HISTORY_EVENTS` and
+    :data:`RUN_HISTORY_DELIVERIES`: each event with its deliveries, kept in the order read.
+    One decoder for both backends, so a history reads the same whichever holds the state."""
+    by_event: dict[int, list[DeliveryRecord]] = {}
+    for seq, row_id, notifier, state, attempts, error in deliveries:
+        by_event.setdefault(int(seq), []).append(
+            DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
+        )
+    return [
+        HistoryEntry(
+            seq=int(seq),
+            event=Event.from_json(decode_body(body)),
+            deliveries=tuple(by_event.get(int(seq), ())),
+        )
+        for seq, body in events
+    ]
+
+
 def run_dead_letters(rows: Sequence[Row]) -> list[DeadLetter] | None:
     """The dead letters from the rows of :data:`RUN_DEAD_LETTERS` (``None``: no such run)."""
     if not rows:
@@ -128,6 +158,10 @@ def dead_letter_row(row: Row) -> DeadLetter:
     )
 
 
+_RUN_HISTORY_EVENTS = RUN_HISTORY_EVENTS.format(p="?")
+_RUN_HISTORY_DELIVERIES = RUN_HISTORY_DELIVERIES.format(p="?")
+
+
 class HistoryMixin(StoreBase):
     def run_history(self, run_uuid: str) -> list[HistoryEntry] | None:
         """The run's events oldest first, each with its deliveries; ``None`` for a run the
@@ -138,29 +172,9 @@ class HistoryMixin(StoreBase):
                 is None
             ):
                 return None
-            events = conn.execute(
-                "SELECT seq, body FROM events WHERE run_uuid = ? ORDER BY seq LIMIT ?",
-                (run_uuid, MAX_HISTORY_EVENTS),
-            ).fetchall()
-            rows = conn.execute(
-                "SELECT o.event_seq, o.id, o.notifier, o.state, o.attempts, o.last_error "
-                "FROM events e JOIN outbox o ON o.event_seq = e.seq "
-                "WHERE e.run_uuid = ? ORDER BY o.id",
-                (run_uuid,),
-            ).fetchall()
-        by_event: dict[int, list[DeliveryRecord]] = {}
-        for seq, row_id, notifier, state, attempts, error in rows:
-            by_event.setdefault(int(seq), []).append(
-                DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
-            )
-        return [
-            HistoryEntry(
-                seq=int(seq),
-                event=Event.from_json(decode_body(body)),
-                deliveries=tuple(by_event.get(int(seq), ())),
-            )
-            for seq, body in events
-        ]
+            events = conn.execute(_RUN_HISTORY_EVENTS, (run_uuid,)).fetchall()
+            rows = conn.execute(_RUN_HISTORY_DELIVERIES, (run_uuid,)).fetchall()
+        return history_entries(events, rows)
 
     def list_dead_letters(
         self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None

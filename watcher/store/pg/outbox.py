@@ -20,14 +20,15 @@ from watcher.events import Event
 from watcher.store.codec import decode_body, encode_body
 from watcher.store.db import to_ts
 from watcher.store.history import (
-    MAX_HISTORY_EVENTS,
     REDELIVERED_PREFIX,
     RUN_DEAD_LETTERS,
+    RUN_HISTORY_DELIVERIES,
+    RUN_HISTORY_EVENTS,
     DeadLetter,
-    DeliveryRecord,
     HistoryEntry,
     Redelivery,
     dead_letter_row,
+    history_entries,
     run_dead_letters,
 )
 from watcher.store.models import Delivery
@@ -41,6 +42,8 @@ _SELECT = (
 )
 
 _RUN_DEAD_LETTERS = RUN_DEAD_LETTERS.format(p="$1")  # one round trip
+_RUN_HISTORY_EVENTS = RUN_HISTORY_EVENTS.format(p="$1")
+_RUN_HISTORY_DELIVERIES = RUN_HISTORY_DELIVERIES.format(p="$1")
 
 
 class OutboxMixin(PgBase):
@@ -157,30 +160,9 @@ class HistoryMixin(PgBase):
         async with self._snapshot() as conn:
             if await conn.fetchval("SELECT 1 FROM runs WHERE run_uuid = $1", run_uuid) is None:
                 return None
-            events = await conn.fetch(
-                "SELECT seq, body FROM events WHERE run_uuid = $1 ORDER BY seq LIMIT $2",
-                run_uuid,
-                MAX_HISTORY_EVENTS,
-            )
-            rows = await conn.fetch(
-                "SELECT o.event_seq, o.id, o.notifier, o.state, o.attempts, o.last_error "
-                "FROM events e JOIN outbox o ON o.event_seq = e.seq "
-                "WHERE e.run_uuid = $1 ORDER BY o.id",
-                run_uuid,
-            )
-        by_event: dict[int, list[DeliveryRecord]] = {}
-        for seq, row_id, notifier, state, attempts, error in rows:
-            by_event.setdefault(int(seq), []).append(
-                DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
-            )
-        return [
-            HistoryEntry(
-                seq=int(seq),
-                event=Event.from_json(decode_body(bytes(body))),
-                deliveries=tuple(by_event.get(int(seq), ())),
-            )
-            for seq, body in events
-        ]
+            events = await conn.fetch(_RUN_HISTORY_EVENTS, run_uuid)
+            rows = await conn.fetch(_RUN_HISTORY_DELIVERIES, run_uuid)
+        return history_entries(events, rows)
 
     async def list_dead_letters(
         self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
