@@ -122,17 +122,17 @@ def history_entries(events: Sequence[Row], deliveries: Sequence[Row]) -> list[Hi
     :data:`RUN_HISTORY_DELIVERIES`: each event with its deliveries, kept in the order read.
     One decoder for both backends, so a history reads the same whichever holds the state."""
     by_event: dict[int, list[DeliveryRecord]] = {}
-    for seq, row_id, notifier, state, attempts, error in deliveries:
-        by_event.setdefault(int(seq), []).append(
-            DeliveryRecord(int(row_id), notifier, state, int(attempts), error)
+    for row in deliveries:
+        by_event.setdefault(int(row[0]), []).append(
+            DeliveryRecord(int(row[1]), row[2], row[3], int(row[4]), row[5])
         )
     return [
         HistoryEntry(
-            seq=int(seq),
-            event=Event.from_json(decode_body(body)),
-            deliveries=tuple(by_event.get(int(seq), ())),
+            seq=int(row[0]),
+            event=Event.from_json(decode_body(row[1])),
+            deliveries=tuple(by_event.get(int(row[0]), ())),
         )
-        for seq, body in events
+        for row in events
     ]
 
 
