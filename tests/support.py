@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -50,7 +51,13 @@ from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, CredentialProvider, StaticProvider
 from watcher.omics.limiter import Limiter, PacingLimiter
 from watcher.polling.outages import OutageTiming
+from watcher.service.connections import ConnectionLimits
 from watcher.service.logs import configure
+from watcher.service.metrics import Metrics
+from watcher.service.server import Health, HttpServer, build_app
+from watcher.store import Store
+from watcher.store.api import SqliteStore
+from watcher.store.schema import APPLICATION_ID, MIGRATIONS
 
 T = TypeVar("T")
 
@@ -794,3 +801,41 @@ def sample_value(text: str, sample: str) -> float:
     if value is None:
         raise AssertionError(f"{sample} not in /metrics")
     return value
+
+
+@contextlib.asynccontextmanager
+async def admin_server(
+    store: Store, token: str, *, limits: ConnectionLimits | None = None
+) -> AsyncIterator[int]:
+    """The daemon's HTTP app (probes, ``/metrics``, the admin API with ``token``) over
+    ``store``, behind the real :class:`HttpServer` and its connection guard on 127.0.0.1;
+    yields the port and stops the server on exit (inside the caller's log capture, so what
+    the stop writes is seen)."""
+    metrics = Metrics()
+    app = build_app(
+        store=SqliteStore(store),
+        metrics=metrics,
+        health=Health(),
+        admin_token=token,
+        default_project_id="",
+    )
+    server = HttpServer(app, limits=limits, shutdown_timeout=1.0, metrics=metrics)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await server.stop()
+
+
+def state_file_before(path: Path, upto: int) -> sqlite3.Connection:
+    """A new SQLite state file at ``path`` as a release knowing only the first ``upto``
+    migrations wrote it (its schema, ``user_version`` and ``application_id``), so a test can
+    add that release's rows and check what the next :meth:`Store.open` migrates. Returns the
+    open connection (autocommit); the caller closes it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statements in MIGRATIONS[:upto]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {upto}")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    return conn

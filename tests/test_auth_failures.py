@@ -18,12 +18,9 @@ from typing import Any
 
 import aiohttp
 import structlog
-from support import sample_value
+from support import admin_server, sample_value
 
-from watcher.service.metrics import Metrics
-from watcher.service.server import Health, HttpServer, build_app
 from watcher.store import Store
-from watcher.store.api import SqliteStore
 
 TOKEN = "adm-5c1d9e7f3a2b4c6d8e0f1a3b5c7d9e1f"
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -42,33 +39,22 @@ async def _hammer(port: int, address: str) -> None:
 
 
 async def test_many_failed_tokens_log_bounded_and_count_all(store: Store) -> None:
-    metrics = Metrics()
-    app = build_app(
-        store=SqliteStore(store),
-        metrics=metrics,
-        health=Health(),
-        admin_token=TOKEN,
-        default_project_id="",
-    )
-    server = HttpServer(app, shutdown_timeout=1.0)
     started = time.monotonic()
+    # Leaving admin_server stops the server, which ends the window: the last summary is
+    # written, inside the capture.
     with structlog.testing.capture_logs() as logs:
-        port = await server.start("127.0.0.1", 0)
-        try:
-            async with aiohttp.ClientSession() as probe:
-                attack = asyncio.gather(*(_hammer(port, a) for a in ADDRESSES))
-                healthz: list[int] = []
-                while not attack.done():
-                    async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        healthz.append(resp.status)
-                    await asyncio.sleep(0.05)
-                await attack
+        async with admin_server(store, TOKEN) as port, aiohttp.ClientSession() as probe:
+            attack = asyncio.gather(*(_hammer(port, a) for a in ADDRESSES))
+            healthz: list[int] = []
+            while not attack.done():
                 async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
                     healthz.append(resp.status)
-                async with probe.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                    scraped = await resp.text()
-        finally:
-            await server.stop()  # ends the window: the last summary is written
+                await asyncio.sleep(0.05)
+            await attack
+            async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                healthz.append(resp.status)
+            async with probe.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                scraped = await resp.text()
     elapsed = time.monotonic() - started
     total = PER_ADDRESS * len(ADDRESSES)
 

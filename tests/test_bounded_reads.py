@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from big_state import BigState, final_status, grow, labels_of, run_uuid
+from support import state_file_before
 
 from watcher import cli
 from watcher.service.metrics import Metrics
@@ -229,13 +230,7 @@ def test_counts_follow_every_writer(store: Store) -> None:
 
 def test_migration_fills_counts_of_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    before = MIGRATIONS.index(_RUN_COUNTS)
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, statements in enumerate(MIGRATIONS[:before], start=1):
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {version}")
-    conn.execute("PRAGMA application_id = 1330468675")
+    conn = state_file_before(path, MIGRATIONS.index(_RUN_COUNTS))
     rows = [(run_uuid(n), ["A", "B", None][n % 3], n % 5 != 0) for n in range(30)]
     conn.executemany(
         "INSERT INTO runs (run_uuid, status, tracked, tracked_at) VALUES (?, ?, ?, 0)", rows

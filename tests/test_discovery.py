@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import structlog
-from support import daemon_task, make_client, now
+from support import daemon_task, make_client, now, state_file_before
 
 from watcher.config import WatchSettings
 from watcher.events import Event
@@ -25,7 +25,7 @@ from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 from watcher.sink import EventSink
 from watcher.store import DiscoveredRun, Store, TrackRequest
 from watcher.store.api import SqliteStore
-from watcher.store.schema import APPLICATION_ID, MIGRATIONS
+from watcher.store.schema import MIGRATIONS
 
 TERMINAL = frozenset({"SUCCESS", "EXECUTOR_ERROR", "CANCELED"})
 RUN_A = "84232c68-a016-4668-b2e3-168a175d6f29"
@@ -37,11 +37,7 @@ RUN_B = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
 def test_migration_2_upgrades_a_version_1_file(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 1")
+    conn = state_file_before(path, 1)
     conn.execute(
         "INSERT INTO runs (run_uuid, tracked, tracked_at) VALUES (?, 0, 0)", (RUN_A,)
     )  # untracked by the user under version 1

@@ -8,12 +8,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support import FAKE_START, FakeClock
+from support import FAKE_START, FakeClock, state_file_before
 
 from watcher.events import Event
 from watcher.store import Store
 from watcher.store.history import Redelivery, redelivery_ids
-from watcher.store.schema import APPLICATION_ID, MIGRATIONS
+from watcher.store.schema import MIGRATIONS
 
 T0 = FAKE_START
 RUN = "84232c68-a016-4668-b2e3-168a175d6f29"
@@ -35,13 +35,8 @@ def _file_before_the_history(path: Path) -> dict[str, int]:
     """A state file as the release before the outbox kept its record: a pending row, a dead
     row, and a delivered row already deleted (its id used, above every remaining id)."""
     upto = next(i for i, step in enumerate(MIGRATIONS) if "outbox_new" in " ".join(step))
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = state_file_before(path, upto)
     conn.execute("PRAGMA foreign_keys = ON")
-    for step in MIGRATIONS[:upto]:
-        for statement in step:
-            conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version = {upto}")
     ts = T0.timestamp()
     conn.execute("INSERT INTO runs (run_uuid, tracked_at) VALUES (?, ?)", (RUN, ts))
     ids: dict[str, int] = {}

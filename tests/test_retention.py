@@ -35,6 +35,7 @@ from support import (
     run_cli,
     start_daemon,
     start_simulator,
+    state_file_before,
     stop,
     wait_for,
     write_config,
@@ -48,7 +49,7 @@ from watcher.simulator import SimulatorConfig, running_simulator
 from watcher.store import Store, TrackRequest
 from watcher.store.api import SqliteStore
 from watcher.store.codec import decode_body, encode_body
-from watcher.store.schema import APPLICATION_ID, MIGRATIONS
+from watcher.store.schema import MIGRATIONS
 from watcher.transitions import detect, not_found_event
 
 T0 = datetime(2026, 10, 1, 8, 0, tzinfo=UTC)
@@ -203,12 +204,7 @@ def _pre_retention_file(path: Path) -> tuple[Event, Event]:
     """A state file as the release before retention wrote it: TEXT bodies, metadata on the
     run, a pending delivery and a run stopped as not found. Returns (pending, stopped) events."""
     upto = next(i for i, step in enumerate(MIGRATIONS) if "stopped_at" in " ".join(step))
-    conn = sqlite3.connect(path, isolation_level=None)
-    for step in MIGRATIONS[:upto]:
-        for statement in step:
-            conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version = {upto}")
+    conn = state_file_before(path, upto)
     ts = T0.timestamp()
     pending = Event(
         "run.status_changed",

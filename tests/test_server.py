@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from support import admin_server
 
 from watcher.config import ConfigError, load_settings
 from watcher.events import RunState
@@ -589,19 +590,8 @@ async def test_admin_address_needs_an_admin_app(store: Store) -> None:
     ],
 )
 async def test_error_bodies_never_echo_the_input(store: Store, request_bytes: str) -> None:
-    app = build_app(
-        store=SqliteStore(store),
-        metrics=Metrics(),
-        health=Health(),
-        admin_token=TOKEN,
-        default_project_id="",
-    )
-    server = HttpServer(app, shutdown_timeout=1.0)
-    port = await server.start("127.0.0.1", 0)
-    try:
+    async with admin_server(store, TOKEN) as port:
         answer = await raw_exchange(port, request_bytes.encode("latin-1"))
-    finally:
-        await server.stop()
     head, _, body = answer.partition(b"\r\n\r\n")
     status = int(head.split()[1])
     assert 400 <= status < 500, answer[:200]
@@ -675,23 +665,12 @@ async def test_a_request_head_must_arrive_within_the_header_timeout(store: Store
 
 async def test_a_body_must_arrive_within_the_body_timeout(h: Harness) -> None:
     limits = ConnectionLimits(body_timeout=0.3)
-    app = build_app(
-        store=SqliteStore(h.store),
-        metrics=Metrics(),
-        health=Health(),
-        admin_token=TOKEN,
-        default_project_id="",
-    )
-    server = HttpServer(app, limits=limits, shutdown_timeout=1.0)
-    port = await server.start("127.0.0.1", 0)
-    try:
+    async with admin_server(h.store, TOKEN, limits=limits) as port:
         head = (
             "POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
         )
         answer = await raw_exchange(port, head.encode() + b'{"run_uuid": ', timeout=10)
-    finally:
-        await server.stop()
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 408"), answer[:200]
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"].startswith("request body")

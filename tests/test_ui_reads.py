@@ -7,12 +7,12 @@ itself is measured by ``benchmarks/ui_bench.py``."""
 from __future__ import annotations
 
 import random
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import state_file_before
 
 from watcher.service.metrics import Metrics
 from watcher.statuses import Statuses
@@ -162,13 +162,7 @@ def test_groups_in_progress_are_the_first_by_name_counted(store: Store) -> None:
 
 def test_an_existing_file_gains_the_page_indexes(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    before = MIGRATIONS.index(_UI_READS)
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, statements in enumerate(MIGRATIONS[:before], start=1):
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {version}")
-    conn.execute("PRAGMA application_id = 1330468675")
+    conn = state_file_before(path, MIGRATIONS.index(_UI_READS))
     conn.execute(
         "INSERT INTO runs (run_uuid, status, tracked, tracked_at, status_since, labels) "
         "VALUES ('a', 'FAILED', 1, 0, 5, '{\"run_group\":\"x\"}')"
