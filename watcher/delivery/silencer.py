@@ -23,17 +23,10 @@ from typing import Any, Protocol
 
 from watcher.delivery.silencing import Silence, Silences
 from watcher.events import Event
+from watcher.store.api import SilenceSource
 from watcher.store.db import StateError
 
 DEFAULT_CHECK_EVERY = 1.0
-
-
-class SilenceSource(Protocol):
-    """The part of the :class:`~watcher.store.api.AsyncStore` the daemon's silences read."""
-
-    async def silence_version(self) -> int: ...
-
-    async def current_silences(self) -> list[Silence]: ...
 
 
 class SilenceCheck(Protocol):

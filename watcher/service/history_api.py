@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,25 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from watcher.history_view import dead_letter_json, history_json
 from watcher.run_uuids import RUN_UUID_HINT, canonical_run_uuid
 from watcher.service.reads import json_body
-from watcher.store.history import DeadLetter, HistoryEntry, Redelivery
+from watcher.store.api import HistoryStore
+from watcher.store.history import Redelivery
 
 _LIMIT = re.compile(r"[0-9]{1,7}")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_IDS = 10_000
 _MAX_NAME = 256
-
-
-class HistoryStore(Protocol):
-    """The part of :class:`~watcher.store.api.AsyncStore` these routes use."""
-
-    async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
-
-    async def list_dead_letters(
-        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
-    ) -> list[DeadLetter]: ...
-
-    async def redeliver(self, which: Redelivery) -> list[int]: ...
 
 
 class RedeliverBody(BaseModel):

@@ -53,11 +53,12 @@ from watcher.service.connections import (
     body_timeout_middleware,
 )
 from watcher.service.health import Health as Health  # the probes' state, decided there
-from watcher.service.history_api import HistoryApi, HistoryStore, limit_param
+from watcher.service.history_api import HistoryApi, limit_param
 from watcher.service.metrics import HttpMetrics, Metrics
 from watcher.service.reads import json_body
-from watcher.service.silences_api import SilencesApi, SilenceStore
+from watcher.service.silences_api import SilencesApi
 from watcher.store import RunFilter, TrackedRun, TrackRequest, TrackResult
+from watcher.store.api import HistoryStore, SilenceStore
 from watcher.store.registry import RunPageJson, decode_cursor
 
 MAX_BODY_BYTES = 64 * 1024

@@ -17,44 +17,24 @@ are the CLI's (naming the bad key, duration or time) and never name an unknown n
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from watcher.delivery.silencing import (
-    Silence,
     SilenceError,
     check_comment,
     check_matchers,
     parse_duration,
     parse_time,
 )
+from watcher.store.api import SilenceStore
 
 _ID = re.compile(r"[0-9]{1,18}")
 _FIELD = re.compile(r"[A-Za-z_]{1,32}")
-
-
-class SilenceStore(Protocol):
-    """The part of :class:`~watcher.store.api.AsyncStore` the silences API uses."""
-
-    async def add_silence(
-        self,
-        *,
-        matchers: Mapping[str, str],
-        ends_at: datetime,
-        notifiers: Sequence[str] = (),
-        starts_at: datetime | None = None,
-        comment: str = "",
-    ) -> Silence: ...
-
-    async def expire_silence(self, silence_id: int) -> Silence | None: ...
-
-    async def get_silence(self, silence_id: int) -> Silence | None: ...
-
-    async def silences(self) -> list[Silence]: ...
 
 
 class SilenceBody(BaseModel):

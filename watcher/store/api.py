@@ -99,9 +99,56 @@ class StateOptions:
         )
 
 
-class AsyncStore(Protocol):
+class HistoryStore(Protocol):
+    """A run's delivery history, the dead letters and their redelivery: what the admin API's
+    history routes use (:mod:`watcher.service.history_api`). Part of :class:`AsyncStore`,
+    declared once here so the narrow view cannot drift from it."""
+
+    async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
+
+    async def list_dead_letters(
+        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
+    ) -> list[DeadLetter]: ...
+
+    async def redeliver(self, which: Redelivery) -> list[int]: ...
+
+
+class SilenceStore(Protocol):
+    """The silences as the user keeps them: added, ended, read one or all (the admin API's
+    :mod:`watcher.service.silences_api`). Part of :class:`AsyncStore`, declared once here."""
+
+    async def add_silence(
+        self,
+        *,
+        matchers: Mapping[str, str],
+        ends_at: datetime,
+        notifiers: Sequence[str] = (),
+        starts_at: datetime | None = None,
+        comment: str = "",
+    ) -> Silence: ...
+
+    async def expire_silence(self, silence_id: int) -> Silence | None: ...
+
+    async def get_silence(self, silence_id: int) -> Silence | None: ...
+
+    async def silences(self) -> list[Silence]: ...
+
+
+class SilenceSource(Protocol):
+    """The silences as the daemon applies them: the ones in force, and a number that moves
+    whenever they may have changed (:class:`~watcher.delivery.silencer.LiveSilences`). Part
+    of :class:`AsyncStore`, declared once here."""
+
+    async def silence_version(self) -> int: ...
+
+    async def current_silences(self) -> list[Silence]: ...
+
+
+class AsyncStore(HistoryStore, SilenceStore, SilenceSource, Protocol):
     """The watcher's state, on either backend. See each method of the sync
-    :class:`~watcher.store.Store` (same name) for its full contract."""
+    :class:`~watcher.store.Store` (same name) for its full contract. The history and
+    silences methods are declared in :class:`HistoryStore`, :class:`SilenceStore` and
+    :class:`SilenceSource`, which callers needing only those take."""
 
     @property
     def name(self) -> str:
@@ -231,40 +278,11 @@ class AsyncStore(Protocol):
         many), never less."""
         ...
 
-    # -- delivery history and redelivery ---------------------------------------------------
-    async def run_history(self, run_uuid: str) -> list[HistoryEntry] | None: ...
-
-    async def list_dead_letters(
-        self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
-    ) -> list[DeadLetter]: ...
-
+    # -- delivery history and redelivery (the rest in HistoryStore) ------------------------
     async def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None: ...
-
-    async def redeliver(self, which: Redelivery) -> list[int]: ...
 
     # -- what /metrics reports of the state ------------------------------------------------
     async def state_figures(self, *, now: datetime) -> StateFigures: ...
-
-    # -- silences --------------------------------------------------------------------------
-    async def add_silence(
-        self,
-        *,
-        matchers: Mapping[str, str],
-        ends_at: datetime,
-        notifiers: Sequence[str] = (),
-        starts_at: datetime | None = None,
-        comment: str = "",
-    ) -> Silence: ...
-
-    async def expire_silence(self, silence_id: int) -> Silence | None: ...
-
-    async def get_silence(self, silence_id: int) -> Silence | None: ...
-
-    async def silences(self) -> list[Silence]: ...
-
-    async def current_silences(self) -> list[Silence]: ...
-
-    async def silence_version(self) -> int: ...
 
     # -- held deliveries -------------------------------------------------------------------
     async def release_event(self, event_id: str, enriched: Event | None = None) -> bool: ...
