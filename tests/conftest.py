@@ -6,6 +6,8 @@
 - ``procs``: the child processes (simulators, daemons) an end-to-end test starts;
 - ``pg_cluster``, ``pg_url`` and ``pg_empty_url``: a real PostgreSQL 15 for the PostgreSQL
   backend, a fresh database per test (``pg.py``);
+- ``browser`` and ``context``: Chromium for the UI tests, one per module, and a fresh profile
+  per test (``ui_support.py``);
 - every async test fails when it leaves asyncio tasks pending on its loop: a task nobody
   awaits or cancels hides errors and outlives the thing it was working for.
 """
@@ -30,6 +32,7 @@ from watcher.store.api import SqliteStore
 
 if TYPE_CHECKING:  # imported when first needed: test_conftest copies this file alone
     from pg import Cluster
+    from playwright.sync_api import Browser, BrowserContext
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,6 +133,25 @@ def pg_empty_url(pg_cluster: Cluster) -> Iterator[str]:
     """A fresh, empty database (no schema), as a URL; dropped afterwards."""
     with pg_cluster.database() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright, one per test module (see ``ui_support.chromium``);
+    Playwright is imported only by the modules that ask for it."""
+    from ui_support import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile (no cookies, no storage) for one test."""
+    from ui_support import fresh_context
+
+    with fresh_context(browser) as opened:
+        yield opened
 
 
 # -- no task left behind --------------------------------------------------------------------

@@ -35,7 +35,7 @@ from support import (
     wait_for,
     write_config,
 )
-from ui_support import check_axe, chromium, fresh_context
+from ui_support import check_axe
 from ui_support import login as sign_in
 
 ADMIN = "admin-token-for-the-actions-0123456789"
@@ -105,18 +105,6 @@ def stack() -> Iterator[Stack]:
     finally:
         procs.cleanup()
         receiver.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    with fresh_context(browser) as opened:
-        yield opened
 
 
 def login(context: BrowserContext, stack: Stack, token: str = ADMIN) -> Page:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from notify_receiver import WebhookReceiver
 from playwright.sync_api import (
-    Browser,
     BrowserContext,
     Dialog,
     Page,
@@ -39,7 +38,7 @@ from support import (
     wait_for,
     write_config,
 )
-from ui_support import check_axe, chromium, fresh_context, submit_token
+from ui_support import check_axe, submit_token
 
 ADMIN = "admin-token-for-the-page-0123456789"
 VIEWER = "viewer-token-for-the-page-0123456789"
@@ -97,18 +96,6 @@ def stack() -> Iterator[Stack]:
     finally:
         procs.cleanup()
         receiver.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    with fresh_context(browser) as opened:
-        yield opened
 
 
 def login(page: Page, stack: Stack, token: str = ADMIN) -> None:

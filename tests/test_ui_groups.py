@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser
 from support import (
     Daemon,
     Processes,
@@ -30,7 +30,7 @@ from support import (
     wait_for,
     write_config,
 )
-from ui_support import check_axe, launch, login
+from ui_support import check_axe, login
 
 ADMIN = "admin-token-for-the-groups-0123456789"
 GROUP = "plate-96"
@@ -92,7 +92,7 @@ def _settled(daemon: Daemon, sim: Simulator, parts: dict[str, str]) -> dict[str,
 
 
 def test_a_96_sample_groups_bar_shows_the_simulators_mix(
-    group: tuple[Daemon, Simulator, dict[str, str]],
+    group: tuple[Daemon, Simulator, dict[str, str]], browser: Browser
 ) -> None:
     daemon, sim, parts = group
     wait_for(
@@ -103,49 +103,44 @@ def test_a_96_sample_groups_bar_shows_the_simulators_mix(
     )
     expected = Counter(parts.values())
     assert expected == {"succeeded": 40, "failed": 6, "running": 30, "queued": 20}
-    with sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            login(page, daemon.url, ADMIN)
-            block = page.locator(".group", has=page.get_by_role("link", name=GROUP))
-            summary = "40 succeeded, 6 failed, 30 running, 20 queued of 96"
-            assert block.locator(".muted").first.inner_text() == summary
-            bar = block.get_by_role("img", name=f"{GROUP}: {summary}")
-            box = bar.bounding_box()
-            assert box is not None
-            left = box["x"]
-            for part, count in expected.items():
-                rect = bar.locator(f"rect.p-{part}")
-                assert rect.count() == 1, part
-                assert float(rect.get_attribute("width") or 0) == round(100 * count / 96, 3)
-                shown = rect.bounding_box()
-                assert shown is not None
-                # On screen: the segment's share of the bar, in order, to a pixel or two.
-                assert abs(shown["width"] - box["width"] * count / 96) < 2.5, (part, shown)
-                assert abs(shown["x"] - left) < 2.5, (part, shown)
-                left = shown["x"] + shown["width"]
-            assert bar.locator("rect.p-other").count() == 0
-            check_axe(page)
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    login(page, daemon.url, ADMIN)
+    block = page.locator(".group", has=page.get_by_role("link", name=GROUP))
+    summary = "40 succeeded, 6 failed, 30 running, 20 queued of 96"
+    assert block.locator(".muted").first.inner_text() == summary
+    bar = block.get_by_role("img", name=f"{GROUP}: {summary}")
+    box = bar.bounding_box()
+    assert box is not None
+    left = box["x"]
+    for part, count in expected.items():
+        rect = bar.locator(f"rect.p-{part}")
+        assert rect.count() == 1, part
+        assert float(rect.get_attribute("width") or 0) == round(100 * count / 96, 3)
+        shown = rect.bounding_box()
+        assert shown is not None
+        # On screen: the segment's share of the bar, in order, to a pixel or two.
+        assert abs(shown["width"] - box["width"] * count / 96) < 2.5, (part, shown)
+        assert abs(shown["x"] - left) < 2.5, (part, shown)
+        left = shown["x"] + shown["width"]
+    assert bar.locator("rect.p-other").count() == 0
+    check_axe(page)
 
-            # The group's link lists its 96 runs, 50 to a page.
-            block.get_by_role("link", name=GROUP).click()
-            page.wait_for_url(f"**/ui/runs?run_group={GROUP}")
-            rows = page.locator("table.runs tbody tr")
-            first = [rows.nth(i).locator("a.uuid").inner_text() for i in range(rows.count())]
-            page.get_by_role("link", name="Next page").click()
-            second = [rows.nth(i).locator("a.uuid").inner_text() for i in range(rows.count())]
-            assert (len(first), len(second)) == (50, 46)
-            assert set(first) | set(second) == set(parts)
+    # The group's link lists its 96 runs, 50 to a page.
+    block.get_by_role("link", name=GROUP).click()
+    page.wait_for_url(f"**/ui/runs?run_group={GROUP}")
+    rows = page.locator("table.runs tbody tr")
+    first = [rows.nth(i).locator("a.uuid").inner_text() for i in range(rows.count())]
+    page.get_by_role("link", name="Next page").click()
+    second = [rows.nth(i).locator("a.uuid").inner_text() for i in range(rows.count())]
+    assert (len(first), len(second)) == (50, 46)
+    assert set(first) | set(second) == set(parts)
 
-            # On a phone (390 px) nothing scrolls sideways: the tables become one card a row.
-            page.set_viewport_size({"width": 390, "height": 844})
-            failed = next(u for u, part in parts.items() if part == "failed")
-            for path in ("/ui/", f"/ui/runs?run_group={GROUP}", f"/ui/runs/{failed}"):
-                page.goto(daemon.url + path)
-                width = page.evaluate("document.documentElement.scrollWidth")
-                assert width <= 390, (path, width)
-                check_axe(page)
-            assert page.locator("#failure-message").is_visible()
-        finally:
-            browser.close()
+    # On a phone (390 px) nothing scrolls sideways: the tables become one card a row.
+    page.set_viewport_size({"width": 390, "height": 844})
+    failed = next(u for u, part in parts.items() if part == "failed")
+    for path in ("/ui/", f"/ui/runs?run_group={GROUP}", f"/ui/runs/{failed}"):
+        page.goto(daemon.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+        check_axe(page)
+    assert page.locator("#failure-message").is_visible()
