@@ -22,17 +22,15 @@ bounded. Timings assume a slow 2-core machine: the simulator's default lifecycle
 from __future__ import annotations
 
 import itertools
-import json
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from notify_receiver import WebhookReceiver
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 from support import (
@@ -435,54 +433,15 @@ def test_admin_api_and_runs_tracked_while_running_are_polled_within_2s(
     sigterm(daemon)
 
 
-class Receiver:
-    """A webhook endpoint answering ``status``; records every request it gets."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.requests: list[tuple[int, dict[str, str], bytes]] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver._lock:
-                    status = receiver.status
-                    headers = {k.lower(): v for k, v in self.headers.items()}
-                    receiver.requests.append((status, headers, body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-
-    def snapshot(self) -> list[tuple[int, dict[str, str], bytes]]:
-        with self._lock:
-            return list(self.requests)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver(503)
-    try:
+def receiver() -> Iterator[WebhookReceiver]:
+    """A signed-webhook receiver refusing every delivery (503) until told otherwise."""
+    with WebhookReceiver(WEBHOOK_SECRET, status=503) as hook:
         yield hook
-    finally:
-        hook.close()
 
 
 def test_sigterm_keeps_failing_deliveries_and_the_next_start_delivers_them(
-    tmp_path: Path, procs: Processes, receiver: Receiver
+    tmp_path: Path, procs: Processes, receiver: WebhookReceiver
 ) -> None:
     notifier = {"name": "hook", "type": "webhook", "url": receiver.url, "secret": WEBHOOK_SECRET}
     _sim, config, env, port = setup_watch(
@@ -492,7 +451,7 @@ def test_sigterm_keeps_failing_deliveries_and_the_next_start_delivers_them(
     daemon.wait_ready(timeout=30)
 
     def retried() -> bool:
-        ids = Counter(headers.get("webhook-id") for _, headers, _ in receiver.snapshot())
+        ids = Counter(hit.webhook_id for hit in receiver.hits())
         return len(ids) >= 4 and max(ids.values()) >= 2
 
     wait_for(retried, timeout=20, what="4 events sent, one of them retried")
@@ -506,20 +465,20 @@ def test_sigterm_keeps_failing_deliveries_and_the_next_start_delivers_them(
     assert len(pending) >= pending_seen
     assert {d.notifier for d in pending} == {"hook"}
     kept = {d.event.id for d in pending}
-    assert all(status == 503 for status, _, _ in receiver.snapshot())
+    assert all(hit.answered == 503 for hit in receiver.hits())
 
-    receiver.status = 204
+    receiver.set_status(204)
     daemon = launch(procs, config, env, port, "daemon-2.log")
     daemon.wait_ready(timeout=30)
 
     def delivered() -> set[str]:
-        return {h.get("webhook-id", "") for s, h, _ in receiver.snapshot() if s == 204}
+        return {hit.webhook_id for hit in receiver.hits() if hit.answered == 204}
 
     wait_for(lambda: kept <= delivered(), timeout=40, what="the kept deliveries to arrive")
-    for _status, headers, body in receiver.snapshot():
-        event = json.loads(body)
-        assert headers.get("webhook-id") == event["id"]
-        Webhook(WEBHOOK_SECRET).verify(body, headers)  # signed, and the signature holds
+    for hit in receiver.hits():
+        event = hit.json()
+        assert hit.webhook_id == event["id"]
+        Webhook(WEBHOOK_SECRET).verify(hit.body, hit.headers)  # signed, and the signature holds
         assert event["type"] == "run.status_changed"
     wait_for(
         lambda: metric_value(daemon, "omics_watcher_outbox_pending") == 0 or None,

@@ -13,14 +13,13 @@ passed since the command returned, and then none of the matching run's events ma
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from notify_receiver import WebhookReceiver
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Daemon,
@@ -41,51 +40,22 @@ APPLY_BOUND = 2.0  # interface.md: a running daemon applies a silence change wit
 SHORT_RUN = {"durations": [0.5, 0.5, 1.0], "outcome": "SUCCESS"}
 
 
-class Receiver:
-    """A webhook endpoint answering 204; keeps every event body it gets."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver._lock:
-                    receiver.events.append(json.loads(body))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-
-    def runs(self) -> list[str]:
-        with self._lock:
-            return [event["data"].get("run_uuid", "") for event in self.events]
-
-    def statuses(self, run_uuid: str) -> list[str]:
-        with self._lock:
-            return [e["data"]["status"] for e in self.events if e["data"]["run_uuid"] == run_uuid]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver()
-    try:
+def receiver() -> Iterator[WebhookReceiver]:
+    """A webhook endpoint (no signing secret) answering 204."""
+    with WebhookReceiver(None) as hook:
         yield hook
-    finally:
-        hook.close()
+
+
+def posted_runs(receiver: WebhookReceiver) -> list[str]:
+    """The ``run_uuid`` of every event posted to ``receiver``, in arrival order."""
+    return [hit.json()["data"].get("run_uuid", "") for hit in receiver.hits()]
+
+
+def posted_statuses(receiver: WebhookReceiver, run_uuid: str) -> list[str]:
+    """The statuses posted for ``run_uuid``, in arrival order."""
+    events = [hit.json()["data"] for hit in receiver.hits()]
+    return [data["status"] for data in events if data["run_uuid"] == run_uuid]
 
 
 class Cli:
@@ -141,7 +111,7 @@ def wait_past_the_bound(since: float) -> None:
 
 
 def test_a_label_silence_added_by_the_cli_withholds_matching_runs_until_expired(
-    tmp_path: Path, procs: Processes, receiver: Receiver
+    tmp_path: Path, procs: Processes, receiver: WebhookReceiver
 ) -> None:
     sim = start_simulator(procs, tmp_path / "sim", "--runs", "1")
     port = free_port()
@@ -158,9 +128,11 @@ def test_a_label_silence_added_by_the_cli_withholds_matching_runs_until_expired(
     quiet = start_run(sim, cli, "quiet")
     loud = start_run(sim, cli, "loud")
 
-    wait_for(lambda: "SUCCESS" in receiver.statuses(loud), timeout=30, what="loud run posted")
+    wait_for(
+        lambda: "SUCCESS" in posted_statuses(receiver, loud), timeout=30, what="loud run posted"
+    )
     history = wait_for(lambda: settled(cli, quiet), timeout=30, what="the quiet run settled")
-    assert quiet not in receiver.runs()  # never sent ...
+    assert quiet not in posted_runs(receiver)  # never sent ...
     assert [event["data"]["status"] for event in history][-1] == "SUCCESS"  # ... but recorded
     for event in history:
         assert [(d["notifier"], d["state"]) for d in event["deliveries"]] == [("hook", "silenced")]
@@ -174,8 +146,8 @@ def test_a_label_silence_added_by_the_cli_withholds_matching_runs_until_expired(
     assert [(s["id"], s["state"]) for s in listed] == [(silence_id, "expired")]
     wait_past_the_bound(time.monotonic())
     again = start_run(sim, cli, "quiet")
-    wait_for(lambda: "SUCCESS" in receiver.statuses(again), timeout=30, what="posted again")
+    wait_for(lambda: "SUCCESS" in posted_statuses(receiver, again), timeout=30, what="posted again")
     history = wait_for(lambda: settled(cli, again), timeout=30, what="the run settled")
     states = {d["state"] for event in history for d in event["deliveries"]}
     assert states == {"delivered"}
-    assert quiet not in receiver.runs()
+    assert quiet not in posted_runs(receiver)
