@@ -478,7 +478,7 @@ def test_sigterm_keeps_failing_deliveries_and_the_next_start_delivers_them(
     for hit in receiver.hits():
         event = hit.json()
         assert hit.webhook_id == event["id"]
-        Webhook(WEBHOOK_SECRET).verify(hit.body, hit.headers)  # signed, and the signature holds
+        Webhook(WEBHOOK_SECRET).verify(hit.body, dict(hit.headers))  # signed, signature holds
         assert event["type"] == "run.status_changed"
     wait_for(
         lambda: metric_value(daemon, "omics_watcher_outbox_pending") == 0 or None,
