@@ -16,7 +16,9 @@ The floor child (``python benchmarks/common.py floor ...``) is the least any pol
 a bare aiohttp loop paced at a fixed rate. Two kinds (``FLOOR_KINDS``): ``signed`` signs each
 request with :func:`watcher.omics.signing.sign` (fresh body, headers and timestamp per
 request), POSTs it and ``json.loads`` the answer; ``prepared`` (issue 12's floor) POSTs one
-body with headers signed once before the loop and reads the answer's bytes. Nothing else.
+body with headers signed once before the loop and reads the answer's bytes; ``paired`` is
+``prepared`` sending two requests at once every ``2 / rate`` seconds, as the daemon's
+GetRunStatus limiter groups them (``watcher.connect.STATUS_GROUP``). Nothing else.
 
 ``daemon(..., source=DIR)`` runs the daemon from another source tree (``PYTHONPATH=DIR
 python -P -m watcher``: without ``-P`` the working directory's ``watcher`` would come
@@ -414,6 +416,7 @@ def daemon(
 
 FLOOR_KINDS = {
     "prepared": "one prepared body, headers signed once before the loop; POST, read the bytes",
+    "paired": "prepared, two requests at once every 2 / rate seconds (the daemon's grouping)",
     "signed": "per request: JSON body, headers, TC3 signature; POST, json.loads the answer",
 }
 
@@ -465,7 +468,9 @@ def _floor_child() -> None:
     url = endpoint.rstrip("/") + "/"
     runs: list[str] = args["runs"]
     rate: float = args["rate"]
-    prepared = args.get("kind", "signed") == "prepared"
+    kind = args.get("kind", "signed")
+    prepared = kind in ("prepared", "paired")
+    together = 2 if kind == "paired" else 1  # requests sent at once, every together / rate
     me = psutil.Process()
 
     def signed_request(run_uuid: str) -> tuple[bytes, dict[str, str]]:
@@ -491,6 +496,11 @@ def _floor_child() -> None:
     # The issue's floor: everything built once; the signature stays valid for minutes.
     prepared_body, prepared_headers = signed_request(runs[0])
 
+    async def post_prepared(session: aiohttp.ClientSession) -> bool:
+        async with session.post(url, data=prepared_body, headers=prepared_headers) as resp:
+            payload = await resp.read()
+        return b'"Error"' in payload
+
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as session:
@@ -512,13 +522,15 @@ def _floor_child() -> None:
                     break
                 if due > now:
                     await asyncio.sleep(due - now)
-                due += 1.0 / rate
-                if prepared:
-                    async with session.post(
-                        url, data=prepared_body, headers=prepared_headers
-                    ) as resp:
-                        payload = await resp.read()
-                    errors += b'"Error"' in payload
+                due += together / rate
+                if together > 1:
+                    answers = await asyncio.gather(
+                        *(post_prepared(session) for _ in range(together))
+                    )
+                    errors += sum(answers)
+                    sent += together - 1
+                elif prepared:
+                    errors += await post_prepared(session)
                 else:
                     body, headers = signed_request(runs[i % len(runs)])
                     i += 1

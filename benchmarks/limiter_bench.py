@@ -11,9 +11,11 @@ plus a margin; the argument is in watcher/omics/limiter.py), in alternating orde
 the sustained rate over the steady part (after a warm-up that also covers the new rule's
 samples), the largest number of requests the server saw arrive in any 1 s window, and how
 many it throttled. The load average is printed before each row: the machine is shared.
+``--group`` is the limiter's group (default: the daemon's GetRunStatus limiter's,
+``watcher.connect.STATUS_GROUP``; ``--group 1`` grants one request per wake-up).
 
     .venv/bin/python benchmarks/limiter_bench.py [--seconds 20] [--callers 200] [--sim-process]
-        [--json]
+        [--group N] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # benchmarks/ is not a package: found through the path above
 
+from watcher.connect import STATUS_GROUP
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
@@ -101,6 +104,7 @@ async def measure(
     callers: int,
     rate: float,
     apart: bool,
+    group: int,
 ) -> dict[str, Any]:
     config = SimulatorConfig(
         runs=100,
@@ -117,7 +121,7 @@ async def measure(
             server: Server = ChildServer(child)
         else:
             server = InProcess(await stack.enter_async_context(running_simulator(config)))
-        limiter = PacingLimiter(rate, latency_credit=new_rule)
+        limiter = PacingLimiter(rate, latency_credit=new_rule, group=group)
         client = OmicsClient(
             session=session,
             endpoint=server.endpoint,
@@ -154,6 +158,7 @@ async def measure(
         "jitter_ms": network.jitter_ms,
         "uplink_share": network.uplink_share,
         "rule": "new" if new_rule else "old",
+        "group": group,
         "sustained_per_second": round(sustained, 2),
         "fraction_of_budget": round(sustained / rate, 4),
         "max_in_any_1s_window": stats["max_window_arrivals"]["GetRunStatus"],
@@ -164,7 +169,7 @@ async def measure(
 
 
 async def main(
-    seconds: float, callers: int, rate: float, *, apart: bool, quiet: bool
+    seconds: float, callers: int, rate: float, *, apart: bool, quiet: bool, group: int
 ) -> dict[str, Any]:
     rows = []
     for index, network in enumerate(NETWORKS):
@@ -177,6 +182,7 @@ async def main(
                 callers=callers,
                 rate=rate,
                 apart=apart,
+                group=group,
             )
             rows.append(row)
             if not quiet:
@@ -190,6 +196,7 @@ async def main(
     return {
         "rate_limit": rate,
         "callers": callers,
+        "group": group,
         "seconds": seconds,
         "simulator": "own process" if apart else "in process",
         "rows": rows,
@@ -206,10 +213,18 @@ if __name__ == "__main__":
         action="store_true",
         help="serve the simulator from its own process (default: in this one, as the tests do)",
     )
+    parser.add_argument("--group", type=int, default=STATUS_GROUP, help="requests per grant")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(
-        main(args.seconds, args.callers, args.rate, apart=args.sim_process, quiet=args.json)
+        main(
+            args.seconds,
+            args.callers,
+            args.rate,
+            apart=args.sim_process,
+            quiet=args.json,
+            group=args.group,
+        )
     )
     if args.json:
         print(json.dumps(result))

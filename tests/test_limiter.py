@@ -9,6 +9,7 @@ import bisect
 import functools
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -181,19 +182,33 @@ async def over_network(
     n: int,
     *,
     extra_uplink: Callable[[int], float] = lambda i: 0.0,
+    callers: int = 1,
 ) -> tuple[list[float], list[float]]:
-    """Grant ``n`` requests back to back; each arrives after its drawn uplink (plus
-    ``extra_uplink(i)``, e.g. a connection being opened) and completes after its downlink.
-    Returns (grant times, arrival times at the server)."""
-    grants, arrivals = [], []
-    for i in range(n):
-        grant = await limiter.acquire()
-        up, down = network.delays()
-        up += extra_uplink(i)
-        grants.append(grant.granted_at)
-        arrivals.append(grant.granted_at + up)
-        clock.at(grant.granted_at + up + down, functools.partial(limiter.release, grant))
+    """Grant ``n`` requests, ``callers`` of them queued at a time (as the pollers keep two);
+    each arrives after its drawn uplink (plus ``extra_uplink(i)``, e.g. a connection being
+    opened) and completes after its downlink. Returns (grant times, arrival times at the
+    server), in grant order."""
+    grants: list[float] = []
+    arrivals: list[float] = []
+    count = itertools.count()
+
+    async def caller() -> None:
+        while (i := next(count)) < n:
+            grant = await limiter.acquire()
+            up, down = network.delays()
+            up += extra_uplink(i)
+            grants.append(grant.granted_at)
+            arrivals.append(grant.granted_at + up)
+            clock.at(grant.granted_at + up + down, functools.partial(limiter.release, grant))
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
     return grants, arrivals
+
+
+def together(grants: list[float]) -> float:
+    """The share of grants made at the same instant as another one."""
+    counts = Counter(grants)
+    return sum(n for n in counts.values() if n > 1) / len(grants)
 
 
 def sustained(grants: list[float], skip: int = 100) -> float:
@@ -201,19 +216,24 @@ def sustained(grants: list[float], skip: int = 100) -> float:
     return (len(steady) - 1) / (steady[-1] - steady[0])
 
 
+@pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("uplink_share", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("rtt_ms", [40.0, 150.0])
 async def test_the_new_rule_never_lets_the_server_see_more_than_rate_and_gives_the_rtt_back(
-    rtt_ms: float, uplink_share: float
+    rtt_ms: float, uplink_share: float, group: int
 ) -> None:
     runs = {}
     for credit in (False, True):
         clock = EventClock()
-        limiter = PacingLimiter(20, latency_credit=credit, clock=clock, call_later=clock.call_later)
+        limiter = PacingLimiter(
+            20, latency_credit=credit, clock=clock, call_later=clock.call_later, group=group
+        )
         network = Network(NetworkSettings(rtt_ms, 10.0, uplink_share), seed=7)
-        grants, arrivals = await over_network(limiter, clock, network, 2000)
+        grants, arrivals = await over_network(limiter, clock, network, 2000, callers=group)
         assert max_in_any_window(arrivals) <= 20, (credit, rtt_ms, uplink_share)
         runs[credit] = sustained(grants)
+        if group > 1:  # they did go together (else this test says nothing about groups)
+            assert together(grants) >= 0.9, together(grants)
     # The old rule pays a round trip per 20 requests; the new one only the jitter and margin.
     assert runs[False] < 20 / (1 + rtt_ms / 1000 - 0.010)
     assert runs[True] >= 19.5, runs
@@ -293,3 +313,71 @@ async def test_a_caller_cancelled_after_its_grant_releases_it() -> None:
         limiter.release(await limiter.acquire())
     seventh = await limiter.acquire()
     assert seventh.granted_at - cancelled_at == pytest.approx(1.0, abs=0.01)
+
+
+# -- grants in groups ----------------------------------------------------------------------
+
+
+async def drive_queued(
+    limiter: PacingLimiter, clock: VirtualClock, n: int, callers: int, latency: float
+) -> list[float]:
+    """``drive`` with ``callers`` requests queued at a time, as the pollers queue theirs."""
+    grants: list[float] = []
+
+    async def caller() -> None:
+        while len(grants) < n:
+            grant = await limiter.acquire()
+            grants.append(grant.granted_at)
+            grant.busy_until = grant.granted_at + latency
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return grants
+
+
+async def test_a_group_goes_at_once_each_at_its_place_in_the_schedule() -> None:
+    clock = VirtualClock()
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=2)
+    grants = await drive_queued(limiter, clock, 400, callers=2, latency=0.0005)
+    assert max_in_any_window(grants) <= 20
+    assert max_in_any_window([g + 0.0005 for g in grants]) <= 20
+    instants = sorted(set(grants))
+    assert together(grants) >= 0.95
+    # Two every 0.1 s: the same rate as one every 0.05 s, from half the wake-ups.
+    assert sustained(grants) >= 0.97 * 20
+    assert len(instants) <= len(grants) / 2 + 25
+
+
+async def test_a_lone_caller_is_not_held_for_a_partner() -> None:
+    # One request queued at a time: granted exactly when a limiter without groups grants it.
+    grants = {}
+    for group in (1, 2):
+        clock = VirtualClock()
+        limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=group)
+        grants[group] = await drive(limiter, clock, 100, 0.0005)
+    assert grants[2] == grants[1]
+    assert min(b - a for a, b in itertools.pairwise(grants[2])) == pytest.approx(1 / 20)
+
+
+async def test_a_cancelled_member_gives_its_place_in_the_group_to_the_next_caller() -> None:
+    clock = VirtualClock()
+    limiter = PacingLimiter(5, clock=clock, call_later=clock.call_later, group=2)
+    first = await limiter.acquire()  # nobody queued: at once
+    granted: dict[str, float] = {}
+
+    async def caller(name: str) -> None:
+        granted[name] = (await limiter.acquire()).granted_at
+
+    tasks = {name: asyncio.create_task(caller(name)) for name in ("a", "b", "c", "d")}
+    await asyncio.sleep(0)
+    tasks["b"].cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    assert list(granted) == ["a", "c", "d"]
+    assert granted["a"] == granted["c"] == pytest.approx(first.granted_at + 1 / 5)
+    # "d" heads the next group: the schedule counted "a" and "c", not the cancelled "b".
+    assert granted["d"] == pytest.approx(first.granted_at + 3 / 5)
+    assert limiter.waiting == 0
+
+
+def test_group_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="group"):
+        PacingLimiter(20, group=0)

@@ -8,7 +8,7 @@ import aiohttp
 from support import make_client
 
 from watcher.config import Settings
-from watcher.connect import build_limiters
+from watcher.connect import STATUS_GROUP, build_limiters
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import OmicsError, Throttled
@@ -51,7 +51,7 @@ async def test_200_callers_never_exceed_20_in_any_second_at_the_server(
     session: aiohttp.ClientSession,
 ) -> None:
     async with running_simulator(SimulatorConfig(runs=50, kinds={"forever": 1.0})) as sim:
-        limiter = PacingLimiter(20)
+        limiter = PacingLimiter(20, group=STATUS_GROUP)  # as the daemon paces GetRunStatus
         client = client_for(sim, session, limiter)
         outcomes = await hammer(client, sim.run_uuids, callers=200, seconds=10)
         stats = sim.stats(timeline=False)
@@ -127,7 +127,7 @@ async def test_far_from_the_server_the_new_rule_still_never_exceeds_20_in_any_se
         runs=50, kinds={"forever": 1.0}, rtt_ms=150, jitter_ms=10, uplink_share=0.9
     )
     async with running_simulator(config) as sim:
-        limiter = PacingLimiter(20)
+        limiter = PacingLimiter(20, group=STATUS_GROUP)  # as the daemon paces GetRunStatus
         client = client_for(sim, session, limiter)
         outcomes = await hammer(client, sim.run_uuids, callers=40, seconds=9)
         stats = sim.stats(timeline=False)

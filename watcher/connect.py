@@ -27,6 +27,11 @@ from watcher.omics.credentials import (
 from watcher.omics.limiter import PacingLimiter
 
 STATUS_ACTION = "GetRunStatus"
+# GetRunStatus permits go out two at a time (PacingLimiter's ``group``): every poll is one, so
+# halving the wake-ups they cost is the largest CPU saving a steady daemon has (issue 12,
+# benchmarks/REPORT.md). The pollers keep up to MAX_BACKLOG (2) requests queued, enough to
+# fill a group; the other actions are rare and keep one request per wake-up.
+STATUS_GROUP = 2
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -74,7 +79,7 @@ def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
     GetRunJobLog each get their own at ``calls_rate_per_second``."""
     polling = settings.polling
     limiters = {
-        STATUS_ACTION: PacingLimiter(polling.rate_per_second),
+        STATUS_ACTION: PacingLimiter(polling.rate_per_second, group=STATUS_GROUP),
         "DescribeRuns": PacingLimiter(polling.describe_rate_per_second),
         "GetRunCalls": PacingLimiter(polling.calls_rate_per_second),
         "GetRunJobLog": PacingLimiter(polling.calls_rate_per_second),

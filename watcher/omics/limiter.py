@@ -11,6 +11,16 @@ for each new request:
 2. window: the request ``capacity`` grants earlier must have *arrived* more than one second
    ago, where its arrival is bounded from what the client sees (below).
 
+Grants may go in groups (``group``, 1 by default): when the timer finds the head of the queue
+due, up to ``group`` queued callers go at once, each counted at its own place in rule 1's
+schedule (so groups of two at 20/s leave every 0.1 s) and each checked against rule 2 (the
+group waits until its *last* member may start: a delay, never an early start). Why: on a
+small VM the CPU a request costs is mostly the wake-up around it (caches and branch state
+gone cold since the last one), not the Python it runs; two requests per wake-up cost a bare
+aiohttp loop 0.7-0.8 of one per wake-up, four 0.35 (``benchmarks/poll_cost_bench.py``). Once
+the groups formed, the window rule keeps them together by itself: two requests granted
+together complete together, and the window they open a second later opens for both.
+
 Arrival bound. For request ``i`` write ``g`` its grant, ``a`` its arrival at the server and
 ``c`` its completion (response body read), all on the client's clock, and split its round
 trip ``c - g = u + s + d``: ``u = a - g`` (signing, sending, uplink), ``s`` (the server's
@@ -158,9 +168,12 @@ class PacingLimiter:
         min_fraction: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        group: int = 1,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
+        if group < 1:
+            raise ValueError("group must be at least 1")
         self.max_rate = rate
         self._rate = rate
         self._guard = guard
@@ -184,6 +197,7 @@ class PacingLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None  # see _bound_loop
         self.waiting = 0  # callers queued for a permit right now
         self._on_drained: list[Callable[[], None]] = []
+        self._group = group  # queued callers granted together at most (module docstring)
 
     @property
     def rate(self) -> float:
@@ -200,9 +214,10 @@ class PacingLimiter:
     def _capacity(self) -> int:
         return max(1, math.floor(self._rate + 1e-9))
 
-    def _earliest(self, now: float) -> float:
-        """When the next request may start, given the rules in the module docstring."""
-        # Runs twice per request: the common case (full rate, no pause) without calls.
+    def _earliest(self, now: float, size: int = 1) -> float:
+        """When the next ``size`` requests may start together, given the rules in the module
+        docstring: rule 1 for the first of them, rule 2 for each."""
+        # Runs about twice per grant: the common case (full rate, no pause) without calls.
         if self._rate < self.max_rate:
             self._recover_rate(now)
         else:
@@ -211,14 +226,17 @@ class PacingLimiter:
         if self._paused_until > at:
             at = self._paused_until
         capacity = self._capacity() if self._rate != self.max_rate else self._full_capacity
-        if len(self._grants) >= capacity:
-            oldest = self._grants[-capacity]
+        grants = self._grants
+        first = len(grants) - capacity  # the grant ``capacity`` before the first of them
+        for index in range(max(first, 0), first + size):
+            oldest = grants[index]
             arrived_by = oldest.granted_at + self._guard  # in flight: the guard's bound
             if oldest.busy_until < math.inf:
                 credit = self._round_trips.value if self._latency_credit else 0.0
                 if oldest.busy_until - credit < arrived_by:
                     arrived_by = oldest.busy_until - credit
-            at = max(at, arrived_by + WINDOW_SECONDS + _EPSILON)
+            if arrived_by + WINDOW_SECONDS + _EPSILON > at:
+                at = arrived_by + WINDOW_SECONDS + _EPSILON
         return at
 
     @property
@@ -270,7 +288,8 @@ class PacingLimiter:
         return loop
 
     def _wake(self) -> None:
-        """The timer: grant the head of the queue if the rules allow it now, re-arm if not."""
+        """The timer: grant the head of the queue (and up to ``group - 1`` callers behind it,
+        at their places in the schedule) if the rules allow it now, re-arm if not."""
         self._armed = False
         queue = self._queue
         while queue:
@@ -278,12 +297,19 @@ class PacingLimiter:
                 queue.popleft()
                 continue
             now = self._clock()
-            at = self._earliest(now)
+            size = min(self._group, self.waiting)
+            at = self._earliest(now, size)
             if at > now:
                 self._arm(at - now)
                 return
-            queue.popleft().set_result(self._grant(at, now))
-            self._left()
+            while size and queue:
+                waiter = queue.popleft()
+                if waiter.done():
+                    continue
+                waiter.set_result(self._grant(at, now))
+                self._left()
+                size -= 1
+                at = self._last_due + 1.0 / self._rate  # the next one's place in the schedule
 
     def _grant(self, at: float, now: float) -> _Grant:
         grant = _Grant(now, math.inf)

@@ -45,7 +45,9 @@ from watcher.store import ActiveRun, StateError
 from watcher.store.pg.lease import LeaseLost
 
 REFRESH_SECONDS = 1.0  # how often the registry's change feed is read
-MAX_BACKLOG = 2  # requests allowed to wait for one action's limiter permit at once
+# Requests allowed to wait for one action's limiter permit at once: at least the GetRunStatus
+# limiter's group (connect.STATUS_GROUP), so that a group can fill.
+MAX_BACKLOG = 2
 MAX_BACKOFF_SECONDS = 600.0
 BAD_REQUEST_BACKOFF_SECONDS = 900.0
 FIRST_AUTH_PAUSE_SECONDS = 15.0
