@@ -16,9 +16,10 @@ The floor child (``python benchmarks/common.py floor ...``) is the least any pol
 a bare aiohttp loop paced at a fixed rate. Two kinds (``FLOOR_KINDS``): ``signed`` signs each
 request with :func:`watcher.omics.signing.sign` (fresh body, headers and timestamp per
 request), POSTs it and ``json.loads`` the answer; ``prepared`` (issue 12's floor) POSTs one
-body with headers signed once before the loop and reads the answer's bytes; ``paired`` is
-``prepared`` sending two requests at once every ``2 / rate`` seconds, as the daemon's
-GetRunStatus limiter groups them (``watcher.connect.STATUS_GROUP``). Nothing else.
+body with headers signed once before the loop and reads the answer's bytes; ``grouped`` is
+``prepared`` sending ``STATUS_GROUP`` requests at once every ``STATUS_GROUP / rate`` seconds,
+as the daemon's GetRunStatus limiter groups them (``watcher.polling.common.STATUS_GROUP``).
+Nothing else.
 
 ``daemon(..., source=DIR)`` runs the daemon from another source tree (``PYTHONPATH=DIR
 python -P -m watcher``: without ``-P`` the working directory's ``watcher`` would come
@@ -416,7 +417,7 @@ def daemon(
 
 FLOOR_KINDS = {
     "prepared": "one prepared body, headers signed once before the loop; POST, read the bytes",
-    "paired": "prepared, two requests at once every 2 / rate seconds (the daemon's grouping)",
+    "grouped": "prepared, STATUS_GROUP requests at once (as the daemon's limiter groups them)",
     "signed": "per request: JSON body, headers, TC3 signature; POST, json.loads the answer",
 }
 
@@ -461,6 +462,7 @@ def _floor_child() -> None:
     import psutil
 
     from watcher.omics.signing import sign
+    from watcher.polling.common import STATUS_GROUP
 
     args = json.loads(sys.stdin.read())
     endpoint: str = args["endpoint"]
@@ -469,8 +471,8 @@ def _floor_child() -> None:
     runs: list[str] = args["runs"]
     rate: float = args["rate"]
     kind = args.get("kind", "signed")
-    prepared = kind in ("prepared", "paired")
-    together = 2 if kind == "paired" else 1  # requests sent at once, every together / rate
+    prepared = kind in ("prepared", "grouped")
+    together = STATUS_GROUP if kind == "grouped" else 1  # sent at once, every together / rate
     me = psutil.Process()
 
     def signed_request(run_uuid: str) -> tuple[bytes, dict[str, str]]:

@@ -12,7 +12,7 @@ the sustained rate over the steady part (after a warm-up that also covers the ne
 samples), the largest number of requests the server saw arrive in any 1 s window, and how
 many it throttled. The load average is printed before each row: the machine is shared.
 ``--group`` is the limiter's group (default: the daemon's GetRunStatus limiter's,
-``watcher.connect.STATUS_GROUP``; ``--group 1`` grants one request per wake-up).
+``watcher.polling.common.STATUS_GROUP``; ``--group 1`` grants one request per wake-up).
 
     .venv/bin/python benchmarks/limiter_bench.py [--seconds 20] [--callers 200] [--sim-process]
         [--group N] [--json]
@@ -36,10 +36,10 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # benchmarks/ is not a package: found through the path above
 
-from watcher.connect import STATUS_GROUP
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
+from watcher.polling.common import STATUS_GROUP
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 
 WARMUP_SECONDS = 5.0  # connections open, queue full, the new rule's 20 + 50 samples taken

@@ -10,9 +10,9 @@ for anybody else), and CPU is sampled for all of them at the same instants:
 - ``floor:prepared`` — issue 12's floor: a bare aiohttp loop paced at ``--rate``, posting
   one body with headers signed once before the loop and reading the answer's bytes;
 - ``floor:signed`` (``--signed-floor``) — the same loop signing a fresh body each request;
-- ``floor:paired`` (``--paired-floor``) — the prepared loop sending two requests at once every
-  ``2 / rate`` seconds, as the daemon's GetRunStatus limiter groups its permits: beside it
-  the daemon's own work per poll shows without the wake-ups the grouping saves;
+- ``floor:grouped`` (``--grouped-floor``) — the prepared loop sending ``STATUS_GROUP``
+  requests at once, as the daemon's GetRunStatus limiter groups its permits: beside it the
+  daemon's own work per poll shows without the wake-ups the grouping saves;
 - ``new`` — the daemon from this tree (or ``--code DIR``), ``--runs`` never-finishing runs,
   ``interval_seconds = 1`` so that the budget sets the pace (steady state: every poll quiet);
 - ``old`` — with ``--peer DIR`` (repeatable, ``--peer-label``): the daemon from another
@@ -30,7 +30,7 @@ a window should hold at least a few hundred milliseconds of CPU (20 s at 20/s �
 Usage::
 
     .venv/bin/python benchmarks/poll_cost_bench.py --runs 300 --rounds 9 --window 20 \\
-        [--peer /tmp/old --peer-label old] [--signed-floor] [--paired-floor] [--json]
+        [--peer /tmp/old --peer-label old] [--signed-floor] [--grouped-floor] [--json]
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace, parties: list[Party]) -> list[dict[str, An
         for p in parties:
             if p.kind == "daemon":
                 row[p.name]["ratio_prepared"] = row[p.name]["ms_per_request"] / floor
-                for kind in ("signed", "paired"):
+                for kind in ("signed", "grouped"):
                     if f"floor:{kind}" in row:
                         row[p.name][f"ratio_{kind}"] = (
                             row[p.name]["ms_per_request"] / row[f"floor:{kind}"]["ms_per_request"]
@@ -161,8 +161,8 @@ def measure(args: argparse.Namespace, parties: list[Party]) -> list[dict[str, An
                     else ""
                 )
                 + (
-                    f" (paired {row[p.name]['ratio_paired']:.2f}×)"
-                    if "ratio_paired" in row[p.name]
+                    f" (grouped {row[p.name]['ratio_grouped']:.2f}×)"
+                    if "ratio_grouped" in row[p.name]
                     else ""
                 )
                 for p in parties
@@ -176,7 +176,7 @@ def summarise(rounds: list[dict[str, Any]], parties: list[Party]) -> dict[str, A
     for p in parties:
         ms = [r[p.name]["ms_per_request"] for r in rounds]
         entry: dict[str, Any] = {"ms_per_request_median": statistics.median(ms)}
-        for key in ("ratio_prepared", "ratio_signed", "ratio_paired"):
+        for key in ("ratio_prepared", "ratio_signed", "ratio_grouped"):
             values = sorted(r[p.name][key] for r in rounds if key in r[p.name])
             if values:
                 q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", type=Path, action="append", default=[], help="older tree")
     parser.add_argument("--peer-label", action="append", default=[], help="name per --peer")
     parser.add_argument("--signed-floor", action="store_true", help="also the signed floor")
-    parser.add_argument("--paired-floor", action="store_true", help="also the paired floor")
+    parser.add_argument("--grouped-floor", action="store_true", help="also the grouped floor")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
     args = parser.parse_args(argv)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [
         "prepared",
         *(["signed"] if args.signed_floor else []),
-        *(["paired"] if args.paired_floor else []),
+        *(["grouped"] if args.grouped_floor else []),
     ]
     result: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summarise(rounds, parties)
     for name, entry in result["summary"].items():
         line = f"{name:16s} median {entry['ms_per_request_median']:.3f} ms/request"
-        for key in ("ratio_prepared", "ratio_signed", "ratio_paired"):
+        for key in ("ratio_prepared", "ratio_signed", "ratio_grouped"):
             if key in entry:
                 e = entry[key]
                 line += (

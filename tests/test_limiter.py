@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from watcher.omics.limiter import PacingLimiter
+from watcher.polling.common import STATUS_GROUP
 from watcher.simulator.network import Network, NetworkSettings
 
 
@@ -216,7 +217,7 @@ def sustained(grants: list[float], skip: int = 100) -> float:
     return (len(steady) - 1) / (steady[-1] - steady[0])
 
 
-@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("group", [1, STATUS_GROUP])
 @pytest.mark.parametrize("uplink_share", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("rtt_ms", [40.0, 150.0])
 async def test_the_new_rule_never_lets_the_server_see_more_than_rate_and_gives_the_rtt_back(
@@ -334,17 +335,26 @@ async def drive_queued(
     return grants
 
 
-async def test_a_group_goes_at_once_each_at_its_place_in_the_schedule() -> None:
+@pytest.mark.parametrize("group", [2, 4])
+async def test_a_group_goes_at_once_each_at_its_place_in_the_schedule(group: int) -> None:
     clock = VirtualClock()
-    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=2)
-    grants = await drive_queued(limiter, clock, 400, callers=2, latency=0.0005)
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=group)
+    grants = await drive_queued(limiter, clock, 400, callers=group, latency=0.0005)
     assert max_in_any_window(grants) <= 20
     assert max_in_any_window([g + 0.0005 for g in grants]) <= 20
-    instants = sorted(set(grants))
     assert together(grants) >= 0.95
-    # Two every 0.1 s: the same rate as one every 0.05 s, from half the wake-ups.
+    # ``group`` every group / 20 s: the same rate as one every 0.05 s, from fewer wake-ups.
     assert sustained(grants) >= 0.97 * 20
-    assert len(instants) <= len(grants) / 2 + 25
+    assert len(set(grants)) <= len(grants) / group + 25
+
+
+@pytest.mark.parametrize(("rate", "group"), [(1.0, 4), (2.5, 4), (3.0, 2)])
+async def test_a_group_is_never_larger_than_the_window_holds(rate: float, group: int) -> None:
+    clock = VirtualClock()
+    limiter = PacingLimiter(rate, clock=clock, call_later=clock.call_later, group=group)
+    grants = await drive_queued(limiter, clock, 40, callers=group, latency=0.0005)
+    assert max_in_any_window(grants) <= int(rate)
+    assert max(Counter(grants).values()) == min(group, int(rate))
 
 
 async def test_a_lone_caller_is_not_held_for_a_partner() -> None:

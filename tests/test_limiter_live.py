@@ -8,11 +8,12 @@ import aiohttp
 from support import make_client
 
 from watcher.config import Settings
-from watcher.connect import STATUS_GROUP, build_limiters
+from watcher.connect import build_limiters
 from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.errors import OmicsError, Throttled
 from watcher.omics.limiter import PacingLimiter
+from watcher.polling.common import STATUS_GROUP
 from watcher.service.metrics import ApiRequestMetrics, Metrics
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
 

@@ -25,13 +25,9 @@ from watcher.omics.credentials import (
     static_provider,
 )
 from watcher.omics.limiter import PacingLimiter
+from watcher.polling.common import STATUS_GROUP
 
 STATUS_ACTION = "GetRunStatus"
-# GetRunStatus permits go out two at a time (PacingLimiter's ``group``): every poll is one, so
-# halving the wake-ups they cost is the largest CPU saving a steady daemon has (issue 12,
-# benchmarks/REPORT.md). The pollers keep up to MAX_BACKLOG (2) requests queued, enough to
-# fill a group; the other actions are rare and keep one request per wake-up.
-STATUS_GROUP = 2
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -76,7 +72,8 @@ def credential_provider(
 
 def build_limiters(settings: Settings) -> dict[str, PacingLimiter]:
     """One limiter per action: Tencent counts its 20/s budget per action, so GetRunCalls and
-    GetRunJobLog each get their own at ``calls_rate_per_second``."""
+    GetRunJobLog each get their own at ``calls_rate_per_second``. GetRunStatus permits go
+    out in groups (``STATUS_GROUP``); the other actions are rarer, one per wake-up."""
     polling = settings.polling
     limiters = {
         STATUS_ACTION: PacingLimiter(polling.rate_per_second, group=STATUS_GROUP),

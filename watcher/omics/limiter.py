@@ -11,15 +11,17 @@ for each new request:
 2. window: the request ``capacity`` grants earlier must have *arrived* more than one second
    ago, where its arrival is bounded from what the client sees (below).
 
-Grants may go in groups (``group``, 1 by default): when the timer finds the head of the queue
-due, up to ``group`` queued callers go at once, each counted at its own place in rule 1's
-schedule (so groups of two at 20/s leave every 0.1 s) and each checked against rule 2 (the
-group waits until its *last* member may start: a delay, never an early start). Why: on a
-small VM the CPU a request costs is mostly the wake-up around it (caches and branch state
-gone cold since the last one), not the Python it runs; two requests per wake-up cost a bare
-aiohttp loop 0.7-0.8 of one per wake-up, four 0.35 (``benchmarks/poll_cost_bench.py``). Once
-the groups formed, the window rule keeps them together by itself: two requests granted
-together complete together, and the window they open a second later opens for both.
+Grants may go in groups (``group``, 1 by default; the daemon's GetRunStatus limiter 4): when
+the timer finds the head of the queue due, up to ``group`` queued callers (never more than
+the window's capacity) go at once, each counted at its own place in rule 1's schedule (so
+groups of four at 20/s leave every 0.2 s) and each checked against rule 2 (the group waits
+until its *last* member may start: a delay, never an early start). A caller queued alone is
+not held for partners. Why: on a small VM the CPU a request costs is mostly the wake-up
+around it (caches gone cold since the last one), not the Python it runs: a bare aiohttp loop
+sending two requests per wake-up paid 0.7-0.8 of one per wake-up, four 0.35
+(benchmarks/REPORT.md, "Permits in groups"). Once formed, the window rule keeps a group
+together by itself: requests granted together complete together, and the window they open a
+second later opens for all of them.
 
 Arrival bound. For request ``i`` write ``g`` its grant, ``a`` its arrival at the server and
 ``c`` its completion (response body read), all on the client's clock, and split its round
@@ -297,7 +299,10 @@ class PacingLimiter:
                 queue.popleft()
                 continue
             now = self._clock()
-            size = min(self._group, self.waiting)
+            # Never more at once than the window holds (rate 1/s: one). The capacity can only
+            # grow inside _earliest (the rate recovers there), so this bound stays safe.
+            capacity = self._full_capacity if self._rate == self.max_rate else self._capacity()
+            size = min(self._group, self.waiting, capacity)
             at = self._earliest(now, size)
             if at > now:
                 self._arm(at - now)

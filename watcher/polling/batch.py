@@ -15,7 +15,7 @@ How a cycle goes:
   front run is most overdue, ``interval_seconds`` after its last check; when the budget
   cannot keep up, every front is overdue and the projects take turns in proportion to their
   runs, so nobody starves.
-- Each DescribeRuns passes the DescribeRuns limiter; at most ``MAX_BACKLOG`` requests wait
+- Each DescribeRuns passes the DescribeRuns limiter; at most ``DESCRIBE_BACKLOG`` requests wait
   for it, so a run tracked meanwhile still makes the next batch (picked up within ~2 s).
 - A listed status equal to the registry's is a quiet poll. A different one is ordered
   against what the registry recorded (below): *newer* is recorded from the ``Run`` itself,
@@ -106,8 +106,9 @@ from typing import Protocol, Unpack
 from watcher.omics.errors import OmicsError, is_permission_refusal
 from watcher.omics.models import RunsFilter, parse_time
 from watcher.polling.common import (
+    DESCRIBE_BACKLOG,
     DESCRIBE_LIMIT,
-    MAX_BACKLOG,
+    STATUS_BACKLOG,
     RunLister,
     RunSummaryLike,
     StatusSource,
@@ -433,7 +434,7 @@ class BatchPoller(PollingLoop):
             if due > now:
                 return due - now
             waiting = self._unstarted_describes + self._describe_backlog()
-            if waiting >= MAX_BACKLOG or len(self._describing) >= self._max_describes:
+            if waiting >= DESCRIBE_BACKLOG or len(self._describing) >= self._max_describes:
                 # Requests already queue for the limiter: keep the runs in the queue, where
                 # a newly tracked run can still get into the next batch.
                 return 0.5 / self._opt.describe_rate_per_second
@@ -470,7 +471,7 @@ class BatchPoller(PollingLoop):
         """Start queued GetRunStatus follow-ups that fit the backlog; seconds until next try."""
         while self._follow_queue:
             waiting = self._unstarted_follows + self._status_backlog()
-            if waiting >= MAX_BACKLOG or len(self._following) >= self._max_follows:
+            if waiting >= STATUS_BACKLOG or len(self._following) >= self._max_follows:
                 return 0.5 / self._opt.status_rate_per_second
             run_uuid = self._follow_queue.popleft()
             run = self._runs.get(run_uuid)

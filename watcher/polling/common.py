@@ -45,9 +45,13 @@ from watcher.store import ActiveRun, StateError
 from watcher.store.pg.lease import LeaseLost
 
 REFRESH_SECONDS = 1.0  # how often the registry's change feed is read
-# Requests allowed to wait for one action's limiter permit at once: at least the GetRunStatus
-# limiter's group (connect.STATUS_GROUP), so that a group can fill.
-MAX_BACKLOG = 2
+# GetRunStatus permits go out four at a time (PacingLimiter's ``group``, given it in
+# connect.build_limiters): every poll is one, and on a small VM most of a request's CPU is the
+# wake-up around it, so four per wake-up is the largest saving a steady daemon has (issue 12;
+# benchmarks/REPORT.md, "Permits in groups"). The pollers keep a group's worth queued.
+STATUS_GROUP = 4
+STATUS_BACKLOG = STATUS_GROUP  # GetRunStatus requests allowed to wait for a permit at once
+DESCRIBE_BACKLOG = 2  # DescribeRuns requests allowed to wait for a permit at once
 MAX_BACKOFF_SECONDS = 600.0
 BAD_REQUEST_BACKOFF_SECONDS = 900.0
 FIRST_AUTH_PAUSE_SECONDS = 15.0

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Unpack
 
-from watcher.polling.common import MAX_BACKLOG, Metadata, StatusSource, max_in_flight
+from watcher.polling.common import STATUS_BACKLOG, Metadata, StatusSource, max_in_flight
 from watcher.polling.loop import Collaborators, PollingLoop
 from watcher.polling.run_poll import PolledRun, RunPollOptions
 from watcher.store import ActiveRun
@@ -169,7 +169,7 @@ class Scheduler(PollingLoop):
             return math.inf
         if head[0] > now:
             return head[0] - now
-        if self._unstarted + self._backlog() >= MAX_BACKLOG:
+        if self._unstarted + self._backlog() >= STATUS_BACKLOG:
             # Requests already queue for the limiter: hold this run in the heap, where a
             # newly tracked run can still overtake it. A worker that finishes takes the next
             # run itself or wakes us; while requests hang, the limiter says when its queue
@@ -184,7 +184,7 @@ class Scheduler(PollingLoop):
 
     def _drained(self) -> None:
         """The limiter's queue is empty: the loop refills it (if a run is due)."""
-        if self._unstarted < MAX_BACKLOG:
+        if self._unstarted < STATUS_BACKLOG:
             self._naps.wake()
 
     def _tasks(self) -> Iterable[asyncio.Task[None]]:
@@ -233,7 +233,7 @@ class Scheduler(PollingLoop):
         if self._stop is not None and self._stop.is_set():
             return None
         now = self._now()
-        if self._pause.until > now or self._unstarted + self._backlog() >= MAX_BACKLOG:
+        if self._pause.until > now or self._unstarted + self._backlog() >= STATUS_BACKLOG:
             return None
         head = self._peek()
         if head is None or head[0] > now:
