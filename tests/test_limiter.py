@@ -391,3 +391,103 @@ async def test_a_cancelled_member_gives_its_place_in_the_group_to_the_next_calle
 def test_group_must_be_positive() -> None:
     with pytest.raises(ValueError, match="group"):
         PacingLimiter(20, group=0)
+
+
+async def test_each_member_of_a_group_waits_for_its_own_window() -> None:
+    # Request 0 hangs (in flight: counted as arrived by the guard, 0.25 s after its grant);
+    # 1-15 are quick. A group of four behind them holds the 17th to 20th requests: the 21st
+    # must wait for request 0's window (its own rule 2), not just for the group's last member's.
+    clock = VirtualClock()
+    limiter = PacingLimiter(20, guard=0.25, clock=clock, call_later=clock.call_later, group=4)
+    start = clock.now
+    hung = await limiter.acquire()
+    for _ in range(15):
+        grant = await limiter.acquire()
+        grant.busy_until = grant.granted_at + 0.0005
+    grants = await asyncio.gather(*(limiter.acquire() for _ in range(8)))
+    for grant in grants:
+        grant.busy_until = grant.granted_at + 0.0005
+    # The server may see request 0 as late as the guard allows: any instant up to 0.25 s.
+    for arrived in (hung.granted_at + 0.05, hung.granted_at + 0.19, hung.granted_at + 0.25):
+        instants = [arrived, *(g.granted_at for g in grants)]
+        assert max_in_any_window(instants) <= 8
+        later = [g.granted_at for g in grants if g.granted_at <= arrived + 1.0]
+        assert len(later) <= 4, (arrived - start, later)
+
+
+async def test_a_request_cancelled_in_flight_still_counts_until_the_guard() -> None:
+    # Far from the server (150 ms), with the round trip credit earned: a request cancelled
+    # 10 ms into its flight may still arrive later, so the request ``rate`` grants after it
+    # waits for the guard's bound, not for its cancellation less the credit.
+    clock = EventClock()
+    limiter = PacingLimiter(20, guard=0.25, warmup=5, clock=clock, call_later=clock.call_later)
+    for _ in range(30):
+        grant = await limiter.acquire()
+        clock.at(grant.granted_at + 0.15, functools.partial(limiter.release, grant))
+    assert limiter.credit > 0.1
+    clock.run_until(clock.now + 2.0)
+    granted: list[float] = []
+
+    async def cancelled_in_flight() -> None:
+        async with limiter.slot():
+            granted.append(clock.now)  # granted this instant
+            clock.now += 0.01
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled_in_flight()
+    cancelled = granted[0]
+    followers = []
+    for _ in range(20):
+        grant = await limiter.acquire()
+        followers.append(grant.granted_at)
+        grant.busy_until = grant.granted_at + 0.0005
+    assert followers[-1] - cancelled >= 1.0 + 0.25
+
+
+async def test_a_throttled_group_shrinks_to_what_the_window_holds() -> None:
+    clock = VirtualClock()
+    limiter = PacingLimiter(
+        20, clock=clock, call_later=clock.call_later, group=4, recover_per_second=0.0001
+    )
+    for _ in range(3):  # 20 -> 10 -> 5 -> 2.5 per second
+        limiter.throttled()
+        clock.now += 1.1
+    assert limiter.rate < 3
+    grants = await drive_queued(limiter, clock, 12, callers=8, latency=0.0005)
+    assert max_in_any_window(grants) <= 2
+    assert max(Counter(grants).values()) <= 2
+
+
+async def test_a_rate_a_hair_under_a_whole_number_still_has_its_window() -> None:
+    # 20 - 1e-10 allows 20 a second (the capacity rounds): rule 2 must look 20 grants back,
+    # so the limiter has to keep 20 of them, not floor(rate) = 19 (then rule 2 never ran,
+    # and at 150 ms the server saw 21 in a second).
+    clock = EventClock()
+    limiter = PacingLimiter(20 - 1e-10, clock=clock, call_later=clock.call_later)
+    network = Network(NetworkSettings(150.0, 10.0, 0.9), seed=7)
+    _, arrivals = await over_network(limiter, clock, network, 1000)
+    assert max_in_any_window(arrivals) <= 20
+
+
+class BrokenClock(VirtualClock):
+    """A clock that fails once the limiter has queued callers: a stand-in for a bug."""
+
+    broken = False
+
+    def __call__(self) -> float:
+        if self.broken:
+            raise RuntimeError("clock broke")
+        return self.now
+
+
+async def test_a_bug_in_the_timer_fails_the_queued_callers_instead_of_hanging_them() -> None:
+    clock = BrokenClock()
+    limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=4)
+    await limiter.acquire()
+    queued = [asyncio.ensure_future(limiter.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)  # queued; the timer fires on the next turn of the loop
+    clock.broken = True
+    results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 5)
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert limiter.waiting == 0

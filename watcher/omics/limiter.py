@@ -47,8 +47,9 @@ safe with no assumption at all, which pays a whole round trip per ``capacity`` r
 
 What keeps ``m - margin <= F`` in practice:
 - a request cancelled in flight is not a sample (it would only lower ``m``: safe, but the
-  credit would be gone for good); a failure the client turns into an answer, e.g. a refused
-  connection, is one, with that same safe effect;
+  credit would be gone for good), and it counts as in flight (the guard's bound below), since
+  its bytes may still be on the way; a failure the client turns into an answer, e.g. a
+  refused connection, is a sample, with that same safe effect;
 - the first ``rate`` requests are no samples (they open the connection pool: TCP and TLS
   handshakes add round trips to ``u`` that later requests on those connections do not pay),
   and there is no credit before ``warmup`` samples more, since a few draws of the jitter are
@@ -189,7 +190,7 @@ class PacingLimiter:
         self._clock = clock
         self._call_later = call_later  # None: the running event loop's
         self._full_capacity = max(1, math.floor(rate + 1e-9))  # _capacity() at max_rate
-        self._grants: deque[_Grant] = deque(maxlen=max(1, math.floor(rate)))
+        self._grants: deque[_Grant] = deque(maxlen=self._full_capacity)  # rule 2 looks back so far
         self._last_due = -math.inf  # when the previous grant was due (rule 1's schedule)
         self._paused_until = -math.inf
         self._last_throttle = -math.inf
@@ -267,8 +268,8 @@ class PacingLimiter:
         except asyncio.CancelledError:
             if waiter.cancelled():  # still queued: _wake drops it
                 self._left()
-            else:  # granted, then cancelled before it ran: gone in flight after no time
-                self.release(waiter.result(), answered=False)
+            else:  # granted, then cancelled before it ran: never sent, so it never arrives
+                waiter.result().busy_until = self._clock()
             raise
 
     def _arm(self, delay: float) -> None:
@@ -291,8 +292,22 @@ class PacingLimiter:
 
     def _wake(self) -> None:
         """The timer: grant the head of the queue (and up to ``group - 1`` callers behind it,
-        at their places in the schedule) if the rules allow it now, re-arm if not."""
+        at their places in the schedule) if the rules allow it now, re-arm if not.
+
+        A bug in here would leave every queued caller waiting for good, silently (nothing
+        re-arms the timer): they get the exception instead, and each poll fails loudly."""
         self._armed = False
+        try:
+            self._grant_due()
+        except Exception as exc:
+            queue, self._queue = self._queue, deque()
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                    self._left()
+            raise
+
+    def _grant_due(self) -> None:
         queue = self._queue
         while queue:
             if queue[0].done():  # cancelled while it waited
@@ -345,11 +360,13 @@ class PacingLimiter:
     def release(self, grant: _Grant, *, answered: bool = True) -> None:
         """The request is complete (response body read): its window starts now.
 
-        ``answered=False`` (cancelled in flight): its duration is not a round trip sample.
+        ``answered=False`` (cancelled or failed in flight, no answer read): it may still be on
+        its way to the server, so it keeps counting as in flight (arrived by the guard's
+        bound, never by its completion less the credit) and is no round trip sample.
         """
-        now = self._clock()
-        grant.busy_until = now
         if answered:
+            now = self._clock()
+            grant.busy_until = now
             self._round_trips.observe(now - grant.granted_at)
 
     def slot(self) -> _Slot:
