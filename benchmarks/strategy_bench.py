@@ -73,6 +73,7 @@ from watcher.omics.client import OmicsClient
 from watcher.omics.credentials import Credential, StaticProvider
 from watcher.omics.limiter import PacingLimiter
 from watcher.polling.batch import MAX_BATCH, BatchOptions, BatchPoller
+from watcher.polling.common import STATUS_GROUP
 from watcher.polling.per_run import Scheduler, SchedulerOptions
 from watcher.recorder import Recorder
 from watcher.simulator import Simulator, SimulatorConfig, running_simulator
@@ -258,7 +259,7 @@ async def measure(
         polled = seed(store, sim, runs, cycle=cycle, rng=random.Random(args.seed))
         seeding = time.monotonic() - began
         limiters = {
-            "GetRunStatus": PacingLimiter(RATE),
+            "GetRunStatus": PacingLimiter(RATE, group=STATUS_GROUP),  # as the daemon's
             "DescribeRuns": PacingLimiter(RATE),
             "default": PacingLimiter(5),
         }
