@@ -95,6 +95,25 @@ class Redelivery:
 # for the run). The inner read goes from the run's events (``events_by_run``) to their rows,
 # so it costs what the run has, never every dead letter; the outer join to the run's own row
 # tells a run without dead letters (one row of NULLs) from an unknown run (no row).
+_DEAD_LETTERS = (
+    "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
+    "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
+    "WHERE o.state = 'dead' AND o.id < {below}{of_notifier} ORDER BY o.id DESC LIMIT {limit}"
+)
+
+
+def dead_letters_query(*, notifier: bool, placeholder: str) -> str:
+    """``list_dead_letters``'s SELECT for either backend, most recent first: parameters are
+    the id to page below, the notifier (when ``notifier``) and the limit, written as
+    ``placeholder`` formats them (``"?"`` for SQLite, ``"${n}"`` for PostgreSQL)."""
+    marks = [placeholder.format(n=n) for n in range(1, 4)]
+    return _DEAD_LETTERS.format(
+        below=marks[0],
+        of_notifier=" AND o.notifier = " + marks[1] if notifier else "",
+        limit=marks[2] if notifier else marks[1],
+    )
+
+
 RUN_DEAD_LETTERS = (
     "SELECT d.* FROM runs r LEFT JOIN ("
     "SELECT o.id, o.notifier, e.id AS event_id, e.run_uuid, e.type, o.dead_at, o.attempts, "
@@ -181,16 +200,10 @@ class HistoryMixin(StoreBase):
     ) -> list[DeadLetter]:
         """Dead letters, most recent first (optionally one notifier's); pass the last ``id``
         as ``before_id`` for the next page."""
-        sql = (
-            "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
-            "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
-            "WHERE o.state = 'dead' AND o.id < ?"
-        )
-        params: list[object] = [2**63 - 1 if before_id is None else before_id]
-        if notifier is not None:
-            sql += " AND o.notifier = ?"
-            params.append(notifier)
-        rows = self._db.query(sql + " ORDER BY o.id DESC LIMIT ?", [*params, max(0, limit)])
+        sql = dead_letters_query(notifier=notifier is not None, placeholder="?")
+        below = 2**63 - 1 if before_id is None else before_id
+        params = [below] if notifier is None else [below, notifier]
+        rows = self._db.query(sql, [*params, max(0, limit)])
         return [dead_letter_row(row) for row in rows]
 
     def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None:

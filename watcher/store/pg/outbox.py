@@ -28,6 +28,7 @@ from watcher.store.history import (
     HistoryEntry,
     Redelivery,
     dead_letter_row,
+    dead_letters_query,
     history_entries,
     run_dead_letters,
 )
@@ -167,17 +168,10 @@ class HistoryMixin(PgBase):
     async def list_dead_letters(
         self, *, notifier: str | None = None, limit: int = 1000, before_id: int | None = None
     ) -> list[DeadLetter]:
-        sql = (
-            "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
-            "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
-            "WHERE o.state = 'dead' AND o.id < $1"
-        )
-        params: list[object] = [NO_LIMIT if before_id is None else before_id]
-        if notifier is not None:
-            params.append(notifier)
-            sql += " AND o.notifier = $2"
-        params.append(max(0, limit))
-        rows = await self._fetch(sql + f" ORDER BY o.id DESC LIMIT ${len(params)}", *params)
+        sql = dead_letters_query(notifier=notifier is not None, placeholder="${n}")
+        below = NO_LIMIT if before_id is None else before_id
+        params = [below] if notifier is None else [below, notifier]
+        rows = await self._fetch(sql, *params, max(0, limit))
         return [dead_letter_row(row) for row in rows]
 
     async def run_dead_letters(self, run_uuid: str) -> list[DeadLetter] | None:
