@@ -76,8 +76,9 @@ full speed.
 Waiters are served first come, first served, by one timer rather than a lock: a caller that
 may go at once (nobody queued, the rules allow it) is granted without suspending; otherwise it
 queues a future, and a single timer armed for the earliest allowed instant grants the head of
-the queue when it fires, then re-arms for the next. Each grant thus costs one timer and one
-wake-up of the caller it is for; a lock would also wake the next caller in line only for it to
+the queue (with its group) when it fires, then re-arms for the next. Each grant, or group, thus
+costs one timer and the wake-up of the callers it is for; a lock would also wake the next
+caller in line only for it to
 compute its instant and sleep (a future, a handle and a task step per request, at 20 requests
 a second for as long as the daemon runs). Time comes from an injected monotonic clock and
 timers from an injected ``call_later`` (the event loop's by default), so tests run the rules

@@ -91,10 +91,6 @@ class Redelivery:
             raise ValueError("choose exactly one of: all, a notifier, delivery ids")
 
 
-# A run's dead letters in one statement (both backends; ``{p}``: the backend's placeholder
-# for the run). The inner read goes from the run's events (``events_by_run``) to their rows,
-# so it costs what the run has, never every dead letter; the outer join to the run's own row
-# tells a run without dead letters (one row of NULLs) from an unknown run (no row).
 _DEAD_LETTERS = (
     "SELECT o.id, o.notifier, e.id, e.run_uuid, e.type, o.dead_at, o.attempts, "
     "o.last_error FROM outbox o JOIN events e ON e.seq = o.event_seq "
@@ -114,6 +110,10 @@ def dead_letters_query(*, notifier: bool, placeholder: str) -> str:
     )
 
 
+# A run's dead letters in one statement (both backends; ``{p}``: the backend's placeholder
+# for the run). The inner read goes from the run's events (``events_by_run``) to their rows,
+# so it costs what the run has, never every dead letter; the outer join to the run's own row
+# tells a run without dead letters (one row of NULLs) from an unknown run (no row).
 RUN_DEAD_LETTERS = (
     "SELECT d.* FROM runs r LEFT JOIN ("
     "SELECT o.id, o.notifier, e.id AS event_id, e.run_uuid, e.type, o.dead_at, o.attempts, "
