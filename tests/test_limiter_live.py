@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from support import make_client
 
 from watcher.config import Settings
@@ -64,13 +65,14 @@ async def test_200_callers_never_exceed_20_in_any_second_at_the_server(
         assert outcomes["ok"] >= 10 * 15
 
 
+@pytest.mark.parametrize("group", [1, STATUS_GROUP])
 async def test_a_throttling_server_makes_the_client_slow_down_not_hammer(
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession, group: int
 ) -> None:
     # Another tool is using most of the account's budget: the server admits only 6/s.
     config = SimulatorConfig(runs=20, kinds={"forever": 1.0}, rate_limit=6)
     async with running_simulator(config) as sim:
-        limiter = PacingLimiter(20)
+        limiter = PacingLimiter(20, group=group)
         client = client_for(sim, session, limiter)
         outcomes = await hammer(client, sim.run_uuids, callers=50, seconds=8)
         assert limiter.rate < 20
