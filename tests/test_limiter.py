@@ -32,12 +32,25 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
 
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> VirtualTimer:
+        timer = VirtualTimer()
+
         def fire() -> None:
-            self.advance(seconds)
-            callback()
+            if not timer.cancelled:  # a cancelled timer moves no time
+                self.advance(seconds)
+                callback()
 
         asyncio.get_running_loop().call_soon(fire)
+        return timer
+
+
+class VirtualTimer:
+    """What :meth:`VirtualClock.call_later` returns (the limiter may cancel its timer)."""
+
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 def max_in_any_window(times: list[float], width: float = 1.0) -> int:
@@ -491,3 +504,24 @@ async def test_a_bug_in_the_timer_fails_the_queued_callers_instead_of_hanging_th
     results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 5)
     assert all(isinstance(r, RuntimeError) for r in results), results
     assert limiter.waiting == 0
+
+
+async def test_when_members_leave_the_group_the_rest_goes_when_it_may() -> None:
+    # A full window of single grants, then four callers queue as a group and three of them
+    # are cancelled before it goes: the one left must go when it alone may (as with no
+    # groups), not when the whole group of four would have (three intervals later).
+    async def survivor(group: int, queued: int) -> float:
+        clock = VirtualClock()
+        limiter = PacingLimiter(20, clock=clock, call_later=clock.call_later, group=group)
+        await drive(limiter, clock, 20, 0.0005)
+        tasks = [asyncio.create_task(limiter.acquire()) for _ in range(queued)]
+        await asyncio.sleep(0)  # all queued; the timer fires on a later turn of the loop
+        for task in tasks[1:]:
+            task.cancel()
+        grant = await tasks[0]
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        assert limiter.waiting == 0
+        return grant.granted_at  # both clocks start at the same instant
+
+    alone = await survivor(group=1, queued=1)
+    assert await survivor(group=4, queued=4) == pytest.approx(alone)

@@ -76,7 +76,9 @@ full speed.
 Waiters are served first come, first served, by one timer rather than a lock: a caller that
 may go at once (nobody queued, the rules allow it) is granted without suspending; otherwise it
 queues a future, and a single timer armed for the earliest allowed instant grants the head of
-the queue (with its group) when it fires, then re-arms for the next. Each grant, or group, thus
+the queue (with its group) when it fires, then re-arms for the next (callers that leave the
+queue can only make the head's instant earlier: the timer is then replaced, never left to
+fire late). Each grant, or group, thus
 costs one timer and the wake-up of the callers it is for; a lock would also wake the next
 caller in line only for it to
 compute its instant and sleep (a future, a handle and a task step per request, at 20 requests
@@ -109,6 +111,12 @@ from typing import Protocol
 WINDOW_SECONDS = 1.0
 _EPSILON = 0.002  # keep a closed 1 s window from holding capacity + 1 requests
 _CATCH_UP = 0.5  # of an interval: how far rule 1's schedule may lag behind the clock
+
+
+class Timer(Protocol):
+    """What ``call_later`` returns: the event loop's ``TimerHandle``, or a test clock's."""
+
+    def cancel(self) -> None: ...
 
 
 class Limiter(Protocol):
@@ -171,7 +179,7 @@ class PacingLimiter:
         recover_per_second: float = 0.1,
         min_fraction: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
-        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
         group: int = 1,
     ) -> None:
         if rate <= 0:
@@ -197,7 +205,8 @@ class PacingLimiter:
         self._last_throttle = -math.inf
         self._rate_changed_at = clock()
         self._queue: deque[asyncio.Future[_Grant]] = deque()  # a done one was cancelled
-        self._armed = False  # a timer will call _wake: true whenever a caller waits
+        self._timer: Timer | None = None  # will call _wake; armed whenever a caller waits
+        self._timer_at = math.inf  # when it fires (clock time)
         self._loop: asyncio.AbstractEventLoop | None = None  # see _bound_loop
         self.waiting = 0  # callers queued for a permit right now
         self._on_drained: list[Callable[[], None]] = []
@@ -250,7 +259,7 @@ class PacingLimiter:
 
     async def acquire(self) -> _Grant:
         """Wait for a permit; first come, first served."""
-        delay = 0.0  # with callers queued, the timer is armed for the head already
+        delay = now = 0.0  # with callers queued, the timer is armed for the head already
         if not self.waiting:
             now = self._clock()
             at = self._earliest(now)
@@ -262,23 +271,35 @@ class PacingLimiter:
         waiter: asyncio.Future[_Grant] = self._bound_loop().create_future()
         self._queue.append(waiter)
         self.waiting += 1
-        if not self._armed:
-            self._arm(delay)
+        if self.waiting == 1:  # the head: a timer left from cancelled callers may be late
+            self._arm_by(now + delay, now)
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.cancelled():  # still queued: _wake drops it
                 self._left()
+                if self.waiting:  # a smaller group behind the head may go sooner
+                    self._reconsider()
             else:  # granted, then cancelled before it ran: never sent, so it never arrives
                 waiter.result().busy_until = self._clock()
             raise
 
-    def _arm(self, delay: float) -> None:
-        self._armed = True
-        if self._call_later is None:
-            self._bound_loop().call_later(delay, self._wake)
-        else:
-            self._call_later(delay, self._wake)
+    def _arm_by(self, at: float, now: float) -> None:
+        """Have the timer fire at ``at`` at the latest: kept if it fires by then, else
+        replaced (one timer at a time, so a late one never holds the head back)."""
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        call_later = self._call_later or self._bound_loop().call_later
+        self._timer = call_later(max(0.0, at - now), self._wake)
+
+    def _reconsider(self) -> None:
+        """Callers left the queue: the head's group may have shrunk and may go sooner."""
+        now = self._clock()
+        capacity = self._full_capacity if self._rate == self.max_rate else self._capacity()
+        self._arm_by(self._earliest(now, min(self._group, self.waiting, capacity)), now)
 
     def _bound_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop this limiter serves, bound on first use (as asyncio's own locks).
@@ -297,7 +318,7 @@ class PacingLimiter:
 
         A bug in here would leave every queued caller waiting for good, silently (nothing
         re-arms the timer): they get the exception instead, and each poll fails loudly."""
-        self._armed = False
+        self._timer, self._timer_at = None, math.inf
         try:
             self._grant_due()
         except Exception as exc:
@@ -321,7 +342,7 @@ class PacingLimiter:
             size = min(self._group, self.waiting, capacity)
             at = self._earliest(now, size)
             if at > now:
-                self._arm(at - now)
+                self._arm_by(at, now)
                 return
             while size and queue:
                 waiter = queue.popleft()
