@@ -18,10 +18,10 @@ groups of four at 20/s leave every 0.2 s) and each checked against rule 2 (the g
 until its *last* member may start: a delay, never an early start). A caller queued alone is
 not held for partners. Why: on a small VM the CPU a request costs is mostly the wake-up
 around it (caches gone cold since the last one), not the Python it runs: a bare aiohttp loop
-sending two requests per wake-up paid 0.7-0.8 of one per wake-up, four 0.35
-(benchmarks/REPORT.md, "Permits in groups"). Once formed, the window rule keeps a group
-together by itself: requests granted together complete together, and the window they open a
-second later opens for all of them.
+sending four requests per wake-up paid 0.48-0.57 of the CPU per request of one that sends
+one (``poll_cost_bench.py --grouped-floor``; benchmarks/REPORT.md, "Permits in groups").
+Once formed, the window rule keeps a group together by itself: requests granted together
+complete together, and the window they open a second later opens for all of them.
 
 Arrival bound. For request ``i`` write ``g`` its grant, ``a`` its arrival at the server and
 ``c`` its completion (response body read), all on the client's clock, and split its round
@@ -298,8 +298,14 @@ class PacingLimiter:
     def _reconsider(self) -> None:
         """Callers left the queue: the head's group may have shrunk and may go sooner."""
         now = self._clock()
+        self._arm_by(self._earliest(now, self._group_size()), now)
+
+    def _group_size(self) -> int:
+        """How many queued callers the head takes along: never more than the window holds
+        (rate 1/s: one). The capacity can only grow inside _earliest (the rate recovers
+        there), so a size taken before it stays safe."""
         capacity = self._full_capacity if self._rate == self.max_rate else self._capacity()
-        self._arm_by(self._earliest(now, min(self._group, self.waiting, capacity)), now)
+        return min(self._group, self.waiting, capacity)
 
     def _bound_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop this limiter serves, bound on first use (as asyncio's own locks).
@@ -330,16 +336,14 @@ class PacingLimiter:
             raise
 
     def _grant_due(self) -> None:
+        """Grant every group whose time has come; arm the timer for the next one."""
         queue = self._queue
         while queue:
             if queue[0].done():  # cancelled while it waited
                 queue.popleft()
                 continue
             now = self._clock()
-            # Never more at once than the window holds (rate 1/s: one). The capacity can only
-            # grow inside _earliest (the rate recovers there), so this bound stays safe.
-            capacity = self._full_capacity if self._rate == self.max_rate else self._capacity()
-            size = min(self._group, self.waiting, capacity)
+            size = self._group_size()
             at = self._earliest(now, size)
             if at > now:
                 self._arm_by(at, now)
