@@ -84,6 +84,7 @@ class Scheduler(PollingLoop):
         # Told when the limiter's queue empties (PacingLimiter.when_drained): then the loop
         # need not look every 1.5 permits whether the queue has room while it is full.
         self._full_nap = 1.5 / options.rate_per_second
+        self._told_when_drained = when_drained is not None
         if when_drained is not None:
             when_drained(self._drained)
             self._full_nap = math.inf
@@ -184,7 +185,8 @@ class Scheduler(PollingLoop):
 
     def _queue_full(self) -> bool:
         """Requests fill the limiter's queue and its draining will wake the loop."""
-        return self._full_nap == math.inf and self._unstarted + self._backlog() >= STATUS_BACKLOG
+        full = self._unstarted + self._backlog() >= STATUS_BACKLOG
+        return full and self._told_when_drained
 
     def _drained(self) -> None:
         """The limiter's queue is empty: the loop refills it (if a run is due)."""
